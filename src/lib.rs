@@ -1,0 +1,27 @@
+//! mailgate: an access-gating proxy for IMAP and POP3.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! server → tls → session { proto frontend → policy } → upstream (proto replay) → splice
+//! ```
+//!
+//! - [`server`]: listeners, accept loop, signals.
+//! - [`tls`]: rustls configs for the downstream (server) and upstream (client) sides.
+//! - [`session`]: the per-connection driver, the only module that wires the stages together.
+//! - [`proto`]: SANS-IO machines: IMAP/POP3 pre-auth front-ends, login replay, SASL.
+//! - [`policy`]: pure decision `(login, listener) -> Decision`.
+//! - [`upstream`]: connect to the real mail server, TLS, drive the replay machine.
+//! - [`splice`]: bidirectional copy after login, byte counts, idle timeout.
+//! - [`config`]: TOML model, validation, loading.
+//! - [`secret`]: `Secret<T>`, redacted in every `Debug`.
+
+pub mod config;
+pub mod policy;
+pub mod proto;
+pub mod secret;
+pub mod server;
+pub mod session;
+pub mod splice;
+pub mod tls;
+pub mod upstream;
