@@ -6,6 +6,7 @@
 //! server → tls → session { proto frontend → policy } → upstream (proto replay) → splice
 //! ```
 //!
+//! - [`cli`]: clap types for the `mailgate` binary.
 //! - [`server`]: listeners, accept loop, signals.
 //! - [`tls`]: rustls configs for the downstream (server) and upstream (client) sides.
 //! - [`session`]: the per-connection driver, the only module that wires the stages together.
@@ -13,9 +14,11 @@
 //! - [`policy`]: pure decision `(login, listener) -> Decision`.
 //! - [`upstream`]: connect to the real mail server, TLS, drive the replay machine.
 //! - [`splice`]: bidirectional copy after login, byte counts, idle timeout.
+//! - [`stream`]: plaintext-or-TLS stream used on both sides.
 //! - [`config`]: TOML model, validation, loading.
 //! - [`secret`]: `Secret<T>`, redacted in every `Debug`.
 
+pub mod cli;
 pub mod config;
 pub mod policy;
 pub mod proto;
@@ -23,5 +26,6 @@ pub mod secret;
 pub mod server;
 pub mod session;
 pub mod splice;
+pub mod stream;
 pub mod tls;
 pub mod upstream;

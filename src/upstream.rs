@@ -1,1 +1,247 @@
-//! TODO(#2): upstream
+//! Stage: upstream. Connect to the real mail server, do TLS, drive the protocol's replay machine,
+//! and hand back a logged-in stream.
+//!
+//! Inputs: the upstream's config and a [`LoginRequest`] the policy allowed. Output:
+//! [`LoggedIn`] (stream plus the upstream's answer to relay) or an [`Error`] whose variant says
+//! whether the credentials were refused (relay as authentication failure) or the upstream was
+//! unreachable or broken (temporary failure, never an allow). Errors never carry credentials.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+
+use crate::config::{Upstream, UpstreamTls};
+use crate::proto::imap::replay::ImapReplay;
+use crate::proto::pop3::replay::Pop3Replay;
+use crate::proto::{LoginRequest, Protocol, ReplayError, ReplayEvent, UnsafeCredential};
+use crate::stream::{MaybeTls, UpstreamStream};
+
+/// Why an upstream login did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The credential cannot be replayed without changing its meaning; refuse it.
+    #[error(transparent)]
+    Unsafe(#[from] UnsafeCredential),
+    /// The upstream checked the credentials and said no.
+    #[error("upstream rejected the login")]
+    Rejected {
+        text: String,
+        challenge: Option<Bytes>,
+    },
+    #[error("cannot connect to upstream {upstream}: {detail}")]
+    Connect { upstream: String, detail: String },
+    #[error("upstream {upstream} tls handshake failed: {source}")]
+    Tls { upstream: String, source: io::Error },
+    #[error("upstream {upstream}: {source}")]
+    Protocol {
+        upstream: String,
+        source: ReplayError,
+    },
+    #[error("upstream {upstream} did not complete the login within {limit:?}")]
+    Timeout { upstream: String, limit: Duration },
+    #[error("upstream {upstream} closed the connection during login")]
+    Closed { upstream: String },
+    #[error("upstream {upstream} i/o: {source}")]
+    Io { upstream: String, source: io::Error },
+}
+
+/// A logged-in upstream connection, ready to splice.
+#[must_use = "a logged-in upstream session must be spliced or closed"]
+pub struct LoggedIn {
+    pub stream: UpstreamStream,
+    /// The address that answered.
+    pub address: String,
+    /// Untagged lines to relay before `reply` (IMAP).
+    pub untagged: Bytes,
+    /// The upstream's success answer (see `LoginOutcome::Accepted`).
+    pub reply: Bytes,
+    /// Bytes the upstream sent after its answer; they go downstream before the splice.
+    pub residual: Bytes,
+}
+
+/// Connects to one configured upstream. Built once per config, shared by all sessions.
+pub struct Connector {
+    config: Arc<Upstream>,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl Connector {
+    pub fn new(config: Arc<Upstream>) -> Result<Self, crate::tls::TlsError> {
+        let tls = match config.tls {
+            UpstreamTls::None => None,
+            UpstreamTls::Implicit | UpstreamTls::StartTls => {
+                Some(crate::tls::upstream_connector(&config)?)
+            }
+        };
+        Ok(Self { config, tls })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.config.protocol
+    }
+
+    /// Connect, replay `request`, and return the logged-in stream. The whole exchange after the
+    /// TCP connect is bounded by `login_timeout`.
+    pub async fn login(&self, request: &LoginRequest) -> Result<LoggedIn, Error> {
+        let starttls = self.config.tls == UpstreamTls::StartTls;
+        // Build the replay first: an unsafe credential is refused before any connection.
+        let replay = match self.config.protocol {
+            Protocol::Imap => Replay::Imap(ImapReplay::new(request, starttls)?),
+            Protocol::Pop3 => Replay::Pop3(Pop3Replay::new(request, starttls)?),
+        };
+        let (tcp, address) = self.connect().await?;
+        let limit = self.config.login_timeout;
+        match timeout(limit, self.replay(tcp, replay)).await {
+            Ok(result) => result.map(|mut logged| {
+                logged.address = address;
+                logged
+            }),
+            Err(_) => Err(Error::Timeout {
+                upstream: self.config.name.clone(),
+                limit,
+            }),
+        }
+    }
+
+    /// Try every configured address in order, each bounded by `connect_timeout`.
+    async fn connect(&self) -> Result<(TcpStream, String), Error> {
+        let mut last = String::from("no address configured");
+        for address in &self.config.addresses {
+            match timeout(
+                self.config.connect_timeout,
+                TcpStream::connect(address.as_str()),
+            )
+            .await
+            {
+                Ok(Ok(tcp)) => {
+                    // Login exchanges are small request/response turns: Nagle plus delayed ACK
+                    // would add ~40 ms to each.
+                    let _ = tcp.set_nodelay(true);
+                    return Ok((tcp, address.clone()));
+                }
+                Ok(Err(e)) => last = format!("{address}: {e}"),
+                Err(_) => last = format!("{address}: connect timed out"),
+            }
+            tracing::debug!(upstream = %self.config.name, %last, "upstream address failed");
+        }
+        Err(Error::Connect {
+            upstream: self.config.name.clone(),
+            detail: last,
+        })
+    }
+
+    async fn handshake(&self, tcp: TcpStream) -> Result<UpstreamStream, Error> {
+        let Some((connector, name)) = &self.tls else {
+            return Ok(MaybeTls::Plain(tcp));
+        };
+        let tls = connector
+            .connect(name.clone(), tcp)
+            .await
+            .map_err(|source| Error::Tls {
+                upstream: self.config.name.clone(),
+                source,
+            })?;
+        Ok(MaybeTls::Tls(Box::new(tls)))
+    }
+
+    async fn replay(&self, tcp: TcpStream, mut replay: Replay) -> Result<LoggedIn, Error> {
+        let upstream = || self.config.name.clone();
+        let io_err = |source| Error::Io {
+            upstream: upstream(),
+            source,
+        };
+        let mut stream = if self.config.tls == UpstreamTls::Implicit {
+            self.handshake(tcp).await?
+        } else {
+            MaybeTls::Plain(tcp)
+        };
+        let mut buf = vec![0u8; 8192];
+        loop {
+            while let Some(out) = replay.poll_transmit() {
+                stream.write_all(&out).await.map_err(io_err)?;
+            }
+            stream.flush().await.map_err(io_err)?;
+            match replay.poll_event() {
+                Some(ReplayEvent::TlsRequested) => {
+                    let tcp = stream.into_plain().ok_or_else(|| Error::Protocol {
+                        upstream: upstream(),
+                        source: ReplayError::Unexpected("STARTTLS inside TLS".into()),
+                    })?;
+                    stream = self.handshake(tcp).await?;
+                    replay.tls_established();
+                    continue;
+                }
+                Some(ReplayEvent::LoggedIn { untagged, reply }) => {
+                    return Ok(LoggedIn {
+                        stream,
+                        address: String::new(),
+                        untagged,
+                        reply,
+                        residual: replay.into_residual(),
+                    });
+                }
+                Some(ReplayEvent::Rejected { text, challenge }) => {
+                    return Err(Error::Rejected { text, challenge });
+                }
+                Some(ReplayEvent::Failed(source)) => {
+                    return Err(Error::Protocol {
+                        upstream: upstream(),
+                        source,
+                    });
+                }
+                None => {}
+            }
+            let n = stream.read(&mut buf).await.map_err(io_err)?;
+            if n == 0 {
+                return Err(Error::Closed {
+                    upstream: upstream(),
+                });
+            }
+            replay.handle_input(&buf[..n]);
+        }
+    }
+}
+
+/// The two replay machines behind one face; the driver loop above is the same for both.
+enum Replay {
+    Imap(ImapReplay),
+    Pop3(Pop3Replay),
+}
+
+macro_rules! forward {
+    ($self:ident, $m:ident $(, $arg:expr)*) => {
+        match $self {
+            Replay::Imap(r) => r.$m($($arg),*),
+            Replay::Pop3(r) => r.$m($($arg),*),
+        }
+    };
+}
+
+impl Replay {
+    fn handle_input(&mut self, bytes: &[u8]) {
+        forward!(self, handle_input, bytes)
+    }
+    fn tls_established(&mut self) {
+        forward!(self, tls_established)
+    }
+    fn poll_event(&mut self) -> Option<ReplayEvent> {
+        forward!(self, poll_event)
+    }
+    fn poll_transmit(&mut self) -> Option<Bytes> {
+        forward!(self, poll_transmit)
+    }
+    fn into_residual(self) -> Bytes {
+        forward!(self, into_residual)
+    }
+}
