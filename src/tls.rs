@@ -448,6 +448,17 @@ mod tests {
         assert!(matches!(name, ServerName::IpAddress(_)));
     }
 
+    /// The shipped example's upstreams get connectors (its server side generates into the
+    /// git-ignored certs/dev/, exercised with a tempdir in `self_signed_generated_when_missing`).
+    #[test]
+    fn shipped_config_upstreams_build() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/mailgate.toml");
+        let config = crate::config::Config::load(&path).unwrap();
+        for up in config.upstreams.values() {
+            upstream_connector(up).unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn handshake_with_shipped_pki() {
         let server = server_config(&shipped_server_tls()).unwrap();

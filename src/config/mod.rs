@@ -100,6 +100,11 @@ impl Config {
                      passwords cross the network unencrypted"
                 ));
             }
+            if up.tls != UpstreamTls::None && !up.verify_certificate && up.ca_file.is_some() {
+                out.push(format!(
+                    "upstream \"{name}\".ca_file: ignored because verify_certificate = false"
+                ));
+            }
             if up.tls == UpstreamTls::None && up.ca_file.is_some() {
                 out.push(format!(
                     "upstream \"{name}\".ca_file: ignored because tls = \"none\""

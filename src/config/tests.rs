@@ -268,6 +268,7 @@ filter = "warn,mailgate=debug"
         "{w}"
     );
     assert!(w.contains("tls.generate_self_signed"), "{w}");
+    assert!(w.contains("upstream \"u\".ca_file: ignored"), "{w}");
 }
 
 #[test]
