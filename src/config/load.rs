@@ -20,8 +20,8 @@ use super::{
 };
 use crate::proto::PreauthLimits;
 
-/// Lowest accepted `max_line`. RFC 9051 section 4 asks servers to accept lines of at least 8192
-/// octets after login; before login a command is short, but below 512 even a modest `ID` or a
+/// Lowest accepted `max_line`. RFC 7162 section 4 recommends servers accept command lines of at
+/// least 8192 octets; before login commands are short, but below 512 even a modest `ID` or a
 /// SASL-IR PLAIN response would be cut.
 const MIN_MAX_LINE: u64 = 512;
 /// Highest accepted `max_line` / `max_literal`: 1 MiB is far above any JWT, and keeps one
