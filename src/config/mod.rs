@@ -1,79 +1,326 @@
-//! TEMP STUB (lead) — replaced by the config branch.
-use crate::proto::{PreauthLimits, Protocol};
+//! Stage: config. `mailgate.toml` in, a validated, typed [`Config`] out.
+//!
+//! Three layers, data flowing one way:
+//!
+//! - [`file`]: serde structs that mirror the TOML (`deny_unknown_fields`, durations as strings).
+//! - `load`: turns a [`file::File`] into a [`Config`], checking meaning (unique names, references,
+//!   loopback-only plaintext, sane limits) and resolving relative paths against the config file's
+//!   directory.
+//! - this module: the validated types the rest of mailgate uses. Once a `Config` exists it is
+//!   trusted; nothing downstream re-checks it.
+//!
+//! Every problem is collected, not just the first, and each names its key path
+//! (`listener[1].bind`, `upstream "dovecot".connect_timeout`), so `mailgate check` shows them all
+//! at once. Loading does not open certificate files; `crate::tls` does that and names the path
+//! in its own errors.
+//!
+//! Must not: do network I/O, or log (the caller decides what to print; see
+//! [`Config::warnings`]).
+
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-#[derive(Debug, Clone)]
+
+use serde::Deserialize;
+
+use crate::proto::{PreauthLimits, Protocol};
+
+pub mod duration;
+pub mod file;
+mod load;
+
+pub use load::host_port;
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// In file order. At least one.
     pub listeners: Vec<Listener>,
+    /// By name. Every listener's `upstream` is a key here with the same protocol.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Present whenever a listener has `tls != none`.
     pub tls: Option<ServerTls>,
     pub limits: Limits,
     pub log: Log,
 }
-#[derive(Debug)]
-pub struct ConfigErrors(pub Vec<String>);
-impl std::fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0.join("\n"))
-    }
-}
-impl std::error::Error for ConfigErrors {}
+
 impl Config {
-    pub fn load(_p: &Path) -> Result<Config, ConfigErrors> {
-        Err(ConfigErrors(vec![]))
+    /// Reads `path` and validates it; relative paths inside resolve against its directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError::Read {
+                file: path.to_owned(),
+                reason: e.to_string(),
+            }])
+        })?;
+        let base_dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        Self::from_toml(&text, base_dir)
     }
-    pub fn from_toml(_t: &str, _b: &Path) -> Result<Config, ConfigErrors> {
-        Err(ConfigErrors(vec![]))
+
+    /// Validates TOML text; relative paths inside resolve against `base_dir`. No file is read.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+        load::from_toml(text, base_dir)
+    }
+
+    /// The upstream a listener forwards to. Always `Some` for a listener of this config (checked
+    /// at load); `None` only for a listener from elsewhere, e.g. a config before a reload.
+    pub fn upstream_for(&self, listener: &Listener) -> Option<&Arc<Upstream>> {
+        self.upstreams.get(&listener.upstream)
+    }
+
+    /// Settings that are allowed but deserve an operator's attention, one line each with the
+    /// key path. `mailgate run` logs them as warnings and `mailgate check` prints them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.tls == ListenerTls::None {
+                out.push(format!(
+                    "listener[{i}].tls: plaintext listener \"{}\" on {}; passwords cross it \
+                     unencrypted (loopback only, for tests)",
+                    l.name, l.bind
+                ));
+            }
+        }
+        for (name, up) in &self.upstreams {
+            if up.tls != UpstreamTls::None && !up.verify_certificate {
+                out.push(format!(
+                    "upstream \"{name}\".verify_certificate: false; the upstream's certificate \
+                     is not checked, so anyone on the path can impersonate it"
+                ));
+            }
+            if up.tls == UpstreamTls::None && !up.addresses.iter().all(|a| is_loopback_host(a)) {
+                out.push(format!(
+                    "upstream \"{name}\".tls: \"none\" to a non-loopback address; replayed \
+                     passwords cross the network unencrypted"
+                ));
+            }
+            if up.tls != UpstreamTls::None && !up.verify_certificate && up.ca_file.is_some() {
+                out.push(format!(
+                    "upstream \"{name}\".ca_file: ignored because verify_certificate = false"
+                ));
+            }
+            if up.tls == UpstreamTls::None && up.ca_file.is_some() {
+                out.push(format!(
+                    "upstream \"{name}\".ca_file: ignored because tls = \"none\""
+                ));
+            }
+        }
+        if let Some(tls) = &self.tls
+            && tls.generate_self_signed
+        {
+            out.push(
+                "tls.generate_self_signed: true; a missing certificate is replaced by a \
+                 self-signed one (development only)"
+                    .to_owned(),
+            );
+        }
+        // RFC 9051 5.4: an IMAP server's autologout timer must be at least 30 minutes.
+        if self.limits.idle_timeout < Duration::from_secs(30 * 60)
+            && self.listeners.iter().any(|l| l.protocol == Protocol::Imap)
+        {
+            out.push(format!(
+                "limits.idle_timeout: {:?} is below the 30 minutes RFC 9051 section 5.4 \
+                 requires of IMAP servers",
+                self.limits.idle_timeout
+            ));
+        }
+        out
     }
 }
-#[derive(Debug, Clone)]
+
+fn is_loopback_host(addr: &str) -> bool {
+    match host_port(addr) {
+        Ok((host, _)) => {
+            host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.to_canonical().is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+/// A downstream-facing listening socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
+    /// Unique; used in audit records and as a metrics label.
     pub name: String,
     pub protocol: Protocol,
     pub bind: SocketAddr,
     pub tls: ListenerTls,
+    /// Name of the upstream; exists in [`Config::upstreams`] with the same protocol.
     pub upstream: String,
 }
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+
+/// TLS on a listener. TOML: `"implicit"` | `"starttls"` | `"none"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ListenerTls {
+    /// TLS from the first byte (IMAPS 993, POP3S 995; RFC 8314).
     Implicit,
+    /// Plaintext greeting, then STARTTLS / STLS before any login (RFC 9051 6.2.1, RFC 2595).
     StartTls,
+    /// No TLS at all. Only allowed on loopback addresses.
     None,
 }
-#[derive(Debug, Clone)]
+
+/// A real mail server that logins are replayed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     pub name: String,
     pub protocol: Protocol,
+    /// `host:port` (`[v6]:port` for IPv6 literals), at least one, tried in order.
     pub addresses: Vec<String>,
     pub tls: UpstreamTls,
+    /// Name checked against the upstream's certificate and sent as SNI. Default: the host part of
+    /// the first address. A valid DNS name or IP address.
     pub server_name: String,
+    /// PEM file of trusted CAs, absolute. `None`: the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// Default true. False accepts any certificate (still encrypted, not authenticated).
     pub verify_certificate: bool,
+    /// Per address TCP connect (and TLS handshake for implicit TLS). Default 5 s.
     pub connect_timeout: Duration,
+    /// Greeting, STARTTLS and the replayed login together. Default 30 s.
     pub login_timeout: Duration,
 }
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+
+/// TLS towards an upstream. TOML: `"implicit"` | `"starttls"` | `"none"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum UpstreamTls {
     Implicit,
     StartTls,
     None,
 }
-#[derive(Debug, Clone)]
+
+/// The certificate mailgate presents downstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerTls {
+    /// PEM certificate chain, leaf first. Absolute.
     pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Absolute.
     pub key_file: PathBuf,
+    /// When both files are missing, create a self-signed pair there. Default false.
     pub generate_self_signed: bool,
+    /// Default 1.2.
+    pub min_version: TlsVersion,
 }
-#[derive(Debug, Clone)]
+
+/// Lowest TLS version offered downstream. TOML: `"1.2"` | `"1.3"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3. RFC 8314 section 4.1 asks for 1.2 or later; many mail clients in the
+    /// field still lack 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// Connection limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// Enforced by the pre-auth machines.
     pub preauth: PreauthLimits,
+    /// After login, no byte either way for this long closes the session. Default 30 min, the
+    /// RFC 9051 section 5.4 autologout minimum.
     pub idle_timeout: Duration,
+    /// Concurrent downstream connections over all listeners. Default 10000.
     pub max_connections: usize,
 }
-#[derive(Debug, Clone)]
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            preauth: PreauthLimits::default(),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Operator diagnostics (tracing), not the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Log {
+    /// A `tracing_subscriber::EnvFilter` directive, checked at load. Default `"info"`.
     pub filter: String,
 }
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            filter: DEFAULT_LOG_FILTER.to_owned(),
+        }
+    }
+}
+
+/// 5 s: a local Dovecot answers in milliseconds; longer only delays failover to the next address.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// 30 s: greeting, STARTTLS and a password check (Dovecot may delay failures by seconds).
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// RFC 9051 section 5.4: "at least 30 minutes".
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// 10000: well under a default `ulimit -n` raised for a server, two sockets per session.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_LOG_FILTER: &str = "info";
+
+/// One problem in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}: {reason}", file.display())]
+    Read { file: PathBuf, reason: String },
+    /// Not TOML. Nothing else is checked.
+    #[error("line {line}, column {column}: {message}")]
+    Syntax {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// TOML, but not the expected shape: unknown key, missing key, wrong type.
+    #[error("{path}: {message}")]
+    Schema { path: String, message: String },
+    /// The right shape, but a value is wrong or contradicts another.
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl ConfigError {
+    /// The key path (`listener[1].bind`), when the error has one.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            ConfigError::Schema { path, .. } | ConfigError::Invalid { path, .. } => Some(path),
+            ConfigError::Read { .. } | ConfigError::Syntax { .. } => None,
+        }
+    }
+}
+
+/// Every problem found, in the order found. Never empty when returned as an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    /// One error per line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[cfg(test)]
+mod tests;

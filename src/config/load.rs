@@ -1,0 +1,483 @@
+//! Validation: [`file::File`] in, [`Config`] or every problem with its key path out.
+//!
+//! Each check pushes onto one error list and carries on, so an operator fixes a file in one pass
+//! (linkerd `parse_config`). Paths use the index for listeners (`listener[1].bind`, as the file
+//! has no other stable handle before the name is checked) and the name for upstreams
+//! (`upstream "dovecot".connect_timeout`), which is what the operator searches for.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+
+use super::duration::{self, DurationError};
+use super::file::{self, File, LimitsFile, ListenerFile, Parsed, TlsFile, UpstreamFile};
+use super::{
+    Config, ConfigError, ConfigErrors, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, Limits,
+    Listener, ListenerTls, Log, ServerTls, Upstream,
+};
+use crate::proto::PreauthLimits;
+
+/// Lowest accepted `max_line`. RFC 7162 section 4 recommends servers accept command lines of at
+/// least 8192 octets; before login commands are short, but below 512 even a modest `ID` or a
+/// SASL-IR PLAIN response would be cut.
+const MIN_MAX_LINE: u64 = 512;
+/// Highest accepted `max_line` / `max_literal`: 1 MiB is far above any JWT, and keeps one
+/// unauthenticated connection from pinning much memory.
+const MAX_PREAUTH_BUFFER: u64 = 1024 * 1024;
+/// Lowest accepted `max_literal`: RFC 4616 section 2 expects at least 255 octets for the
+/// authentication identity and password.
+const MIN_MAX_LITERAL: u64 = 255;
+/// More failed logins than this per connection only helps password guessing.
+const MAX_AUTH_ATTEMPTS: u64 = 100;
+/// Upper bound for a name: it ends up in audit records and metric labels.
+const MAX_NAME_LEN: usize = 64;
+
+pub(super) fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    let mut parsed = file::parse(text);
+    if matches!(parsed.errors.first(), Some(ConfigError::Syntax { .. })) {
+        return Err(ConfigErrors(parsed.errors));
+    }
+    let mut v = Validator {
+        errors: std::mem::take(&mut parsed.errors),
+        base_dir,
+    };
+    let file = std::mem::take(&mut parsed.file);
+    let config = v.config(file, &parsed);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+struct Validator<'a> {
+    errors: Vec<ConfigError>,
+    base_dir: &'a Path,
+}
+
+impl Validator<'_> {
+    fn invalid(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError::Invalid {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Builds the config from what parsed; the result is only used when no error was pushed.
+    fn config(&mut self, f: File, parsed: &Parsed) -> Config {
+        let upstreams = self.upstreams(f.upstream);
+        let listeners = self.listeners(f.listener, &upstreams, parsed);
+        let tls = f.tls.map(|t| self.server_tls(t));
+        if tls.is_none()
+            && !parsed.broken_tls
+            && let Some((i, l)) = listeners
+                .iter()
+                .enumerate()
+                .find(|(_, l)| l.tls != ListenerTls::None)
+        {
+            self.invalid(
+                "tls",
+                format!(
+                    "missing [tls] table, required because listener[{i}] \"{}\" uses tls = \
+                     \"{}\"",
+                    l.name,
+                    listener_tls_str(l.tls)
+                ),
+            );
+        }
+        let limits = self.limits(f.limits);
+        let filter = f
+            .log
+            .filter
+            .unwrap_or_else(|| super::DEFAULT_LOG_FILTER.to_owned());
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&filter) {
+            self.invalid("log.filter", format!("invalid filter {filter:?}: {e}"));
+        }
+        Config {
+            listeners,
+            upstreams,
+            tls,
+            limits,
+            log: Log { filter },
+        }
+    }
+
+    fn upstreams(&mut self, files: Vec<UpstreamFile>) -> BTreeMap<String, Arc<Upstream>> {
+        let mut out = BTreeMap::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (i, u) in files.into_iter().enumerate() {
+            self.name(&format!("upstream[{i}].name"), &u.name);
+            if let Some(first) = seen.insert(u.name.clone(), i) {
+                self.invalid(
+                    format!("upstream[{i}].name"),
+                    format!(
+                        "duplicate upstream name \"{}\" (also upstream[{first}])",
+                        u.name
+                    ),
+                );
+                continue;
+            }
+            let up = self.upstream(u);
+            out.insert(up.name.clone(), Arc::new(up));
+        }
+        out
+    }
+
+    fn upstream(&mut self, u: UpstreamFile) -> Upstream {
+        let at = format!("upstream \"{}\"", u.name);
+        if u.addresses.is_empty() {
+            self.invalid(
+                format!("{at}.addresses"),
+                "must list at least one \"host:port\"",
+            );
+        }
+        let mut first_host = None;
+        for (i, a) in u.addresses.iter().enumerate() {
+            match host_port(a) {
+                Ok((host, _)) => {
+                    if first_host.is_none() {
+                        first_host = Some(host.to_owned());
+                    }
+                }
+                Err(why) => self.invalid(format!("{at}.addresses[{i}]"), format!("{a:?}: {why}")),
+            }
+        }
+        let server_name = match u.server_name {
+            Some(name) => {
+                if ServerName::try_from(name.as_str()).is_err() {
+                    self.invalid(
+                        format!("{at}.server_name"),
+                        format!("{name:?} is neither a DNS name nor an IP address"),
+                    );
+                }
+                name
+            }
+            // host_port already checked the host is a valid server name.
+            None => first_host.unwrap_or_default(),
+        };
+        Upstream {
+            protocol: u.protocol,
+            addresses: u.addresses,
+            tls: u.tls,
+            server_name,
+            ca_file: u.ca_file.map(|p| self.path(&p)),
+            verify_certificate: u.verify_certificate.unwrap_or(true),
+            connect_timeout: self.duration(
+                &format!("{at}.connect_timeout"),
+                u.connect_timeout.as_deref(),
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+            login_timeout: self.duration(
+                &format!("{at}.login_timeout"),
+                u.login_timeout.as_deref(),
+                DEFAULT_LOGIN_TIMEOUT,
+            ),
+            name: u.name,
+        }
+    }
+
+    fn listeners(
+        &mut self,
+        files: Vec<ListenerFile>,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+        parsed: &Parsed,
+    ) -> Vec<Listener> {
+        if files.is_empty() && !parsed.broken_listener {
+            self.invalid("listener", "at least one [[listener]] is required");
+        }
+        let mut out: Vec<Listener> = Vec::new();
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, l) in files.iter().enumerate() {
+            let at = format!("listener[{i}]");
+            self.name(&format!("{at}.name"), &l.name);
+            if let Some(first) = names.insert(&l.name, i) {
+                self.invalid(
+                    format!("{at}.name"),
+                    format!(
+                        "duplicate listener name \"{}\" (also listener[{first}])",
+                        l.name
+                    ),
+                );
+            }
+            let bind = match l.bind.parse::<SocketAddr>() {
+                Ok(bind) => bind,
+                Err(_) => {
+                    self.invalid(
+                        format!("{at}.bind"),
+                        format!(
+                            "{:?} is not an IP address and port, e.g. \"127.0.0.1:993\" or \
+                             \"[::1]:993\"",
+                            l.bind
+                        ),
+                    );
+                    continue;
+                }
+            };
+            // SPEC "Wire behaviour": a plaintext listener refuses to start off loopback, since
+            // passwords would cross the network in the clear.
+            if l.tls == ListenerTls::None && !bind.ip().to_canonical().is_loopback() {
+                self.invalid(
+                    format!("{at}.bind"),
+                    format!(
+                        "\"{bind}\" is not a loopback address; tls = \"none\" is only allowed \
+                         on loopback (127.0.0.0/8, ::1)"
+                    ),
+                );
+            }
+            if let Some(j) = out.iter().position(|o| binds_conflict(o.bind, bind)) {
+                self.invalid(
+                    format!("{at}.bind"),
+                    format!(
+                        "\"{bind}\" conflicts with listener[{j}] \"{}\" on \"{}\"",
+                        out[j].name, out[j].bind
+                    ),
+                );
+            }
+            match upstreams.get(&l.upstream) {
+                Some(up) if up.protocol != l.protocol => self.invalid(
+                    format!("{at}.upstream"),
+                    format!(
+                        "upstream \"{}\" speaks {}, but this listener speaks {}",
+                        l.upstream,
+                        up.protocol.as_str(),
+                        l.protocol.as_str()
+                    ),
+                ),
+                Some(_) => {}
+                // Already reported where that upstream is defined.
+                None if parsed.broken_upstreams.contains(&l.upstream) => {}
+                None => self.invalid(
+                    format!("{at}.upstream"),
+                    format!("no [[upstream]] named \"{}\"", l.upstream),
+                ),
+            }
+            out.push(Listener {
+                name: l.name.clone(),
+                protocol: l.protocol,
+                bind,
+                tls: l.tls,
+                upstream: l.upstream.clone(),
+            });
+        }
+        out
+    }
+
+    fn server_tls(&mut self, t: TlsFile) -> ServerTls {
+        for (key, value) in [("cert_file", &t.cert_file), ("key_file", &t.key_file)] {
+            if value.is_empty() {
+                self.invalid(format!("tls.{key}"), "must not be empty");
+            }
+        }
+        if !t.cert_file.is_empty() && t.cert_file == t.key_file {
+            self.invalid("tls.key_file", "must differ from tls.cert_file");
+        }
+        ServerTls {
+            cert_file: self.path(&t.cert_file),
+            key_file: self.path(&t.key_file),
+            generate_self_signed: t.generate_self_signed.unwrap_or(false),
+            min_version: t.min_version.unwrap_or_default(),
+        }
+    }
+
+    fn limits(&mut self, l: LimitsFile) -> Limits {
+        let d = Limits::default();
+        let p = PreauthLimits::default();
+        let max_line = self.bounded(
+            "limits.max_line",
+            l.max_line,
+            p.max_line as u64,
+            MIN_MAX_LINE,
+            MAX_PREAUTH_BUFFER,
+        );
+        let max_literal = self.bounded(
+            "limits.max_literal",
+            l.max_literal,
+            p.max_literal as u64,
+            MIN_MAX_LITERAL,
+            MAX_PREAUTH_BUFFER,
+        );
+        let max_attempts = self.bounded(
+            "limits.max_auth_attempts",
+            l.max_auth_attempts,
+            u64::from(p.max_attempts),
+            1,
+            MAX_AUTH_ATTEMPTS,
+        );
+        let max_connections = self.bounded(
+            "limits.max_connections",
+            l.max_connections,
+            d.max_connections as u64,
+            1,
+            // Two sockets per session; more than a million would need tuning far beyond this.
+            1_000_000,
+        );
+        Limits {
+            preauth: PreauthLimits {
+                // Bounds above keep these far inside usize and u32.
+                max_line: usize::try_from(max_line).unwrap_or(p.max_line),
+                max_literal: usize::try_from(max_literal).unwrap_or(p.max_literal),
+                max_attempts: u32::try_from(max_attempts).unwrap_or(p.max_attempts),
+                auth_timeout: self.duration(
+                    "limits.auth_timeout",
+                    l.auth_timeout.as_deref(),
+                    p.auth_timeout,
+                ),
+            },
+            idle_timeout: self.duration(
+                "limits.idle_timeout",
+                l.idle_timeout.as_deref(),
+                d.idle_timeout,
+            ),
+            max_connections: usize::try_from(max_connections).unwrap_or(d.max_connections),
+        }
+    }
+
+    fn bounded(&mut self, path: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> u64 {
+        match value {
+            None => default,
+            Some(v) if (min..=max).contains(&v) => v,
+            Some(v) => {
+                self.invalid(
+                    path,
+                    format!("{v} is out of range, expected {min} to {max}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        path: &str,
+        text: Option<&str>,
+        default: std::time::Duration,
+    ) -> std::time::Duration {
+        let Some(text) = text else {
+            return default;
+        };
+        match duration::parse_nonzero(text) {
+            Ok(d) => d,
+            Err(e @ DurationError::Zero) => {
+                self.invalid(path, format!("duration {text:?} {e}"));
+                default
+            }
+            Err(e) => {
+                self.invalid(path, format!("invalid duration {text:?}: {e}"));
+                default
+            }
+        }
+    }
+
+    /// Names show up in audit records, logs and metric labels: keep them short and plain.
+    fn name(&mut self, path: &str, name: &str) {
+        let ok = !name.is_empty()
+            && name.len() <= MAX_NAME_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !ok {
+            self.invalid(
+                path,
+                format!(
+                    "{name:?} is not a valid name: use 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 - _ ."
+                ),
+            );
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.base_dir.join(p)
+    }
+}
+
+/// Splits `"host:port"` or `"[v6]:port"`; the host must be usable as a TLS server name (a DNS
+/// name or an IP address) and the port non-zero.
+pub fn host_port(addr: &str) -> Result<(&str, u16), &'static str> {
+    let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
+        let (host, port) = rest.split_once("]:").ok_or("expected \"[ipv6]:port\"")?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err("the part in brackets is not an IPv6 address");
+        }
+        (host, port)
+    } else {
+        let (host, port) = addr.rsplit_once(':').ok_or("missing \":port\"")?;
+        if host.contains(':') {
+            return Err("IPv6 addresses need brackets, e.g. \"[::1]:143\"");
+        }
+        (host, port)
+    };
+    if host.is_empty() {
+        return Err("missing host");
+    }
+    if host.parse::<IpAddr>().is_err() && ServerName::try_from(host).is_err() {
+        return Err("the host is neither a DNS name nor an IP address");
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err("the port must be a number from 1 to 65535"),
+        Ok(port) => Ok((host, port)),
+    }
+}
+
+/// Would binding `b` fail because `a` is bound? Same port and family, and the same address or
+/// either one the wildcard. Port 0 asks the kernel for a free port and never conflicts.
+/// `[::]` next to `0.0.0.0` depends on IPV6_V6ONLY and is left to the kernel to report.
+fn binds_conflict(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn listener_tls_str(t: ListenerTls) -> &'static str {
+    match t {
+        ListenerTls::Implicit => "implicit",
+        ListenerTls::StartTls => "starttls",
+        ListenerTls::None => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_table() {
+        let ok: &[(&str, (&str, u16))] = &[
+            ("127.0.0.1:143", ("127.0.0.1", 143)),
+            ("localhost:110", ("localhost", 110)),
+            ("mail.example.com:993", ("mail.example.com", 993)),
+            ("[::1]:143", ("::1", 143)),
+        ];
+        for (input, want) in ok {
+            assert_eq!(host_port(input), Ok(*want), "{input}");
+        }
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:",
+            ":143",
+            "::1:143",
+            "[::1]143",
+            "[nope]:143",
+            "host:0",
+            "host:70000",
+            "host:https",
+            "bad host:143",
+        ] {
+            assert!(host_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bind_conflicts() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(binds_conflict(a("127.0.0.1:143"), a("127.0.0.1:143")));
+        assert!(binds_conflict(a("0.0.0.0:143"), a("127.0.0.1:143")));
+        assert!(binds_conflict(a("[::1]:143"), a("[::]:143")));
+        assert!(!binds_conflict(a("127.0.0.1:143"), a("127.0.0.2:143")));
+        assert!(!binds_conflict(a("127.0.0.1:143"), a("[::1]:143")));
+        assert!(!binds_conflict(a("127.0.0.1:0"), a("127.0.0.1:0")));
+    }
+}
