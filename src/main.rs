@@ -37,6 +37,9 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
+    }
     let mut problems = Vec::new();
     // `check` never writes: a self-signed certificate still to be generated is not checked.
     if let Some(tls) = &config.tls
@@ -69,6 +72,9 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
 fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
     init_tracing(&config.log.filter)?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -91,8 +91,8 @@ impl Connector {
         self.config.protocol
     }
 
-    /// Connect, replay `request`, and return the logged-in stream. The whole exchange after the
-    /// TCP connect is bounded by `login_timeout`.
+    /// Connect, replay `request`, and return the logged-in stream. The exchange after the
+    /// connect (greeting, STARTTLS, login) is bounded by `login_timeout`.
     pub async fn login(&self, request: &LoginRequest) -> Result<LoggedIn, Error> {
         let starttls = self.config.tls == UpstreamTls::StartTls;
         // Build the replay first: an unsafe credential is refused before any connection.
@@ -100,9 +100,9 @@ impl Connector {
             Protocol::Imap => Replay::Imap(ImapReplay::new(request, starttls)?),
             Protocol::Pop3 => Replay::Pop3(Pop3Replay::new(request, starttls)?),
         };
-        let (tcp, address) = self.connect().await?;
+        let (stream, address) = self.connect().await?;
         let limit = self.config.login_timeout;
-        match timeout(limit, self.replay(tcp, replay)).await {
+        match timeout(limit, self.replay(stream, replay)).await {
             Ok(result) => result.map(|mut logged| {
                 logged.address = address;
                 logged
@@ -114,31 +114,46 @@ impl Connector {
         }
     }
 
-    /// Try every configured address in order, each bounded by `connect_timeout`.
-    async fn connect(&self) -> Result<(TcpStream, String), Error> {
-        let mut last = String::from("no address configured");
+    /// Try every configured address in order, each bounded by `connect_timeout` (TCP connect
+    /// plus, for implicit TLS, the handshake).
+    async fn connect(&self) -> Result<(UpstreamStream, String), Error> {
+        let mut last = None;
         for address in &self.config.addresses {
-            match timeout(
-                self.config.connect_timeout,
-                TcpStream::connect(address.as_str()),
-            )
-            .await
-            {
-                Ok(Ok(tcp)) => {
-                    // Login exchanges are small request/response turns: Nagle plus delayed ACK
-                    // would add ~40 ms to each.
-                    let _ = tcp.set_nodelay(true);
-                    return Ok((tcp, address.clone()));
+            let attempt = async {
+                let tcp =
+                    TcpStream::connect(address.as_str())
+                        .await
+                        .map_err(|e| Error::Connect {
+                            upstream: self.config.name.clone(),
+                            detail: format!("{address}: {e}"),
+                        })?;
+                // Login exchanges are small request/response turns: Nagle plus delayed ACK
+                // would add ~40 ms to each.
+                let _ = tcp.set_nodelay(true);
+                if self.config.tls == UpstreamTls::Implicit {
+                    self.handshake(tcp).await
+                } else {
+                    Ok(MaybeTls::Plain(tcp))
                 }
-                Ok(Err(e)) => last = format!("{address}: {e}"),
-                Err(_) => last = format!("{address}: connect timed out"),
-            }
-            tracing::debug!(upstream = %self.config.name, %last, "upstream address failed");
+            };
+            let error = match timeout(self.config.connect_timeout, attempt).await {
+                Ok(Ok(stream)) => return Ok((stream, address.clone())),
+                Ok(Err(e)) => e,
+                Err(_) => Error::Connect {
+                    upstream: self.config.name.clone(),
+                    detail: format!(
+                        "{address}: timed out after {:?}",
+                        self.config.connect_timeout
+                    ),
+                },
+            };
+            tracing::debug!(upstream = %self.config.name, error = %error, "upstream address failed");
+            last = Some(error);
         }
-        Err(Error::Connect {
+        Err(last.unwrap_or_else(|| Error::Connect {
             upstream: self.config.name.clone(),
-            detail: last,
-        })
+            detail: "no address configured".into(),
+        }))
     }
 
     async fn handshake(&self, tcp: TcpStream) -> Result<UpstreamStream, Error> {
