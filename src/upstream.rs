@@ -170,16 +170,15 @@ impl Connector {
         Ok(MaybeTls::Tls(Box::new(tls)))
     }
 
-    async fn replay(&self, tcp: TcpStream, mut replay: Replay) -> Result<LoggedIn, Error> {
+    async fn replay(
+        &self,
+        mut stream: UpstreamStream,
+        mut replay: Replay,
+    ) -> Result<LoggedIn, Error> {
         let upstream = || self.config.name.clone();
         let io_err = |source| Error::Io {
             upstream: upstream(),
             source,
-        };
-        let mut stream = if self.config.tls == UpstreamTls::Implicit {
-            self.handshake(tcp).await?
-        } else {
-            MaybeTls::Plain(tcp)
         };
         let mut buf = vec![0u8; 8192];
         loop {
