@@ -81,7 +81,7 @@ impl Server {
                 listener: listener.clone(),
                 acceptor: acceptor.clone(),
                 connector,
-                limits: config.limits.clone(),
+                limits: config.limits,
             };
             bound.push((tcp, Arc::new(ctx)));
         }
