@@ -1,0 +1,155 @@
+//! mailgate in-process on 127.0.0.1:0, in front of a harness [`Dovecot`] (mini-redis style).
+//!
+//! Listeners, each on a free port: `imaps` (implicit TLS), `imap` (STARTTLS), `imap-plain`
+//! (no TLS, loopback), and the same three for POP3. The downstream certificate is the repo's
+//! test leaf `certs/localhost.pem`, issued by `certs/ca.pem` ([`Mailgate::ca_pem`]).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use mailgate::config::Config;
+use mailgate::server::Server;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::dovecot::Dovecot;
+
+const LISTENERS: [(&str, &str, &str, &str); 6] = [
+    ("imaps", "imap", "implicit", "up-imap"),
+    ("imap", "imap", "starttls", "up-imap"),
+    ("imap-plain", "imap", "none", "up-imap"),
+    ("pop3s", "pop3", "implicit", "up-pop3"),
+    ("pop3", "pop3", "starttls", "up-pop3"),
+    ("pop3-plain", "pop3", "none", "up-pop3"),
+];
+
+/// How mailgate reaches one upstream protocol.
+#[derive(Clone)]
+pub struct UpstreamSpec {
+    pub addresses: Vec<String>,
+    pub tls: &'static str,
+    pub ca_file: PathBuf,
+}
+
+#[must_use = "call start() to run mailgate"]
+pub struct MailgateBuilder {
+    imap: UpstreamSpec,
+    pop3: UpstreamSpec,
+    limits: String,
+}
+
+impl MailgateBuilder {
+    pub fn imap_upstream(mut self, spec: UpstreamSpec) -> Self {
+        self.imap = spec;
+        self
+    }
+
+    pub fn pop3_upstream(mut self, spec: UpstreamSpec) -> Self {
+        self.pop3 = spec;
+        self
+    }
+
+    /// Raw lines for the `[limits]` table, e.g. `auth_timeout = "1s"`.
+    pub fn limits(mut self, lines: &str) -> Self {
+        self.limits.push_str(lines);
+        self.limits.push('\n');
+        self
+    }
+
+    pub fn toml(&self) -> String {
+        let repo = env!("CARGO_MANIFEST_DIR");
+        let mut t = String::new();
+        for (name, protocol, tls, upstream) in LISTENERS {
+            t += &format!(
+                "[[listener]]\nname = \"{name}\"\nprotocol = \"{protocol}\"\n\
+                 bind = \"127.0.0.1:0\"\ntls = \"{tls}\"\nupstream = \"{upstream}\"\n\n"
+            );
+        }
+        for (name, protocol, spec) in [("up-imap", "imap", &self.imap), ("up-pop3", "pop3", &self.pop3)] {
+            let addresses: Vec<String> = spec.addresses.iter().map(|a| format!("\"{a}\"")).collect();
+            t += &format!(
+                "[[upstream]]\nname = \"{name}\"\nprotocol = \"{protocol}\"\naddresses = [{}]\n\
+                 tls = \"{}\"\nserver_name = \"localhost\"\nca_file = \"{}\"\n\
+                 connect_timeout = \"2s\"\nlogin_timeout = \"5s\"\n\n",
+                addresses.join(", "),
+                spec.tls,
+                spec.ca_file.display()
+            );
+        }
+        t += &format!(
+            "[tls]\ncert_file = \"{repo}/certs/localhost.pem\"\nkey_file = \"{repo}/certs/localhost.key\"\n\n"
+        );
+        t += &format!("[limits]\n{}\n[log]\nfilter = \"debug\"\n", self.limits);
+        t
+    }
+
+    pub async fn start(self) -> Mailgate {
+        let toml = self.toml();
+        let config = Config::from_toml(&toml, std::path::Path::new(env!("CARGO_MANIFEST_DIR")))
+            .unwrap_or_else(|e| panic!("test config rejected:\n{e}\n---\n{toml}"));
+        let server = Server::bind(&config).await.expect("mailgate binds");
+        let addrs = LISTENERS
+            .iter()
+            .map(|(name, ..)| (name.to_string(), server.local_addr(name).expect("bound")))
+            .collect();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        Mailgate { addrs, stop: Some(stop), task }
+    }
+}
+
+pub struct Mailgate {
+    addrs: Vec<(String, SocketAddr)>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Mailgate {
+    /// In front of `dovecot`: IMAP upstream over implicit TLS, POP3 upstream over STLS, both
+    /// verified against the harness CA.
+    pub fn builder(dovecot: &Dovecot) -> MailgateBuilder {
+        MailgateBuilder {
+            imap: UpstreamSpec {
+                addresses: vec![dovecot.imaps_addr.to_string()],
+                tls: "implicit",
+                ca_file: dovecot.ca_pem.clone(),
+            },
+            pop3: UpstreamSpec {
+                addresses: vec![dovecot.pop3_addr.to_string()],
+                tls: "starttls",
+                ca_file: dovecot.ca_pem.clone(),
+            },
+            limits: String::new(),
+        }
+    }
+
+    pub async fn start(dovecot: &Dovecot) -> Mailgate {
+        Self::builder(dovecot).start().await
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.addrs
+            .iter()
+            .find(|(name, _)| name == listener)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no listener {listener}"))
+    }
+
+    /// The CA that issued mailgate's downstream certificate.
+    pub fn ca_pem() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("certs/ca.pem")
+    }
+}
+
+impl Drop for Mailgate {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
