@@ -213,7 +213,7 @@ pub enum CommandBody<'a> {
     Logout,
     StartTls,
     /// RFC 2971 `ID`; `None` for `ID NIL`.
-    Id(Option<Vec<(Cow<'a, [u8]>, Option<Cow<'a, [u8]>>)>>),
+    Id(Option<Vec<IdParam<'a>>>),
     /// `LOGIN SP userid SP password`. The password is a credential: never print it.
     Login {
         user: Cow<'a, [u8]>,
@@ -259,6 +259,9 @@ impl std::fmt::Debug for CommandBody<'_> {
         }
     }
 }
+
+/// One RFC 2971 `field value` pair; `None` for a `NIL` value.
+pub type IdParam<'a> = (Cow<'a, [u8]>, Option<Cow<'a, [u8]>>);
 
 /// SASL-IR initial response (RFC 4959): `initial-response = base64 / "="`.
 #[derive(Clone, PartialEq, Eq)]

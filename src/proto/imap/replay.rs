@@ -1,1 +1,2 @@
 //! TODO(#2)
+pub struct ImapReplay;
