@@ -105,7 +105,8 @@ impl Framer {
             else {
                 self.searched = buf.len();
                 let pending = buf.len().saturating_sub(self.fragment_start);
-                if pending >= limits.max_line || buf.len() > limits.max_message {
+                // A fragment of `max_line` bytes without LF can only end over the limit.
+                if pending >= limits.max_line.max(1) || buf.len() > limits.max_message {
                     return Frame::LineTooLong;
                 }
                 return Frame::Incomplete;

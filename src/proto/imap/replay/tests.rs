@@ -517,3 +517,54 @@ fn debug_output_never_shows_credentials() {
     let debug = format!("{m:?}");
     assert!(!debug.contains("hunter2"), "{debug}");
 }
+
+// ----- properties ---------------------------------------------------------------------------
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn upstream_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let pieces = prop_oneof![
+            Just(GREETING_FULL.as_bytes().to_vec()),
+            Just(GREETING_BARE.as_bytes().to_vec()),
+            Just(b"+ \r\n".to_vec()),
+            Just(b"+\r\n".to_vec()),
+            Just(format!("+ {CHALLENGE_B64}\r\n").into_bytes()),
+            Just(b"mg1 OK done\r\n".to_vec()),
+            Just(b"mg2 NO [AUTHENTICATIONFAILED] no\r\n".to_vec()),
+            Just(b"* CAPABILITY IMAP4rev1 LITERAL+ SASL-IR\r\n".to_vec()),
+            Just(b"* X {3}\r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..30),
+        ];
+        proptest::collection::vec(pieces, 0..8).prop_map(|v| v.concat())
+    }
+
+    fn any_request() -> impl Strategy<Value = LoginRequest> {
+        prop_oneof![
+            Just(password(Mechanism::ImapLogin, "alice", b"s3cret")),
+            Just(password(Mechanism::ImapLogin, "\u{e4}lice", b"p\r\nw")),
+            Just(password(Mechanism::Plain, "alice", b"s3cret")),
+            Just(password(Mechanism::Login, "alice", b"s3cret")),
+            Just(bearer(Mechanism::XOAuth2, "ya29.tok")),
+            Just(bearer(Mechanism::OAuthBearer, "ya29.tok")),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn random_upstream_never_panics_and_chunking_does_not_matter(
+            input in upstream_bytes(),
+            request in any_request(),
+            starttls in any::<bool>(),
+            chunk in 1usize..17,
+        ) {
+            let steps = [Step::U(input.clone()), Tls, Step::U(input)];
+            let (whole, residual) = run(&request, starttls, &steps, usize::MAX);
+            let (items, rest) = run(&request, starttls, &steps, chunk);
+            prop_assert_eq!(items, whole);
+            prop_assert_eq!(rest, residual);
+        }
+    }
+}
