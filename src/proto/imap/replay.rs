@@ -1,20 +1,669 @@
-//! TEMP STUB
-use crate::proto::{LoginRequest, ReplayEvent, UnsafeCredential};
-use bytes::Bytes;
-pub struct ImapReplay;
-impl ImapReplay {
-    pub fn new(_r: &LoginRequest, _s: bool) -> Result<Self, UnsafeCredential> {
-        Ok(Self)
-    }
-    pub fn handle_input(&mut self, _b: &[u8]) {}
-    pub fn tls_established(&mut self) {}
-    pub fn poll_event(&mut self) -> Option<ReplayEvent> {
-        None
-    }
-    pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        None
-    }
-    pub fn into_residual(self) -> Bytes {
-        Bytes::new()
+//! Stage: IMAP login replay (upstream side). SANS-IO.
+//!
+//! Input: the [`LoginRequest`] the front-end reported and the policy allowed, then bytes from
+//! the real server (`handle_input`) and the end of a STARTTLS handshake (`tls_established`).
+//! Output: bytes for the upstream (`poll_transmit`, they carry the credentials) and one final
+//! [`ReplayEvent`] (`LoggedIn`, `Rejected` or `Failed`), plus `TlsRequested` on the STARTTLS
+//! path. At hand-off `into_residual` returns what the upstream sent after its tagged answer.
+//!
+//! The login is replayed with the mechanism the client used, so the upstream checks exactly
+//! what the client presented. Tags are `mg1`, `mg2`, ... which no client-chosen tag matters for:
+//! the upstream sees no client command before the login completes.
+//!
+//! # States
+//!
+//! | state                 | upstream says                              | we send / report                                 | next                  |
+//! |-----------------------|--------------------------------------------|--------------------------------------------------|-----------------------|
+//! | `ExpectGreeting`      | `* OK [CAPABILITY ...]`                    | `STARTTLS` / login command                       | `ExpectStartTls` / `ExpectLoginAnswer` |
+//! |                       | `* OK` without capabilities                | `STARTTLS` / `CAPABILITY`                        | `ExpectStartTls` / `ExpectCapability` |
+//! |                       | `* PREAUTH`, `* BYE`, anything else        | `Failed(Greeting / Bye)`                         | `Done`                |
+//! | `ExpectStartTls`      | tagged `OK`                                | `TlsRequested`, buffered bytes dropped           | `ExpectTlsHandshake`  |
+//! |                       | tagged `NO` / `BAD`                        | `Failed(StartTlsRefused)`                        | `Done`                |
+//! | `ExpectTlsHandshake`  | `tls_established()`                        | `CAPABILITY` (RFC 9051 6.2.1: forget old ones)   | `ExpectCapability`    |
+//! | `ExpectCapability`    | `* CAPABILITY ...`, tagged `OK`            | login command                                    | `ExpectLoginAnswer`   |
+//! | `ExpectLoginAnswer`   | `+` (with or without text), more to send   | next piece (literal, SASL response, LOGIN step)  | same                  |
+//! |                       | `+ base64json` after the last piece (OAuth)| record challenge, `""` (XOAUTH2) / `AQ==`        | same                  |
+//! |                       | `* ...` (not BYE)                          | kept as `untagged`                               | same                  |
+//! |                       | tagged `OK`                                | `LoggedIn { untagged, reply }`                   | `LoggedIn` (input kept as residual) |
+//! |                       | tagged `NO`                                | `Rejected { text, challenge }`                   | `Done`                |
+//! | any                   | `* BYE`                                    | `Failed(Bye)`                                    | `Done`                |
+//! |                       | tagged `BAD`, foreign tag, garbage         | `Failed(Unexpected)`                             | `Done`                |
+//! |                       | line over `MAX_UPSTREAM_LINE`              | `Failed(LineTooLong)`                            | `Done`                |
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::proto::imap::parse::{Frame, FrameLimits, Framer, LiteralMode};
+use crate::proto::sasl;
+use crate::proto::{
+    Credentials, LoginRequest, MAX_UPSTREAM_LINE, Mechanism, ReplayError, ReplayEvent,
+    UnsafeCredential,
+};
+use crate::secret::Secret;
+
+/// Longest upstream text quoted in an error.
+const MAX_ERROR_TEXT: usize = 200;
+
+const LIMITS: FrameLimits = FrameLimits {
+    max_line: MAX_UPSTREAM_LINE,
+    max_literal: MAX_UPSTREAM_LINE,
+    max_message: MAX_UPSTREAM_LINE * 2,
+    literals: LiteralMode::Server,
+};
+
+/// The login, checked and encoded at construction so nothing unsafe is ever sent.
+enum Prepared {
+    /// IMAP `LOGIN user password`; neither holds NUL.
+    Command {
+        user: Vec<u8>,
+        password: Secret<Vec<u8>>,
+    },
+    /// PLAIN, XOAUTH2, OAUTHBEARER: the raw one-step response.
+    OneStep {
+        mechanism: Mechanism,
+        payload: Secret<Vec<u8>>,
+    },
+    /// SASL LOGIN: user name, then password, each answering a prompt.
+    SaslLogin {
+        user: Vec<u8>,
+        password: Secret<Vec<u8>>,
+    },
+}
+
+/// What the machine waits for.
+#[derive(Debug)]
+enum State {
+    ExpectGreeting,
+    ExpectStartTls {
+        tag: String,
+    },
+    ExpectTlsHandshake,
+    ExpectCapability {
+        tag: String,
+    },
+    ExpectLoginAnswer {
+        tag: String,
+        /// Pieces still to send, one per `+` (literal data, SASL responses); they hold
+        /// credentials.
+        pending: Secret<VecDeque<Bytes>>,
+        /// Raw untagged lines seen since the login command.
+        untagged: BytesMut,
+        /// The decoded SASL error challenge, when the upstream sent one.
+        challenge: Option<Bytes>,
+    },
+    /// `LoggedIn` is queued; input is kept as residual.
+    LoggedIn,
+    /// `Rejected` or `Failed` is queued; input is ignored.
+    Done,
+}
+
+/// Replays one login to the upstream IMAP server. See the module docs for the states.
+#[must_use = "a replay does nothing unless driven"]
+pub struct ImapReplay {
+    state: State,
+    login: Prepared,
+    starttls: bool,
+    /// Upper-cased capabilities the upstream advertised (since the last STARTTLS).
+    capabilities: Option<Vec<String>>,
+    next_tag: u32,
+    input: BytesMut,
+    framer: Framer,
+    out: BytesMut,
+    events: VecDeque<ReplayEvent>,
+}
+
+// Hand-written: `out` and `pending` carry credentials.
+impl std::fmt::Debug for ImapReplay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImapReplay")
+            .field("state", &self.state)
+            .field("starttls", &self.starttls)
+            .field("capabilities", &self.capabilities)
+            .field("buffered", &self.input.len())
+            .finish_non_exhaustive()
     }
 }
+
+impl ImapReplay {
+    /// Prepare the replay of `request`; `starttls` upgrades the upstream connection first.
+    /// Fails when a credential holds a byte the upstream would read as a separator.
+    pub fn new(request: &LoginRequest, starttls: bool) -> Result<Self, UnsafeCredential> {
+        let login = match (request.mechanism, &request.credentials) {
+            (
+                Mechanism::ImapLogin | Mechanism::UserPass,
+                Credentials::Password { user, password, .. },
+            ) => {
+                // CR/LF are fine inside a literal; NUL is not an IMAP CHAR8 (RFC 9051 9).
+                sasl::check(user.as_bytes(), b"\0", "user")?;
+                sasl::check(password.expose(), b"\0", "password")?;
+                Prepared::Command {
+                    user: user.as_bytes().to_vec(),
+                    password: password.clone(),
+                }
+            }
+            (Mechanism::Login, Credentials::Password { user, password, .. }) => {
+                sasl::check(user.as_bytes(), b"\0\r\n", "user")?;
+                sasl::check(password.expose(), b"\0", "password")?;
+                Prepared::SaslLogin {
+                    user: user.as_bytes().to_vec(),
+                    password: password.clone(),
+                }
+            }
+            (mechanism @ (Mechanism::Plain | Mechanism::XOAuth2 | Mechanism::OAuthBearer), c) => {
+                Prepared::OneStep {
+                    mechanism,
+                    payload: Secret::new(sasl::encode(mechanism, c)?),
+                }
+            }
+            _ => return Err(UnsafeCredential { field: "mechanism" }),
+        };
+        Ok(Self {
+            state: State::ExpectGreeting,
+            login,
+            starttls,
+            capabilities: None,
+            next_tag: 0,
+            input: BytesMut::new(),
+            framer: Framer::default(),
+            out: BytesMut::new(),
+            events: VecDeque::new(),
+        })
+    }
+
+    /// Bytes from the upstream.
+    pub fn handle_input(&mut self, bytes: &[u8]) {
+        match self.state {
+            // Plaintext racing the TLS handshake is never read (CVE-2011-0411, both ways).
+            State::ExpectTlsHandshake => {}
+            // Everything after the tagged OK is the residual, for the downstream.
+            State::LoggedIn => self.input.extend_from_slice(bytes),
+            State::Done => {}
+            _ => {
+                self.input.extend_from_slice(bytes);
+                self.process();
+            }
+        }
+    }
+
+    /// The driver finished the TLS handshake [`ReplayEvent::TlsRequested`] asked for.
+    pub fn tls_established(&mut self) {
+        if matches!(self.state, State::ExpectTlsHandshake) {
+            self.input.clear();
+            self.framer.reset();
+            // RFC 9051 6.2.1: capabilities learnt before TLS are void.
+            self.capabilities = None;
+            let tag = self.send_command(b"CAPABILITY");
+            self.state = State::ExpectCapability { tag };
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<ReplayEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        (!self.out.is_empty()).then(|| self.out.split().freeze())
+    }
+
+    /// What the upstream sent after its tagged answer to the login, for the downstream.
+    #[must_use = "residual bytes belong to the downstream; dropping them loses server data"]
+    pub fn into_residual(self) -> Bytes {
+        self.input.freeze()
+    }
+
+    /// Capabilities the upstream advertised, upper-cased, once known.
+    pub fn capabilities(&self) -> Option<&[String]> {
+        self.capabilities.as_deref()
+    }
+
+    fn process(&mut self) {
+        while !matches!(
+            self.state,
+            State::Done | State::LoggedIn | State::ExpectTlsHandshake
+        ) {
+            match self.framer.next(&self.input, &LIMITS) {
+                Frame::Incomplete => return,
+                Frame::Complete { len } => {
+                    let line = self.input.split_to(len).freeze();
+                    self.framer.reset();
+                    self.line(line);
+                }
+                Frame::LiteralAnnounced { .. }
+                | Frame::LiteralTooLarge { .. }
+                | Frame::LineTooLong => {
+                    self.fail(ReplayError::LineTooLong(MAX_UPSTREAM_LINE));
+                }
+            }
+        }
+    }
+
+    /// One complete response (a line, or a line with literals).
+    fn line(&mut self, line: Bytes) {
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        let response = Response::parse(text);
+        if let Response::Untagged {
+            status: Some(Status::Bye),
+            text,
+            ..
+        } = &response
+        {
+            return self.fail(ReplayError::Bye(text.clone()));
+        }
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::ExpectGreeting => self.greeting(response),
+            State::ExpectStartTls { tag } => match response {
+                Response::Untagged { .. } => self.state = State::ExpectStartTls { tag },
+                Response::Tagged {
+                    tag: got,
+                    status: Status::Ok,
+                    ..
+                } if got == tag => {
+                    // Anything the server pipelined after its OK is injection: drop it.
+                    self.input.clear();
+                    self.framer.reset();
+                    self.state = State::ExpectTlsHandshake;
+                    self.events.push_back(ReplayEvent::TlsRequested);
+                }
+                Response::Tagged { tag: got, text, .. } if got == tag => {
+                    self.fail(ReplayError::StartTlsRefused(text))
+                }
+                other => self.fail(other.unexpected()),
+            },
+            State::ExpectCapability { tag } => match response {
+                Response::Untagged {
+                    status: None, text, ..
+                } => {
+                    if let Some(list) = strip_prefix_ci(text.as_bytes(), b"CAPABILITY ") {
+                        self.capabilities = Some(capability_list(list));
+                    }
+                    self.state = State::ExpectCapability { tag };
+                }
+                Response::Untagged { .. } => self.state = State::ExpectCapability { tag },
+                Response::Tagged {
+                    tag: got,
+                    status: Status::Ok,
+                    code,
+                    ..
+                } if got == tag => {
+                    if let Some(list) = code.as_deref().and_then(capability_code) {
+                        self.capabilities = Some(list);
+                    }
+                    self.send_login();
+                }
+                other => self.fail(other.unexpected()),
+            },
+            State::ExpectLoginAnswer {
+                tag,
+                pending,
+                untagged,
+                challenge,
+            } => self.login_answer(tag, pending, untagged, challenge, response, &line),
+            State::ExpectTlsHandshake | State::LoggedIn | State::Done => {}
+        }
+    }
+
+    fn greeting(&mut self, response: Response) {
+        match response {
+            Response::Untagged {
+                status: Some(Status::Ok),
+                code,
+                ..
+            } => {
+                self.capabilities = code.as_deref().and_then(capability_code);
+                if self.starttls {
+                    let tag = self.send_command(b"STARTTLS");
+                    self.state = State::ExpectStartTls { tag };
+                } else if self.capabilities.is_some() {
+                    self.send_login();
+                } else {
+                    let tag = self.send_command(b"CAPABILITY");
+                    self.state = State::ExpectCapability { tag };
+                }
+            }
+            Response::Untagged { text, .. } => self.fail(ReplayError::Greeting(text)),
+            other => self.fail(ReplayError::Greeting(other.text())),
+        }
+    }
+
+    fn login_answer(
+        &mut self,
+        tag: String,
+        pending: Secret<VecDeque<Bytes>>,
+        mut untagged: BytesMut,
+        mut challenge: Option<Bytes>,
+        response: Response,
+        raw: &[u8],
+    ) {
+        let mut pending = pending.into_inner();
+        match response {
+            Response::Continuation { text } => {
+                if let Some(piece) = pending.pop_front() {
+                    self.out.extend_from_slice(&piece);
+                } else {
+                    // RFC 7628 3.2.3 / XOAUTH2: an error challenge before the NO; the client
+                    // must answer it (`AQ==` / empty) for the server to finish.
+                    let ack: &[u8] = match &self.login {
+                        Prepared::OneStep {
+                            mechanism: Mechanism::XOAuth2,
+                            ..
+                        } => b"\r\n",
+                        Prepared::OneStep {
+                            mechanism: Mechanism::OAuthBearer,
+                            ..
+                        } => b"AQ==\r\n",
+                        _ => {
+                            return self.fail(ReplayError::Unexpected(
+                                "continuation after the complete login".into(),
+                            ));
+                        }
+                    };
+                    let decoded = sasl::decode_base64(text.trim_ascii())
+                        .unwrap_or_else(|_| text.trim_ascii().to_vec());
+                    challenge = Some(Bytes::from(decoded));
+                    self.out.extend_from_slice(ack);
+                }
+                self.state = State::ExpectLoginAnswer {
+                    tag,
+                    pending: Secret::new(pending),
+                    untagged,
+                    challenge,
+                };
+            }
+            Response::Untagged { .. } => {
+                untagged.extend_from_slice(raw);
+                self.state = State::ExpectLoginAnswer {
+                    tag,
+                    pending: Secret::new(pending),
+                    untagged,
+                    challenge,
+                };
+            }
+            Response::Tagged {
+                tag: got,
+                status,
+                text,
+                ..
+            } if got == tag => match status {
+                Status::Ok => {
+                    self.state = State::LoggedIn;
+                    let reply = raw.get(tag.len().saturating_add(1)..).unwrap_or_default();
+                    self.events.push_back(ReplayEvent::LoggedIn {
+                        untagged: untagged.freeze(),
+                        reply: Bytes::copy_from_slice(reply),
+                    });
+                }
+                Status::No => {
+                    self.events
+                        .push_back(ReplayEvent::Rejected { text, challenge });
+                    self.input.clear();
+                }
+                _ => self.fail(ReplayError::Unexpected(format!("BAD {text}"))),
+            },
+            other => self.fail(other.unexpected()),
+        }
+    }
+
+    /// Send the login command (first piece) and wait for its answer.
+    fn send_login(&mut self) {
+        let tag = self.next_tag();
+        let literal_plus = self.has_capability("LITERAL+");
+        let sasl_ir = self.has_capability("SASL-IR");
+        let mut pieces = VecDeque::new();
+        let mut piece = BytesMut::new();
+        piece.extend_from_slice(tag.as_bytes());
+        match &self.login {
+            Prepared::Command { user, password } => {
+                piece.extend_from_slice(b" LOGIN ");
+                push_astring(&mut piece, &mut pieces, user, literal_plus);
+                piece.extend_from_slice(b" ");
+                push_astring(&mut piece, &mut pieces, password.expose(), literal_plus);
+                piece.extend_from_slice(b"\r\n");
+            }
+            Prepared::OneStep { mechanism, payload } => {
+                piece.extend_from_slice(b" AUTHENTICATE ");
+                piece.extend_from_slice(mechanism.sasl_name().unwrap_or("PLAIN").as_bytes());
+                let response = sasl::encode_base64(payload.expose());
+                if sasl_ir {
+                    piece.extend_from_slice(b" ");
+                    piece.extend_from_slice(response.as_bytes());
+                    piece.extend_from_slice(b"\r\n");
+                } else {
+                    piece.extend_from_slice(b"\r\n");
+                    pieces.push_back(piece.split().freeze());
+                    piece.extend_from_slice(response.as_bytes());
+                    piece.extend_from_slice(b"\r\n");
+                }
+            }
+            Prepared::SaslLogin { user, password } => {
+                piece.extend_from_slice(b" AUTHENTICATE LOGIN\r\n");
+                pieces.push_back(piece.split().freeze());
+                piece.extend_from_slice(sasl::encode_base64(user).as_bytes());
+                piece.extend_from_slice(b"\r\n");
+                pieces.push_back(piece.split().freeze());
+                piece.extend_from_slice(sasl::encode_base64(password.expose()).as_bytes());
+                piece.extend_from_slice(b"\r\n");
+            }
+        }
+        pieces.push_back(piece.freeze());
+        if let Some(first) = pieces.pop_front() {
+            self.out.extend_from_slice(&first);
+        }
+        self.state = State::ExpectLoginAnswer {
+            tag,
+            pending: Secret::new(pieces),
+            untagged: BytesMut::new(),
+            challenge: None,
+        };
+    }
+
+    fn has_capability(&self, name: &str) -> bool {
+        self.capabilities
+            .as_deref()
+            .is_some_and(|caps| caps.iter().any(|c| c == name))
+    }
+
+    fn next_tag(&mut self) -> String {
+        self.next_tag = self.next_tag.saturating_add(1);
+        format!("mg{}", self.next_tag)
+    }
+
+    fn send_command(&mut self, command: &[u8]) -> String {
+        let tag = self.next_tag();
+        self.out.extend_from_slice(tag.as_bytes());
+        self.out.extend_from_slice(b" ");
+        self.out.extend_from_slice(command);
+        self.out.extend_from_slice(b"\r\n");
+        tag
+    }
+
+    fn fail(&mut self, error: ReplayError) {
+        self.state = State::Done;
+        self.input.clear();
+        self.events.push_back(ReplayEvent::Failed(error));
+    }
+}
+
+/// An astring for the LOGIN replay (RFC 9051 9): a quoted string when every byte is printable
+/// ASCII (with `"` and `\` escaped), otherwise a literal: `{n+}` with LITERAL+ (RFC 7888),
+/// else a synchronising `{n}` that ends the current piece (the next waits for `+`).
+fn push_astring(piece: &mut BytesMut, pieces: &mut VecDeque<Bytes>, value: &[u8], plus: bool) {
+    if value.iter().all(|b| (0x20..0x7f).contains(b)) {
+        piece.extend_from_slice(b"\"");
+        for &b in value {
+            if b == b'"' || b == b'\\' {
+                piece.extend_from_slice(b"\\");
+            }
+            piece.extend_from_slice(&[b]);
+        }
+        piece.extend_from_slice(b"\"");
+    } else if plus {
+        piece.extend_from_slice(format!("{{{}+}}\r\n", value.len()).as_bytes());
+        piece.extend_from_slice(value);
+    } else {
+        piece.extend_from_slice(format!("{{{}}}\r\n", value.len()).as_bytes());
+        pieces.push_back(piece.split().freeze());
+        piece.extend_from_slice(value);
+    }
+}
+
+/// Response status words (RFC 9051 7.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Ok,
+    No,
+    Bad,
+    Bye,
+    PreAuth,
+}
+
+/// The parts of an upstream response the replay needs. Hand-parsed: only the first line's
+/// shape matters, and imap-proto would reject lines a replay must still report.
+#[derive(Debug)]
+enum Response {
+    /// `+ text` or `+` (Dovecot and others send a bare `+`).
+    Continuation {
+        text: Vec<u8>,
+    },
+    /// `* ...`; `status` for `OK`/`NO`/`BAD`/`BYE`/`PREAUTH`, `None` for data (`* CAPABILITY`).
+    Untagged {
+        status: Option<Status>,
+        code: Option<String>,
+        text: String,
+    },
+    Tagged {
+        tag: String,
+        status: Status,
+        code: Option<String>,
+        text: String,
+    },
+    Garbage(String),
+}
+
+impl Response {
+    /// ```text
+    /// response-tagged = tag SP resp-cond-state CRLF
+    /// resp-cond-state = ("OK" / "NO" / "BAD") SP resp-text
+    /// resp-text       = ["[" resp-text-code "]" SP] [text]
+    /// continue-req    = "+" [SP (resp-text / base64)] CRLF    ; SP made optional
+    /// ```
+    fn parse(line: &[u8]) -> Self {
+        if let Some(rest) = line.strip_prefix(b"+") {
+            let text = rest.strip_prefix(b" ").unwrap_or(rest);
+            return Response::Continuation {
+                text: text.to_vec(),
+            };
+        }
+        let Some(space) = line.iter().position(|b| *b == b' ') else {
+            return Response::Garbage(clean(line));
+        };
+        let (head, rest) = (
+            line.get(..space).unwrap_or_default(),
+            line.get(space.saturating_add(1)..).unwrap_or_default(),
+        );
+        let (word, after) = match rest.iter().position(|b| *b == b' ') {
+            Some(i) => (
+                rest.get(..i).unwrap_or_default(),
+                rest.get(i.saturating_add(1)..).unwrap_or_default(),
+            ),
+            None => (rest, &b""[..]),
+        };
+        let status = match word.to_ascii_uppercase().as_slice() {
+            b"OK" => Some(Status::Ok),
+            b"NO" => Some(Status::No),
+            b"BAD" => Some(Status::Bad),
+            b"BYE" => Some(Status::Bye),
+            b"PREAUTH" => Some(Status::PreAuth),
+            _ => None,
+        };
+        let (code, text) = match status {
+            Some(_) => resp_text(after),
+            None => (None, clean(rest)),
+        };
+        if head == b"*" {
+            return Response::Untagged { status, code, text };
+        }
+        match status {
+            Some(status @ (Status::Ok | Status::No | Status::Bad))
+                if !head.is_empty()
+                    && head
+                        .iter()
+                        .all(|b| b.is_ascii_graphic() && !b"(){%*\"\\+".contains(b)) =>
+            {
+                Response::Tagged {
+                    tag: String::from_utf8_lossy(head).into_owned(),
+                    status,
+                    code,
+                    text,
+                }
+            }
+            _ => Response::Garbage(clean(line)),
+        }
+    }
+
+    /// The human text, for errors and refusals.
+    fn text(&self) -> String {
+        match self {
+            Response::Continuation { text } => clean(text),
+            Response::Untagged { text, .. } | Response::Tagged { text, .. } => text.clone(),
+            Response::Garbage(text) => text.clone(),
+        }
+    }
+
+    fn unexpected(&self) -> ReplayError {
+        let what = match self {
+            Response::Continuation { .. } => "continuation",
+            Response::Untagged { .. } => "untagged",
+            Response::Tagged { .. } => "tagged",
+            Response::Garbage(_) => "garbage",
+        };
+        ReplayError::Unexpected(format!("{what}: {}", self.text()))
+    }
+}
+
+/// `["[" resp-text-code "]" SP] text` → (code, text).
+fn resp_text(rest: &[u8]) -> (Option<String>, String) {
+    if let Some(inner) = rest.strip_prefix(b"[")
+        && let Some(close) = inner.iter().position(|b| *b == b']')
+    {
+        let code = inner.get(..close).unwrap_or_default();
+        let text = inner.get(close.saturating_add(1)..).unwrap_or_default();
+        return (
+            Some(String::from_utf8_lossy(code).into_owned()),
+            clean(text.trim_ascii_start()),
+        );
+    }
+    (None, clean(rest))
+}
+
+/// `CAPABILITY a b c` response code → upper-cased capabilities.
+fn capability_code(code: &str) -> Option<Vec<String>> {
+    strip_prefix_ci(code.as_bytes(), b"CAPABILITY ").map(capability_list)
+}
+
+fn capability_list(list: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(list)
+        .split_ascii_whitespace()
+        .map(str::to_ascii_uppercase)
+        .collect()
+}
+
+fn strip_prefix_ci<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| s.get(prefix.len()..).unwrap_or_default())
+}
+
+/// Upstream text made safe for an error or a refusal: lossy UTF-8, no control characters,
+/// bounded length.
+fn clean(text: &[u8]) -> String {
+    String::from_utf8_lossy(text)
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_ERROR_TEXT)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
