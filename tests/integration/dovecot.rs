@@ -474,14 +474,18 @@ fn lookup_gid(name: &str) -> Option<u32> {
     (!gr.is_null()).then(|| unsafe { (*gr).gr_gid })
 }
 
-fn current_user_name() -> String {
+/// Names of the effective user and group (for Dovecot's rootless mode).
+fn current_user_and_group() -> (String, String) {
     let pw = unsafe { libc::getpwuid(libc::geteuid()) };
-    if pw.is_null() {
-        panic!("no passwd entry for the current user");
-    }
-    unsafe { std::ffi::CStr::from_ptr((*pw).pw_name) }
-        .to_string_lossy()
-        .into_owned()
+    let gr = unsafe { libc::getgrgid(libc::getegid()) };
+    assert!(!pw.is_null(), "no passwd entry for the current user");
+    assert!(!gr.is_null(), "no group entry for the current group");
+    let user = unsafe { std::ffi::CStr::from_ptr((*pw).pw_name) };
+    let group = unsafe { std::ffi::CStr::from_ptr((*gr).gr_name) };
+    (
+        user.to_string_lossy().into_owned(),
+        group.to_string_lossy().into_owned(),
+    )
 }
 
 fn chown_tree(path: &Path, (uid, gid): (u32, u32)) {
@@ -510,9 +514,10 @@ fn config(
         "mail_uid = nobody\nmail_gid = nogroup\n".to_string()
     } else {
         // Rootless mode: everything runs as us, so no chroots.
-        let me = current_user_name();
+        let (me, group) = current_user_and_group();
         format!(
             "default_login_user = {me}\ndefault_internal_user = {me}\n\
+             default_internal_group = {group}\n\
              service anvil {{\n  chroot =\n}}\n\
              service imap-login {{\n  chroot =\n}}\n\
              service pop3-login {{\n  chroot =\n}}\n"
