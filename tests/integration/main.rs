@@ -1,0 +1,20 @@
+//! mailgate's integration tests: one binary, one module per area (STYLE.md section 7).
+//!
+//! - [`dovecot`]: a private Dovecot per test, the real upstream.
+//! - [`pki`]: a test CA and leaf certificates made at test time.
+//! - [`fixtures`]: the messages each harness mailbox starts with.
+//! - [`util`]: free ports, external clients with timeouts, digests, raw line clients.
+//! - `direct`: the clients against the harness Dovecot with no proxy, proving the harness.
+//!
+//! Needs `dovecot`, `python3` and `curl` (`scripts/install-test-deps` installs them).
+
+// This whole crate is test code: a failed `expect` is how a helper fails its test, with the
+// message saying what was expected. (clippy's allow-*-in-tests covers only `#[test]` fns.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod dovecot;
+mod fixtures;
+mod pki;
+mod util;
+
+mod direct;
