@@ -5,6 +5,8 @@
 //! - [`fixtures`]: the messages each harness mailbox starts with.
 //! - [`util`]: free ports, external clients with timeouts, digests, raw line clients.
 //! - `direct`: the clients against the harness Dovecot with no proxy, proving the harness.
+//! - [`mailgate`]: mailgate in-process on free ports in front of a harness Dovecot.
+//! - `proxy`: every login exchange, refusal and the splice, through mailgate.
 //!
 //! Needs `dovecot`, `python3` and `curl` (`scripts/install-test-deps` installs them).
 
@@ -18,3 +20,5 @@ mod pki;
 mod util;
 
 mod direct;
+mod mailgate;
+mod proxy;
