@@ -235,10 +235,10 @@ pub fn status(line: &[u8]) -> Status<'_> {
 /// RFC 2449 8: `resp-code = "[" resp-level *("/" resp-level) "]"`. The text of a `-ERR` line
 /// without its leading response code, if any.
 pub fn strip_resp_code(text: &[u8]) -> &[u8] {
-    if text.starts_with(b"[") {
-        if let Some(end) = text.iter().position(|b| *b == b']') {
-            return text[end + 1..].trim_ascii_start();
-        }
+    if text.starts_with(b"[")
+        && let Some(end) = text.iter().position(|b| *b == b']')
+    {
+        return text[end + 1..].trim_ascii_start();
     }
     text
 }

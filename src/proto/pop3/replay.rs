@@ -56,7 +56,7 @@ const MAX_COMMAND: usize = 255;
 #[must_use = "a replay that is not polled never logs in"]
 pub struct Pop3Replay {
     state: State,
-    login: Login,
+    plan: Plan,
     starttls: bool,
     /// Unparsed upstream bytes.
     input: BytesMut,
@@ -100,9 +100,9 @@ impl State {
     }
 }
 
-/// The login, checked and encoded once at construction.
+/// What to send for the login, checked and encoded once at construction.
 #[derive(Debug)]
-enum Login {
+enum Plan {
     /// RFC 1939 7: `USER name`, `PASS string`.
     UserPass {
         user: String,
@@ -124,7 +124,7 @@ impl Pop3Replay {
     /// Check and encode the login. Refuses a credential the upstream could read as more than
     /// one field or command, and a mechanism that does not match its credentials.
     pub fn new(request: &LoginRequest, starttls: bool) -> Result<Self, UnsafeCredential> {
-        let login = match (request.mechanism, &request.credentials) {
+        let plan = match (request.mechanism, &request.credentials) {
             (
                 Mechanism::UserPass,
                 Credentials::Password {
@@ -142,7 +142,7 @@ impl Pop3Replay {
                 // A CR or LF would end the command early and start another (injection).
                 sasl::check(user.as_bytes(), b"\0\r\n", "user")?;
                 sasl::check(password.expose(), b"\0\r\n", "password")?;
-                Login::UserPass {
+                Plan::UserPass {
                     user: user.clone(),
                     password: password.clone(),
                 }
@@ -161,14 +161,14 @@ impl Pop3Replay {
                 nonempty(user.as_bytes(), "user")?;
                 sasl::check(user.as_bytes(), b"\0\r\n", "user")?;
                 sasl::check(password.expose(), b"\0", "password")?;
-                Login::SaslLogin {
+                Plan::SaslLogin {
                     user: Secret::new(sasl::encode_base64(user.as_bytes())),
                     password: Secret::new(sasl::encode_base64(password.expose())),
                 }
             }
             (mechanism @ (Mechanism::Plain | Mechanism::XOAuth2 | Mechanism::OAuthBearer), c) => {
                 let payload = Secret::new(sasl::encode(mechanism, c)?);
-                Login::OneStep {
+                Plan::OneStep {
                     mechanism,
                     response: Secret::new(sasl::encode_base64(payload.expose())),
                 }
@@ -177,7 +177,7 @@ impl Pop3Replay {
         };
         Ok(Self {
             state: State::ExpectGreeting,
-            login,
+            plan,
             starttls,
             input: BytesMut::new(),
             output: BytesMut::new(),
@@ -274,7 +274,7 @@ impl Pop3Replay {
                 self.fail(ReplayError::StartTlsRefused(printable(text)))
             }
             (State::ExpectUserOk, Status::Ok) => {
-                if let Login::UserPass { password, .. } = &self.login {
+                if let Plan::UserPass { password, .. } = &self.plan {
                     let mut line = Vec::with_capacity(password.expose().len() + 7);
                     line.extend_from_slice(b"PASS ");
                     line.extend_from_slice(password.expose());
@@ -284,21 +284,21 @@ impl Pop3Replay {
                 self.state = State::ExpectPassOk;
             }
             (State::ExpectContinue, Status::Continue(_)) => {
-                if let Login::OneStep { response, .. } = &self.login {
+                if let Plan::OneStep { response, .. } = &self.plan {
                     let line = format!("{}\r\n", response.expose());
                     self.send(line.as_bytes());
                 }
                 self.state = State::ExpectAuthResult;
             }
             (State::ExpectLoginPrompt, Status::Continue(_)) => {
-                if let Login::SaslLogin { user, .. } = &self.login {
+                if let Plan::SaslLogin { user, .. } = &self.plan {
                     let line = format!("{}\r\n", user.expose());
                     self.send(line.as_bytes());
                 }
                 self.state = State::ExpectPasswordPrompt;
             }
             (State::ExpectPasswordPrompt, Status::Continue(_)) => {
-                if let Login::SaslLogin { password, .. } = &self.login {
+                if let Plan::SaslLogin { password, .. } = &self.plan {
                     let line = format!("{}\r\n", password.expose());
                     self.send(line.as_bytes());
                 }
@@ -325,8 +325,8 @@ impl Pop3Replay {
                     ));
                     return;
                 };
-                let ack: &[u8] = match &self.login {
-                    Login::OneStep {
+                let ack: &[u8] = match &self.plan {
+                    Plan::OneStep {
                         mechanism: Mechanism::OAuthBearer,
                         ..
                     } => b"AQ==\r\n",
@@ -358,13 +358,13 @@ impl Pop3Replay {
 
     /// Send the first line of the login (after the greeting, or after STLS).
     fn start_login(&mut self) {
-        match &self.login {
-            Login::UserPass { user, .. } => {
+        match &self.plan {
+            Plan::UserPass { user, .. } => {
                 let line = format!("USER {user}\r\n");
                 self.send(line.as_bytes());
                 self.state = State::ExpectUserOk;
             }
-            Login::OneStep {
+            Plan::OneStep {
                 mechanism,
                 response,
             } => {
@@ -381,7 +381,7 @@ impl Pop3Replay {
                 };
                 self.send(line.as_bytes());
             }
-            Login::SaslLogin { .. } => {
+            Plan::SaslLogin { .. } => {
                 self.send(b"AUTH LOGIN\r\n");
                 self.state = State::ExpectLoginPrompt;
             }
@@ -390,8 +390,8 @@ impl Pop3Replay {
 
     fn is_oauth(&self) -> bool {
         matches!(
-            self.login,
-            Login::OneStep {
+            self.plan,
+            Plan::OneStep {
                 mechanism: Mechanism::XOAuth2 | Mechanism::OAuthBearer,
                 ..
             }
@@ -423,7 +423,7 @@ impl fmt::Debug for Pop3Replay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pop3Replay")
             .field("state", &self.state)
-            .field("login", &self.login)
+            .field("plan", &self.plan)
             .field("starttls", &self.starttls)
             .field("buffered", &self.input.len())
             .field("pending_output", &self.output.len())

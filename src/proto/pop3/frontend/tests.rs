@@ -2,13 +2,13 @@
 //! whole, one byte at a time and in seeded random chunkings, and must give the same bytes and
 //! events every time.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
-use crate::proto::pop3::testing::{chunkings, split};
+use crate::proto::pop3::testing::{chunkings, split, t0};
 
 /// One step of a transcript.
 enum Step {
@@ -50,7 +50,7 @@ fn run(security: Security, limits: PreauthLimits, steps: &[Step]) {
 }
 
 fn run_once(security: Security, limits: PreauthLimits, steps: &[Step], chunking: Option<u64>) {
-    let t0 = Instant::now();
+    let t0 = t0();
     let mut fe = Pop3Frontend::new(security, limits, t0);
     let mut out: Vec<u8> = Vec::new();
     let mut events: VecDeque<FrontendEvent> = VecDeque::new();
@@ -886,7 +886,7 @@ fn drive(
     input: &[u8],
     cuts: &[usize],
 ) -> (Vec<u8>, Vec<String>, Bytes) {
-    let t0 = Instant::now();
+    let t0 = t0();
     let mut fe = Pop3Frontend::new(security, limits, t0);
     let mut out = Vec::new();
     let mut events = Vec::new();
@@ -1009,7 +1009,7 @@ proptest! {
 
     #[test]
     fn debug_never_shows_the_password(pw in "[a-zA-Z0-9]{12,24}") {
-        let t0 = Instant::now();
+        let t0 = t0();
         let feeds = [
             format!("USER alice\r\nPASS {pw}\r\nPASS {pw}\r\n"),
             format!("AUTH PLAIN {}\r\nPASS {pw}\r\n", b64(format!("\0alice\0{pw}"))),
