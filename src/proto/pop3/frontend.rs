@@ -17,9 +17,9 @@
 //! | `ExpectCommand` | `CAPA` | capability list | same |
 //! | | `NOOP` | `+OK` | same |
 //! | | `QUIT` | `+OK Logging out.` | `Closed(Logout)` |
-//! | | `STLS` (StartTlsOffered) | `+OK Begin TLS negotiation now.`, `TlsRequested`; buffered input dropped | `ExpectTlsHandshake` |
+//! | | `STLS` (StartTlsOffered) | `+OK Begin TLS...`, `TlsRequested` (1) | `ExpectTlsHandshake` |
 //! | | `STLS` (otherwise) | `-ERR` | same |
-//! | | `USER`/`PASS`/`AUTH` before TLS | `-ERR [AUTH] Plaintext authentication disallowed...` | same |
+//! | | `USER`/`PASS`/`AUTH` before TLS | `-ERR [AUTH] Plaintext ... disallowed` | same |
 //! | | `USER name` | `+OK` | `ExpectPass` |
 //! | | `PASS` | `-ERR No user name given.` | same |
 //! | | `AUTH` | mechanism list | same |
@@ -40,14 +40,16 @@
 //! | `ExpectOutcome` | bytes | buffered, not parsed | same |
 //! | | more than `max_line` buffered | `-ERR Line too long.` | `Closed(ProtocolViolation)` |
 //! | | `Accepted { reply }` | `reply` as sent by upstream | `LoggedIn` |
-//! | | `Refused` with challenge (XOAUTH2, OAUTHBEARER) | `+ base64(challenge)` | `ExpectChallengeAck` |
+//! | | `Refused` + challenge (OAuth mech.) | `+ base64(challenge)` | `ExpectChallengeAck` |
 //! | | `Refused` | `-ERR [AUTH]` / `-ERR [SYS/TEMP]` text | `ExpectCommand` |
-//! | | `Refused`, attempts used up | refusal, then `-ERR Too many failed logins...` | `Closed(TooManyAttempts)` |
-//! | `ExpectChallengeAck` | any line (empty, `AQ==`, `*`) | the refusal (as above) | `ExpectCommand` / `Closed(TooManyAttempts)` |
+//! | | `Refused`, attempts used up | refusal, `-ERR Too many...` | `Closed(TooManyAttempts)` |
+//! | `ExpectChallengeAck` | any line (empty, `AQ==`, `*`) | the refusal, as above | as above |
 //! | `LoggedIn` | bytes | buffered for `into_residual()` | same |
-//! | any but `LoggedIn`, `Closed` | line longer than `max_line` | `-ERR Line too long.` | `Closed(ProtocolViolation)` |
-//! | any but `LoggedIn`, `Closed` | `handle_timeout(now >= deadline)` | `-ERR [SYS/TEMP] Autologout...` | `Closed(AuthTimeout)` |
+//! | not logged in | line over `max_line` | `-ERR Line too long.` | `Closed(ProtocolViolation)` |
+//! | not logged in | `now >= deadline` | `-ERR [SYS/TEMP] Autologout...` | `Closed(AuthTimeout)` |
 //! | `Closed` | anything | ignored | same |
+//!
+//! (1) Every byte already buffered after the STLS line is dropped (CVE-2011-0411).
 //!
 //! The auth deadline (`now` at [`Pop3Frontend::new`] plus `auth_timeout`) also runs while
 //! the driver decides (`ExpectOutcome`): time to authenticate includes the upstream's answer.

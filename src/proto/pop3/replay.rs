@@ -20,7 +20,7 @@
 //! | | `tls_established()` | first login line | per mechanism |
 //! | `ExpectUserOk` (after `USER u`) | `+OK` | `PASS p` | `ExpectPassOk` |
 //! | `ExpectPassOk` | `+OK` | `LoggedIn` | `LoggedIn` |
-//! | `ExpectContinue` (after `AUTH M`, IR too long) | `+ ...` | base64 response | `ExpectAuthResult` |
+//! | `ExpectContinue` (after `AUTH M`, IR > 255) | `+ ...` | base64 response | `ExpectAuthResult` |
 //! | `ExpectLoginPrompt` (after `AUTH LOGIN`) | `+ ...` | base64 user | `ExpectPasswordPrompt` |
 //! | `ExpectPasswordPrompt` | `+ ...` | base64 password | `ExpectAuthResult` |
 //! | `ExpectAuthResult` (after `AUTH M ir` or a response) | `+OK` | `LoggedIn` | `LoggedIn` |
