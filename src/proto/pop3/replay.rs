@@ -1,20 +1,455 @@
-//! TEMP STUB
-use crate::proto::{LoginRequest, ReplayEvent, UnsafeCredential};
-use bytes::Bytes;
-pub struct Pop3Replay;
-impl Pop3Replay {
-    pub fn new(_r: &LoginRequest, _s: bool) -> Result<Self, UnsafeCredential> {
-        Ok(Self)
-    }
-    pub fn handle_input(&mut self, _b: &[u8]) {}
-    pub fn tls_established(&mut self) {}
-    pub fn poll_event(&mut self) -> Option<ReplayEvent> {
-        None
-    }
-    pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        None
-    }
-    pub fn into_residual(self) -> Bytes {
-        Bytes::new()
+//! Stage: POP3 login replay (upstream side). SANS-IO.
+//!
+//! Input: the [`LoginRequest`] the front-end reported (at construction), upstream bytes
+//! (`handle_input`), the end of the STLS handshake (`tls_established`). Output: bytes for the
+//! upstream (`poll_transmit`), [`ReplayEvent`]s (`poll_event`), and after login the upstream
+//! bytes that followed the `+OK` (`into_residual`). It replays the login with the same
+//! mechanism the downstream used; it must not do I/O, decide policy, or let a credential byte
+//! reach the upstream as a separator (CR, LF, NUL: the command-injection hole).
+//!
+//! # States
+//!
+//! | state | upstream says | replay sends / reports | next |
+//! |---|---|---|---|
+//! | `ExpectGreeting` | `+OK` | `STLS` (starttls) | `ExpectStlsOk` |
+//! | | `+OK` | first login line (below) | per mechanism |
+//! | | `-ERR` | `Failed(Greeting)` | `Finished` |
+//! | `ExpectStlsOk` | `+OK` | `TlsRequested`; buffered bytes dropped | `ExpectTlsHandshake` |
+//! | | `-ERR` | `Failed(StartTlsRefused)` | `Finished` |
+//! | `ExpectTlsHandshake` | bytes | dropped (CVE-2011-0411, upstream side) | same |
+//! | | `tls_established()` | first login line | per mechanism |
+//! | `ExpectUserOk` (after `USER u`) | `+OK` | `PASS p` | `ExpectPassOk` |
+//! | `ExpectPassOk` | `+OK` | `LoggedIn` | `LoggedIn` |
+//! | `ExpectContinue` (after `AUTH M`, IR > 255) | `+ ...` | base64 response | `ExpectAuthResult` |
+//! | `ExpectLoginPrompt` (after `AUTH LOGIN`) | `+ ...` | base64 user | `ExpectPasswordPrompt` |
+//! | `ExpectPasswordPrompt` | `+ ...` | base64 password | `ExpectAuthResult` |
+//! | `ExpectAuthResult` (after `AUTH M ir` or a response) | `+OK` | `LoggedIn` | `LoggedIn` |
+//! | | `+ base64` (XOAUTH2, OAUTHBEARER) | empty line / `AQ==` | `ExpectFinalError` |
+//! | `ExpectFinalError` | `-ERR` | `Rejected { challenge: Some }` | `Finished` |
+//! | any login state | `-ERR` | `Rejected { text }` | `Finished` |
+//! | any | anything else | `Failed(Unexpected)` | `Finished` |
+//! | any | line over `MAX_UPSTREAM_LINE` | `Failed(LineTooLong)` | `Finished` |
+//! | `LoggedIn` | bytes | kept for `into_residual()` | same |
+//! | `Finished` | bytes | ignored | same |
+//!
+//! An `Unexpected` error names the state, never the upstream line once a credential was sent,
+//! in case the upstream echoes it.
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::proto::pop3::parse::{self, Split, Status};
+use crate::proto::sasl;
+use crate::proto::{
+    Credentials, LoginRequest, MAX_UPSTREAM_LINE, Mechanism, ReplayError, ReplayEvent,
+    UnsafeCredential,
+};
+use crate::secret::Secret;
+
+/// RFC 2449 4 / RFC 5034 4: a command, CRLF included, is at most 255 octets; an initial
+/// response that would exceed it is sent after an empty challenge instead.
+const MAX_COMMAND: usize = 255;
+
+/// The login replay for one upstream connection. See the module docs for states.
+#[must_use = "a replay that is not polled never logs in"]
+pub struct Pop3Replay {
+    state: State,
+    plan: Plan,
+    starttls: bool,
+    /// Unparsed upstream bytes.
+    input: BytesMut,
+    /// Bytes for the upstream; hold credentials, so never printed.
+    output: BytesMut,
+    events: VecDeque<ReplayEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    ExpectGreeting,
+    ExpectStlsOk,
+    ExpectTlsHandshake,
+    ExpectUserOk,
+    ExpectPassOk,
+    ExpectContinue,
+    ExpectLoginPrompt,
+    ExpectPasswordPrompt,
+    ExpectAuthResult,
+    ExpectFinalError { challenge: Option<Bytes> },
+    LoggedIn,
+    Finished,
+}
+
+impl State {
+    /// What the state waits for, for error messages (no upstream bytes, no credentials).
+    fn waiting_for(&self) -> &'static str {
+        match self {
+            State::ExpectGreeting => "greeting",
+            State::ExpectStlsOk => "STLS",
+            State::ExpectTlsHandshake => "TLS handshake",
+            State::ExpectUserOk => "USER",
+            State::ExpectPassOk => "PASS",
+            State::ExpectContinue => "AUTH continuation",
+            State::ExpectLoginPrompt => "AUTH LOGIN user prompt",
+            State::ExpectPasswordPrompt => "AUTH LOGIN password prompt",
+            State::ExpectAuthResult => "AUTH",
+            State::ExpectFinalError { .. } => "AUTH challenge",
+            State::LoggedIn | State::Finished => "post-login",
+        }
     }
 }
+
+/// What to send for the login, checked and encoded once at construction.
+#[derive(Debug)]
+enum Plan {
+    /// RFC 1939 7: `USER name`, `PASS string`.
+    UserPass {
+        user: String,
+        password: Secret<Vec<u8>>,
+    },
+    /// PLAIN, XOAUTH2, OAUTHBEARER: the base64 one-step response.
+    OneStep {
+        mechanism: Mechanism,
+        response: Secret<String>,
+    },
+    /// SASL LOGIN: base64 user name and password, one per prompt.
+    SaslLogin {
+        user: Secret<String>,
+        password: Secret<String>,
+    },
+}
+
+impl Pop3Replay {
+    /// Check and encode the login. Refuses a credential the upstream could read as more than
+    /// one field or command, and a mechanism that does not match its credentials.
+    pub fn new(request: &LoginRequest, starttls: bool) -> Result<Self, UnsafeCredential> {
+        let plan = match (request.mechanism, &request.credentials) {
+            (
+                Mechanism::UserPass,
+                Credentials::Password {
+                    authzid,
+                    user,
+                    password,
+                },
+            ) => {
+                // USER/PASS cannot carry an authorization identity; dropping it would log in
+                // as someone else than asked.
+                if authzid.is_some() {
+                    return Err(UnsafeCredential { field: "authzid" });
+                }
+                nonempty(user.as_bytes(), "user")?;
+                // A CR or LF would end the command early and start another (injection).
+                sasl::check(user.as_bytes(), b"\0\r\n", "user")?;
+                sasl::check(password.expose(), b"\0\r\n", "password")?;
+                Plan::UserPass {
+                    user: user.clone(),
+                    password: password.clone(),
+                }
+            }
+            (
+                Mechanism::Login,
+                Credentials::Password {
+                    authzid,
+                    user,
+                    password,
+                },
+            ) => {
+                if authzid.is_some() {
+                    return Err(UnsafeCredential { field: "authzid" });
+                }
+                nonempty(user.as_bytes(), "user")?;
+                sasl::check(user.as_bytes(), b"\0\r\n", "user")?;
+                sasl::check(password.expose(), b"\0", "password")?;
+                Plan::SaslLogin {
+                    user: Secret::new(sasl::encode_base64(user.as_bytes())),
+                    password: Secret::new(sasl::encode_base64(password.expose())),
+                }
+            }
+            (mechanism @ (Mechanism::Plain | Mechanism::XOAuth2 | Mechanism::OAuthBearer), c) => {
+                let payload = Secret::new(sasl::encode(mechanism, c)?);
+                Plan::OneStep {
+                    mechanism,
+                    response: Secret::new(sasl::encode_base64(payload.expose())),
+                }
+            }
+            _ => return Err(UnsafeCredential { field: "mechanism" }),
+        };
+        Ok(Self {
+            state: State::ExpectGreeting,
+            plan,
+            starttls,
+            input: BytesMut::new(),
+            output: BytesMut::new(),
+            events: VecDeque::new(),
+        })
+    }
+
+    /// Bytes read from the upstream.
+    pub fn handle_input(&mut self, bytes: &[u8]) {
+        match self.state {
+            State::Finished | State::ExpectTlsHandshake => {}
+            State::LoggedIn => self.input.extend_from_slice(bytes),
+            _ => {
+                self.input.extend_from_slice(bytes);
+                self.process();
+            }
+        }
+    }
+
+    /// The TLS handshake after `TlsRequested` finished; the login starts.
+    pub fn tls_established(&mut self) {
+        if self.state == State::ExpectTlsHandshake {
+            self.input.clear();
+            self.start_login();
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<ReplayEvent> {
+        self.events.pop_front()
+    }
+
+    /// Bytes for the upstream, in order.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        (!self.output.is_empty()).then(|| self.output.split().freeze())
+    }
+
+    /// After `LoggedIn`: the upstream bytes that followed its `+OK` line, for the downstream.
+    pub fn into_residual(self) -> Bytes {
+        match self.state {
+            State::LoggedIn => self.input.freeze(),
+            _ => Bytes::new(),
+        }
+    }
+
+    fn process(&mut self) {
+        while !matches!(
+            self.state,
+            State::LoggedIn | State::Finished | State::ExpectTlsHandshake
+        ) {
+            match parse::split_line(&self.input, MAX_UPSTREAM_LINE) {
+                Split::Incomplete => return,
+                Split::TooLong => {
+                    self.fail(ReplayError::LineTooLong(MAX_UPSTREAM_LINE));
+                    return;
+                }
+                Split::Line { content, consumed } => {
+                    let line = self.input.split_to(consumed);
+                    self.handle_line(&line[..content]);
+                }
+            }
+        }
+    }
+
+    fn handle_line(&mut self, line: &[u8]) {
+        let status = parse::status(line);
+        match (std::mem::replace(&mut self.state, State::Finished), status) {
+            (State::ExpectGreeting, Status::Ok) => {
+                if self.starttls {
+                    // RFC 2595 4.
+                    self.send(b"STLS\r\n");
+                    self.state = State::ExpectStlsOk;
+                } else {
+                    self.start_login();
+                }
+            }
+            (State::ExpectGreeting, Status::Err(text)) => {
+                self.fail(ReplayError::Greeting(printable(text)))
+            }
+            (State::ExpectGreeting, _) => {
+                // No credential was sent yet: the line may be named.
+                self.fail(ReplayError::Unexpected(format!(
+                    "greeting: {}",
+                    printable(line)
+                )))
+            }
+            (State::ExpectStlsOk, Status::Ok) => {
+                // CVE-2011-0411 on the upstream side: nothing the upstream sent in the clear
+                // after its go-ahead may be read as a TLS-protected answer.
+                self.input.clear();
+                self.state = State::ExpectTlsHandshake;
+                self.events.push_back(ReplayEvent::TlsRequested);
+            }
+            (State::ExpectStlsOk, Status::Err(text)) => {
+                self.fail(ReplayError::StartTlsRefused(printable(text)))
+            }
+            (State::ExpectUserOk, Status::Ok) => {
+                if let Plan::UserPass { password, .. } = &self.plan {
+                    let mut line = Vec::with_capacity(password.expose().len() + 7);
+                    line.extend_from_slice(b"PASS ");
+                    line.extend_from_slice(password.expose());
+                    line.extend_from_slice(b"\r\n");
+                    self.send(&line);
+                }
+                self.state = State::ExpectPassOk;
+            }
+            (State::ExpectContinue, Status::Continue(_)) => {
+                if let Plan::OneStep { response, .. } = &self.plan {
+                    let line = format!("{}\r\n", response.expose());
+                    self.send(line.as_bytes());
+                }
+                self.state = State::ExpectAuthResult;
+            }
+            (State::ExpectLoginPrompt, Status::Continue(_)) => {
+                if let Plan::SaslLogin { user, .. } = &self.plan {
+                    let line = format!("{}\r\n", user.expose());
+                    self.send(line.as_bytes());
+                }
+                self.state = State::ExpectPasswordPrompt;
+            }
+            (State::ExpectPasswordPrompt, Status::Continue(_)) => {
+                if let Plan::SaslLogin { password, .. } = &self.plan {
+                    let line = format!("{}\r\n", password.expose());
+                    self.send(line.as_bytes());
+                }
+                self.state = State::ExpectAuthResult;
+            }
+            (State::ExpectPassOk | State::ExpectAuthResult, Status::Ok) => {
+                // The downstream gets the upstream's own line, normalised to CRLF.
+                let mut reply = BytesMut::with_capacity(line.len() + 2);
+                reply.extend_from_slice(line);
+                reply.extend_from_slice(b"\r\n");
+                self.state = State::LoggedIn;
+                self.events.push_back(ReplayEvent::LoggedIn {
+                    untagged: Bytes::new(),
+                    reply: reply.freeze(),
+                });
+            }
+            (State::ExpectAuthResult, Status::Continue(payload)) if self.is_oauth() => {
+                // XOAUTH2 / RFC 7628 3.2.3: the failure JSON comes as a challenge; the client
+                // answers with an empty response (XOAUTH2) or %x01 (OAUTHBEARER, `AQ==`) and
+                // the server then sends the -ERR.
+                let Ok(challenge) = sasl::decode_base64(payload) else {
+                    self.fail(ReplayError::Unexpected(
+                        "AUTH challenge is not base64".into(),
+                    ));
+                    return;
+                };
+                let ack: &[u8] = match &self.plan {
+                    Plan::OneStep {
+                        mechanism: Mechanism::OAuthBearer,
+                        ..
+                    } => b"AQ==\r\n",
+                    _ => b"\r\n",
+                };
+                self.send(ack);
+                self.state = State::ExpectFinalError {
+                    challenge: (!challenge.is_empty()).then(|| Bytes::from(challenge)),
+                };
+            }
+            (State::ExpectFinalError { challenge }, Status::Err(text)) => {
+                self.reject(text, challenge)
+            }
+            (
+                State::ExpectUserOk
+                | State::ExpectPassOk
+                | State::ExpectContinue
+                | State::ExpectLoginPrompt
+                | State::ExpectPasswordPrompt
+                | State::ExpectAuthResult,
+                Status::Err(text),
+            ) => self.reject(text, None),
+            (state, _) => self.fail(ReplayError::Unexpected(format!(
+                "{} answer is not one the protocol allows",
+                state.waiting_for()
+            ))),
+        }
+    }
+
+    /// Send the first line of the login (after the greeting, or after STLS).
+    fn start_login(&mut self) {
+        match &self.plan {
+            Plan::UserPass { user, .. } => {
+                let line = format!("USER {user}\r\n");
+                self.send(line.as_bytes());
+                self.state = State::ExpectUserOk;
+            }
+            Plan::OneStep {
+                mechanism,
+                response,
+            } => {
+                let name = mechanism.sasl_name().unwrap_or_default();
+                // "AUTH " name SP response CRLF
+                let with_ir = 5 + name.len() + 1 + response.expose().len() + 2;
+                let line = if with_ir <= MAX_COMMAND {
+                    self.state = State::ExpectAuthResult;
+                    format!("AUTH {name} {}\r\n", response.expose())
+                } else {
+                    // RFC 5034 4: too long for an initial response; wait for `+ `.
+                    self.state = State::ExpectContinue;
+                    format!("AUTH {name}\r\n")
+                };
+                self.send(line.as_bytes());
+            }
+            Plan::SaslLogin { .. } => {
+                self.send(b"AUTH LOGIN\r\n");
+                self.state = State::ExpectLoginPrompt;
+            }
+        }
+    }
+
+    fn is_oauth(&self) -> bool {
+        matches!(
+            self.plan,
+            Plan::OneStep {
+                mechanism: Mechanism::XOAuth2 | Mechanism::OAuthBearer,
+                ..
+            }
+        )
+    }
+
+    fn reject(&mut self, text: &[u8], challenge: Option<Bytes>) {
+        self.state = State::Finished;
+        self.input.clear();
+        self.events.push_back(ReplayEvent::Rejected {
+            text: printable(parse::strip_resp_code(text)),
+            challenge,
+        });
+    }
+
+    fn fail(&mut self, error: ReplayError) {
+        self.state = State::Finished;
+        self.input.clear();
+        self.events.push_back(ReplayEvent::Failed(error));
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.output.extend_from_slice(bytes);
+    }
+}
+
+/// Never prints the output buffer: it holds the replayed credentials.
+impl fmt::Debug for Pop3Replay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pop3Replay")
+            .field("state", &self.state)
+            .field("plan", &self.plan)
+            .field("starttls", &self.starttls)
+            .field("buffered", &self.input.len())
+            .field("pending_output", &self.output.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn nonempty(bytes: &[u8], field: &'static str) -> Result<(), UnsafeCredential> {
+    if bytes.is_empty() {
+        Err(UnsafeCredential { field })
+    } else {
+        Ok(())
+    }
+}
+
+/// Upstream text for events and errors: lossy UTF-8, control characters as spaces, at most
+/// 200 characters (enough for any status text, short enough for a log line).
+fn printable(text: &[u8]) -> String {
+    String::from_utf8_lossy(text)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests;
