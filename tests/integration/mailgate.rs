@@ -67,8 +67,12 @@ impl MailgateBuilder {
                  bind = \"127.0.0.1:0\"\ntls = \"{tls}\"\nupstream = \"{upstream}\"\n\n"
             );
         }
-        for (name, protocol, spec) in [("up-imap", "imap", &self.imap), ("up-pop3", "pop3", &self.pop3)] {
-            let addresses: Vec<String> = spec.addresses.iter().map(|a| format!("\"{a}\"")).collect();
+        for (name, protocol, spec) in [
+            ("up-imap", "imap", &self.imap),
+            ("up-pop3", "pop3", &self.pop3),
+        ] {
+            let addresses: Vec<String> =
+                spec.addresses.iter().map(|a| format!("\"{a}\"")).collect();
             t += &format!(
                 "[[upstream]]\nname = \"{name}\"\nprotocol = \"{protocol}\"\naddresses = [{}]\n\
                  tls = \"{}\"\nserver_name = \"localhost\"\nca_file = \"{}\"\n\
@@ -98,7 +102,11 @@ impl MailgateBuilder {
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
-        Mailgate { addrs, stop: Some(stop), task }
+        Mailgate {
+            addrs,
+            stop: Some(stop),
+            task,
+        }
     }
 }
 
