@@ -263,6 +263,12 @@ fn literal_len(line: &[u8]) -> Option<usize> {
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it.
+    // It is a load program against a live server, not a test: there it only proves it builds.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("load: a load program; run it with `cargo bench --bench load -- --addr ...`");
+        return;
+    }
     let args = parse_args();
     let tls = connector(&args);
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
