@@ -6,8 +6,10 @@
 
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
 
 use mailgate::config::Config;
 use mailgate::server::Server;
@@ -90,6 +92,7 @@ impl MailgateBuilder {
     }
 
     pub async fn start(self) -> Mailgate {
+        capture_logs();
         let toml = self.toml();
         let config = Config::from_toml(&toml, std::path::Path::new(env!("CARGO_MANIFEST_DIR")))
             .unwrap_or_else(|e| panic!("test config rejected:\n{e}\n---\n{toml}"));
@@ -160,4 +163,41 @@ impl Drop for Mailgate {
         }
         self.task.abort();
     }
+}
+
+/// Everything every in-process mailgate logged in this test binary, at TRACE level.
+static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+
+fn logs() -> &'static Mutex<Vec<u8>> {
+    LOGS.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Route mailgate's tracing output, at the most verbose level, into [`captured_logs`]. Once per
+/// process; tests share the buffer, so a test looks for strings only it used.
+fn capture_logs() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(|| LogWriter)
+            .try_init();
+    });
+}
+
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        logs().lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// All log output captured so far.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&logs().lock().expect("log buffer")).into_owned()
 }

@@ -22,3 +22,4 @@ mod util;
 mod direct;
 mod mailgate;
 mod proxy;
+mod secrets;
