@@ -81,6 +81,12 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let server = Server::bind(&config).await.context("starting listeners")?;
+        // SIGHUP and edits to the config files reload; the watcher ends with the runtime.
+        tokio::spawn(mailgate::config::reload::watch(
+            path.to_path_buf(),
+            server.reloader(),
+            None,
+        ));
         server.run(shutdown_signal()).await;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
@@ -95,6 +101,8 @@ fn init_tracing(filter: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: journald and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     Ok(())

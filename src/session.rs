@@ -25,30 +25,29 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
-use tokio_rustls::TlsAcceptor;
 use tracing::Instrument as _;
 
-use crate::config::{Limits, Listener, ListenerTls};
+use crate::config::{Listener, ListenerTls};
 use crate::policy::{self, Decision, Reason};
 use crate::proto::imap::frontend::ImapFrontend;
 use crate::proto::pop3::frontend::Pop3Frontend;
 use crate::proto::{
     CloseReason, FrontendEvent, LoginOutcome, LoginRequest, Protocol, Refusal, Security,
 };
+use crate::server::{Generation, Shared};
 use crate::splice::{self, End, Side, Totals};
 use crate::stream::{Downstream, MaybeTls};
-use crate::upstream::{self, Connector};
+use crate::upstream;
 
 /// Longest a TLS handshake may take before the session is dropped: a handshake is a few round
 /// trips, and a client that cannot finish in 10 s is not going to.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Everything a session on one listener needs; built once per config.
-pub struct ListenerContext {
+/// What every session on one listener shares: the listener (bound once) and the current
+/// configuration generation (swapped on reload).
+pub struct SessionContext {
     pub listener: Listener,
-    pub acceptor: Option<TlsAcceptor>,
-    pub connector: Arc<Connector>,
-    pub limits: Limits,
+    pub shared: Arc<Shared>,
 }
 
 /// How a session ended, before or after the splice.
@@ -69,7 +68,7 @@ pub enum PreauthEnd {
 
 /// Serve one accepted connection to its end. Never panics and never returns an error: every
 /// failure ends the session with a protocol answer where one can still be sent.
-pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
+pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
     let id = uuid::Uuid::now_v7();
     let span = tracing::info_span!(
         "session",
@@ -99,13 +98,14 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
 }
 
 /// Answer a connection over the global cap with a protocol goodbye, then close.
-pub async fn refuse_busy(tcp: TcpStream, ctx: Arc<ListenerContext>) {
+pub async fn refuse_busy(tcp: TcpStream, ctx: Arc<SessionContext>) {
     let goodbye: &[u8] = match ctx.listener.protocol {
         Protocol::Imap => b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
         Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
     };
+    let generation = ctx.shared.current();
     let _ = timeout(HANDSHAKE_TIMEOUT, async {
-        let mut down = accept_tls(tcp, &ctx).await?;
+        let mut down = accept_tls(tcp, &ctx.listener, &generation).await?;
         down.write_all(goodbye).await?;
         down.shutdown().await
     })
@@ -121,8 +121,12 @@ fn reference(id: &uuid::Uuid) -> String {
         .to_owned()
 }
 
-async fn accept_tls(tcp: TcpStream, ctx: &ListenerContext) -> std::io::Result<Downstream> {
-    match (ctx.listener.tls, &ctx.acceptor) {
+async fn accept_tls(
+    tcp: TcpStream,
+    listener: &Listener,
+    generation: &Generation,
+) -> std::io::Result<Downstream> {
+    match (listener.tls, &generation.acceptor) {
         (ListenerTls::Implicit, Some(acceptor)) => {
             Ok(MaybeTls::Tls(Box::new(acceptor.accept(tcp).await?)))
         }
@@ -130,8 +134,16 @@ async fn accept_tls(tcp: TcpStream, ctx: &ListenerContext) -> std::io::Result<Do
     }
 }
 
-async fn drive(tcp: TcpStream, ctx: &ListenerContext, reference: &str) -> Ending {
-    let down = match timeout(HANDSHAKE_TIMEOUT, accept_tls(tcp, ctx)).await {
+async fn drive(tcp: TcpStream, ctx: &SessionContext, reference: &str) -> Ending {
+    // TLS and limits come from the generation current at accept; policy and upstream are read
+    // again at each login, so a reload applies to the next login even on this connection.
+    let generation = ctx.shared.current();
+    let down = match timeout(
+        HANDSHAKE_TIMEOUT,
+        accept_tls(tcp, &ctx.listener, &generation),
+    )
+    .await
+    {
         Ok(Ok(down)) => down,
         Ok(Err(e)) => {
             tracing::info!(error = %e, "downstream tls handshake failed");
@@ -147,13 +159,14 @@ async fn drive(tcp: TcpStream, ctx: &ListenerContext, reference: &str) -> Ending
         ListenerTls::StartTls => Security::StartTlsOffered,
         ListenerTls::None => Security::Plaintext,
     };
-    let limits = ctx.limits.preauth;
+    let limits = generation.config.limits.preauth;
     let now = Instant::now().into_std();
     match ctx.listener.protocol {
         Protocol::Imap => {
             let machine = ImapFrontend::new(security, limits, now);
             Preauth {
                 ctx,
+                generation: generation.clone(),
                 reference,
                 down,
                 machine,
@@ -165,6 +178,7 @@ async fn drive(tcp: TcpStream, ctx: &ListenerContext, reference: &str) -> Ending
             let machine = Pop3Frontend::new(security, limits, now);
             Preauth {
                 ctx,
+                generation: generation.clone(),
                 reference,
                 down,
                 machine,
@@ -231,7 +245,9 @@ frontend!(
 );
 
 struct Preauth<'a, F> {
-    ctx: &'a ListenerContext,
+    ctx: &'a SessionContext,
+    /// The generation of the last login attempt (of the accept, before any).
+    generation: Arc<Generation>,
     reference: &'a str,
     down: Downstream,
     machine: F,
@@ -299,7 +315,7 @@ impl<F: Frontend> Preauth<'_, F> {
     }
 
     async fn start_tls(&mut self) -> Result<(), PreauthEnd> {
-        let Some(acceptor) = self.ctx.acceptor.clone() else {
+        let Some(acceptor) = self.generation.acceptor.clone() else {
             return Err(PreauthEnd::Error(Side::Downstream));
         };
         // The stream is moved out for the handshake; on failure the session ends, so the
@@ -324,6 +340,7 @@ impl<F: Frontend> Preauth<'_, F> {
 
     /// Decide, then replay upstream. `Err` is the refusal to send.
     async fn login(&mut self, request: &LoginRequest) -> Result<upstream::LoggedIn, Refusal> {
+        self.generation = self.ctx.shared.current();
         let protocol = self.ctx.listener.protocol;
         let user = request.user().unwrap_or("");
         match policy::decide(request, protocol) {
@@ -337,7 +354,14 @@ impl<F: Frontend> Preauth<'_, F> {
                 return Err(self.refusal(denial.reason, None, None));
             }
         }
-        match self.ctx.connector.login(request).await {
+        let Some(connector) = self.generation.connector(&self.ctx.listener).cloned() else {
+            tracing::warn!(
+                user,
+                "listener has no upstream in the current configuration"
+            );
+            return Err(self.refusal(Reason::UpstreamUnavailable, None, None));
+        };
+        match connector.login(request).await {
             Ok(logged) => {
                 tracing::info!(user, mechanism = request.mechanism.as_str(), upstream = %logged.address, "login allowed");
                 Ok(logged)
@@ -388,7 +412,7 @@ impl<F: Frontend> Preauth<'_, F> {
         let Preauth {
             mut down,
             machine,
-            ctx,
+            generation,
             ..
         } = self;
         let mut up = logged.stream;
@@ -405,8 +429,13 @@ impl<F: Frontend> Preauth<'_, F> {
         {
             return Ending::Spliced(End::Error(Side::Downstream), Totals::default());
         }
-        let (end, totals) =
-            splice::splice(down, up, ctx.limits.idle_timeout, F::IDLE_GOODBYE).await;
+        let (end, totals) = splice::splice(
+            down,
+            up,
+            generation.config.limits.idle_timeout,
+            F::IDLE_GOODBYE,
+        )
+        .await;
         Ending::Spliced(end, totals)
     }
 }

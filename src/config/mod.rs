@@ -31,6 +31,7 @@ use crate::proto::{PreauthLimits, Protocol};
 pub mod duration;
 pub mod file;
 mod load;
+pub mod reload;
 
 pub use load::host_port;
 
@@ -76,6 +77,11 @@ impl Config {
 
     /// Settings that are allowed but deserve an operator's attention, one line each with the
     /// key path. `mailgate run` logs them as warnings and `mailgate check` prints them.
+    /// Other files this config reads that hold configuration (reloads watch them too).
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (i, l) in self.listeners.iter().enumerate() {

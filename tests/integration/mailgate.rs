@@ -96,12 +96,41 @@ impl MailgateBuilder {
         let toml = self.toml();
         let config = Config::from_toml(&toml, std::path::Path::new(env!("CARGO_MANIFEST_DIR")))
             .unwrap_or_else(|e| panic!("test config rejected:\n{e}\n---\n{toml}"));
+        Self::serve(config).await
+    }
+
+    /// Like [`start`](Self::start), but from a config file at `path` that is watched for
+    /// changes (and SIGHUP) as `mailgate run` does; each reload's outcome arrives on the
+    /// returned channel, the readiness signal for tests that edit the file.
+    pub async fn start_watching(
+        self,
+        path: &std::path::Path,
+    ) -> (
+        Mailgate,
+        tokio::sync::mpsc::Receiver<mailgate::config::reload::Outcome>,
+    ) {
+        capture_logs();
+        std::fs::write(path, self.toml()).expect("write config");
+        let config = Config::load(path).unwrap_or_else(|e| panic!("test config rejected:\n{e}"));
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let mut mailgate = Self::serve(config).await;
+        let reloader = mailgate.reloader.clone();
+        mailgate.watcher = Some(tokio::spawn(mailgate::config::reload::watch(
+            path.to_path_buf(),
+            reloader,
+            Some(tx),
+        )));
+        (mailgate, rx)
+    }
+
+    async fn serve(config: Config) -> Mailgate {
         let server = Server::bind(&config).await.expect("mailgate binds");
         let addrs = LISTENERS
             .iter()
             .map(|(name, ..)| (name.to_string(), server.local_addr(name).expect("bound")))
             .collect();
         let (stop, stopped) = oneshot::channel::<()>();
+        let reloader = server.reloader();
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
@@ -109,6 +138,8 @@ impl MailgateBuilder {
             addrs,
             stop: Some(stop),
             task,
+            reloader,
+            watcher: None,
         }
     }
 }
@@ -117,6 +148,8 @@ pub struct Mailgate {
     addrs: Vec<(String, SocketAddr)>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    pub reloader: mailgate::server::Reloader,
+    watcher: Option<JoinHandle<()>>,
 }
 
 impl Mailgate {
@@ -162,6 +195,9 @@ impl Drop for Mailgate {
             let _ = stop.send(());
         }
         self.task.abort();
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
     }
 }
 

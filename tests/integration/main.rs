@@ -22,4 +22,5 @@ mod util;
 mod direct;
 mod mailgate;
 mod proxy;
+mod reload;
 mod secrets;
