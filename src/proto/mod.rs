@@ -14,6 +14,7 @@ use crate::secret::Secret;
 
 pub mod imap;
 pub mod pop3;
+pub mod proxy_header;
 pub mod sasl;
 
 /// The mail protocol of a listener or upstream.
