@@ -16,10 +16,12 @@
 //! - [`splice`]: bidirectional copy after login, byte counts, idle timeout.
 //! - [`stream`]: plaintext-or-TLS stream used on both sides.
 //! - [`config`]: TOML model, validation, loading.
+//! - [`metrics`]: Prometheus registry with typed label sets.
 //! - [`secret`]: `Secret<T>`, redacted in every `Debug`.
 
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod policy;
 pub mod proto;
 pub mod secret;
