@@ -389,6 +389,8 @@ mod tests {
             verify_certificate: verify,
             connect_timeout: Duration::from_secs(5),
             login_timeout: Duration::from_secs(30),
+            send_proxy_protocol: false,
+            send_id: false,
         }
     }
 

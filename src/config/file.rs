@@ -30,6 +30,8 @@ pub struct File {
     pub limits: LimitsFile,
     #[serde(default)]
     pub log: LogFile,
+    /// `[admin]`; absent: no admin HTTP listener.
+    pub admin: Option<AdminFile>,
 }
 
 /// One `[[listener]]`.
@@ -41,6 +43,8 @@ pub struct ListenerFile {
     pub bind: String,
     pub tls: ListenerTls,
     pub upstream: String,
+    pub proxy_protocol: Option<bool>,
+    pub proxy_trusted: Option<Vec<String>>,
 }
 
 /// One `[[upstream]]`.
@@ -56,6 +60,8 @@ pub struct UpstreamFile {
     pub verify_certificate: Option<bool>,
     pub connect_timeout: Option<String>,
     pub login_timeout: Option<String>,
+    pub send_proxy_protocol: Option<bool>,
+    pub send_id: Option<bool>,
 }
 
 /// `[tls]`: the downstream-facing certificate.
@@ -85,6 +91,13 @@ pub struct LimitsFile {
 #[serde(deny_unknown_fields)]
 pub struct LogFile {
     pub filter: Option<String>,
+}
+
+/// `[admin]`: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub bind: Option<String>,
 }
 
 /// The outcome of [`parse`]: what could be read, and every schema problem found.
@@ -166,11 +179,15 @@ pub fn parse(text: &str) -> Parsed {
                 Ok(l) => out.file.log = l,
                 Err(e) => out.errors.push(e),
             },
+            "admin" => match section::<AdminFile>("admin", value) {
+                Ok(a) => out.file.admin = Some(a),
+                Err(e) => out.errors.push(e),
+            },
             _ => out.errors.push(ConfigError::Schema {
                 path: key.clone(),
                 message: format!(
                     "unknown key `{key}`, expected one of `listener`, `upstream`, `tls`, \
-                     `limits`, `log`"
+                     `limits`, `log`, `admin`"
                 ),
             }),
         }

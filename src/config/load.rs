@@ -13,12 +13,13 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName;
 
 use super::duration::{self, DurationError};
-use super::file::{self, File, LimitsFile, ListenerFile, Parsed, TlsFile, UpstreamFile};
+use super::file::{self, AdminFile, File, LimitsFile, ListenerFile, Parsed, TlsFile, UpstreamFile};
 use super::{
-    Config, ConfigError, ConfigErrors, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, Limits,
-    Listener, ListenerTls, Log, ServerTls, Upstream,
+    Admin, Cidr, Config, ConfigError, ConfigErrors, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOGIN_TIMEOUT,
+    Limits, Listener, ListenerTls, Log, ServerTls, TrustedProxies, Upstream,
 };
 use crate::proto::PreauthLimits;
+use crate::proto::Protocol;
 
 /// Lowest accepted `max_line`. RFC 7162 section 4 recommends servers accept command lines of at
 /// least 8192 octets; before login commands are short, but below 512 even a modest `ID` or a
@@ -96,12 +97,14 @@ impl Validator<'_> {
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&filter) {
             self.invalid("log.filter", format!("invalid filter {filter:?}: {e}"));
         }
+        let admin = f.admin.and_then(|a| self.admin(a, &listeners));
         Config {
             listeners,
             upstreams,
             tls,
             limits,
             log: Log { filter },
+            admin,
         }
     }
 
@@ -158,7 +161,16 @@ impl Validator<'_> {
             // host_port already checked the host is a valid server name.
             None => first_host.unwrap_or_default(),
         };
+        let send_id = u.send_id.unwrap_or(false);
+        if send_id && u.protocol != Protocol::Imap {
+            self.invalid(
+                format!("{at}.send_id"),
+                "only IMAP has an ID command (RFC 2971); use send_proxy_protocol for POP3",
+            );
+        }
         Upstream {
+            send_proxy_protocol: u.send_proxy_protocol.unwrap_or(false),
+            send_id,
             protocol: u.protocol,
             addresses: u.addresses,
             tls: u.tls,
@@ -254,15 +266,85 @@ impl Validator<'_> {
                     format!("no [[upstream]] named \"{}\"", l.upstream),
                 ),
             }
+            let proxy_protocol = self.proxy_protocol(&at, l);
             out.push(Listener {
                 name: l.name.clone(),
                 protocol: l.protocol,
                 bind,
                 tls: l.tls,
                 upstream: l.upstream.clone(),
+                proxy_protocol,
             });
         }
         out
+    }
+
+    /// `proxy_protocol` / `proxy_trusted` of one listener. Trusted peers must be listed
+    /// explicitly: with a default, turning the header on could trust more than meant. The list
+    /// is checked even while `proxy_protocol = false`, so a bad entry never waits for the day
+    /// the header is switched on.
+    fn proxy_protocol(&mut self, at: &str, l: &ListenerFile) -> Option<TrustedProxies> {
+        let mut cidrs = Vec::new();
+        for (i, text) in l.proxy_trusted.iter().flatten().enumerate() {
+            match text.parse::<Cidr>() {
+                Ok(c) => cidrs.push(c),
+                Err(e) => {
+                    self.invalid(format!("{at}.proxy_trusted[{i}]"), format!("{text:?}: {e}"))
+                }
+            }
+        }
+        let parsed_all = cidrs.len() == l.proxy_trusted.as_ref().map_or(0, Vec::len);
+        match (l.proxy_protocol.unwrap_or(false), &l.proxy_trusted) {
+            (true, None) => {
+                self.invalid(
+                    format!("{at}.proxy_trusted"),
+                    "required when proxy_protocol = true: the load balancers' addresses, \
+                     e.g. [\"10.0.0.5/32\"]",
+                );
+                None
+            }
+            (true, Some(list)) if list.is_empty() => {
+                self.invalid(
+                    format!("{at}.proxy_trusted"),
+                    "must list at least one CIDR when proxy_protocol = true",
+                );
+                None
+            }
+            (true, Some(_)) if parsed_all => TrustedProxies::new(cidrs),
+            (true, Some(_)) => None,
+            // Kept (and checked) while the header is switched off, so it can be toggled alone.
+            (false, _) => None,
+        }
+    }
+
+    fn admin(&mut self, a: AdminFile, listeners: &[Listener]) -> Option<Admin> {
+        let Some(text) = a.bind else {
+            return Some(Admin::default());
+        };
+        let Ok(bind) = text.parse::<SocketAddr>() else {
+            self.invalid(
+                "admin.bind",
+                format!(
+                    "{text:?} is not an IP address and port, e.g. \"127.0.0.1:9925\" or \
+                     \"[::1]:9925\""
+                ),
+            );
+            return None;
+        };
+        if let Some((i, l)) = listeners
+            .iter()
+            .enumerate()
+            .find(|(_, l)| binds_conflict(l.bind, bind))
+        {
+            self.invalid(
+                "admin.bind",
+                format!(
+                    "\"{bind}\" conflicts with listener[{i}] \"{}\" on \"{}\"",
+                    l.name, l.bind
+                ),
+            );
+        }
+        Some(Admin { bind })
     }
 
     fn server_tls(&mut self, t: TlsFile) -> ServerTls {

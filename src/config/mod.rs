@@ -28,11 +28,13 @@ use serde::Deserialize;
 
 use crate::proto::{PreauthLimits, Protocol};
 
+pub mod cidr;
 pub mod duration;
 pub mod file;
 mod load;
 pub mod reload;
 
+pub use cidr::Cidr;
 pub use load::host_port;
 
 /// The validated configuration.
@@ -46,6 +48,8 @@ pub struct Config {
     pub tls: Option<ServerTls>,
     pub limits: Limits,
     pub log: Log,
+    /// `None`: no admin HTTP listener (the `[admin]` table is absent).
+    pub admin: Option<Admin>,
 }
 
 impl Config {
@@ -126,6 +130,7 @@ impl Config {
                     .to_owned(),
             );
         }
+        self.ops_warnings(&mut out);
         // RFC 9051 5.4: an IMAP server's autologout timer must be at least 30 minutes.
         if self.limits.idle_timeout < Duration::from_secs(30 * 60)
             && self.listeners.iter().any(|l| l.protocol == Protocol::Imap)
@@ -137,6 +142,39 @@ impl Config {
             ));
         }
         out
+    }
+}
+
+impl Config {
+    /// Warnings about PROXY protocol and admin settings.
+    fn ops_warnings(&self, out: &mut Vec<String>) {
+        if let Some(admin) = &self.admin
+            && !admin.bind.ip().to_canonical().is_loopback()
+        {
+            out.push(format!(
+                "admin.bind: \"{}\" is not a loopback address; /metrics and /readyz are served \
+                 without authentication to anyone who can reach it",
+                admin.bind
+            ));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Some(trusted) = &l.proxy_protocol
+                && let Some(all) = trusted.cidrs().iter().find(|c| c.prefix() == 0)
+            {
+                out.push(format!(
+                    "listener[{i}].proxy_trusted: {all} trusts every peer; anyone who can \
+                     connect can claim any client address"
+                ));
+            }
+        }
+        for (name, up) in &self.upstreams {
+            if up.send_proxy_protocol && up.send_id {
+                out.push(format!(
+                    "upstream \"{name}\".send_id: the PROXY header already carries the client \
+                     address; sending ID as well is redundant"
+                ));
+            }
+        }
     }
 }
 
@@ -162,6 +200,32 @@ pub struct Listener {
     pub tls: ListenerTls,
     /// Name of the upstream; exists in [`Config::upstreams`] with the same protocol.
     pub upstream: String,
+    /// `Some`: every connection must start with a PROXY v1/v2 header
+    /// (`crate::proto::proxy_header`) and come from one of these peers; the header's source
+    /// is the client address from then on. Anything else closes the connection.
+    /// `None` (`proxy_protocol = false`, the default): no header is read.
+    pub proxy_protocol: Option<TrustedProxies>,
+}
+
+/// The peers allowed to send a PROXY header on a listener (`proxy_trusted`). Never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<Cidr>);
+
+impl TrustedProxies {
+    /// `None` when `cidrs` is empty: a listener that expects a header from nobody would refuse
+    /// every connection.
+    pub fn new(cidrs: Vec<Cidr>) -> Option<Self> {
+        (!cidrs.is_empty()).then_some(Self(cidrs))
+    }
+
+    /// May `peer` (the TCP peer address of the connection) send a PROXY header?
+    pub fn contains(&self, peer: std::net::IpAddr) -> bool {
+        self.0.iter().any(|c| c.contains(peer))
+    }
+
+    pub fn cidrs(&self) -> &[Cidr] {
+        &self.0
+    }
 }
 
 /// TLS on a listener. TOML: `"implicit"` | `"starttls"` | `"none"`.
@@ -195,6 +259,14 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Greeting, STARTTLS and the replayed login together. Default 30 s.
     pub login_timeout: Duration,
+    /// Send a PROXY v2 header (`proto::proxy_header::encode_v2`) with the real client address
+    /// as the first bytes of each upstream connection. For upstreams that trust mailgate's
+    /// address for it (Dovecot `haproxy_trusted_networks`). Default false.
+    pub send_proxy_protocol: bool,
+    /// IMAP only: send `ID ("x-originating-ip" "…" "x-originating-port" "…")` before the
+    /// replayed login (Dovecot `login_trusted_networks`). Default false; always false for POP3
+    /// (checked at load).
+    pub send_id: bool,
 }
 
 /// TLS towards an upstream. TOML: `"implicit"` | `"starttls"` | `"none"`.
@@ -230,6 +302,24 @@ pub enum TlsVersion {
     #[serde(rename = "1.3")]
     Tls13,
 }
+
+/// The admin HTTP listener (`crate::admin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admin {
+    /// Default `127.0.0.1:9925`. Off loopback it is allowed, with a warning.
+    pub bind: SocketAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT)),
+        }
+    }
+}
+
+/// 9925: unassigned by IANA, near other mail-adjacent exporters, and not a mail port.
+pub const DEFAULT_ADMIN_PORT: u16 = 9925;
 
 /// Connection limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

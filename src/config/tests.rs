@@ -151,6 +151,7 @@ fn shipped_config_rejects_unknown_key_in_every_table() {
         "tls",
         "limits",
         "log",
+        "admin",
     ] {
         assert!(
             tried.iter().any(|t| t == want),
@@ -635,3 +636,5 @@ connect_timeout = \"5 minutes\"
         "{all}"
     );
 }
+
+mod ops;
