@@ -6,6 +6,7 @@
 //! server → tls → session { proto frontend → policy } → upstream (proto replay) → splice
 //! ```
 //!
+//! - [`admin`]: admin HTTP listener: `/metrics`, `/healthz`, `/readyz`.
 //! - [`cli`]: clap types for the `mailgate` binary.
 //! - [`server`]: listeners, accept loop, signals.
 //! - [`tls`]: rustls configs for the downstream (server) and upstream (client) sides.
@@ -19,6 +20,7 @@
 //! - [`metrics`]: Prometheus registry with typed label sets.
 //! - [`secret`]: `Secret<T>`, redacted in every `Debug`.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod metrics;
