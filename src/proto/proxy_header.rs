@@ -28,7 +28,8 @@
 //! | a full header                                | `Complete { header, consumed }` |
 //! | anything else                                | `Err(..)`                       |
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+// `core::net`: address types only; the same types as `std::net`, without its sockets.
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 /// Section 2.1: "PROXY UNKNOWN ffff:...:ffff ffff:...:ffff 65535 65535\r\n" => 107 chars, the
 /// worst case; "If the CRLF is not found in the first 107 characters, the receiver should
