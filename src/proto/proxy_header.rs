@@ -28,7 +28,7 @@
 //! | a full header                                | `Complete { header, consumed }` |
 //! | anything else                                | `Err(..)`                       |
 
-// `core::net`: address types only; the same types as `std::net`, without its sockets.
+// `core::net`: the address types only (the standard library re-exports them), no sockets.
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 /// Section 2.1: "PROXY UNKNOWN ffff:...:ffff ffff:...:ffff 65535 65535\r\n" => 107 chars, the
