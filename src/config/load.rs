@@ -331,6 +331,11 @@ impl Validator<'_> {
                 l.idle_timeout.as_deref(),
                 d.idle_timeout,
             ),
+            drain_timeout: self.duration(
+                "limits.drain_timeout",
+                l.drain_timeout.as_deref(),
+                d.drain_timeout,
+            ),
             max_connections: usize::try_from(max_connections).unwrap_or(d.max_connections),
         }
     }

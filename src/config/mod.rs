@@ -239,6 +239,10 @@ pub struct Limits {
     /// After login, no byte either way for this long closes the session. Default 30 min, the
     /// RFC 9051 section 5.4 autologout minimum.
     pub idle_timeout: Duration,
+    /// On SIGTERM, how long logged-in sessions may go on before they are ended with a goodbye.
+    /// Default 30 s: long enough for a fetch in flight, short enough for a service manager's
+    /// stop timeout (systemd's default is 90 s).
+    pub drain_timeout: Duration,
     /// Concurrent downstream connections over all listeners. Default 10000.
     pub max_connections: usize,
 }
@@ -248,6 +252,7 @@ impl Default for Limits {
         Self {
             preauth: PreauthLimits::default(),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            drain_timeout: Duration::from_secs(30),
             max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }

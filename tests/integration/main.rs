@@ -20,6 +20,7 @@ mod pki;
 mod util;
 
 mod direct;
+mod lifecycle;
 mod mailgate;
 mod proxy;
 mod reload;
