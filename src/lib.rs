@@ -15,10 +15,12 @@
 //! - [`upstream`]: connect to the real mail server, TLS, drive the replay machine.
 //! - [`splice`]: bidirectional copy after login, byte counts, idle timeout.
 //! - [`stream`]: plaintext-or-TLS stream used on both sides.
+//! - [`auth`]: bearer token verification (JWT/JWKS, introspection, tokeninfo), cached.
 //! - [`config`]: TOML model, validation, loading.
 //! - [`secret`]: `Secret<T>`, redacted in every `Debug`.
 
 pub mod cli;
+pub mod auth;
 pub mod config;
 pub mod policy;
 pub mod proto;
