@@ -19,8 +19,8 @@
 //! - [`config`]: TOML model, validation, loading.
 //! - [`secret`]: `Secret<T>`, redacted in every `Debug`.
 
-pub mod cli;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod policy;
 pub mod proto;

@@ -73,7 +73,10 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert!(c.get(&[1; 32], now).is_none(), "soonest evicted");
         assert!(c.get(&[3; 32], now).is_some());
-        assert!(c.get(&[2; 32], now + Duration::from_secs(21)).is_none(), "expired");
+        assert!(
+            c.get(&[2; 32], now + Duration::from_secs(21)).is_none(),
+            "expired"
+        );
         assert_eq!(c.len(), 1);
     }
 }

@@ -34,7 +34,9 @@ pub(crate) async fn introspect(
     }
     let (status, body) = http.send(request, "introspection").await?;
     if status != StatusCode::OK {
-        return Err(AuthError::Unavailable(format!("introspection: HTTP {status}")));
+        return Err(AuthError::Unavailable(format!(
+            "introspection: HTTP {status}"
+        )));
     }
     let claims = json_object(&body, "introspection")?;
     match claims.get("active") {
@@ -55,7 +57,9 @@ pub(crate) async fn tokeninfo(
     token: &str,
 ) -> Result<Map<String, Value>, AuthError> {
     let Some(endpoint) = &p.tokeninfo_endpoint else {
-        return Err(AuthError::Unavailable("tokeninfo: no endpoint configured".into()));
+        return Err(AuthError::Unavailable(
+            "tokeninfo: no endpoint configured".into(),
+        ));
     };
     let request = http
         .client()
@@ -76,7 +80,9 @@ fn form_urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                out.push(b as char)
+            }
             b' ' => out.push('+'),
             _ => out.push_str(&format!("%{b:02X}")),
         }

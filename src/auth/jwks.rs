@@ -54,7 +54,6 @@ pub(crate) struct Keys {
     discovery: OnceCell<Discovered>,
     state: Mutex<State>,
     fetching: tokio::sync::Mutex<()>,
-    fetches: std::sync::atomic::AtomicU64,
 }
 
 impl Keys {
@@ -65,18 +64,12 @@ impl Keys {
             discovery: OnceCell::new(),
             state: Mutex::new(State::default()),
             fetching: tokio::sync::Mutex::new(()),
-            fetches: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // Plain field assignments under this lock: a poisoned lock is still consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// JWKS requests made so far (tests assert the refresh rate limit with it).
-    pub(crate) fn fetches(&self) -> u64 {
-        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The discovery document, fetched once (a failed fetch is retried on next use).
@@ -105,7 +98,11 @@ impl Keys {
     }
 
     /// Candidate keys for a token with `kid` signed with `alg`.
-    pub(crate) async fn find(&self, kid: Option<&str>, alg: Algorithm) -> Result<Vec<DecodingKey>, AuthError> {
+    pub(crate) async fn find(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<Vec<DecodingKey>, AuthError> {
         let started = Instant::now();
         {
             let st = self.state();
@@ -167,15 +164,15 @@ impl Keys {
                 AuthError::Unavailable("discovery document names no jwks_uri".into())
             })?,
         };
-        self.fetches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let doc = self.http.get_json(&url, "jwks").await?;
         parse_jwks(&doc)
     }
 }
 
 fn unknown(kid: Option<&str>) -> AuthError {
-    AuthError::Invalid(InvalidReason::UnknownKey(super::jwt::shorten(kid.unwrap_or(""))))
+    AuthError::Invalid(InvalidReason::UnknownKey(super::jwt::shorten(
+        kid.unwrap_or(""),
+    )))
 }
 
 /// Keys usable for `alg` with `kid` (any kid when the token has none).

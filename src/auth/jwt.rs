@@ -122,7 +122,10 @@ fn identify(
     now: SystemTime,
     mode: VerificationMode,
 ) -> Result<VerifiedToken, InvalidReason> {
-    let is_jwt = matches!(mode, VerificationMode::Jwt | VerificationMode::UnverifiedClaims);
+    let is_jwt = matches!(
+        mode,
+        VerificationMode::Jwt | VerificationMode::UnverifiedClaims
+    );
     match claims.get("iss").and_then(Value::as_str) {
         Some(iss) if iss == p.issuer => {}
         Some(iss) => return Err(InvalidReason::WrongIssuer(shorten(iss))),

@@ -242,7 +242,9 @@ impl Verifier {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn inflight_lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<OnceCell<Verdict>>>> {
+    fn inflight_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<OnceCell<Verdict>>>> {
         self.inflight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -310,9 +312,9 @@ fn unverified() -> VerificationMode {
 /// RFC 6750 section 2.1 `b64token` characters (plus `.` already in it): anything else cannot be
 /// a bearer token, and refusing it early keeps odd bytes away from URLs and logs.
 fn is_token68ish(token: &str) -> bool {
-    token
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'='))
+    token.bytes().all(|b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+    })
 }
 
 impl ProviderState {
@@ -335,22 +337,21 @@ impl ProviderState {
             _ => {
                 let endpoint = match &self.config.introspection_endpoint {
                     Some(url) => url.clone(),
-                    None => self.keys.discovered().await?.introspection_endpoint.clone().ok_or_else(
-                        || {
+                    None => self
+                        .keys
+                        .discovered()
+                        .await?
+                        .introspection_endpoint
+                        .clone()
+                        .ok_or_else(|| {
                             AuthError::Unavailable(
                                 "discovery document names no introspection_endpoint".into(),
                             )
-                        },
-                    )?,
+                        })?,
                 };
                 let claims =
                     introspect::introspect(&self.http, &self.config, &endpoint, token).await?;
-                jwt::check_and_identify(
-                    &claims,
-                    &self.config,
-                    now,
-                    VerificationMode::Introspection,
-                )
+                jwt::check_and_identify(&claims, &self.config, now, VerificationMode::Introspection)
             }
         }
     }

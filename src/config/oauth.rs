@@ -305,7 +305,8 @@ impl V<'_> {
             self.invalid("tokeninfo_endpoint", "required when mode = \"tokeninfo\"");
         }
         let client_secret = self.secret(&p, base_dir);
-        if d.mode == ProviderMode::Introspection && (p.client_id.is_none() || client_secret.is_none())
+        if d.mode == ProviderMode::Introspection
+            && (p.client_id.is_none() || client_secret.is_none())
         {
             self.invalid(
                 "client_id",
@@ -320,15 +321,14 @@ impl V<'_> {
                 for name in names {
                     match JwtAlgorithm::from_name(&name) {
                         Some(a) => algs.push(a),
-                        None if name.eq_ignore_ascii_case("none") || name.starts_with("HS") => {
-                            self.invalid(
+                        None if name.eq_ignore_ascii_case("none") || name.starts_with("HS") => self
+                            .invalid(
                                 "algorithms",
                                 format!(
                                     "{name:?} is never allowed: unsigned and HMAC tokens can be \
                                      forged by anyone who knows the public key"
                                 ),
-                            )
-                        }
+                            ),
                         None => self.invalid(
                             "algorithms",
                             format!(
@@ -344,16 +344,15 @@ impl V<'_> {
                 algs
             }
         };
-        let claims = |v: &mut Self, key: &str, given: Option<Vec<String>>, def: &[String]| {
-            match given {
+        let claims =
+            |v: &mut Self, key: &str, given: Option<Vec<String>>, def: &[String]| match given {
                 Some(list) if list.is_empty() => {
                     v.invalid(key, "must list at least one claim");
                     def.to_vec()
                 }
                 Some(list) => list,
                 None => def.to_vec(),
-            }
-        };
+            };
         let client_id_claims = claims(
             self,
             "client_id_claims",
@@ -369,7 +368,10 @@ impl V<'_> {
             None => d.cache_size,
             Some(n @ 1..=1_000_000) => n as usize,
             Some(n) => {
-                self.invalid("cache_size", format!("{n} is out of range, expected 1 to 1000000"));
+                self.invalid(
+                    "cache_size",
+                    format!("{n} is out of range, expected 1 to 1000000"),
+                );
                 d.cache_size
             }
         };
@@ -457,7 +459,9 @@ impl V<'_> {
         if !ok {
             self.invalid(
                 key,
-                format!("{value:?} must be an https:// URL (http:// only to 127.0.0.1 or localhost)"),
+                format!(
+                    "{value:?} must be an https:// URL (http:// only to 127.0.0.1 or localhost)"
+                ),
             );
         }
     }
@@ -465,7 +469,10 @@ impl V<'_> {
     fn secret(&mut self, p: &ProviderFile, base_dir: &Path) -> Option<Secret<String>> {
         match (&p.client_secret, &p.client_secret_file) {
             (Some(_), Some(_)) => {
-                self.invalid("client_secret", "give client_secret or client_secret_file, not both");
+                self.invalid(
+                    "client_secret",
+                    "give client_secret or client_secret_file, not both",
+                );
                 None
             }
             (Some(value), None) => match value.strip_prefix("env:") {
@@ -510,7 +517,13 @@ impl V<'_> {
         }
     }
 
-    fn duration(&mut self, key: &str, text: Option<&str>, default: Duration, zero_ok: bool) -> Duration {
+    fn duration(
+        &mut self,
+        key: &str,
+        text: Option<&str>,
+        default: Duration,
+        zero_ok: bool,
+    ) -> Duration {
         let Some(text) = text else {
             return default;
         };
@@ -567,8 +580,12 @@ mod tests {
              algorithms = ['none', 'HS256', 'XX1']\n",
         )
         .unwrap_err();
-        assert_eq!(e.len(), 4, "{e:#?}");
-        assert!(e[0].starts_with("oauth.provider \"idp\".issuer: "), "{e:#?}");
+        assert_eq!(e.len(), 5, "{e:#?}");
+        assert!(
+            e[0].starts_with("oauth.provider \"idp\".issuer: "),
+            "{e:#?}"
+        );
+        assert!(e[4].ends_with("must list at least one algorithm"), "{e:#?}");
         assert!(e[1].contains("\"none\" is never allowed"), "{e:#?}");
         assert!(e[2].contains("\"HS256\" is never allowed"), "{e:#?}");
         assert!(e[3].contains("unknown algorithm \"XX1\""), "{e:#?}");
