@@ -6,7 +6,8 @@
 //!   │                                        mode jwt:           alg allowed? → JWKS key → signature → claims
 //!   │                                        mode unverified:    claims only (can only refuse)
 //!   │                                        mode introspection: RFC 7662
-//!   └──no (opaque)──► each introspection / tokeninfo provider in file order
+//!   └──no (opaque)──► each introspection / tokeninfo provider (and `jwt` provider with
+//!                     introspection credentials) in file order
 //! ```
 //!
 //! Verdicts are cached by SHA-256 of the token (never the token itself): positive until the
@@ -278,12 +279,7 @@ impl Verifier {
                 // knows it decides; "unavailable" wins over "invalid", so a down IdP never turns
                 // into a definite refusal that gets cached.
                 let mut outcome: Option<(Verdict, Option<Duration>)> = None;
-                for p in self.providers.iter().filter(|p| {
-                    matches!(
-                        p.config.mode,
-                        ProviderMode::Introspection | ProviderMode::Tokeninfo
-                    )
-                }) {
+                for p in self.providers.iter().filter(|p| p.introspects_opaque()) {
                     let verdict = p.verify_remote(token, now).await;
                     let ttl = p.ttl(&verdict, now);
                     match verdict {
@@ -318,6 +314,17 @@ fn is_token68ish(token: &str) -> bool {
 }
 
 impl ProviderState {
+    /// Opaque tokens go to introspection and tokeninfo providers, and to a `jwt` provider that
+    /// has introspection credentials (one IdP issuing both kinds, as oidc-provider or Keycloak
+    /// can).
+    fn introspects_opaque(&self) -> bool {
+        match self.config.mode {
+            ProviderMode::Introspection | ProviderMode::Tokeninfo => true,
+            ProviderMode::Jwt => self.config.client_id.is_some(),
+            ProviderMode::Unverified => false,
+        }
+    }
+
     async fn verify_jwt(&self, token: &str, peeked: &jwt::Peeked, now: SystemTime) -> Verdict {
         // The algorithm is checked against the allow-list BEFORE any key is looked up: a token
         // saying `none` or `HS256` (an HMAC keyed with our public RSA key) never reaches a key.

@@ -165,7 +165,8 @@ pub struct Provider {
     pub introspection_endpoint: Option<String>,
     /// Required for `tokeninfo` mode.
     pub tokeninfo_endpoint: Option<String>,
-    /// Client credentials for introspection (HTTP Basic, RFC 7662 section 2.1).
+    /// Client credentials for introspection (HTTP Basic, RFC 7662 section 2.1). A `jwt` provider
+    /// with these also introspects the opaque tokens its issuer hands out.
     pub client_id: Option<String>,
     pub client_secret: Option<Secret<String>>,
     /// Accepted `aud` values; empty accepts any audience (a warning says so).

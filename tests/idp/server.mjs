@@ -5,7 +5,8 @@
 // Starts the real `oidc-provider` package on http://127.0.0.1:PORT (loopback only) with:
 //   - clients `mail-app` and `other-client` (public, native): the mail clients whose tokens
 //     mailgate sees; `mailgate` and `dovecot` (confidential, client_secret_basic or post): the
-//     resource servers that introspect tokens (secrets `mailgate-secret`, `dovecot-secret`);
+//     resource servers that introspect tokens (HTTP Basic, secrets `mailgate-secret`,
+//     `dovecot-secret`);
 //   - JWT access tokens for the resource `https://mail.example.com/` (aud = that URL,
 //     RS256, `sub` and `email` = the user) and opaque access tokens for
 //     `https://mail.example.com/opaque`, which the introspection endpoint answers for;
@@ -89,7 +90,7 @@ function build() {
       {
         client_id: 'dovecot',
         client_secret: 'dovecot-secret',
-        token_endpoint_auth_method: 'client_secret_post',
+        token_endpoint_auth_method: 'client_secret_basic',
         grant_types: ['client_credentials'],
         response_types: [],
         redirect_uris: [],
