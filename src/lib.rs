@@ -16,9 +16,11 @@
 //! - [`splice`]: bidirectional copy after login, byte counts, idle timeout.
 //! - [`stream`]: plaintext-or-TLS stream used on both sides.
 //! - [`throttle`]: per-IP connection caps, failed-login delays and temporary blocks.
+//! - [`auth`]: bearer token verification (JWT/JWKS, introspection, tokeninfo), cached.
 //! - [`config`]: TOML model, validation, loading.
 //! - [`secret`]: `Secret<T>`, redacted in every `Debug`.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod policy;

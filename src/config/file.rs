@@ -30,6 +30,8 @@ pub struct File {
     pub limits: LimitsFile,
     #[serde(default)]
     pub log: LogFile,
+    #[serde(default)]
+    pub oauth: super::oauth::OAuthFile,
 }
 
 /// One `[[listener]]`.
@@ -167,11 +169,15 @@ pub fn parse(text: &str) -> Parsed {
                 Ok(l) => out.file.log = l,
                 Err(e) => out.errors.push(e),
             },
+            "oauth" => match section::<super::oauth::OAuthFile>("oauth", value) {
+                Ok(o) => out.file.oauth = o,
+                Err(e) => out.errors.push(e),
+            },
             _ => out.errors.push(ConfigError::Schema {
                 path: key.clone(),
                 message: format!(
                     "unknown key `{key}`, expected one of `listener`, `upstream`, `tls`, \
-                     `limits`, `log`"
+                     `limits`, `log`, `oauth`"
                 ),
             }),
         }

@@ -96,12 +96,14 @@ impl Validator<'_> {
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&filter) {
             self.invalid("log.filter", format!("invalid filter {filter:?}: {e}"));
         }
+        let oauth = super::oauth::validate(f.oauth, self.base_dir, &mut self.errors);
         Config {
             listeners,
             upstreams,
             tls,
             limits,
             log: Log { filter },
+            oauth,
         }
     }
 

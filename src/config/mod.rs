@@ -32,6 +32,7 @@ pub mod duration;
 pub mod file;
 mod load;
 pub mod reload;
+pub mod oauth;
 
 pub use load::host_port;
 
@@ -46,6 +47,8 @@ pub struct Config {
     pub tls: Option<ServerTls>,
     pub limits: Limits,
     pub log: Log,
+    /// `[[oauth.provider]]`; empty when OAuth logins are not configured.
+    pub oauth: oauth::OAuth,
 }
 
 impl Config {
@@ -125,6 +128,15 @@ impl Config {
                  self-signed one (development only)"
                     .to_owned(),
             );
+        }
+        for p in &self.oauth.providers {
+            if p.audiences.is_empty() && p.mode != oauth::ProviderMode::Tokeninfo {
+                out.push(format!(
+                    "oauth.provider \"{}\".audiences: empty, so a token {} issued for any other \
+                     service is accepted here",
+                    p.name, p.issuer
+                ));
+            }
         }
         // RFC 9051 5.4: an IMAP server's autologout timer must be at least 30 minutes.
         if self.limits.idle_timeout < Duration::from_secs(30 * 60)
