@@ -107,6 +107,8 @@ impl TokenResult {
 }
 
 /// How a session ended: the audit `session_end` record's `end` values (SPEC "Audit records").
+/// A superset of `splice::End` in meaning (it converts with `From`), for sessions that end
+/// before any splice, e.g. a pre-auth `LOGOUT` is `ClientClosed`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SessionEnd {
     ClientClosed,
@@ -136,6 +138,8 @@ impl From<End> for SessionEnd {
             End::DownstreamClosed => SessionEnd::ClientClosed,
             End::UpstreamClosed => SessionEnd::UpstreamClosed,
             End::IdleTimeout => SessionEnd::IdleTimeout,
+            End::Revoked => SessionEnd::Revoked,
+            End::Shutdown => SessionEnd::Shutdown,
             End::Error(_) => SessionEnd::Error,
         }
     }

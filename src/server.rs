@@ -103,19 +103,37 @@ impl Generation {
     }
 }
 
-/// The current generation and the signal that it changed.
+/// Where the server is in its life. Sessions watch it to end themselves on shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Serving,
+    /// SIGTERM: no new connections; sessions not logged in end now, logged-in ones may go on
+    /// until the drain deadline.
+    Draining,
+    /// The drain deadline passed: every session ends with a goodbye.
+    Stopping,
+}
+
+/// The current generation and the signals that it or the phase changed.
 pub struct Shared {
     current: ArcSwap<Generation>,
     changed: watch::Sender<u64>,
+    phase: watch::Sender<Phase>,
 }
 
 impl Shared {
     fn new(generation: Generation) -> Shared {
         let (changed, _) = watch::channel(generation.number);
+        let (phase, _) = watch::channel(Phase::Serving);
         Shared {
             current: ArcSwap::from_pointee(generation),
             changed,
+            phase,
         }
+    }
+
+    pub fn phase(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
     }
 
     pub fn current(&self) -> Arc<Generation> {
@@ -195,11 +213,14 @@ impl Server {
         }
     }
 
-    /// Accept until `shutdown` resolves, then stop accepting. Sessions still running are
-    /// aborted when this returns (draining is TODO(#5)).
+    /// Accept until `shutdown` resolves, then drain: stop accepting, end sessions that have not
+    /// logged in, give logged-in ones `drain_timeout`, then end them with a goodbye. Returns
+    /// when every session has ended (or 10 s after the deadline at the latest).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let max = self.shared.current().config.limits.max_connections;
-        let permits = Arc::new(Semaphore::new(max));
+        // The connection cap doubles as the session tracker: all permits back = all ended.
+        let max = u32::try_from(max.min(Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+        let permits = Arc::new(Semaphore::new(max as usize));
         let mut accept_loops = JoinSet::new();
         for (tcp, listener) in self.bound {
             if let Ok(addr) = tcp.local_addr() {
@@ -217,18 +238,35 @@ impl Server {
             accept_loops.spawn(accept_loop(tcp, ctx, permits.clone()));
         }
         shutdown.await;
-        // Each accept loop owns its sessions' JoinSet; aborting the loop drops the set, which
-        // aborts the sessions.
         accept_loops.abort_all();
         while accept_loops.join_next().await.is_some() {}
+        let drain = self.shared.current().config.limits.drain_timeout;
+        let active = max as usize - permits.available_permits();
+        tracing::info!(active, ?drain, "draining");
+        self.shared.phase.send_replace(Phase::Draining);
+        if tokio::time::timeout(drain, permits.acquire_many(max))
+            .await
+            .is_err()
+        {
+            let active = max as usize - permits.available_permits();
+            tracing::info!(
+                active,
+                "drain deadline passed; ending the remaining sessions"
+            );
+            self.shared.phase.send_replace(Phase::Stopping);
+            let grace = Duration::from_secs(10);
+            if tokio::time::timeout(grace, permits.acquire_many(max))
+                .await
+                .is_err()
+            {
+                tracing::warn!("sessions still running 10 s after the drain deadline");
+            }
+        }
     }
 }
 
 async fn accept_loop(tcp: TcpListener, ctx: Arc<SessionContext>, permits: Arc<Semaphore>) {
-    let mut sessions = JoinSet::new();
     loop {
-        // Reap finished sessions so the set does not grow with the connection count.
-        while sessions.try_join_next().is_some() {}
         let (stream, peer) = match tcp.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -241,14 +279,15 @@ async fn accept_loop(tcp: TcpListener, ctx: Arc<SessionContext>, permits: Arc<Se
         let ctx = ctx.clone();
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
-                sessions.spawn(async move {
+                // Detached: a session outlives the accept loop (drain); its permit tracks it.
+                tokio::spawn(async move {
                     session::run(stream, peer, ctx).await;
                     drop(permit);
                 });
             }
             Err(_) => {
                 tracing::warn!(%peer, "connection limit reached, refusing");
-                sessions.spawn(session::refuse_busy(stream, ctx));
+                tokio::spawn(session::refuse_busy(stream, ctx));
             }
         }
     }

@@ -34,8 +34,8 @@ use crate::proto::pop3::frontend::Pop3Frontend;
 use crate::proto::{
     CloseReason, FrontendEvent, LoginOutcome, LoginRequest, Protocol, Refusal, Security,
 };
-use crate::server::{Generation, Shared};
-use crate::splice::{self, End, Side, Totals};
+use crate::server::{Generation, Phase, Shared};
+use crate::splice::{self, End, Interrupt, Side, Totals};
 use crate::stream::{Downstream, MaybeTls};
 use crate::upstream;
 
@@ -63,6 +63,8 @@ pub enum Ending {
 pub enum PreauthEnd {
     DownstreamClosed,
     Machine(CloseReason),
+    /// The server began to drain before this session logged in.
+    Shutdown,
     Error(Side),
 }
 
@@ -200,12 +202,10 @@ trait Frontend {
     fn poll_event(&mut self) -> Option<FrontendEvent>;
     fn poll_transmit(&mut self) -> Option<Bytes>;
     fn into_residual(self) -> Bytes;
-    /// The line that ends an idle spliced session.
-    const IDLE_GOODBYE: &'static [u8];
 }
 
 macro_rules! frontend {
-    ($machine:ty, $goodbye:expr) => {
+    ($machine:ty) => {
         impl Frontend for $machine {
             fn handle_input(&mut self, bytes: &[u8]) {
                 <$machine>::handle_input(self, bytes)
@@ -231,18 +231,12 @@ macro_rules! frontend {
             fn into_residual(self) -> Bytes {
                 <$machine>::into_residual(self)
             }
-            const IDLE_GOODBYE: &'static [u8] = $goodbye;
         }
     };
 }
 
-// RFC 9051 5.4: the server may close an idle session after at least 30 minutes, with BYE.
-frontend!(ImapFrontend, b"* BYE Autologout; idle for too long\r\n");
-// Dovecot's wording; RFC 1939 3 lets the server close an inactive session.
-frontend!(
-    Pop3Frontend,
-    b"-ERR [SYS/TEMP] Disconnected for inactivity\r\n"
-);
+frontend!(ImapFrontend);
+frontend!(Pop3Frontend);
 
 struct Preauth<'a, F> {
     ctx: &'a SessionContext,
@@ -256,6 +250,7 @@ struct Preauth<'a, F> {
 impl<F: Frontend> Preauth<'_, F> {
     async fn run(mut self) -> Ending {
         let mut buf = vec![0u8; 4096];
+        let mut phase = self.ctx.shared.phase();
         loop {
             if self.flush().await.is_err() {
                 return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
@@ -281,18 +276,27 @@ impl<F: Frontend> Preauth<'_, F> {
                 }
                 None => {}
             }
-            let read = match self.machine.poll_timeout() {
-                Some(deadline) => {
-                    let deadline = Instant::from_std(deadline);
-                    tokio::select! {
-                        r = self.down.read(&mut buf) => r,
-                        () = tokio::time::sleep_until(deadline) => {
-                            self.machine.handle_timeout(Instant::now().into_std());
-                            continue;
-                        }
-                    }
+            // No deadline from the machine means none to keep: a far one keeps the select simple.
+            let deadline = self.machine.poll_timeout().map_or_else(
+                || Instant::now() + Duration::from_secs(86_400),
+                Instant::from_std,
+            );
+            let read = tokio::select! {
+                r = self.down.read(&mut buf) => r,
+                () = tokio::time::sleep_until(deadline) => {
+                    self.machine.handle_timeout(Instant::now().into_std());
+                    continue;
                 }
-                None => self.down.read(&mut buf).await,
+                () = async { let _ = phase.wait_for(|p| *p != Phase::Serving).await; } => {
+                    // Nobody logs in on a server that is going away.
+                    let goodbye = splice::goodbye(self.ctx.listener.protocol, End::Shutdown);
+                    let _ = timeout(HANDSHAKE_TIMEOUT, async {
+                        self.down.write_all(goodbye.unwrap_or_default()).await?;
+                        self.down.shutdown().await
+                    })
+                    .await;
+                    return Ending::Preauth(PreauthEnd::Shutdown);
+                }
             };
             match read {
                 Ok(0) => return Ending::Preauth(PreauthEnd::DownstreamClosed),
@@ -413,6 +417,7 @@ impl<F: Frontend> Preauth<'_, F> {
             mut down,
             machine,
             generation,
+            ctx,
             ..
         } = self;
         let mut up = logged.stream;
@@ -429,13 +434,43 @@ impl<F: Frontend> Preauth<'_, F> {
         {
             return Ending::Spliced(End::Error(Side::Downstream), Totals::default());
         }
+        let interrupt = interrupt(&ctx.shared, |_generation| {
+            // TODO(#3): re-decide this login under the new policy (revoke_on_reload).
+            true
+        });
         let (end, totals) = splice::splice(
             down,
             up,
+            ctx.listener.protocol,
             generation.config.limits.idle_timeout,
-            F::IDLE_GOODBYE,
+            interrupt,
         )
         .await;
         Ending::Spliced(end, totals)
+    }
+}
+
+/// Resolves when a spliced session must end: the drain deadline passed, or a reload took the
+/// user's access away (`still_allowed` says no under the new generation).
+async fn interrupt(shared: &Shared, still_allowed: impl Fn(&Generation) -> bool) -> Interrupt {
+    let mut phase = shared.phase();
+    let mut changed = shared.subscribe();
+    let mut reloads = true;
+    loop {
+        tokio::select! {
+            () = async { let _ = phase.wait_for(|p| *p == Phase::Stopping).await; } => {
+                return Interrupt::Shutdown;
+            }
+            r = changed.changed(), if reloads => {
+                if r.is_err() {
+                    // No more reloads can come; only shutdown can still interrupt.
+                    reloads = false;
+                    continue;
+                }
+                if !still_allowed(&shared.current()) {
+                    return Interrupt::Revoked;
+                }
+            }
+        }
     }
 }

@@ -30,6 +30,8 @@ pub struct File {
     pub limits: LimitsFile,
     #[serde(default)]
     pub log: LogFile,
+    #[serde(default)]
+    pub oauth: super::oauth::OAuthFile,
     /// `[admin]`; absent: no admin HTTP listener.
     pub admin: Option<AdminFile>,
 }
@@ -83,6 +85,7 @@ pub struct LimitsFile {
     pub max_auth_attempts: Option<u64>,
     pub auth_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub drain_timeout: Option<String>,
     pub max_connections: Option<u64>,
 }
 
@@ -179,6 +182,10 @@ pub fn parse(text: &str) -> Parsed {
                 Ok(l) => out.file.log = l,
                 Err(e) => out.errors.push(e),
             },
+            "oauth" => match section::<super::oauth::OAuthFile>("oauth", value) {
+                Ok(o) => out.file.oauth = o,
+                Err(e) => out.errors.push(e),
+            },
             "admin" => match section::<AdminFile>("admin", value) {
                 Ok(a) => out.file.admin = Some(a),
                 Err(e) => out.errors.push(e),
@@ -187,7 +194,7 @@ pub fn parse(text: &str) -> Parsed {
                 path: key.clone(),
                 message: format!(
                     "unknown key `{key}`, expected one of `listener`, `upstream`, `tls`, \
-                     `limits`, `log`, `admin`"
+                     `limits`, `log`, `oauth`, `admin`"
                 ),
             }),
         }

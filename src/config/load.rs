@@ -98,6 +98,7 @@ impl Validator<'_> {
             self.invalid("log.filter", format!("invalid filter {filter:?}: {e}"));
         }
         let admin = f.admin.and_then(|a| self.admin(a, &listeners));
+        let oauth = super::oauth::validate(f.oauth, self.base_dir, &mut self.errors);
         Config {
             listeners,
             upstreams,
@@ -105,6 +106,7 @@ impl Validator<'_> {
             limits,
             log: Log { filter },
             admin,
+            oauth,
         }
     }
 
@@ -412,6 +414,11 @@ impl Validator<'_> {
                 "limits.idle_timeout",
                 l.idle_timeout.as_deref(),
                 d.idle_timeout,
+            ),
+            drain_timeout: self.duration(
+                "limits.drain_timeout",
+                l.drain_timeout.as_deref(),
+                d.drain_timeout,
             ),
             max_connections: usize::try_from(max_connections).unwrap_or(d.max_connections),
         }

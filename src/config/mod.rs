@@ -32,6 +32,7 @@ pub mod cidr;
 pub mod duration;
 pub mod file;
 mod load;
+pub mod oauth;
 pub mod reload;
 
 pub use cidr::Cidr;
@@ -50,6 +51,8 @@ pub struct Config {
     pub log: Log,
     /// `None`: no admin HTTP listener (the `[admin]` table is absent).
     pub admin: Option<Admin>,
+    /// `[[oauth.provider]]`; empty when OAuth logins are not configured.
+    pub oauth: oauth::OAuth,
 }
 
 impl Config {
@@ -131,6 +134,15 @@ impl Config {
             );
         }
         self.ops_warnings(&mut out);
+        for p in &self.oauth.providers {
+            if p.audiences.is_empty() && p.mode != oauth::ProviderMode::Tokeninfo {
+                out.push(format!(
+                    "oauth.provider \"{}\".audiences: empty, so a token {} issued for any other \
+                     service is accepted here",
+                    p.name, p.issuer
+                ));
+            }
+        }
         // RFC 9051 5.4: an IMAP server's autologout timer must be at least 30 minutes.
         if self.limits.idle_timeout < Duration::from_secs(30 * 60)
             && self.listeners.iter().any(|l| l.protocol == Protocol::Imap)
@@ -329,6 +341,10 @@ pub struct Limits {
     /// After login, no byte either way for this long closes the session. Default 30 min, the
     /// RFC 9051 section 5.4 autologout minimum.
     pub idle_timeout: Duration,
+    /// On SIGTERM, how long logged-in sessions may go on before they are ended with a goodbye.
+    /// Default 30 s: long enough for a fetch in flight, short enough for a service manager's
+    /// stop timeout (systemd's default is 90 s).
+    pub drain_timeout: Duration,
     /// Concurrent downstream connections over all listeners. Default 10000.
     pub max_connections: usize,
 }
@@ -338,6 +354,7 @@ impl Default for Limits {
         Self {
             preauth: PreauthLimits::default(),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            drain_timeout: Duration::from_secs(30),
             max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }

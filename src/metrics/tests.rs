@@ -214,6 +214,8 @@ fn end_labels_match_splice_audit_values() {
         End::DownstreamClosed,
         End::UpstreamClosed,
         End::IdleTimeout,
+        End::Revoked,
+        End::Shutdown,
         End::Error(Side::Upstream),
     ] {
         assert_eq!(SessionEnd::from(end).as_str(), end.as_str());

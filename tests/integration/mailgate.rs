@@ -189,6 +189,22 @@ impl Mailgate {
     }
 }
 
+impl Mailgate {
+    /// SIGTERM, in-process: stop accepting and drain; resolves when the server has finished.
+    pub fn shutdown(&mut self) -> JoinHandle<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
+        tokio::spawn(async move {
+            tokio::time::timeout(std::time::Duration::from_secs(30), task)
+                .await
+                .expect("drain finishes within 30 s")
+                .expect("server task");
+        })
+    }
+}
+
 impl Drop for Mailgate {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {

@@ -130,7 +130,7 @@ async fn sighup_rereads_certificates() {
 }
 
 /// Kills the mailgate child if the test fails before it does.
-struct KillOnDrop(u32);
+pub struct KillOnDrop(pub u32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -140,7 +140,7 @@ impl Drop for KillOnDrop {
 }
 
 /// The first log line containing `needle` (bounded: 15 s).
-async fn wait_for(
+pub async fn wait_for(
     lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
     needle: &str,
 ) -> String {
