@@ -6,6 +6,7 @@
 //! server → tls → session { proto frontend → policy } → upstream (proto replay) → splice
 //! ```
 //!
+//! - [`audit`]: typed audit records, the non-blocking file/stdout sink, `audit tail`.
 //! - [`cli`]: clap types for the `mailgate` binary.
 //! - [`server`]: listeners, accept loop, signals.
 //! - [`tls`]: rustls configs for the downstream (server) and upstream (client) sides.
@@ -20,6 +21,7 @@
 //! - [`config`]: TOML model, validation, loading.
 //! - [`secret`]: `Secret<T>`, redacted in every `Debug`.
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

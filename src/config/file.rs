@@ -32,6 +32,7 @@ pub struct File {
     pub log: LogFile,
     #[serde(default)]
     pub oauth: super::oauth::OAuthFile,
+    pub audit: Option<AuditFile>,
 }
 
 /// One `[[listener]]`.
@@ -88,6 +89,15 @@ pub struct LimitsFile {
 #[serde(deny_unknown_fields)]
 pub struct LogFile {
     pub filter: Option<String>,
+}
+
+/// `[audit]`: exactly one of `file` or `stdout = true`; checked in `load`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    pub file: Option<String>,
+    pub stdout: Option<bool>,
+    pub queue: Option<u64>,
 }
 
 /// The outcome of [`parse`]: what could be read, and every schema problem found.
@@ -173,11 +183,15 @@ pub fn parse(text: &str) -> Parsed {
                 Ok(o) => out.file.oauth = o,
                 Err(e) => out.errors.push(e),
             },
+            "audit" => match section::<AuditFile>("audit", value) {
+                Ok(a) => out.file.audit = Some(a),
+                Err(e) => out.errors.push(e),
+            },
             _ => out.errors.push(ConfigError::Schema {
                 path: key.clone(),
                 message: format!(
                     "unknown key `{key}`, expected one of `listener`, `upstream`, `tls`, \
-                     `limits`, `log`, `oauth`"
+                     `limits`, `log`, `oauth`, `audit`"
                 ),
             }),
         }

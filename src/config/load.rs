@@ -13,10 +13,10 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName;
 
 use super::duration::{self, DurationError};
-use super::file::{self, File, LimitsFile, ListenerFile, Parsed, TlsFile, UpstreamFile};
+use super::file::{self, AuditFile, File, LimitsFile, ListenerFile, Parsed, TlsFile, UpstreamFile};
 use super::{
-    Config, ConfigError, ConfigErrors, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, Limits,
-    Listener, ListenerTls, Log, ServerTls, Upstream,
+    AuditConfig, AuditSink, Config, ConfigError, ConfigErrors, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_LOGIN_TIMEOUT, Limits, Listener, ListenerTls, Log, ServerTls, Upstream,
 };
 use crate::proto::PreauthLimits;
 
@@ -97,6 +97,7 @@ impl Validator<'_> {
             self.invalid("log.filter", format!("invalid filter {filter:?}: {e}"));
         }
         let oauth = super::oauth::validate(f.oauth, self.base_dir, &mut self.errors);
+        let audit = f.audit.map(|a| self.audit(a)).unwrap_or_default();
         Config {
             listeners,
             upstreams,
@@ -104,6 +105,44 @@ impl Validator<'_> {
             limits,
             log: Log { filter },
             oauth,
+            audit,
+        }
+    }
+
+    fn audit(&mut self, a: AuditFile) -> AuditConfig {
+        let sink = match (a.file, a.stdout) {
+            (Some(file), None | Some(false)) if !file.is_empty() => {
+                AuditSink::File(self.path(&file))
+            }
+            (Some(file), None | Some(false)) => {
+                self.invalid("audit.file", format!("{file:?} is not a file path"));
+                AuditSink::Disabled
+            }
+            (None, Some(true)) => AuditSink::Stdout,
+            (Some(_), Some(true)) => {
+                self.invalid("audit", "set either `file` or `stdout = true`, not both");
+                AuditSink::Disabled
+            }
+            (None, None | Some(false)) => {
+                self.invalid(
+                    "audit",
+                    "set `file = \"path\"` or `stdout = true` (remove [audit] to disable \
+                     auditing)",
+                );
+                AuditSink::Disabled
+            }
+        };
+        let d = AuditConfig::default();
+        let queue = self.bounded(
+            "audit.queue",
+            a.queue,
+            d.queue as u64,
+            1,
+            super::MAX_AUDIT_QUEUE as u64,
+        );
+        AuditConfig {
+            sink,
+            queue: usize::try_from(queue).unwrap_or(d.queue),
         }
     }
 
