@@ -2,6 +2,9 @@
 //! serializer: table and JSON output, every filter, `--since`, the config's default file,
 //! `--follow` across rename and truncate, and a reader that closes the pipe early.
 
+// Test helpers outside `#[test]` functions panic on purpose (as tests/integration/main.rs).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
