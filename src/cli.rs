@@ -1,8 +1,9 @@
-//! Command line: `mailgate run` and `mailgate check`. Each subcommand's `--help` shows an example.
+//! Command line: `mailgate run`, `mailgate check` and `mailgate audit tail`. Each subcommand's
+//! `--help` shows an example.
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// IMAP/POP3 access-gating proxy.
 #[derive(Debug, Parser)]
@@ -31,6 +32,101 @@ pub enum Command {
         #[arg(long, default_value = "config/mailgate.toml")]
         config: PathBuf,
     },
+    /// Read the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Show audit records as an aligned table (or JSON lines), filtered, optionally following
+    /// the file across log rotation.
+    #[command(after_help = TAIL_HELP)]
+    Tail(TailArgs),
+}
+
+const TAIL_HELP: &str = "\
+Filters combine (AND). --user, --decision and --reason select auth records; a selected
+session is shown whole: its connect, the matching auth records and its session_end.
+--protocol selects sessions by their connect record. These four hide reload records.
+--since and --session apply to every record.
+
+Examples:
+  mailgate audit tail --follow
+  mailgate audit tail --user alice@example.com --since 2h
+  mailgate audit tail --decision deny --reason client_not_allowed --protocol imap
+  mailgate audit tail --session 3f2a9c01d4e7      # the ref from a refusal message
+  mailgate audit tail --file /var/log/mailgate/audit.log.1 --json | jq .user";
+
+/// `mailgate audit tail`.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Audit file to read. Default: the `audit.file` of the config.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Keep reading as records are appended, across log rotation (rename or truncate).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only sessions where this user logged in or was refused (exact match).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Only sessions with an auth record of this decision.
+    #[arg(long, value_enum)]
+    pub decision: Option<DecisionArg>,
+    /// Only sessions with an auth record of this reason code (`ok` for allowed logins).
+    #[arg(long, value_name = "REASON", value_parser = reason_codes())]
+    pub reason: Option<String>,
+    /// Only sessions on listeners of this protocol.
+    #[arg(long, value_enum)]
+    pub protocol: Option<ProtocolArg>,
+    /// Only this session: its full id or its end (the `ref` in refusal texts).
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+    /// Only records from this far back ("10m", "2h", "7d") or since an RFC 3339 time.
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+    /// Print the matching records as JSON lines, exactly as in the file.
+    #[arg(long)]
+    pub json: bool,
+    /// Config file naming the audit file (used when --file is not given).
+    #[arg(long, default_value = "config/mailgate.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DecisionArg {
+    Allow,
+    Deny,
+}
+
+impl From<DecisionArg> for crate::audit::Verdict {
+    fn from(d: DecisionArg) -> Self {
+        match d {
+            DecisionArg::Allow => crate::audit::Verdict::Allow,
+            DecisionArg::Deny => crate::audit::Verdict::Deny,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    Imap,
+    Pop3,
+}
+
+impl From<ProtocolArg> for crate::proto::Protocol {
+    fn from(p: ProtocolArg) -> Self {
+        match p {
+            ProtocolArg::Imap => crate::proto::Protocol::Imap,
+            ProtocolArg::Pop3 => crate::proto::Protocol::Pop3,
+        }
+    }
+}
+
+fn reason_codes() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(crate::audit::record::REASONS.map(|r| r.as_str()))
 }
 
 #[cfg(test)]
@@ -50,5 +146,39 @@ mod tests {
             panic!("check")
         };
         assert_eq!(config, PathBuf::from("config/mailgate.toml"));
+    }
+
+    #[test]
+    fn audit_tail_parses_every_filter() {
+        let cli = Cli::parse_from([
+            "mailgate",
+            "audit",
+            "tail",
+            "-f",
+            "--user",
+            "a@b",
+            "--decision",
+            "deny",
+            "--reason",
+            "suspended",
+            "--protocol",
+            "pop3",
+            "--since",
+            "10m",
+            "--json",
+            "--session",
+            "abc",
+        ]);
+        let Command::Audit {
+            command: AuditCommand::Tail(t),
+        } = cli.command
+        else {
+            panic!("audit tail")
+        };
+        assert!(t.follow && t.json);
+        assert_eq!(t.decision, Some(DecisionArg::Deny));
+        assert_eq!(t.protocol, Some(ProtocolArg::Pop3));
+        assert_eq!(t.reason.as_deref(), Some("suspended"));
+        assert!(Cli::try_parse_from(["mailgate", "audit", "tail", "--reason", "nope"]).is_err());
     }
 }

@@ -7,6 +7,7 @@
 //! ```
 //!
 //! - [`admin`]: admin HTTP listener: `/metrics`, `/healthz`, `/readyz`.
+//! - [`audit`]: typed audit records, the non-blocking file/stdout sink, `audit tail`.
 //! - [`cli`]: clap types for the `mailgate` binary.
 //! - [`server`]: listeners, accept loop, signals.
 //! - [`tls`]: rustls configs for the downstream (server) and upstream (client) sides.
@@ -23,6 +24,7 @@
 //! - [`secret`]: `Secret<T>`, redacted in every `Debug`.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

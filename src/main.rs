@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use mailgate::cli::{Cli, Command};
+use mailgate::cli::{AuditCommand, Cli, Command, TailArgs};
 use mailgate::config::Config;
 use mailgate::server::Server;
 
@@ -18,6 +18,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
+        Command::Audit {
+            command: AuditCommand::Tail(args),
+        } => audit_tail(args),
     };
     match result {
         Ok(code) => code,
@@ -91,6 +94,64 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn audit_tail(args: TailArgs) -> anyhow::Result<ExitCode> {
+    use mailgate::audit::tail;
+    use mailgate::config::AuditSink;
+
+    let file = match args.file {
+        Some(file) => file,
+        None => {
+            let config = Config::load(&args.config)
+                .map_err(|e| anyhow::anyhow!("{}:\n{e}", args.config.display()))?;
+            match config.audit.sink {
+                AuditSink::File(file) => file,
+                AuditSink::Stdout => anyhow::bail!(
+                    "{}: audit records go to stdout (audit.stdout = true); pass --file",
+                    args.config.display()
+                ),
+                AuditSink::Disabled => anyhow::bail!(
+                    "{}: no [audit] table, so no audit file; pass --file",
+                    args.config.display()
+                ),
+            }
+        }
+    };
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| tail::parse_since(s, std::time::SystemTime::now()))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--since {e}"))?;
+    let options = tail::Options {
+        file,
+        follow: args.follow,
+        filter: tail::Filter {
+            user: args.user,
+            decision: args.decision.map(Into::into),
+            reason: args.reason,
+            protocol: args.protocol.map(Into::into),
+            session: args.session,
+            since,
+        },
+        format: if args.json {
+            tail::Format::Json
+        } else {
+            tail::Format::Table
+        },
+        poll: tail::POLL,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let summary = tail::run(&options, &mut out)?;
+    if summary.malformed > 0 {
+        eprintln!(
+            "mailgate: skipped {} line(s) that are not audit records",
+            summary.malformed
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Logs go to stderr (journald adds timestamps; RUST_LOG overrides the config filter).

@@ -34,6 +34,7 @@ pub struct File {
     pub oauth: super::oauth::OAuthFile,
     /// `[admin]`; absent: no admin HTTP listener.
     pub admin: Option<AdminFile>,
+    pub audit: Option<AuditFile>,
 }
 
 /// One `[[listener]]`.
@@ -101,6 +102,15 @@ pub struct LogFile {
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub bind: Option<String>,
+}
+
+/// `[audit]`: exactly one of `file` or `stdout = true`; checked in `load`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    pub file: Option<String>,
+    pub stdout: Option<bool>,
+    pub queue: Option<u64>,
 }
 
 /// The outcome of [`parse`]: what could be read, and every schema problem found.
@@ -190,11 +200,15 @@ pub fn parse(text: &str) -> Parsed {
                 Ok(a) => out.file.admin = Some(a),
                 Err(e) => out.errors.push(e),
             },
+            "audit" => match section::<AuditFile>("audit", value) {
+                Ok(a) => out.file.audit = Some(a),
+                Err(e) => out.errors.push(e),
+            },
             _ => out.errors.push(ConfigError::Schema {
                 path: key.clone(),
                 message: format!(
                     "unknown key `{key}`, expected one of `listener`, `upstream`, `tls`, \
-                     `limits`, `log`, `oauth`, `admin`"
+                     `limits`, `log`, `oauth`, `admin`, `audit`"
                 ),
             }),
         }

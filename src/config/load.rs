@@ -13,10 +13,13 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName;
 
 use super::duration::{self, DurationError};
-use super::file::{self, AdminFile, File, LimitsFile, ListenerFile, Parsed, TlsFile, UpstreamFile};
+use super::file::{
+    self, AdminFile, AuditFile, File, LimitsFile, ListenerFile, Parsed, TlsFile, UpstreamFile,
+};
 use super::{
-    Admin, Cidr, Config, ConfigError, ConfigErrors, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOGIN_TIMEOUT,
-    Limits, Listener, ListenerTls, Log, ServerTls, TrustedProxies, Upstream,
+    Admin, AuditConfig, AuditSink, Cidr, Config, ConfigError, ConfigErrors,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, Limits, Listener, ListenerTls, Log, ServerTls,
+    TrustedProxies, Upstream,
 };
 use crate::proto::PreauthLimits;
 use crate::proto::Protocol;
@@ -99,6 +102,7 @@ impl Validator<'_> {
         }
         let admin = f.admin.and_then(|a| self.admin(a, &listeners));
         let oauth = super::oauth::validate(f.oauth, self.base_dir, &mut self.errors);
+        let audit = f.audit.map(|a| self.audit(a)).unwrap_or_default();
         Config {
             listeners,
             upstreams,
@@ -107,6 +111,44 @@ impl Validator<'_> {
             log: Log { filter },
             admin,
             oauth,
+            audit,
+        }
+    }
+
+    fn audit(&mut self, a: AuditFile) -> AuditConfig {
+        let sink = match (a.file, a.stdout) {
+            (Some(file), None | Some(false)) if !file.is_empty() => {
+                AuditSink::File(self.path(&file))
+            }
+            (Some(file), None | Some(false)) => {
+                self.invalid("audit.file", format!("{file:?} is not a file path"));
+                AuditSink::Disabled
+            }
+            (None, Some(true)) => AuditSink::Stdout,
+            (Some(_), Some(true)) => {
+                self.invalid("audit", "set either `file` or `stdout = true`, not both");
+                AuditSink::Disabled
+            }
+            (None, None | Some(false)) => {
+                self.invalid(
+                    "audit",
+                    "set `file = \"path\"` or `stdout = true` (remove [audit] to disable \
+                     auditing)",
+                );
+                AuditSink::Disabled
+            }
+        };
+        let d = AuditConfig::default();
+        let queue = self.bounded(
+            "audit.queue",
+            a.queue,
+            d.queue as u64,
+            1,
+            super::MAX_AUDIT_QUEUE as u64,
+        );
+        AuditConfig {
+            sink,
+            queue: usize::try_from(queue).unwrap_or(d.queue),
         }
     }
 

@@ -53,6 +53,7 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// `[[oauth.provider]]`; empty when OAuth logins are not configured.
     pub oauth: oauth::OAuth,
+    pub audit: AuditConfig,
 }
 
 impl Config {
@@ -142,6 +143,13 @@ impl Config {
                     p.name, p.issuer
                 ));
             }
+        }
+        if self.audit.sink == AuditSink::Disabled {
+            out.push(
+                "audit: no [audit] table; audit records are not written (set `file` or \
+                 `stdout = true`)"
+                    .to_owned(),
+            );
         }
         // RFC 9051 5.4: an IMAP server's autologout timer must be at least 30 minutes.
         if self.limits.idle_timeout < Duration::from_secs(30 * 60)
@@ -374,6 +382,40 @@ impl Default for Log {
         }
     }
 }
+
+/// Where audit records go. TOML: the `[audit]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub sink: AuditSink,
+    /// Records waiting for the writer before new ones are dropped (and counted). Default
+    /// [`DEFAULT_AUDIT_QUEUE`].
+    pub queue: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            sink: AuditSink::Disabled,
+            queue: DEFAULT_AUDIT_QUEUE,
+        }
+    }
+}
+
+/// The audit destination: exactly one of `file = "..."` or `stdout = true`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
+    /// No `[audit]` table: nothing is recorded, and [`Config::warnings`] says so.
+    Disabled,
+    Stdout,
+    /// Absolute (a relative `file` resolves against the config file's directory).
+    File(PathBuf),
+}
+
+/// 65536 records: a few seconds of a very busy proxy's logins and session ends; at roughly 300
+/// bytes a record, about 20 MB when full.
+pub const DEFAULT_AUDIT_QUEUE: usize = 65_536;
+/// Largest accepted `audit.queue`: a longer queue only hides a stuck disk for longer.
+pub const MAX_AUDIT_QUEUE: usize = 16 * 1024 * 1024;
 
 /// 5 s: a local Dovecot answers in milliseconds; longer only delays failover to the next address.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

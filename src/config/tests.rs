@@ -86,6 +86,13 @@ fn shipped_config_loads() {
         "the example shows the defaults"
     );
     assert_eq!(c.log, Log::default());
+    assert_eq!(
+        c.audit,
+        AuditConfig {
+            sink: AuditSink::File(dir.join("../run/audit.log")),
+            queue: DEFAULT_AUDIT_QUEUE,
+        }
+    );
 }
 
 /// Every `*.toml` in `config/` that is a mailgate config loads as shipped. (`directory.toml` has
@@ -152,6 +159,7 @@ fn shipped_config_rejects_unknown_key_in_every_table() {
         "limits",
         "log",
         "admin",
+        "audit",
     ] {
         assert!(
             tried.iter().any(|t| t == want),
@@ -568,9 +576,9 @@ fn log_filter_checked() {
 #[test]
 fn unknown_top_level_key() {
     assert_one(
-        &format!("audit = 1\n{BASE}"),
-        "audit",
-        "unknown key `audit`",
+        &format!("audits = 1\n{BASE}"),
+        "audits",
+        "unknown key `audits`",
     );
 }
 
@@ -638,3 +646,97 @@ connect_timeout = \"5 minutes\"
 }
 
 mod ops;
+#[test]
+fn audit_absent_is_disabled_with_a_warning() {
+    let c = load(BASE).unwrap();
+    assert_eq!(c.audit, AuditConfig::default());
+    assert_eq!(c.audit.sink, AuditSink::Disabled);
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.starts_with("audit: no [audit] table"))
+    );
+}
+
+#[test]
+fn audit_file_resolves_against_the_config_dir() {
+    let c = load(&format!(
+        "{BASE}\n[audit]\nfile = \"log/audit.log\"\nqueue = 10\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.audit,
+        AuditConfig {
+            sink: AuditSink::File(PathBuf::from("/etc/mailgate/log/audit.log")),
+            queue: 10,
+        }
+    );
+    assert!(!c.warnings().iter().any(|w| w.starts_with("audit")));
+    let c = load(&format!("{BASE}\n[audit]\nfile = \"/var/log/m/a.log\"\n")).unwrap();
+    assert_eq!(
+        c.audit.sink,
+        AuditSink::File(PathBuf::from("/var/log/m/a.log"))
+    );
+    let c = load(&format!(
+        "{BASE}\n[audit]\nfile = \"a.log\"\nstdout = false\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.audit.sink,
+        AuditSink::File(PathBuf::from("/etc/mailgate/a.log"))
+    );
+}
+
+#[test]
+fn audit_stdout() {
+    let c = load(&format!("{BASE}\n[audit]\nstdout = true\n")).unwrap();
+    assert_eq!(c.audit.sink, AuditSink::Stdout);
+    assert_eq!(c.audit.queue, DEFAULT_AUDIT_QUEUE);
+}
+
+#[test]
+fn audit_needs_exactly_one_sink() {
+    assert_one(
+        &format!("{BASE}\n[audit]\nfile = \"a\"\nstdout = true\n"),
+        "audit",
+        "not both",
+    );
+    assert_one(
+        &format!("{BASE}\n[audit]\nqueue = 5\n"),
+        "audit",
+        "set `file",
+    );
+    assert_one(
+        &format!("{BASE}\n[audit]\nstdout = false\n"),
+        "audit",
+        "set `file",
+    );
+    assert_one(
+        &format!("{BASE}\n[audit]\nfile = \"\"\n"),
+        "audit.file",
+        "not a file path",
+    );
+}
+
+#[test]
+fn audit_queue_bounded() {
+    assert_one(
+        &format!("{BASE}\n[audit]\nstdout = true\nqueue = 0\n"),
+        "audit.queue",
+        "out of range",
+    );
+    assert_one(
+        &format!("{BASE}\n[audit]\nstdout = true\nqueue = 100000000\n"),
+        "audit.queue",
+        "out of range",
+    );
+}
+
+#[test]
+fn audit_unknown_key_rejected() {
+    assert_one(
+        &format!("{BASE}\n[audit]\nstdout = true\nrotate = 1\n"),
+        "audit",
+        "unknown field `rotate`",
+    );
+}

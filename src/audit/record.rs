@@ -1,0 +1,393 @@
+//! Stage: audit, record layer. Typed events in, one JSON line out.
+//!
+//! [`Event`] is the only way to say what happened, and [`Record::write_json`] is the only place
+//! that turns it into bytes (sozu `RequestRecord`): no hand-built JSON anywhere. Every line is an
+//! object whose first three keys are `ts` (RFC 3339, UTC, milliseconds), `event` and `session`,
+//! followed by the event's own fields, each always present (`null` when unknown), so a consumer
+//! can rely on the key set of each event:
+//!
+//! | event         | fields                                                                   |
+//! |---------------|--------------------------------------------------------------------------|
+//! | `connect`     | `listener`, `protocol`, `client`, `tls`, `sni`                           |
+//! | `auth`        | `user`, `ou`, `mechanism`, `client_id`, `issuer`, `decision`, `reason`, `policy_source`, `upstream` |
+//! | `session_end` | `bytes_up`, `bytes_down`, `duration_ms`, `end`                           |
+//! | `reload`      | `result`, `error`, `config_digest`                                       |
+//!
+//! `session` is the session id for the three session events and `null` for `reload`, which
+//! belongs to the process, not to a connection.
+//!
+//! Must not: hold a secret. No field takes a [`crate::secret::Secret`] (it has no `Serialize`
+//! and no `Display` either), so a password or token can only get here by being exposed on
+//! purpose first.
+
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Serialize, Serializer};
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+
+use crate::policy::Reason;
+use crate::proto::{Mechanism, Protocol};
+
+/// One audit record: when, which session, what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Taken when the event is recorded, not when the writer gets to it.
+    pub ts: SystemTime,
+    /// The session id; `None` for process events (`reload`), written as `null`.
+    pub session: Option<String>,
+    pub event: Event,
+}
+
+/// Everything the audit log can say. Adding an event (e.g. `rate_limited`) means a variant here,
+/// a body struct below and one arm in [`Record::write_json`] and [`Event::name`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A downstream connection was accepted.
+    Connect(Connect),
+    /// A login attempt was decided (allowed and replayed, or refused).
+    Auth(Auth),
+    /// The session is over; exactly one per session, whatever path it took.
+    SessionEnd(SessionEnd),
+    /// A configuration reload was applied or rejected.
+    Reload(Reload),
+}
+
+/// `connect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Connect {
+    /// The listener's configured name.
+    pub listener: String,
+    pub protocol: Protocol,
+    /// The real downstream address (behind a PROXY header, the one it names), as `ip:port`.
+    pub client: SocketAddr,
+    /// The TLS version in force when the record is written; `None` (`null`) for plaintext,
+    /// including a STARTTLS listener before the upgrade.
+    pub tls: Option<TlsVersion>,
+    /// The server name the client asked for in its TLS ClientHello.
+    pub sni: Option<String>,
+}
+
+/// `auth`. `decision` is not a field: it is derived from `reason` (`ok` → `allow`, anything
+/// else → `deny`), so the two can never disagree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    /// The claimed user (after a valid token, the token's user). `None` when the mechanism
+    /// carried none, e.g. an XOAUTH2 payload without `user=`.
+    pub user: Option<String>,
+    /// The user's OU path (`/Sales/Interns`), when the user is known.
+    pub ou: Option<String>,
+    pub mechanism: Mechanism,
+    /// The OAuth client ID of the token, for XOAUTH2 and OAUTHBEARER.
+    pub client_id: Option<String>,
+    /// The token's issuer, for XOAUTH2 and OAUTHBEARER.
+    pub issuer: Option<String>,
+    /// `Reason::Ok` for a login that went through; otherwise why it did not.
+    pub reason: Reason,
+    /// Where the deciding value came from: `ou:/Sales`, `group:imap-pilot@example.com`, `user`.
+    pub policy_source: Option<String>,
+    /// The upstream's configured name, once one was chosen.
+    pub upstream: Option<String>,
+}
+
+impl Auth {
+    pub fn decision(&self) -> Verdict {
+        if self.reason == Reason::Ok {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        }
+    }
+}
+
+/// Every `auth.reason` code, `ok` first (for `audit tail --reason` and tests).
+pub const REASONS: [Reason; 13] = [
+    Reason::Ok,
+    Reason::UnknownUser,
+    Reason::Suspended,
+    Reason::ImapDisabled,
+    Reason::PopDisabled,
+    Reason::PasswordLoginDisabled,
+    Reason::ClientNotAllowed,
+    Reason::InvalidToken,
+    Reason::TokenUserMismatch,
+    Reason::DelegationNotSupported,
+    Reason::UpstreamRejected,
+    Reason::UpstreamUnavailable,
+    Reason::IdpUnavailable,
+];
+
+/// `auth.decision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        }
+    }
+}
+
+/// `session_end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SessionEnd {
+    /// Downstream → upstream, after login.
+    pub bytes_up: u64,
+    /// Upstream → downstream, after login.
+    pub bytes_down: u64,
+    /// From accept to close.
+    pub duration_ms: u64,
+    pub end: End,
+}
+
+/// `session_end.end`: why the session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum End {
+    /// The mail client closed (or logged out), before or after login.
+    ClientClosed,
+    UpstreamClosed,
+    IdleTimeout,
+    /// A reload with `revoke_on_reload` would now refuse the user.
+    Revoked,
+    /// mailgate is stopping (SIGTERM drain deadline).
+    Shutdown,
+    /// A read or write failed, a limit was hit, or something internal went wrong.
+    Error,
+}
+
+impl End {
+    pub const ALL: [End; 6] = [
+        End::ClientClosed,
+        End::UpstreamClosed,
+        End::IdleTimeout,
+        End::Revoked,
+        End::Shutdown,
+        End::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::ClientClosed => "client_closed",
+            End::UpstreamClosed => "upstream_closed",
+            End::IdleTimeout => "idle_timeout",
+            End::Revoked => "revoked",
+            End::Shutdown => "shutdown",
+            End::Error => "error",
+        }
+    }
+}
+
+impl From<crate::splice::End> for End {
+    fn from(end: crate::splice::End) -> Self {
+        match end {
+            crate::splice::End::DownstreamClosed => End::ClientClosed,
+            crate::splice::End::UpstreamClosed => End::UpstreamClosed,
+            crate::splice::End::IdleTimeout => End::IdleTimeout,
+            crate::splice::End::Revoked => End::Revoked,
+            crate::splice::End::Shutdown => End::Shutdown,
+            crate::splice::End::Error(_) => End::Error,
+        }
+    }
+}
+
+/// `reload`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reload {
+    pub outcome: ReloadOutcome,
+    /// A digest of the configuration the attempt read (applied or rejected), so an operator can
+    /// tell which version of the files was in force. `None` when the files could not be read.
+    pub config_digest: Option<String>,
+}
+
+/// `reload.result` and `reload.error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// `result: "ok"`, `error: null`.
+    Applied,
+    /// `result: "rejected"`; the previous configuration stays in force. `error` is what
+    /// `mailgate check` would print (key paths, never secret values).
+    Rejected { error: String },
+}
+
+/// The negotiated TLS version, as nginx's `$ssl_protocol` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum TlsVersion {
+    #[serde(rename = "TLSv1.2")]
+    Tls12,
+    #[serde(rename = "TLSv1.3")]
+    Tls13,
+}
+
+impl TlsVersion {
+    /// `None` for versions mailgate never negotiates.
+    pub fn from_rustls(version: rustls::ProtocolVersion) -> Option<Self> {
+        match version {
+            rustls::ProtocolVersion::TLSv1_2 => Some(TlsVersion::Tls12),
+            rustls::ProtocolVersion::TLSv1_3 => Some(TlsVersion::Tls13),
+            _ => None,
+        }
+    }
+}
+
+impl Event {
+    /// The `event` value.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Connect(_) => "connect",
+            Event::Auth(_) => "auth",
+            Event::SessionEnd(_) => "session_end",
+            Event::Reload(_) => "reload",
+        }
+    }
+}
+
+impl Record {
+    /// A record stamped now.
+    pub fn now(session: Option<&str>, event: Event) -> Record {
+        Record {
+            ts: SystemTime::now(),
+            session: session.map(str::to_owned),
+            event,
+        }
+    }
+
+    /// Appends this record as one JSON line (with its `\n`) to `out`. On error `out` is left
+    /// as it was, so a batch never holds half a record.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        let ts = format_ts(self.ts);
+        let session = self.session.as_deref();
+        let event = self.event.name();
+        let start = out.len();
+        let written = match &self.event {
+            Event::Connect(body) => line(out, &ts, event, session, body),
+            Event::Auth(body) => line(out, &ts, event, session, body),
+            Event::SessionEnd(body) => line(out, &ts, event, session, body),
+            Event::Reload(body) => line(out, &ts, event, session, body),
+        };
+        match written {
+            Ok(()) => {
+                out.push(b'\n');
+                Ok(())
+            }
+            Err(e) => {
+                out.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
+    /// The record as one JSON line without the trailing newline.
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        let mut out = Vec::new();
+        self.write_json(&mut out)?;
+        out.pop();
+        // serde_json only writes UTF-8.
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+/// The common head of every line, then the event's fields in declaration order.
+#[derive(Serialize)]
+struct Line<'a, B: Serialize> {
+    ts: &'a str,
+    event: &'static str,
+    session: Option<&'a str>,
+    #[serde(flatten)]
+    body: &'a B,
+}
+
+fn line<B: Serialize>(
+    out: &mut Vec<u8>,
+    ts: &str,
+    event: &'static str,
+    session: Option<&str>,
+    body: &B,
+) -> Result<(), serde_json::Error> {
+    serde_json::to_writer(
+        out,
+        &Line {
+            ts,
+            event,
+            session,
+            body,
+        },
+    )
+}
+
+impl Serialize for Auth {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            user: Option<&'a str>,
+            ou: Option<&'a str>,
+            mechanism: &'static str,
+            client_id: Option<&'a str>,
+            issuer: Option<&'a str>,
+            decision: Verdict,
+            reason: Reason,
+            policy_source: Option<&'a str>,
+            upstream: Option<&'a str>,
+        }
+        Wire {
+            user: self.user.as_deref(),
+            ou: self.ou.as_deref(),
+            mechanism: self.mechanism.as_str(),
+            client_id: self.client_id.as_deref(),
+            issuer: self.issuer.as_deref(),
+            decision: self.decision(),
+            reason: self.reason,
+            policy_source: self.policy_source.as_deref(),
+            upstream: self.upstream.as_deref(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl Serialize for Reload {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            result: &'static str,
+            error: Option<&'a str>,
+            config_digest: Option<&'a str>,
+        }
+        let (result, error) = match &self.outcome {
+            ReloadOutcome::Applied => ("ok", None),
+            ReloadOutcome::Rejected { error } => ("rejected", Some(error.as_str())),
+        };
+        Wire {
+            result,
+            error,
+            config_digest: self.config_digest.as_deref(),
+        }
+        .serialize(serializer)
+    }
+}
+
+/// `2026-11-25T17:02:28.123Z`: RFC 3339 `date-time` in UTC with exactly three fraction digits,
+/// so lines sort as text.
+const TS_FORMAT: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+/// Formats `t` as an audit timestamp. A clock before 1970 or past year 9999 (never on a sane
+/// host) is clamped to the epoch rather than failing the record.
+pub fn format_ts(t: SystemTime) -> String {
+    let nanos = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(0));
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(TS_FORMAT).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".to_owned())
+}
+
+#[cfg(test)]
+mod tests;
