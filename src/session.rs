@@ -326,7 +326,7 @@ impl<F: Frontend> Preauth<'_, F> {
     async fn login(&mut self, request: &LoginRequest) -> Result<upstream::LoggedIn, Refusal> {
         let protocol = self.ctx.listener.protocol;
         let user = request.user().unwrap_or("");
-        match policy::decide(request, protocol) {
+        match policy::unwired(request, protocol) {
             Decision::Allow(_) => {}
             Decision::Deny(denial) => {
                 tracing::info!(

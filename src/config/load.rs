@@ -13,11 +13,14 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName;
 
 use super::duration::{self, DurationError};
-use super::file::{self, File, LimitsFile, ListenerFile, Parsed, TlsFile, UpstreamFile};
+use super::file::{
+    self, File, LimitsFile, ListenerFile, Parsed, PolicyFile, TlsFile, UpstreamFile,
+};
 use super::{
     Config, ConfigError, ConfigErrors, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, Limits,
-    Listener, ListenerTls, Log, ServerTls, Upstream,
+    Listener, ListenerTls, Log, PolicyConfig, ServerTls, Upstream,
 };
+use crate::directory::Directory;
 use crate::proto::PreauthLimits;
 
 /// Lowest accepted `max_line`. RFC 7162 section 4 recommends servers accept command lines of at
@@ -32,6 +35,8 @@ const MAX_PREAUTH_BUFFER: u64 = 1024 * 1024;
 const MIN_MAX_LITERAL: u64 = 255;
 /// More failed logins than this per connection only helps password guessing.
 const MAX_AUTH_ATTEMPTS: u64 = 100;
+/// Upper bound for `[policy] contact`: it goes into a one-line protocol answer.
+const MAX_CONTACT_LEN: usize = 200;
 /// Upper bound for a name: it ends up in audit records and metric labels.
 const MAX_NAME_LEN: usize = 64;
 
@@ -96,13 +101,84 @@ impl Validator<'_> {
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&filter) {
             self.invalid("log.filter", format!("invalid filter {filter:?}: {e}"));
         }
+        let (policy, directory) = self.policy(f.policy);
         Config {
             listeners,
             upstreams,
             tls,
             limits,
             log: Log { filter },
+            policy,
+            directory,
         }
+    }
+
+    /// `[policy]` and the directory it names. Without the table: the built-in allow-all
+    /// directory (`Config::warnings` says so).
+    fn policy(&mut self, p: Option<PolicyFile>) -> (PolicyConfig, Arc<Directory>) {
+        let Some(p) = p else {
+            return (PolicyConfig::default(), Arc::new(Directory::allow_all()));
+        };
+        let contact = p.contact.unwrap_or_default();
+        if contact.chars().count() > MAX_CONTACT_LEN || contact.chars().any(char::is_control) {
+            self.invalid(
+                "policy.contact",
+                format!("must be one line of at most {MAX_CONTACT_LEN} characters"),
+            );
+        }
+        let config = PolicyConfig {
+            directory: None,
+            default_ou: p.default_ou.clone(),
+            disclose_reasons: p.disclose_reasons.unwrap_or_default(),
+            contact,
+            revoke_on_reload: p.revoke_on_reload.unwrap_or(false),
+        };
+        let fallback = Arc::new(Directory::allow_all());
+        if p.directory.is_empty() {
+            self.invalid("policy.directory", "must not be empty");
+            return (config, fallback);
+        }
+        let file = self.path(&p.directory);
+        let config = PolicyConfig {
+            directory: Some(file.clone()),
+            ..config
+        };
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) => {
+                self.invalid(
+                    "policy.directory",
+                    format!("cannot read {}: {e}", file.display()),
+                );
+                return (config, fallback);
+            }
+        };
+        let directory = match Directory::from_toml(&text) {
+            Ok(d) => d,
+            Err(errors) => {
+                for error in errors.0 {
+                    self.errors.push(ConfigError::Directory {
+                        file: p.directory.clone(),
+                        error,
+                    });
+                }
+                return (config, fallback);
+            }
+        };
+        let directory = match &p.default_ou {
+            None => directory,
+            Some(ou) => match directory.with_default_ou(ou) {
+                Ok(d) => d,
+                Err(_) => {
+                    self.invalid(
+                        "policy.default_ou",
+                        format!("no OU \"{ou}\" in {}", p.directory),
+                    );
+                    return (config, fallback);
+                }
+            },
+        };
+        (config, Arc::new(directory))
     }
 
     fn upstreams(&mut self, files: Vec<UpstreamFile>) -> BTreeMap<String, Arc<Upstream>> {
