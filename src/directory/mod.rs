@@ -31,6 +31,7 @@ use serde::Deserialize;
 
 pub mod file;
 mod load;
+pub mod report;
 
 /// The validated, resolved directory. Trusted once built: every reference resolves, there are no
 /// nesting cycles, and every principal has a complete set of effective settings.

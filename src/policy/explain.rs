@@ -179,6 +179,12 @@ impl fmt::Display for Explanation {
             writeln!(f, "groups     none")?;
         } else {
             writeln!(f, "groups")?;
+            let width = self
+                .groups
+                .iter()
+                .map(|g| g.email.chars().count())
+                .max()
+                .unwrap_or(0);
             for g in &self.groups {
                 let how = if g.via.is_empty() {
                     "direct".to_owned()
@@ -190,7 +196,7 @@ impl fmt::Display for Explanation {
                     Some(p) => format!("policy priority {p}"),
                     None => "no policy".to_owned(),
                 };
-                writeln!(f, "  {}  ({how}; {policy})", g.email)?;
+                writeln!(f, "  {:<width$}  {how}; {policy}", g.email)?;
             }
         }
         writeln!(f)?;
