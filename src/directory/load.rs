@@ -611,16 +611,15 @@ impl Validator {
         let mut reports = Vec::with_capacity(pending.len());
         for (g, group) in pending.iter().enumerate() {
             let mut offenders = Vec::new();
-            let mut seen_groups = HashSet::from([g]);
+            // Nested group reached -> the group it was found in (`None`: a direct member of `g`).
+            // Paths are rebuilt from these links only when recorded, so a deep chain costs
+            // linear work per group instead of copying a growing path at every step.
+            let mut found_in: HashMap<usize, Option<usize>> = HashMap::from([(g, None)]);
             let mut seen_principals = HashSet::new();
-            let mut queue: VecDeque<(Member, Vec<usize>)> = group
-                .members
-                .iter()
-                .map(|&(_, m)| (m, Vec::new()))
-                .collect();
+            let mut queue: VecDeque<(Member, Option<usize>)> =
+                group.members.iter().map(|&(_, m)| (m, None)).collect();
             // Breadth first, so each membership and offender is recorded by its shortest path.
-            while let Some((member, via)) = queue.pop_front() {
-                let direct = via.is_empty();
+            while let Some((member, container)) = queue.pop_front() {
                 let (email, kind) = match member {
                     Member::Principal(p) => {
                         if !seen_principals.insert(p) {
@@ -629,23 +628,25 @@ impl Validator {
                         let principal = principals.get_mut(p)?;
                         principal.memberships.push(Membership {
                             group: GroupId(g),
-                            via: via.iter().map(|&h| GroupId(h)).collect(),
+                            via: path_to(&found_in, container)
+                                .into_iter()
+                                .map(GroupId)
+                                .collect(),
                         });
                         (principal.email.clone(), principal.kind.member_kind())
                     }
                     Member::Group(GroupId(h)) => {
-                        if !seen_groups.insert(h) {
+                        if found_in.contains_key(&h) {
                             continue;
                         }
+                        found_in.insert(h, container);
                         let inner = pending.get(h)?;
-                        let mut deeper = via.clone();
-                        deeper.push(h);
-                        queue.extend(inner.members.iter().map(|&(_, m)| (m, deeper.clone())));
+                        queue.extend(inner.members.iter().map(|&(_, m)| (m, Some(h))));
                         (inner.email.clone(), MemberKind::Group)
                     }
                 };
                 // Direct members were checked at load and rejected there.
-                if direct {
+                if container.is_none() {
                     continue;
                 }
                 if let Some(rule) = breaks(&group.restriction, kind, &email, &internal_domains) {
@@ -653,9 +654,9 @@ impl Validator {
                         email,
                         kind,
                         rule,
-                        via: via
-                            .iter()
-                            .filter_map(|&h| pending.get(h).map(|p| p.email.clone()))
+                        via: path_to(&found_in, container)
+                            .into_iter()
+                            .filter_map(|h| pending.get(h).map(|p| p.email.clone()))
                             .collect(),
                     });
                 }
@@ -782,6 +783,23 @@ fn breaks(r: &Restriction, kind: MemberKind, email: &str, internal: &[String]) -
     } else {
         None
     }
+}
+
+/// The nested groups from the outer group down to `container`, outermost first.
+fn path_to(found_in: &HashMap<usize, Option<usize>>, container: Option<usize>) -> Vec<usize> {
+    let mut path = Vec::new();
+    let mut at = container;
+    while let Some(h) = at {
+        path.push(h);
+        // Every group on the queue was entered in `found_in` first; the outer group maps to
+        // `None`, so the walk ends. The length bound guards the invariant without a panic.
+        at = found_in.get(&h).copied().flatten();
+        if path.len() > found_in.len() {
+            break;
+        }
+    }
+    path.reverse();
+    path
 }
 
 fn group_email(groups: &[Group], id: GroupId) -> &str {
