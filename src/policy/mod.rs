@@ -283,38 +283,4 @@ pub const SOURCE_USER: &str = "user";
 pub const SOURCE_TOKEN: &str = "token";
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reason_codes_match_serde_names() {
-        for r in [
-            Reason::Ok,
-            Reason::UnknownUser,
-            Reason::Suspended,
-            Reason::ImapDisabled,
-            Reason::PopDisabled,
-            Reason::PasswordLoginDisabled,
-            Reason::ClientNotAllowed,
-            Reason::InvalidToken,
-            Reason::TokenUserMismatch,
-            Reason::DelegationNotSupported,
-            Reason::UpstreamRejected,
-            Reason::UpstreamUnavailable,
-            Reason::IdpUnavailable,
-        ] {
-            assert_eq!(
-                serde_json::to_string(&r).unwrap(),
-                format!("\"{}\"", r.as_str())
-            );
-        }
-    }
-
-    #[test]
-    fn temporary_failures_are_unavailable() {
-        assert_eq!(Reason::UpstreamUnavailable.class(), ReplyClass::Unavailable);
-        assert_eq!(Reason::IdpUnavailable.class(), ReplyClass::Unavailable);
-        assert_eq!(Reason::UpstreamRejected.class(), ReplyClass::Authentication);
-        assert_eq!(Reason::ImapDisabled.class(), ReplyClass::Authorization);
-    }
-}
+mod tests;
