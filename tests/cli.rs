@@ -1,6 +1,9 @@
 //! The `mailgate` binary's `explain` and `groups` subcommands on the shipped config: real
 //! output, exit codes, and `--help` examples.
 
+// A test binary: helpers outside #[test] functions should fail loudly too.
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -80,7 +83,13 @@ fn bob_pop_with_password_allowed_imap_with_password_refused() {
         "--client-id",
         "com.apple.mail",
     ]);
-    assert_has(&apple, &["mechanism  xoauth2 (oauth)", "decision   allow (source ou:/)"]);
+    assert_has(
+        &apple,
+        &[
+            "mechanism  xoauth2 (oauth)",
+            "decision   allow (source ou:/)",
+        ],
+    );
 }
 
 #[test]
@@ -130,7 +139,9 @@ fn mechanism_must_exist_on_the_protocol() {
         "login",
     ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--mechanism login does not exist on pop3"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--mechanism login does not exist on pop3")
+    );
 }
 
 #[test]
@@ -175,6 +186,9 @@ fn help_shows_examples() {
     for sub in ["explain", "groups"] {
         let out = mailgate(&[sub, "--help"]);
         let text = String::from_utf8(out.stdout).unwrap();
-        assert!(text.contains("mailgate ") && text.contains("Example"), "{sub}: {text}");
+        assert!(
+            text.contains("mailgate ") && text.contains("Example"),
+            "{sub}: {text}"
+        );
     }
 }

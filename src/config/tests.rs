@@ -638,7 +638,10 @@ connect_timeout = \"5 minutes\"
 
 // ---- [policy] and the directory ----------------------------------------------------------------
 
-fn with_directory(policy: &str, directory: &str) -> (tempfile::TempDir, Result<Config, ConfigErrors>) {
+fn with_directory(
+    policy: &str,
+    directory: &str,
+) -> (tempfile::TempDir, Result<Config, ConfigErrors>) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("dir.toml"), directory).unwrap();
     let result = Config::from_toml(&format!("{BASE}\n[policy]\n{policy}"), dir.path());
@@ -662,7 +665,10 @@ fn shipped_policy_loads_the_shipped_directory() {
     let c = Config::load(&shipped()).unwrap();
     let dir = shipped().parent().unwrap().to_owned();
     assert_eq!(c.policy.directory, Some(dir.join("directory.toml")));
-    assert_eq!(c.policy.disclose_reasons, crate::policy::DiscloseReasons::Never);
+    assert_eq!(
+        c.policy.disclose_reasons,
+        crate::policy::DiscloseReasons::Never
+    );
     assert_eq!(c.policy.contact, "it-help@example.com");
     assert!(!c.policy.revoke_on_reload);
     assert!(!c.directory.is_builtin());
@@ -717,10 +723,17 @@ fn policy_keys_are_read() {
     let c = c.unwrap();
     assert_eq!(&*c.directory.default_ou().unwrap().path, "/Guests");
     assert_eq!(c.policy.default_ou.as_deref(), Some("/Guests"));
-    assert_eq!(c.policy.disclose_reasons, crate::policy::DiscloseReasons::Always);
+    assert_eq!(
+        c.policy.disclose_reasons,
+        crate::policy::DiscloseReasons::Always
+    );
     assert_eq!(c.policy.contact, "helpdesk, ext. 42");
     assert!(c.policy.revoke_on_reload);
-    assert!(c.warnings().iter().any(|w| w.starts_with("policy.disclose_reasons")));
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.starts_with("policy.disclose_reasons"))
+    );
 }
 
 #[test]
@@ -728,22 +741,34 @@ fn policy_errors_name_their_key_path() {
     let (_d, r) = with_directory("directory = \"dir.toml\"\ncolour = 1\n", SMALL_DIRECTORY);
     let all: Vec<String> = r.unwrap_err().0.iter().map(ToString::to_string).collect();
     assert_eq!(all.len(), 1, "{all:#?}");
-    assert!(all[0].starts_with("policy: unknown field `colour`"), "{all:#?}");
+    assert!(
+        all[0].starts_with("policy: unknown field `colour`"),
+        "{all:#?}"
+    );
 
-    let (_d, r) = with_directory("directory = \"dir.toml\"\ndefault_ou = \"/Nope\"\n", SMALL_DIRECTORY);
+    let (_d, r) = with_directory(
+        "directory = \"dir.toml\"\ndefault_ou = \"/Nope\"\n",
+        SMALL_DIRECTORY,
+    );
     let all: Vec<String> = r.unwrap_err().0.iter().map(ToString::to_string).collect();
     assert_eq!(all, ["policy.default_ou: no OU \"/Nope\" in dir.toml"]);
 
     let (_d, r) = with_directory("directory = \"missing.toml\"\n", SMALL_DIRECTORY);
     let all: Vec<String> = r.unwrap_err().0.iter().map(ToString::to_string).collect();
-    assert!(all[0].starts_with("policy.directory: cannot read "), "{all:#?}");
+    assert!(
+        all[0].starts_with("policy.directory: cannot read "),
+        "{all:#?}"
+    );
 
     let (_d, r) = with_directory(
         "directory = \"dir.toml\"\ncontact = \"a\\nb\"\n",
         SMALL_DIRECTORY,
     );
     let all: Vec<String> = r.unwrap_err().0.iter().map(ToString::to_string).collect();
-    assert!(all[0].starts_with("policy.contact: must be one line"), "{all:#?}");
+    assert!(
+        all[0].starts_with("policy.contact: must be one line"),
+        "{all:#?}"
+    );
 }
 
 #[test]

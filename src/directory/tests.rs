@@ -114,7 +114,7 @@ fn unknown_key_in_any_table_is_rejected() {
         let all = errors(&text);
         assert!(
             all.iter()
-                .any(|e| e.starts_with(&format!("{path}")) && e.contains("bogus")),
+                .any(|e| e.starts_with(path.as_str()) && e.contains("bogus")),
             "{path}: {all:#?}"
         );
     }

@@ -117,6 +117,16 @@ fn outcome(
 use Mechanism::{ImapLogin, Login, OAuthBearer, Plain, UserPass, XOAuth2};
 use Protocol::{Imap, Pop3};
 
+/// protocol, mechanism, user, token, expected reason, expected source.
+type Row<'a> = (
+    Protocol,
+    Mechanism,
+    &'a str,
+    Option<TokenFacts>,
+    &'a str,
+    &'a str,
+);
+
 #[test]
 fn decision_order_table() {
     let d = org();
@@ -125,7 +135,7 @@ fn decision_order_table() {
     let no_client = |u: &str| token(u, None, false);
     let delegated = |u: &str| token(u, Some("apple-mail"), true);
     #[rustfmt::skip]
-    let table: Vec<(Protocol, Mechanism, &str, Option<TokenFacts>, &str, &str)> = vec![
+    let table: Vec<Row> = vec![
         // step 1
         (Imap, ImapLogin, "nobody@example.com", None, "unknown_user", "default"),
         (Imap, XOAuth2, "nobody@example.com", Some(apple("nobody@example.com")), "unknown_user", "default"),
