@@ -17,7 +17,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve: listen, gate logins, splice to the upstream. SIGTERM/SIGINT stop it.
+    /// Serve: listen, gate logins, splice to the upstream. SIGHUP or an edited config file
+    /// reloads it; SIGTERM/SIGINT stop it.
     #[command(after_help = "Example:\n  mailgate run --config /etc/mailgate/mailgate.toml")]
     Run {
         /// Path of the main config file.

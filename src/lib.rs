@@ -16,9 +16,12 @@
 //! - [`upstream`]: connect to the real mail server, TLS, drive the replay machine.
 //! - [`splice`]: bidirectional copy after login, byte counts, idle timeout.
 //! - [`stream`]: plaintext-or-TLS stream used on both sides.
+//! - [`throttle`]: per-IP connection caps, failed-login delays and temporary blocks.
+//! - [`auth`]: bearer token verification (JWT/JWKS, introspection, tokeninfo), cached.
 //! - [`config`]: TOML model, validation, loading.
 //! - [`secret`]: `Secret<T>`, redacted in every `Debug`.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod directory;
@@ -29,5 +32,6 @@ pub mod server;
 pub mod session;
 pub mod splice;
 pub mod stream;
+pub mod throttle;
 pub mod tls;
 pub mod upstream;

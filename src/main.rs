@@ -202,8 +202,17 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
+        // Handlers first: SIGTERM must stop us gracefully from the moment "listening" is logged
+        // (a handler installed on the future's first poll left a window where it killed us).
+        let shutdown = shutdown_signal();
         let server = Server::bind(&config).await.context("starting listeners")?;
-        server.run(shutdown_signal()).await;
+        // SIGHUP and edits to the config files reload; the watcher ends with the runtime.
+        tokio::spawn(mailgate::config::reload::watch(
+            path.to_path_buf(),
+            server.reloader(),
+            None,
+        ));
+        server.run(shutdown).await;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
@@ -217,22 +226,29 @@ fn init_tracing(filter: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: journald and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers now (inside the runtime) and returns the future that
+/// resolves on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
     }
 }

@@ -1,9 +1,15 @@
-//! Stage: server. Bind the listeners, accept connections, cap their number, and hand each to a
-//! session task.
+//! Stage: server. Bind the listeners, accept connections, cap their number, hand each to a
+//! session task, and swap in a new configuration on reload.
 //!
-//! Inputs: a validated [`Config`]. Output: running sessions until the shutdown future resolves.
-//! Builds the TLS acceptor and the upstream connectors once, so a bad certificate or CA file
-//! fails at startup, not at the first login.
+//! Inputs: a validated [`Config`], later ones through [`Reloader::reload`]. Output: running
+//! sessions until the shutdown future resolves.
+//!
+//! Everything built from one config (TLS acceptor, upstream connectors) forms a
+//! [`Generation`]. A reload builds the whole next generation aside and swaps it in atomically;
+//! if anything fails to build, the old generation keeps serving. A session reads the current
+//! generation when it starts (TLS, limits) and again at each login (policy, upstream), so new
+//! logins see a change at once, and live sessions are told through [`Shared::subscribe`].
+//! Listener sockets are bound once: a changed `[[listener]]` needs a restart.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -11,13 +17,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, ListenerTls, UpstreamTls};
-use crate::session::{self, ListenerContext};
+use crate::config::{Config, Listener, ListenerTls, UpstreamTls};
+use crate::session::{self, SessionContext};
 use crate::upstream::Connector;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,20 +43,31 @@ pub enum Error {
     UnknownUpstream { listener: String, upstream: String },
 }
 
-/// Bound listeners, ready to serve.
-pub struct Server {
-    bound: Vec<(TcpListener, Arc<ListenerContext>)>,
-    max_connections: usize,
+/// Everything built from one configuration, shared by the sessions that use it.
+pub struct Generation {
+    /// 1 for the config the server started with, +1 for each accepted reload.
+    pub number: u64,
+    pub config: Arc<Config>,
+    pub acceptor: Option<TlsAcceptor>,
+    pub connectors: BTreeMap<String, Arc<Connector>>,
 }
 
-impl Server {
-    /// Build TLS and upstream connectors and bind every listener. Nothing is accepted yet.
-    pub async fn bind(config: &Config) -> Result<Server, Error> {
+impl Generation {
+    /// Build TLS and upstream connectors, so a bad certificate or CA file fails here, at
+    /// startup or reload, not at the first login.
+    pub fn build(config: Config, number: u64) -> Result<Generation, Error> {
         let needs_tls = config.listeners.iter().any(|l| l.tls != ListenerTls::None);
         let acceptor = match (&config.tls, needs_tls) {
             (Some(tls), true) => Some(TlsAcceptor::from(crate::tls::server_config(tls)?)),
             _ => None,
         };
+        if let Some(l) = config.listeners.iter().find(|l| l.tls != ListenerTls::None)
+            && acceptor.is_none()
+        {
+            return Err(Error::NoTls {
+                listener: l.name.clone(),
+            });
+        }
         let mut connectors = BTreeMap::new();
         for (name, upstream) in &config.upstreams {
             if !upstream.verify_certificate && upstream.tls != UpstreamTls::None {
@@ -57,19 +75,115 @@ impl Server {
             }
             connectors.insert(name.clone(), Arc::new(Connector::new(upstream.clone())?));
         }
-        let mut bound = Vec::new();
         for listener in &config.listeners {
-            if listener.tls != ListenerTls::None && acceptor.is_none() {
-                return Err(Error::NoTls {
-                    listener: listener.name.clone(),
-                });
-            }
-            let connector = connectors.get(&listener.upstream).cloned().ok_or_else(|| {
-                Error::UnknownUpstream {
+            if !connectors.contains_key(&listener.upstream) {
+                return Err(Error::UnknownUpstream {
                     listener: listener.name.clone(),
                     upstream: listener.upstream.clone(),
-                }
-            })?;
+                });
+            }
+        }
+        Ok(Generation {
+            number,
+            config: Arc::new(config),
+            acceptor,
+            connectors,
+        })
+    }
+
+    /// The connector for a listener's upstream in this generation.
+    pub fn connector(&self, listener: &Listener) -> Option<&Arc<Connector>> {
+        let name = self
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.name == listener.name)
+            .map_or(&listener.upstream, |l| &l.upstream);
+        self.connectors.get(name)
+    }
+}
+
+/// Where the server is in its life. Sessions watch it to end themselves on shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Serving,
+    /// SIGTERM: no new connections; sessions not logged in end now, logged-in ones may go on
+    /// until the drain deadline.
+    Draining,
+    /// The drain deadline passed: every session ends with a goodbye.
+    Stopping,
+}
+
+/// The current generation and the signals that it or the phase changed.
+pub struct Shared {
+    current: ArcSwap<Generation>,
+    changed: watch::Sender<u64>,
+    phase: watch::Sender<Phase>,
+}
+
+impl Shared {
+    fn new(generation: Generation) -> Shared {
+        let (changed, _) = watch::channel(generation.number);
+        let (phase, _) = watch::channel(Phase::Serving);
+        Shared {
+            current: ArcSwap::from_pointee(generation),
+            changed,
+            phase,
+        }
+    }
+
+    pub fn phase(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// Notified with the new generation number after every accepted reload.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+/// Swaps in new configurations. Cheap to clone.
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+}
+
+impl Reloader {
+    /// Build `config` aside and swap it in. On error nothing changes. Returns the new
+    /// generation number.
+    pub fn reload(&self, config: Config) -> Result<u64, Error> {
+        let old = self.shared.current();
+        if old.config.listeners != config.listeners {
+            tracing::warn!("listener changes take effect only after a restart");
+        }
+        let next = Generation::build(config, old.number + 1)?;
+        let number = next.number;
+        self.shared.current.store(Arc::new(next));
+        self.shared.changed.send_replace(number);
+        Ok(number)
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+/// Bound listeners, ready to serve.
+pub struct Server {
+    bound: Vec<(TcpListener, Listener)>,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Build the first generation and bind every listener. Nothing is accepted yet.
+    pub async fn bind(config: &Config) -> Result<Server, Error> {
+        let generation = Generation::build(config.clone(), 1)?;
+        let mut bound = Vec::new();
+        for listener in &config.listeners {
             let tcp = TcpListener::bind(listener.bind)
                 .await
                 .map_err(|source| Error::Bind {
@@ -77,17 +191,11 @@ impl Server {
                     addr: listener.bind,
                     source,
                 })?;
-            let ctx = ListenerContext {
-                listener: listener.clone(),
-                acceptor: acceptor.clone(),
-                connector,
-                limits: config.limits,
-            };
-            bound.push((tcp, Arc::new(ctx)));
+            bound.push((tcp, listener.clone()));
         }
         Ok(Server {
             bound,
-            max_connections: config.limits.max_connections,
+            shared: Arc::new(Shared::new(generation)),
         })
     }
 
@@ -95,39 +203,70 @@ impl Server {
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
         self.bound
             .iter()
-            .find(|(_, ctx)| ctx.listener.name == listener)
+            .find(|(_, l)| l.name == listener)
             .and_then(|(tcp, _)| tcp.local_addr().ok())
     }
 
-    /// Accept until `shutdown` resolves, then stop accepting. Sessions already running are
-    /// aborted when this returns (draining is TODO(#5)).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Accept until `shutdown` resolves, then drain: stop accepting, end sessions that have not
+    /// logged in, give logged-in ones `drain_timeout`, then end them with a goodbye. Returns
+    /// when every session has ended (or 10 s after the deadline at the latest).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let permits = Arc::new(Semaphore::new(self.max_connections));
+        let max = self.shared.current().config.limits.max_connections;
+        // The connection cap doubles as the session tracker: all permits back = all ended.
+        let max = u32::try_from(max.min(Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+        let permits = Arc::new(Semaphore::new(max as usize));
         let mut accept_loops = JoinSet::new();
-        for (tcp, ctx) in self.bound {
+        for (tcp, listener) in self.bound {
             if let Ok(addr) = tcp.local_addr() {
                 tracing::info!(
-                    listener = %ctx.listener.name,
-                    protocol = ctx.listener.protocol.as_str(),
+                    listener = %listener.name,
+                    protocol = listener.protocol.as_str(),
                     %addr,
                     "listening"
                 );
             }
+            let ctx = Arc::new(SessionContext {
+                listener,
+                shared: self.shared.clone(),
+            });
             accept_loops.spawn(accept_loop(tcp, ctx, permits.clone()));
         }
         shutdown.await;
-        // Each accept loop owns its sessions' JoinSet; aborting the loop drops the set, which
-        // aborts the sessions.
         accept_loops.abort_all();
         while accept_loops.join_next().await.is_some() {}
+        let drain = self.shared.current().config.limits.drain_timeout;
+        let active = max as usize - permits.available_permits();
+        tracing::info!(active, ?drain, "draining");
+        self.shared.phase.send_replace(Phase::Draining);
+        if tokio::time::timeout(drain, permits.acquire_many(max))
+            .await
+            .is_err()
+        {
+            let active = max as usize - permits.available_permits();
+            tracing::info!(
+                active,
+                "drain deadline passed; ending the remaining sessions"
+            );
+            self.shared.phase.send_replace(Phase::Stopping);
+            let grace = Duration::from_secs(10);
+            if tokio::time::timeout(grace, permits.acquire_many(max))
+                .await
+                .is_err()
+            {
+                tracing::warn!("sessions still running 10 s after the drain deadline");
+            }
+        }
     }
 }
 
-async fn accept_loop(tcp: TcpListener, ctx: Arc<ListenerContext>, permits: Arc<Semaphore>) {
-    let mut sessions = JoinSet::new();
+async fn accept_loop(tcp: TcpListener, ctx: Arc<SessionContext>, permits: Arc<Semaphore>) {
     loop {
-        // Reap finished sessions so the set does not grow with the connection count.
-        while sessions.try_join_next().is_some() {}
         let (stream, peer) = match tcp.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -140,14 +279,15 @@ async fn accept_loop(tcp: TcpListener, ctx: Arc<ListenerContext>, permits: Arc<S
         let ctx = ctx.clone();
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
-                sessions.spawn(async move {
+                // Detached: a session outlives the accept loop (drain); its permit tracks it.
+                tokio::spawn(async move {
                     session::run(stream, peer, ctx).await;
                     drop(permit);
                 });
             }
             Err(_) => {
                 tracing::warn!(%peer, "connection limit reached, refusing");
-                sessions.spawn(session::refuse_busy(stream, ctx));
+                tokio::spawn(session::refuse_busy(stream, ctx));
             }
         }
     }

@@ -25,30 +25,29 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
-use tokio_rustls::TlsAcceptor;
 use tracing::Instrument as _;
 
-use crate::config::{Limits, Listener, ListenerTls};
+use crate::config::{Listener, ListenerTls};
 use crate::policy::{self, Decision, Reason};
 use crate::proto::imap::frontend::ImapFrontend;
 use crate::proto::pop3::frontend::Pop3Frontend;
 use crate::proto::{
     CloseReason, FrontendEvent, LoginOutcome, LoginRequest, Protocol, Refusal, Security,
 };
-use crate::splice::{self, End, Side, Totals};
+use crate::server::{Generation, Phase, Shared};
+use crate::splice::{self, End, Interrupt, Side, Totals};
 use crate::stream::{Downstream, MaybeTls};
-use crate::upstream::{self, Connector};
+use crate::upstream;
 
 /// Longest a TLS handshake may take before the session is dropped: a handshake is a few round
 /// trips, and a client that cannot finish in 10 s is not going to.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Everything a session on one listener needs; built once per config.
-pub struct ListenerContext {
+/// What every session on one listener shares: the listener (bound once) and the current
+/// configuration generation (swapped on reload).
+pub struct SessionContext {
     pub listener: Listener,
-    pub acceptor: Option<TlsAcceptor>,
-    pub connector: Arc<Connector>,
-    pub limits: Limits,
+    pub shared: Arc<Shared>,
 }
 
 /// How a session ended, before or after the splice.
@@ -64,12 +63,14 @@ pub enum Ending {
 pub enum PreauthEnd {
     DownstreamClosed,
     Machine(CloseReason),
+    /// The server began to drain before this session logged in.
+    Shutdown,
     Error(Side),
 }
 
 /// Serve one accepted connection to its end. Never panics and never returns an error: every
 /// failure ends the session with a protocol answer where one can still be sent.
-pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
+pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
     let id = uuid::Uuid::now_v7();
     let span = tracing::info_span!(
         "session",
@@ -99,13 +100,14 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
 }
 
 /// Answer a connection over the global cap with a protocol goodbye, then close.
-pub async fn refuse_busy(tcp: TcpStream, ctx: Arc<ListenerContext>) {
+pub async fn refuse_busy(tcp: TcpStream, ctx: Arc<SessionContext>) {
     let goodbye: &[u8] = match ctx.listener.protocol {
         Protocol::Imap => b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
         Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
     };
+    let generation = ctx.shared.current();
     let _ = timeout(HANDSHAKE_TIMEOUT, async {
-        let mut down = accept_tls(tcp, &ctx).await?;
+        let mut down = accept_tls(tcp, &ctx.listener, &generation).await?;
         down.write_all(goodbye).await?;
         down.shutdown().await
     })
@@ -121,8 +123,12 @@ fn reference(id: &uuid::Uuid) -> String {
         .to_owned()
 }
 
-async fn accept_tls(tcp: TcpStream, ctx: &ListenerContext) -> std::io::Result<Downstream> {
-    match (ctx.listener.tls, &ctx.acceptor) {
+async fn accept_tls(
+    tcp: TcpStream,
+    listener: &Listener,
+    generation: &Generation,
+) -> std::io::Result<Downstream> {
+    match (listener.tls, &generation.acceptor) {
         (ListenerTls::Implicit, Some(acceptor)) => {
             Ok(MaybeTls::Tls(Box::new(acceptor.accept(tcp).await?)))
         }
@@ -130,8 +136,16 @@ async fn accept_tls(tcp: TcpStream, ctx: &ListenerContext) -> std::io::Result<Do
     }
 }
 
-async fn drive(tcp: TcpStream, ctx: &ListenerContext, reference: &str) -> Ending {
-    let down = match timeout(HANDSHAKE_TIMEOUT, accept_tls(tcp, ctx)).await {
+async fn drive(tcp: TcpStream, ctx: &SessionContext, reference: &str) -> Ending {
+    // TLS and limits come from the generation current at accept; policy and upstream are read
+    // again at each login, so a reload applies to the next login even on this connection.
+    let generation = ctx.shared.current();
+    let down = match timeout(
+        HANDSHAKE_TIMEOUT,
+        accept_tls(tcp, &ctx.listener, &generation),
+    )
+    .await
+    {
         Ok(Ok(down)) => down,
         Ok(Err(e)) => {
             tracing::info!(error = %e, "downstream tls handshake failed");
@@ -147,13 +161,14 @@ async fn drive(tcp: TcpStream, ctx: &ListenerContext, reference: &str) -> Ending
         ListenerTls::StartTls => Security::StartTlsOffered,
         ListenerTls::None => Security::Plaintext,
     };
-    let limits = ctx.limits.preauth;
+    let limits = generation.config.limits.preauth;
     let now = Instant::now().into_std();
     match ctx.listener.protocol {
         Protocol::Imap => {
             let machine = ImapFrontend::new(security, limits, now);
             Preauth {
                 ctx,
+                generation: generation.clone(),
                 reference,
                 down,
                 machine,
@@ -165,6 +180,7 @@ async fn drive(tcp: TcpStream, ctx: &ListenerContext, reference: &str) -> Ending
             let machine = Pop3Frontend::new(security, limits, now);
             Preauth {
                 ctx,
+                generation: generation.clone(),
                 reference,
                 down,
                 machine,
@@ -186,12 +202,10 @@ trait Frontend {
     fn poll_event(&mut self) -> Option<FrontendEvent>;
     fn poll_transmit(&mut self) -> Option<Bytes>;
     fn into_residual(self) -> Bytes;
-    /// The line that ends an idle spliced session.
-    const IDLE_GOODBYE: &'static [u8];
 }
 
 macro_rules! frontend {
-    ($machine:ty, $goodbye:expr) => {
+    ($machine:ty) => {
         impl Frontend for $machine {
             fn handle_input(&mut self, bytes: &[u8]) {
                 <$machine>::handle_input(self, bytes)
@@ -217,21 +231,17 @@ macro_rules! frontend {
             fn into_residual(self) -> Bytes {
                 <$machine>::into_residual(self)
             }
-            const IDLE_GOODBYE: &'static [u8] = $goodbye;
         }
     };
 }
 
-// RFC 9051 5.4: the server may close an idle session after at least 30 minutes, with BYE.
-frontend!(ImapFrontend, b"* BYE Autologout; idle for too long\r\n");
-// Dovecot's wording; RFC 1939 3 lets the server close an inactive session.
-frontend!(
-    Pop3Frontend,
-    b"-ERR [SYS/TEMP] Disconnected for inactivity\r\n"
-);
+frontend!(ImapFrontend);
+frontend!(Pop3Frontend);
 
 struct Preauth<'a, F> {
-    ctx: &'a ListenerContext,
+    ctx: &'a SessionContext,
+    /// The generation of the last login attempt (of the accept, before any).
+    generation: Arc<Generation>,
     reference: &'a str,
     down: Downstream,
     machine: F,
@@ -240,6 +250,7 @@ struct Preauth<'a, F> {
 impl<F: Frontend> Preauth<'_, F> {
     async fn run(mut self) -> Ending {
         let mut buf = vec![0u8; 4096];
+        let mut phase = self.ctx.shared.phase();
         loop {
             if self.flush().await.is_err() {
                 return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
@@ -265,18 +276,27 @@ impl<F: Frontend> Preauth<'_, F> {
                 }
                 None => {}
             }
-            let read = match self.machine.poll_timeout() {
-                Some(deadline) => {
-                    let deadline = Instant::from_std(deadline);
-                    tokio::select! {
-                        r = self.down.read(&mut buf) => r,
-                        () = tokio::time::sleep_until(deadline) => {
-                            self.machine.handle_timeout(Instant::now().into_std());
-                            continue;
-                        }
-                    }
+            // No deadline from the machine means none to keep: a far one keeps the select simple.
+            let deadline = self.machine.poll_timeout().map_or_else(
+                || Instant::now() + Duration::from_secs(86_400),
+                Instant::from_std,
+            );
+            let read = tokio::select! {
+                r = self.down.read(&mut buf) => r,
+                () = tokio::time::sleep_until(deadline) => {
+                    self.machine.handle_timeout(Instant::now().into_std());
+                    continue;
                 }
-                None => self.down.read(&mut buf).await,
+                () = async { let _ = phase.wait_for(|p| *p != Phase::Serving).await; } => {
+                    // Nobody logs in on a server that is going away.
+                    let goodbye = splice::goodbye(self.ctx.listener.protocol, End::Shutdown);
+                    let _ = timeout(HANDSHAKE_TIMEOUT, async {
+                        self.down.write_all(goodbye.unwrap_or_default()).await?;
+                        self.down.shutdown().await
+                    })
+                    .await;
+                    return Ending::Preauth(PreauthEnd::Shutdown);
+                }
             };
             match read {
                 Ok(0) => return Ending::Preauth(PreauthEnd::DownstreamClosed),
@@ -299,7 +319,7 @@ impl<F: Frontend> Preauth<'_, F> {
     }
 
     async fn start_tls(&mut self) -> Result<(), PreauthEnd> {
-        let Some(acceptor) = self.ctx.acceptor.clone() else {
+        let Some(acceptor) = self.generation.acceptor.clone() else {
             return Err(PreauthEnd::Error(Side::Downstream));
         };
         // The stream is moved out for the handshake; on failure the session ends, so the
@@ -324,6 +344,7 @@ impl<F: Frontend> Preauth<'_, F> {
 
     /// Decide, then replay upstream. `Err` is the refusal to send.
     async fn login(&mut self, request: &LoginRequest) -> Result<upstream::LoggedIn, Refusal> {
+        self.generation = self.ctx.shared.current();
         let protocol = self.ctx.listener.protocol;
         let user = request.user().unwrap_or("");
         match policy::unwired(request, protocol) {
@@ -337,7 +358,14 @@ impl<F: Frontend> Preauth<'_, F> {
                 return Err(self.refusal(denial.reason, None, None));
             }
         }
-        match self.ctx.connector.login(request).await {
+        let Some(connector) = self.generation.connector(&self.ctx.listener).cloned() else {
+            tracing::warn!(
+                user,
+                "listener has no upstream in the current configuration"
+            );
+            return Err(self.refusal(Reason::UpstreamUnavailable, None, None));
+        };
+        match connector.login(request).await {
             Ok(logged) => {
                 tracing::info!(user, mechanism = request.mechanism.as_str(), upstream = %logged.address, "login allowed");
                 Ok(logged)
@@ -388,6 +416,7 @@ impl<F: Frontend> Preauth<'_, F> {
         let Preauth {
             mut down,
             machine,
+            generation,
             ctx,
             ..
         } = self;
@@ -405,8 +434,43 @@ impl<F: Frontend> Preauth<'_, F> {
         {
             return Ending::Spliced(End::Error(Side::Downstream), Totals::default());
         }
-        let (end, totals) =
-            splice::splice(down, up, ctx.limits.idle_timeout, F::IDLE_GOODBYE).await;
+        let interrupt = interrupt(&ctx.shared, |_generation| {
+            // TODO(#3): re-decide this login under the new policy (revoke_on_reload).
+            true
+        });
+        let (end, totals) = splice::splice(
+            down,
+            up,
+            ctx.listener.protocol,
+            generation.config.limits.idle_timeout,
+            interrupt,
+        )
+        .await;
         Ending::Spliced(end, totals)
+    }
+}
+
+/// Resolves when a spliced session must end: the drain deadline passed, or a reload took the
+/// user's access away (`still_allowed` says no under the new generation).
+async fn interrupt(shared: &Shared, still_allowed: impl Fn(&Generation) -> bool) -> Interrupt {
+    let mut phase = shared.phase();
+    let mut changed = shared.subscribe();
+    let mut reloads = true;
+    loop {
+        tokio::select! {
+            () = async { let _ = phase.wait_for(|p| *p == Phase::Stopping).await; } => {
+                return Interrupt::Shutdown;
+            }
+            r = changed.changed(), if reloads => {
+                if r.is_err() {
+                    // No more reloads can come; only shutdown can still interrupt.
+                    reloads = false;
+                    continue;
+                }
+                if !still_allowed(&shared.current()) {
+                    return Interrupt::Revoked;
+                }
+            }
+        }
     }
 }

@@ -32,6 +32,8 @@ pub struct File {
     #[serde(default)]
     pub log: LogFile,
     pub policy: Option<PolicyFile>,
+    #[serde(default)]
+    pub oauth: super::oauth::OAuthFile,
 }
 
 /// One `[[listener]]`.
@@ -79,6 +81,7 @@ pub struct LimitsFile {
     pub max_auth_attempts: Option<u64>,
     pub auth_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub drain_timeout: Option<String>,
     pub max_connections: Option<u64>,
 }
 
@@ -180,6 +183,10 @@ pub fn parse(text: &str) -> Parsed {
                 Ok(l) => out.file.log = l,
                 Err(e) => out.errors.push(e),
             },
+            "oauth" => match section::<super::oauth::OAuthFile>("oauth", value) {
+                Ok(o) => out.file.oauth = o,
+                Err(e) => out.errors.push(e),
+            },
             "policy" => match section::<PolicyFile>("policy", value) {
                 Ok(p) => out.file.policy = Some(p),
                 Err(e) => out.errors.push(e),
@@ -188,7 +195,7 @@ pub fn parse(text: &str) -> Parsed {
                 path: key.clone(),
                 message: format!(
                     "unknown key `{key}`, expected one of `listener`, `upstream`, `tls`, \
-                     `limits`, `log`, `policy`"
+                     `limits`, `log`, `oauth`, `policy`"
                 ),
             }),
         }

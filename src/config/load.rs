@@ -101,6 +101,7 @@ impl Validator<'_> {
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&filter) {
             self.invalid("log.filter", format!("invalid filter {filter:?}: {e}"));
         }
+        let oauth = super::oauth::validate(f.oauth, self.base_dir, &mut self.errors);
         let (policy, directory) = self.policy(f.policy);
         Config {
             listeners,
@@ -108,6 +109,7 @@ impl Validator<'_> {
             tls,
             limits,
             log: Log { filter },
+            oauth,
             policy,
             directory,
         }
@@ -406,6 +408,11 @@ impl Validator<'_> {
                 "limits.idle_timeout",
                 l.idle_timeout.as_deref(),
                 d.idle_timeout,
+            ),
+            drain_timeout: self.duration(
+                "limits.drain_timeout",
+                l.drain_timeout.as_deref(),
+                d.drain_timeout,
             ),
             max_connections: usize::try_from(max_connections).unwrap_or(d.max_connections),
         }

@@ -37,6 +37,8 @@ use crate::proto::{PreauthLimits, Protocol};
 pub mod duration;
 pub mod file;
 mod load;
+pub mod oauth;
+pub mod reload;
 
 pub use load::host_port;
 
@@ -51,6 +53,8 @@ pub struct Config {
     pub tls: Option<ServerTls>,
     pub limits: Limits,
     pub log: Log,
+    /// `[[oauth.provider]]`; empty when OAuth logins are not configured.
+    pub oauth: oauth::OAuth,
     /// `[policy]`; its defaults when the table is absent.
     pub policy: PolicyConfig,
     /// The loaded directory (`[policy] directory`), or [`Directory::allow_all`] when there is no
@@ -88,6 +92,11 @@ impl Config {
 
     /// Settings that are allowed but deserve an operator's attention, one line each with the
     /// key path. `mailgate run` logs them as warnings and `mailgate check` prints them.
+    /// Other files this config reads that hold configuration (reloads watch them too).
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (i, l) in self.listeners.iter().enumerate() {
@@ -157,6 +166,15 @@ impl Config {
                  self-signed one (development only)"
                     .to_owned(),
             );
+        }
+        for p in &self.oauth.providers {
+            if p.audiences.is_empty() && p.mode != oauth::ProviderMode::Tokeninfo {
+                out.push(format!(
+                    "oauth.provider \"{}\".audiences: empty, so a token {} issued for any other \
+                     service is accepted here",
+                    p.name, p.issuer
+                ));
+            }
         }
         // RFC 9051 5.4: an IMAP server's autologout timer must be at least 30 minutes.
         if self.limits.idle_timeout < Duration::from_secs(30 * 60)
@@ -271,6 +289,10 @@ pub struct Limits {
     /// After login, no byte either way for this long closes the session. Default 30 min, the
     /// RFC 9051 section 5.4 autologout minimum.
     pub idle_timeout: Duration,
+    /// On SIGTERM, how long logged-in sessions may go on before they are ended with a goodbye.
+    /// Default 30 s: long enough for a fetch in flight, short enough for a service manager's
+    /// stop timeout (systemd's default is 90 s).
+    pub drain_timeout: Duration,
     /// Concurrent downstream connections over all listeners. Default 10000.
     pub max_connections: usize,
 }
@@ -280,6 +302,7 @@ impl Default for Limits {
         Self {
             preauth: PreauthLimits::default(),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            drain_timeout: Duration::from_secs(30),
             max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }

@@ -11,6 +11,7 @@ Modes:
          IDLE, waits (bounded) for an untagged EXISTS, then DONE and LOGOUT
 
 Examples:
+  imap_client.py --port 993 --cafile ca.pem --user alice@example.com --auth xoauth2 --token T
   imap_client.py --port 993 --tls implicit --cafile ca.pem --user alice@example.com --password s
   imap_client.py --port 143 --tls starttls --cafile ca.pem --user u --password bad --expect-fail
 """
@@ -71,7 +72,27 @@ def connect(args):
     return m
 
 
+def oauth_payload(args):
+    # XOAUTH2 (Google/Microsoft) and OAUTHBEARER (RFC 7628 section 3.1) initial responses.
+    if args.auth == "xoauth2":
+        return ("user=%s\x01auth=Bearer %s\x01\x01" % (args.user, args.token)).encode()
+    return ("n,a=%s,\x01host=%s\x01port=%d\x01auth=Bearer %s\x01\x01"
+            % (args.user, args.host, args.port, args.token)).encode()
+
+
 def login(m, args):
+    if args.auth in ("xoauth2", "oauthbearer"):
+        sent = []
+
+        def respond(_challenge):
+            # First the token; after a failure the server sends its error JSON as a
+            # challenge, answered with an empty response (XOAUTH2) or ^A (OAUTHBEARER).
+            if not sent:
+                sent.append(True)
+                return oauth_payload(args)
+            return b"" if args.auth == "xoauth2" else b"\x01"
+
+        return m.authenticate(args.auth.upper(), respond)
     if args.auth == "login":
         return m.login(args.user, args.password)
     ir = base64.b64encode(("\0%s\0%s" % (args.user, args.password)).encode()).decode()
@@ -149,8 +170,10 @@ def main():
     p.add_argument("--cafile", help="CA certificate (PEM) to verify the server with")
     p.add_argument("--servername", help="TLS name to send and verify (default: --host)")
     p.add_argument("--user", required=True)
-    p.add_argument("--password", required=True)
-    p.add_argument("--auth", choices=["login", "plain", "plain-ir"], default="login")
+    p.add_argument("--password", default="")
+    p.add_argument("--token", default="", help="OAuth bearer token for --auth xoauth2/oauthbearer")
+    p.add_argument("--auth", choices=["login", "plain", "plain-ir", "xoauth2", "oauthbearer"],
+                   default="login")
     p.add_argument("--mode", choices=["fetch", "login", "idle"], default="fetch")
     p.add_argument("--fetch", choices=["rfc822", "body-peek"], default="body-peek")
     p.add_argument("--expect-fail", action="store_true", help="succeed only if login is refused")

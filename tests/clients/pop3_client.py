@@ -55,7 +55,28 @@ class Client(poplib.POP3):
         return resp
 
 
+def oauth_payload(args):
+    # XOAUTH2 and OAUTHBEARER (RFC 7628 section 3.1) initial responses.
+    if args.auth == "xoauth2":
+        raw = "user=%s\x01auth=Bearer %s\x01\x01" % (args.user, args.token)
+    else:
+        raw = "n,a=%s,\x01host=%s\x01port=%d\x01auth=Bearer %s\x01\x01" % (
+            args.user, args.host, args.port, args.token)
+    return base64.b64encode(raw.encode()).decode()
+
+
 def login(p, args):
+    if args.auth in ("xoauth2", "oauthbearer"):
+        # RFC 5034 initial response. On failure the server sends "+ <error JSON>"; answer it
+        # (empty for XOAUTH2, ^A for OAUTHBEARER) and read the final -ERR.
+        p._putcmd("AUTH %s %s" % (args.auth.upper(), oauth_payload(args)))
+        line, _ = p._getline()
+        if line.startswith(b"+OK"):
+            return line
+        if line.startswith(b"+"):
+            p._putcmd("" if args.auth == "xoauth2" else "AQ==")
+            line, _ = p._getline()
+        raise poplib.error_proto(line)
     if args.auth == "user":
         p.user(args.user)
         return p.pass_(args.password)
@@ -88,8 +109,10 @@ def main():
     ap.add_argument("--cafile")
     ap.add_argument("--servername", help="TLS name to send and verify (default: --host)")
     ap.add_argument("--user", required=True)
-    ap.add_argument("--password", required=True)
-    ap.add_argument("--auth", choices=["user", "plain", "plain-ir"], default="user")
+    ap.add_argument("--password", default="")
+    ap.add_argument("--token", default="", help="OAuth bearer token for --auth xoauth2/oauthbearer")
+    ap.add_argument("--auth", choices=["user", "plain", "plain-ir", "xoauth2", "oauthbearer"],
+                    default="user")
     ap.add_argument("--mode", choices=["retr", "login"], default="retr")
     ap.add_argument("--expect-fail", action="store_true", help="succeed only if login is refused")
     ap.add_argument("--timeout", type=float, default=30.0)

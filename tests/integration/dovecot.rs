@@ -65,6 +65,7 @@ pub struct DovecotBuilder {
     users: Vec<User>,
     trusted_loopback: bool,
     extra_config: String,
+    oauth2: Option<String>,
 }
 
 impl DovecotBuilder {
@@ -84,6 +85,14 @@ impl DovecotBuilder {
     pub fn extra_config(mut self, lines: &str) -> Self {
         self.extra_config.push_str(lines);
         self.extra_config.push('\n');
+        self
+    }
+
+    /// Adds an oauth2 passdb (before passwd-file) for XOAUTH2 and OAUTHBEARER, configured by
+    /// `settings`: the lines of `dovecot-oauth2.conf.ext` (Dovecot 2.3 `passdb oauth2` args),
+    /// e.g. `introspection_mode = post` and `introspection_url = http://id:secret@host/path`.
+    pub fn oauth2(mut self, settings: &str) -> Self {
+        self.oauth2 = Some(settings.to_string());
         self
     }
 
@@ -137,6 +146,7 @@ impl Dovecot {
             ],
             trusted_loopback: true,
             extra_config: String::new(),
+            oauth2: None,
         }
     }
 
@@ -245,6 +255,9 @@ impl Dovecot {
         }
         let passwd_path = root.join("passwd");
         fs::write(&passwd_path, passwd).expect("write passwd");
+        if let Some(settings) = &opts.oauth2 {
+            fs::write(root.join("dovecot-oauth2.conf.ext"), settings).expect("write oauth2 conf");
+        }
 
         let ports = [free_port(), free_port(), free_port(), free_port()];
         let conf = config(
@@ -523,6 +536,17 @@ fn config(
              service pop3-login {{\n  chroot =\n}}\n"
         )
     };
+    let (mechanisms, oauth2) = match opts.oauth2 {
+        Some(_) => (
+            "plain login xoauth2 oauthbearer",
+            format!(
+                "passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  \
+                 args = {}/dovecot-oauth2.conf.ext\n}}\n",
+                root.display()
+            ),
+        ),
+        None => ("plain login", String::new()),
+    };
     let trusted = if opts.trusted_loopback {
         "login_trusted_networks = 127.0.0.1/32\n"
     } else {
@@ -544,12 +568,12 @@ ssl = yes
 ssl_cert = <{cert}
 ssl_key = <{key}
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 auth_failure_delay = 0
 auth_verbose = yes
 {trusted}mail_location = maildir:~/Maildir
 {users}
-passdb {{
+{oauth2}passdb {{
   driver = passwd-file
   args = scheme=PLAIN {passwd}
 }}

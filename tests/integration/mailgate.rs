@@ -6,8 +6,10 @@
 
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
 
 use mailgate::config::Config;
 use mailgate::server::Server;
@@ -90,15 +92,45 @@ impl MailgateBuilder {
     }
 
     pub async fn start(self) -> Mailgate {
+        capture_logs();
         let toml = self.toml();
         let config = Config::from_toml(&toml, std::path::Path::new(env!("CARGO_MANIFEST_DIR")))
             .unwrap_or_else(|e| panic!("test config rejected:\n{e}\n---\n{toml}"));
+        Self::serve(config).await
+    }
+
+    /// Like [`start`](Self::start), but from a config file at `path` that is watched for
+    /// changes (and SIGHUP) as `mailgate run` does; each reload's outcome arrives on the
+    /// returned channel, the readiness signal for tests that edit the file.
+    pub async fn start_watching(
+        self,
+        path: &std::path::Path,
+    ) -> (
+        Mailgate,
+        tokio::sync::mpsc::Receiver<mailgate::config::reload::Outcome>,
+    ) {
+        capture_logs();
+        std::fs::write(path, self.toml()).expect("write config");
+        let config = Config::load(path).unwrap_or_else(|e| panic!("test config rejected:\n{e}"));
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let mut mailgate = Self::serve(config).await;
+        let reloader = mailgate.reloader.clone();
+        mailgate.watcher = Some(tokio::spawn(mailgate::config::reload::watch(
+            path.to_path_buf(),
+            reloader,
+            Some(tx),
+        )));
+        (mailgate, rx)
+    }
+
+    async fn serve(config: Config) -> Mailgate {
         let server = Server::bind(&config).await.expect("mailgate binds");
         let addrs = LISTENERS
             .iter()
             .map(|(name, ..)| (name.to_string(), server.local_addr(name).expect("bound")))
             .collect();
         let (stop, stopped) = oneshot::channel::<()>();
+        let reloader = server.reloader();
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
@@ -106,6 +138,8 @@ impl MailgateBuilder {
             addrs,
             stop: Some(stop),
             task,
+            reloader,
+            watcher: None,
         }
     }
 }
@@ -114,6 +148,8 @@ pub struct Mailgate {
     addrs: Vec<(String, SocketAddr)>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    pub reloader: mailgate::server::Reloader,
+    watcher: Option<JoinHandle<()>>,
 }
 
 impl Mailgate {
@@ -153,11 +189,67 @@ impl Mailgate {
     }
 }
 
+impl Mailgate {
+    /// SIGTERM, in-process: stop accepting and drain; resolves when the server has finished.
+    pub fn shutdown(&mut self) -> JoinHandle<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
+        tokio::spawn(async move {
+            tokio::time::timeout(std::time::Duration::from_secs(30), task)
+                .await
+                .expect("drain finishes within 30 s")
+                .expect("server task");
+        })
+    }
+}
+
 impl Drop for Mailgate {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         self.task.abort();
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
     }
+}
+
+/// Everything every in-process mailgate logged in this test binary, at TRACE level.
+static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+
+fn logs() -> &'static Mutex<Vec<u8>> {
+    LOGS.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Route mailgate's tracing output, at the most verbose level, into [`captured_logs`]. Once per
+/// process; tests share the buffer, so a test looks for strings only it used.
+fn capture_logs() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(|| LogWriter)
+            .try_init();
+    });
+}
+
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        logs().lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// All log output captured so far.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&logs().lock().expect("log buffer")).into_owned()
 }

@@ -6,9 +6,11 @@
 //! - [`util`]: free ports, external clients with timeouts, digests, raw line clients.
 //! - `direct`: the clients against the harness Dovecot with no proxy, proving the harness.
 //! - [`mailgate`]: mailgate in-process on free ports in front of a harness Dovecot.
+//! - [`idp`]: a real OAuth server (oidc-provider, `tests/idp/`) per test.
+//! - `oauth`: token verification against the real IdP; Dovecot's oauth2 passdb directly.
 //! - `proxy`: every login exchange, refusal and the splice, through mailgate.
 //!
-//! Needs `dovecot`, `python3` and `curl` (`scripts/install-test-deps` installs them).
+//! Needs `dovecot`, `python3`, `curl` and `node` with `tests/idp/node_modules` (`scripts/install-test-deps` installs them).
 
 // This whole crate is test code: a failed `expect` is how a helper fails its test, with the
 // message saying what was expected. (clippy's allow-*-in-tests covers only `#[test]` fns.)
@@ -16,9 +18,14 @@
 
 mod dovecot;
 mod fixtures;
+mod idp;
 mod pki;
 mod util;
 
 mod direct;
+mod lifecycle;
 mod mailgate;
+mod oauth;
 mod proxy;
+mod reload;
+mod secrets;

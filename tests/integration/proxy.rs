@@ -606,3 +606,104 @@ where
         String::from_utf8_lossy(&rest)
     );
 }
+
+#[tokio::test]
+async fn plaintext_upstream_on_loopback() {
+    let dovecot = Dovecot::start();
+    let spec = |addr: String| crate::mailgate::UpstreamSpec {
+        addresses: vec![addr],
+        tls: "none",
+        ca_file: dovecot.ca_pem.clone(),
+    };
+    let mailgate = Mailgate::builder(&dovecot)
+        .imap_upstream(spec(dovecot.imap_addr.to_string()))
+        .pop3_upstream(spec(dovecot.pop3_addr.to_string()))
+        .start()
+        .await;
+    let bob = dovecot.user("bob@example.com").clone();
+    let expected = dovecot.messages(&bob.name);
+    let args = client_args(
+        mailgate.addr("imaps").port(),
+        "implicit",
+        &bob.name,
+        &bob.password,
+    );
+    assert_same_messages(&expected, &python_json("imap_client.py", &args).await);
+    let args = client_args(
+        mailgate.addr("pop3s").port(),
+        "implicit",
+        &bob.name,
+        &bob.password,
+    );
+    assert_same_messages(&expected, &python_json("pop3_client.py", &args).await);
+}
+
+/// A hand-written stand-in: a real server will not stall its TLS handshake on demand. It
+/// accepts and then says nothing.
+#[tokio::test]
+async fn upstream_that_stalls_the_handshake_is_a_temporary_failure() {
+    let dovecot = Dovecot::start();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = silent.local_addr().expect("addr").to_string();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    let spec = crate::mailgate::UpstreamSpec {
+        addresses: vec![addr],
+        tls: "implicit",
+        ca_file: dovecot.ca_pem.clone(),
+    };
+    let mailgate = Mailgate::builder(&dovecot)
+        .imap_upstream(spec)
+        .start()
+        .await;
+    let mut imap = TcpLineClient::connect(mailgate.addr("imap-plain")).await;
+    imap.read_line().await;
+    let started = std::time::Instant::now();
+    // connect_timeout is 2 s in the harness config; the client waits up to 10 s.
+    let reply = imap.command("a LOGIN alice@example.com alice-secret").await;
+    assert!(reply.starts_with("a NO [UNAVAILABLE]"), "{reply}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // The connection is still usable after a temporary failure.
+    assert!(imap.command("b NOOP").await.starts_with("b OK"));
+    holder.abort();
+}
+
+#[tokio::test]
+async fn long_bearer_token_is_replayed_and_the_upstream_refusal_relayed() {
+    // This Dovecot has no oauth2 passdb: the point is that a 2 KB token crosses mailgate
+    // (continuation on POP3, past the 255-octet AUTH line) and Dovecot's answer comes back as
+    // an authentication failure, not as a protocol error.
+    use base64::Engine as _;
+    let dovecot = Dovecot::start();
+    let mailgate = Mailgate::start(&dovecot).await;
+    let token = "a".repeat(2048);
+    let payload = base64::engine::general_purpose::STANDARD.encode(format!(
+        "user=alice@example.com\x01auth=Bearer {token}\x01\x01"
+    ));
+    let mut pop3 = TcpLineClient::connect(mailgate.addr("pop3-plain")).await;
+    pop3.read_line().await;
+    let mut reply = pop3.command(&format!("AUTH XOAUTH2 {payload}")).await;
+    if reply.starts_with('+') {
+        reply = pop3.command("").await;
+    }
+    assert!(reply.starts_with("-ERR [AUTH]"), "{reply}");
+    let mut imap = TcpLineClient::connect(mailgate.addr("imap-plain")).await;
+    imap.read_line().await;
+    let mut reply = imap
+        .command(&format!("a AUTHENTICATE XOAUTH2 {payload}"))
+        .await;
+    if reply.starts_with('+') {
+        reply = imap.command("").await;
+    }
+    assert!(reply.starts_with("a NO [AUTHENTICATIONFAILED]"), "{reply}");
+}

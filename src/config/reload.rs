@@ -1,0 +1,126 @@
+//! Reload triggers: SIGHUP and changes to the config files on disk.
+//!
+//! The files are watched through their *directories*, because editors and Kubernetes
+//! ConfigMaps replace a file by rename or by swapping a symlink, which a watch on the file
+//! itself would lose. Bursts of events (an editor writes, renames, touches) are debounced into
+//! one reload. Each reload loads the whole config from disk and hands it to the [`Reloader`],
+//! which builds it aside and swaps it in only if everything builds: an invalid config is
+//! rejected and the old one keeps serving.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::server::Reloader;
+
+/// Quiet time after the last file event before reloading: long enough for an editor's
+/// write-rename-chmod burst, short enough to feel immediate.
+pub const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// What one reload attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied { generation: u64 },
+    Rejected { error: String },
+}
+
+/// Load `path` and apply it. Logs the result either way.
+pub fn reload_from(path: &Path, reloader: &Reloader, trigger: &str) -> Outcome {
+    let outcome = match Config::load(path) {
+        Ok(config) => match reloader.reload(config) {
+            Ok(generation) => Outcome::Applied { generation },
+            Err(e) => Outcome::Rejected {
+                error: e.to_string(),
+            },
+        },
+        Err(errors) => Outcome::Rejected {
+            error: errors.to_string(),
+        },
+    };
+    match &outcome {
+        Outcome::Applied { generation } => {
+            tracing::info!(trigger, generation, "configuration reloaded");
+        }
+        Outcome::Rejected { error } => {
+            tracing::error!(trigger, %error, "reload rejected; the previous configuration stays in force");
+        }
+    }
+    outcome
+}
+
+/// Files whose change triggers a reload: the main config and every file it names that holds
+/// configuration (not certificates: they are re-read on every reload anyway).
+fn watched_files(path: &Path) -> BTreeSet<PathBuf> {
+    let mut files = BTreeSet::new();
+    files.insert(absolute(path));
+    if let Ok(config) = Config::load(path) {
+        files.extend(config.watched_files().into_iter().map(|p| absolute(&p)));
+    }
+    files
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Reload on SIGHUP and on changes to the config files until the task is dropped. Each
+/// applied or rejected reload is also sent to `outcomes` when given (tests, audit).
+pub async fn watch(path: PathBuf, reloader: Reloader, outcomes: Option<mpsc::Sender<Outcome>>) {
+    let (events, mut changed) = mpsc::channel::<()>(16);
+    let files = watched_files(&path);
+    let dirs: BTreeSet<PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect();
+    let watcher = {
+        let files = files.clone();
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if event.kind.is_access() {
+                return;
+            }
+            if event.paths.iter().any(|p| files.contains(p)) {
+                let _ = events.try_send(());
+            }
+        })
+    };
+    let _watcher = match watcher {
+        Ok(mut w) => {
+            for dir in &dirs {
+                if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch config directory");
+                }
+            }
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "config file watching unavailable; SIGHUP still reloads");
+            None
+        }
+    };
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let trigger = tokio::select! {
+            Some(()) = changed.recv() => {
+                // Debounce: wait until the files have been quiet for DEBOUNCE.
+                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, changed.recv()).await {}
+                "file"
+            }
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => "sighup",
+            else => return,
+        };
+        let outcome = reload_from(&path, &reloader, trigger);
+        if let Some(tx) = &outcomes {
+            let _ = tx.send(outcome).await;
+        }
+    }
+}

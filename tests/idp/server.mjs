@@ -1,0 +1,192 @@
+// Test-only OpenID provider for mailgate's integration tests. NEVER a production IdP.
+//
+// Usage: node server.mjs PORT
+//
+// Starts the real `oidc-provider` package on http://127.0.0.1:PORT (loopback only) with:
+//   - clients `mail-app` and `other-client` (public, native): the mail clients whose tokens
+//     mailgate sees; `mailgate` and `dovecot` (confidential, client_secret_basic or post): the
+//     resource servers that introspect tokens (HTTP Basic, secrets `mailgate-secret`,
+//     `dovecot-secret`);
+//   - JWT access tokens for the resource `https://mail.example.com/` (aud = that URL,
+//     RS256, `sub` and `email` = the user) and opaque access tokens for
+//     `https://mail.example.com/opaque`, which the introspection endpoint answers for;
+//   - discovery at /.well-known/openid-configuration, JWKS at /jwks, introspection at
+//     /token/introspection.
+//
+// Two routes exist ONLY in this test server, so the harness needs no browser:
+//   GET  /test/token?user=U&client=C&kind=jwt|opaque[&ttl=SECONDS]
+//        mints an access token for user U issued to client C, exactly as the authorization
+//        code grant would (a Grant is saved, then an AccessToken), and answers its value as
+//        text/plain;
+//   POST /test/rotate
+//        makes a new RS256 signing key (new `kid`), signs from now on with it and keeps the
+//        previous key in the JWKS (as a real rotation does). The provider is rebuilt; tokens
+//        already minted survive because oidc-provider's memory adapter is module-global.
+//
+// Prints `listening <issuer>` once the port is bound; the harness still waits for the
+// discovery document.
+
+import { createServer } from 'node:http';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+
+import Provider from 'oidc-provider';
+
+const port = Number.parseInt(process.argv[2] ?? '', 10);
+if (!Number.isInteger(port) || port <= 0 || port > 65535) {
+  console.error('usage: node server.mjs PORT');
+  process.exit(2);
+}
+const issuer = `http://127.0.0.1:${port}`;
+const JWT_RESOURCE = 'https://mail.example.com/';
+const OPAQUE_RESOURCE = 'https://mail.example.com/opaque';
+
+function newKey() {
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  return {
+    ...privateKey.export({ format: 'jwk' }),
+    kid: `k-${randomBytes(6).toString('hex')}`,
+    use: 'sig',
+    alg: 'RS256',
+  };
+}
+
+let keys = [newKey()];
+
+function resourceInfo(resource, ttl) {
+  const info = {
+    scope: 'mail',
+    audience: resource,
+    accessTokenTTL: ttl ?? 3600,
+  };
+  if (resource === OPAQUE_RESOURCE) {
+    return { ...info, accessTokenFormat: 'opaque' };
+  }
+  return { ...info, accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } };
+}
+
+function build() {
+  const provider = new Provider(issuer, {
+    clients: [
+      {
+        client_id: 'mail-app',
+        application_type: 'native',
+        token_endpoint_auth_method: 'none',
+        redirect_uris: ['http://127.0.0.1/callback'],
+      },
+      {
+        client_id: 'other-client',
+        application_type: 'native',
+        token_endpoint_auth_method: 'none',
+        redirect_uris: ['http://127.0.0.1/callback'],
+      },
+      {
+        client_id: 'mailgate',
+        client_secret: 'mailgate-secret',
+        token_endpoint_auth_method: 'client_secret_basic',
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+      },
+      {
+        client_id: 'dovecot',
+        client_secret: 'dovecot-secret',
+        token_endpoint_auth_method: 'client_secret_basic',
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+      },
+    ],
+    jwks: { keys },
+    findAccount: async (_ctx, id) => ({
+      accountId: id,
+      claims: async () => ({ sub: id, email: id }),
+    }),
+    scopes: ['openid', 'email', 'mail'],
+    ttl: {
+      AccessToken: (_ctx, token) => token.resourceServer?.accessTokenTTL ?? 3600,
+      ClientCredentials: 600,
+      Grant: 86400,
+    },
+    extraTokenClaims: async (_ctx, token) => (token.accountId ? { email: token.accountId } : undefined),
+    features: {
+      devInteractions: { enabled: false },
+      clientCredentials: { enabled: true },
+      // Any confidential client may introspect (mailgate, dovecot); public ones may not.
+      introspection: {
+        enabled: true,
+        allowedPolicy: (_ctx, client) => client.clientAuthMethod !== 'none',
+      },
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: () => JWT_RESOURCE,
+        getResourceServerInfo: (_ctx, resource) => resourceInfo(resource),
+        useGrantedResource: () => true,
+      },
+    },
+  });
+  provider.on('server_error', (_ctx, err) => console.error('server_error', err));
+  return provider;
+}
+
+let provider = build();
+
+async function mint(url) {
+  const user = url.searchParams.get('user');
+  const clientId = url.searchParams.get('client');
+  const kind = url.searchParams.get('kind') ?? 'jwt';
+  const ttl = url.searchParams.has('ttl') ? Number(url.searchParams.get('ttl')) : undefined;
+  if (!user || !clientId || !['jwt', 'opaque'].includes(kind)) {
+    return [400, 'need user, client and kind=jwt|opaque'];
+  }
+  const client = await provider.Client.find(clientId);
+  if (!client) return [404, `no client ${clientId}`];
+  const resource = kind === 'jwt' ? JWT_RESOURCE : OPAQUE_RESOURCE;
+  const grant = new provider.Grant({ accountId: user, clientId });
+  grant.addOIDCScope('openid email');
+  grant.addResourceScope(resource, 'mail');
+  const grantId = await grant.save();
+  const token = new provider.AccessToken({
+    accountId: user,
+    client,
+    grantId,
+    gty: 'authorization_code',
+    scope: 'mail',
+  });
+  token.resourceServer = new provider.ResourceServer(resource, resourceInfo(resource, ttl));
+  const value = await token.save();
+  return [200, value];
+}
+
+const server = createServer(async (req, res) => {
+  const url = new URL(req.url ?? '/', issuer);
+  try {
+    if (url.pathname === '/test/token' && req.method === 'GET') {
+      const [status, body] = await mint(url);
+      res.writeHead(status, { 'content-type': 'text/plain' });
+      res.end(body);
+      return;
+    }
+    if (url.pathname === '/test/rotate' && req.method === 'POST') {
+      keys = [newKey(), keys[0]];
+      provider = build();
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.end(keys[0].kid);
+      return;
+    }
+  } catch (err) {
+    console.error('test route failed', err);
+    res.writeHead(500, { 'content-type': 'text/plain' });
+    res.end(String(err));
+    return;
+  }
+  provider.callback()(req, res);
+});
+
+server.listen(port, '127.0.0.1', () => {
+  console.log(`listening ${issuer}`);
+});
+
+// The harness kills us on drop; also leave when our parent's stdin pipe closes.
+process.stdin.on('end', () => process.exit(0));
+process.stdin.resume();
+process.on('SIGTERM', () => process.exit(0));
