@@ -3,7 +3,7 @@
 //! Data flows one way:
 //!
 //! ```text
-//! server → tls → session { proto frontend → policy } → upstream (proto replay) → splice
+//! server → tls → session { proto frontend → directory/policy } → upstream (proto replay) → splice
 //! ```
 //!
 //! - [`admin`]: admin HTTP listener: `/metrics`, `/healthz`, `/readyz`.
@@ -13,7 +13,8 @@
 //! - [`tls`]: rustls configs for the downstream (server) and upstream (client) sides.
 //! - [`session`]: the per-connection driver, the only module that wires the stages together.
 //! - [`proto`]: SANS-IO machines: IMAP/POP3 pre-auth front-ends, login replay, SASL.
-//! - [`policy`]: pure decision `(login, listener) -> Decision`.
+//! - [`directory`]: OU tree, users, groups, nesting, compliance; resolved at load.
+//! - [`policy`]: pure decision `(directory, attempt) -> Decision`, with provenance.
 //! - [`upstream`]: connect to the real mail server, TLS, drive the replay machine.
 //! - [`splice`]: bidirectional copy after login, byte counts, idle timeout.
 //! - [`stream`]: plaintext-or-TLS stream used on both sides.
@@ -28,6 +29,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod directory;
 pub mod metrics;
 pub mod policy;
 pub mod proto;

@@ -6,8 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use mailgate::cli::{AuditCommand, Cli, Command, TailArgs};
+use mailgate::cli::{AuditCommand, Cli, Command, MechanismArg, TailArgs};
 use mailgate::config::Config;
+use mailgate::policy::{self, Attempt, Decision, Identity, TokenFacts};
+use mailgate::proto::{Protocol, ReplyClass};
 use mailgate::server::Server;
 
 fn main() -> ExitCode {
@@ -18,6 +20,24 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
+        Command::Explain {
+            user,
+            protocol,
+            mechanism,
+            client_id,
+            token_user,
+            delegated,
+            config,
+        } => explain(
+            &config,
+            &user,
+            protocol.into(),
+            mechanism,
+            client_id,
+            token_user,
+            delegated,
+        ),
+        Command::Groups { config } => groups(&config),
         Command::Audit {
             command: AuditCommand::Tail(args),
         } => audit_tail(args),
@@ -72,6 +92,108 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Loads the config for a read-only subcommand; on errors prints them and says so.
+fn load_or_report(path: &Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(config) => Some(config),
+        Err(errors) => {
+            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            eprintln!("{errors}");
+            None
+        }
+    }
+}
+
+fn explain(
+    path: &Path,
+    user: &str,
+    protocol: Protocol,
+    mechanism: Option<MechanismArg>,
+    client_id: Option<String>,
+    token_user: Option<String>,
+    delegated: bool,
+) -> anyhow::Result<ExitCode> {
+    let arg = mechanism.unwrap_or(match (protocol, &client_id) {
+        (_, Some(_)) => MechanismArg::Xoauth2,
+        (Protocol::Imap, None) => MechanismArg::Login,
+        (Protocol::Pop3, None) => MechanismArg::User,
+    });
+    let Some(mechanism) = arg.on(protocol) else {
+        use clap::CommandFactory as _;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "--mechanism {} does not exist on {}",
+                    clap::ValueEnum::to_possible_value(&arg)
+                        .map(|v| v.get_name().to_owned())
+                        .unwrap_or_default(),
+                    protocol.as_str()
+                ),
+            )
+            .exit();
+    };
+    if mechanism.is_password() && (client_id.is_some() || token_user.is_some() || delegated) {
+        eprintln!(
+            "note: --client-id, --token-user and --delegated describe a token; they are ignored \
+             for the password mechanism {}",
+            mechanism.as_str()
+        );
+    }
+    let Some(config) = load_or_report(path) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let token = TokenFacts {
+        user: token_user.unwrap_or_else(|| user.to_owned()),
+        client_id,
+        issuer: "mailgate-explain".to_owned(),
+        delegated,
+    };
+    let attempt = Attempt {
+        protocol,
+        mechanism,
+        user,
+        token: (!mechanism.is_password()).then_some(&token),
+    };
+    println!("{}", policy::explain(&config.directory, &attempt));
+    if let Decision::Deny(denial) = policy::decide(&config.directory, &attempt) {
+        let shown = policy::reply(
+            &denial,
+            protocol,
+            Identity::of(mechanism),
+            config.policy.disclose_reasons,
+            &config.policy.contact,
+        );
+        println!(
+            "reply      {} \"{}\"{}",
+            match shown.class {
+                ReplyClass::Authorization => "AUTHORIZATIONFAILED",
+                ReplyClass::Authentication => "AUTHENTICATIONFAILED",
+                ReplyClass::Unavailable => "UNAVAILABLE",
+            },
+            shown.text,
+            if shown.specific {
+                ""
+            } else {
+                " (generic: the reason is not disclosed to unproven identities)"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn groups(path: &Path) -> anyhow::Result<ExitCode> {
+    let Some(config) = load_or_report(path) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    if config.directory.is_builtin() {
+        println!("no [policy] directory configured: no groups");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{}", mailgate::directory::report::groups(&config.directory));
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
     init_tracing(&config.log.filter)?;
@@ -83,6 +205,9 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
+        // Handlers first: SIGTERM must stop us gracefully from the moment "listening" is logged
+        // (a handler installed on the future's first poll left a window where it killed us).
+        let shutdown = shutdown_signal();
         let server = Server::bind(&config).await.context("starting listeners")?;
         // SIGHUP and edits to the config files reload; the watcher ends with the runtime.
         tokio::spawn(mailgate::config::reload::watch(
@@ -90,7 +215,7 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
             server.reloader(),
             None,
         ));
-        server.run(shutdown_signal()).await;
+        server.run(shutdown).await;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
@@ -169,17 +294,22 @@ fn init_tracing(filter: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers now (inside the runtime) and returns the future that
+/// resolves on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
     }
 }

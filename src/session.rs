@@ -347,7 +347,7 @@ impl<F: Frontend> Preauth<'_, F> {
         self.generation = self.ctx.shared.current();
         let protocol = self.ctx.listener.protocol;
         let user = request.user().unwrap_or("");
-        match policy::decide(request, protocol) {
+        match policy::unwired(request, protocol) {
             Decision::Allow(_) => {}
             Decision::Deny(denial) => {
                 tracing::info!(

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::{ConfigError, ListenerTls, TlsVersion, UpstreamTls};
+use crate::policy::DiscloseReasons;
 use crate::proto::Protocol;
 
 /// The whole `mailgate.toml`, as written.
@@ -30,6 +31,7 @@ pub struct File {
     pub limits: LimitsFile,
     #[serde(default)]
     pub log: LogFile,
+    pub policy: Option<PolicyFile>,
     #[serde(default)]
     pub oauth: super::oauth::OAuthFile,
     /// `[admin]`; absent: no admin HTTP listener.
@@ -111,6 +113,18 @@ pub struct AuditFile {
     pub file: Option<String>,
     pub stdout: Option<bool>,
     pub queue: Option<u64>,
+}
+
+/// `[policy]`: where the directory lives and how refusals are worded.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Path of `directory.toml`, relative to this file.
+    pub directory: String,
+    pub default_ou: Option<String>,
+    pub disclose_reasons: Option<DiscloseReasons>,
+    pub contact: Option<String>,
+    pub revoke_on_reload: Option<bool>,
 }
 
 /// The outcome of [`parse`]: what could be read, and every schema problem found.
@@ -204,11 +218,15 @@ pub fn parse(text: &str) -> Parsed {
                 Ok(a) => out.file.audit = Some(a),
                 Err(e) => out.errors.push(e),
             },
+            "policy" => match section::<PolicyFile>("policy", value) {
+                Ok(p) => out.file.policy = Some(p),
+                Err(e) => out.errors.push(e),
+            },
             _ => out.errors.push(ConfigError::Schema {
                 path: key.clone(),
                 message: format!(
                     "unknown key `{key}`, expected one of `listener`, `upstream`, `tls`, \
-                     `limits`, `log`, `oauth`, `admin`, `audit`"
+                     `limits`, `log`, `oauth`, `admin`, `audit`, `policy`"
                 ),
             }),
         }

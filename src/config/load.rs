@@ -14,13 +14,15 @@ use rustls::pki_types::ServerName;
 
 use super::duration::{self, DurationError};
 use super::file::{
-    self, AdminFile, AuditFile, File, LimitsFile, ListenerFile, Parsed, TlsFile, UpstreamFile,
+    self, AdminFile, AuditFile, File, LimitsFile, ListenerFile, Parsed, PolicyFile, TlsFile,
+    UpstreamFile,
 };
 use super::{
     Admin, AuditConfig, AuditSink, Cidr, Config, ConfigError, ConfigErrors,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, Limits, Listener, ListenerTls, Log, ServerTls,
-    TrustedProxies, Upstream,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, Limits, Listener, ListenerTls, Log,
+    PolicyConfig, ServerTls, TrustedProxies, Upstream,
 };
+use crate::directory::Directory;
 use crate::proto::PreauthLimits;
 use crate::proto::Protocol;
 
@@ -36,6 +38,8 @@ const MAX_PREAUTH_BUFFER: u64 = 1024 * 1024;
 const MIN_MAX_LITERAL: u64 = 255;
 /// More failed logins than this per connection only helps password guessing.
 const MAX_AUTH_ATTEMPTS: u64 = 100;
+/// Upper bound for `[policy] contact`: it goes into a one-line protocol answer.
+const MAX_CONTACT_LEN: usize = 200;
 /// Upper bound for a name: it ends up in audit records and metric labels.
 const MAX_NAME_LEN: usize = 64;
 
@@ -103,6 +107,7 @@ impl Validator<'_> {
         let admin = f.admin.and_then(|a| self.admin(a, &listeners));
         let oauth = super::oauth::validate(f.oauth, self.base_dir, &mut self.errors);
         let audit = f.audit.map(|a| self.audit(a)).unwrap_or_default();
+        let (policy, directory) = self.policy(f.policy);
         Config {
             listeners,
             upstreams,
@@ -111,6 +116,8 @@ impl Validator<'_> {
             log: Log { filter },
             admin,
             oauth,
+            policy,
+            directory,
             audit,
         }
     }
@@ -150,6 +157,74 @@ impl Validator<'_> {
             sink,
             queue: usize::try_from(queue).unwrap_or(d.queue),
         }
+    }
+
+    /// `[policy]` and the directory it names. Without the table: the built-in allow-all
+    /// directory (`Config::warnings` says so).
+    fn policy(&mut self, p: Option<PolicyFile>) -> (PolicyConfig, Arc<Directory>) {
+        let Some(p) = p else {
+            return (PolicyConfig::default(), Arc::new(Directory::allow_all()));
+        };
+        let contact = p.contact.unwrap_or_default();
+        if contact.chars().count() > MAX_CONTACT_LEN || contact.chars().any(char::is_control) {
+            self.invalid(
+                "policy.contact",
+                format!("must be one line of at most {MAX_CONTACT_LEN} characters"),
+            );
+        }
+        let config = PolicyConfig {
+            directory: None,
+            default_ou: p.default_ou.clone(),
+            disclose_reasons: p.disclose_reasons.unwrap_or_default(),
+            contact,
+            revoke_on_reload: p.revoke_on_reload.unwrap_or(false),
+        };
+        let fallback = Arc::new(Directory::allow_all());
+        if p.directory.is_empty() {
+            self.invalid("policy.directory", "must not be empty");
+            return (config, fallback);
+        }
+        let file = self.path(&p.directory);
+        let config = PolicyConfig {
+            directory: Some(file.clone()),
+            ..config
+        };
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) => {
+                self.invalid(
+                    "policy.directory",
+                    format!("cannot read {}: {e}", file.display()),
+                );
+                return (config, fallback);
+            }
+        };
+        let directory = match Directory::from_toml(&text) {
+            Ok(d) => d,
+            Err(errors) => {
+                for error in errors.0 {
+                    self.errors.push(ConfigError::Directory {
+                        file: p.directory.clone(),
+                        error,
+                    });
+                }
+                return (config, fallback);
+            }
+        };
+        let directory = match &p.default_ou {
+            None => directory,
+            Some(ou) => match directory.with_default_ou(ou) {
+                Ok(d) => d,
+                Err(_) => {
+                    self.invalid(
+                        "policy.default_ou",
+                        format!("no OU \"{ou}\" in {}", p.directory),
+                    );
+                    return (config, fallback);
+                }
+            },
+        };
+        (config, Arc::new(directory))
     }
 
     fn upstreams(&mut self, files: Vec<UpstreamFile>) -> BTreeMap<String, Arc<Upstream>> {

@@ -14,6 +14,10 @@
 //! at once. Loading does not open certificate files; `crate::tls` does that and names the path
 //! in its own errors.
 //!
+//! `[policy] directory` names the directory file; loading it (via [`crate::directory`]) is part
+//! of loading the config, and its problems come back as [`ConfigError::Directory`], displayed as
+//! `directory.toml: group[2].members[1]: …`.
+//!
 //! Must not: do network I/O, or log (the caller decides what to print; see
 //! [`Config::warnings`]).
 
@@ -26,6 +30,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::directory::{Compliance, Directory};
+use crate::policy::DiscloseReasons;
 use crate::proto::{PreauthLimits, Protocol};
 
 pub mod cidr;
@@ -54,6 +60,11 @@ pub struct Config {
     /// `[[oauth.provider]]`; empty when OAuth logins are not configured.
     pub oauth: oauth::OAuth,
     pub audit: AuditConfig,
+    /// `[policy]`; its defaults when the table is absent.
+    pub policy: PolicyConfig,
+    /// The loaded directory (`[policy] directory`), or [`Directory::allow_all`] when there is no
+    /// `[policy]`. Shared: sessions hold the `Arc` of the config they were accepted with.
+    pub directory: Arc<Directory>,
 }
 
 impl Config {
@@ -72,7 +83,8 @@ impl Config {
         Self::from_toml(&text, base_dir)
     }
 
-    /// Validates TOML text; relative paths inside resolve against `base_dir`. No file is read.
+    /// Validates TOML text; relative paths inside resolve against `base_dir`. The only file read
+    /// is the directory named by `[policy] directory`; certificates are left to `crate::tls`.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
         load::from_toml(text, base_dir)
     }
@@ -122,6 +134,32 @@ impl Config {
             if up.tls == UpstreamTls::None && up.ca_file.is_some() {
                 out.push(format!(
                     "upstream \"{name}\".ca_file: ignored because tls = \"none\""
+                ));
+            }
+        }
+        if self.policy.directory.is_none() {
+            out.push(
+                "policy: no [policy] table; every login the upstream accepts is allowed (built-in \
+                 directory: one root OU with pop, imap and password logins on)"
+                    .to_owned(),
+            );
+        }
+        if self.policy.disclose_reasons == DiscloseReasons::Always {
+            out.push(
+                "policy.disclose_reasons: \"always\"; password logins refused by policy say why, \
+                 which tells anyone which accounts exist and how they are configured"
+                    .to_owned(),
+            );
+        }
+        for g in self.directory.groups() {
+            if g.compliance.state == Compliance::NonCompliant {
+                let offenders: Vec<&str> =
+                    g.compliance.offenders.iter().map(|o| &*o.email).collect();
+                out.push(format!(
+                    "directory: group \"{}\" is non-compliant with its membership restriction \
+                     through nested members: {} (see `mailgate groups`)",
+                    g.email,
+                    offenders.join(", ")
                 ));
             }
         }
@@ -417,6 +455,23 @@ pub const DEFAULT_AUDIT_QUEUE: usize = 65_536;
 /// Largest accepted `audit.queue`: a longer queue only hides a stuck disk for longer.
 pub const MAX_AUDIT_QUEUE: usize = 16 * 1024 * 1024;
 
+/// `[policy]`: where the directory lives and how policy refusals are worded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// Absolute path of `directory.toml`. `None`: no `[policy]`, the built-in directory.
+    pub directory: Option<PathBuf>,
+    /// Unknown users are placed in this OU instead of refused (`unknown_user`). Exists in the
+    /// directory (checked at load).
+    pub default_ou: Option<String>,
+    /// Default `never`: specific reasons only after a valid token (no account enumeration).
+    pub disclose_reasons: DiscloseReasons,
+    /// Whom a refused person should ask, e.g. `it-help@example.com`. One line, at most
+    /// 200 characters. Empty (the default): refusals say "your administrator".
+    pub contact: String,
+    /// On a reload, close live sessions whose user the new policy refuses. Default false.
+    pub revoke_on_reload: bool,
+}
+
 /// 5 s: a local Dovecot answers in milliseconds; longer only delays failover to the next address.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// 30 s: greeting, STARTTLS and a password check (Dovecot may delay failures by seconds).
@@ -446,6 +501,12 @@ pub enum ConfigError {
     /// The right shape, but a value is wrong or contradicts another.
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
+    /// A problem in the directory file; `file` is the path as `[policy] directory` gives it.
+    #[error("{file}: {error}")]
+    Directory {
+        file: String,
+        error: crate::directory::Error,
+    },
 }
 
 impl ConfigError {
@@ -453,6 +514,7 @@ impl ConfigError {
     pub fn path(&self) -> Option<&str> {
         match self {
             ConfigError::Schema { path, .. } | ConfigError::Invalid { path, .. } => Some(path),
+            ConfigError::Directory { error, .. } => error.path(),
             ConfigError::Read { .. } | ConfigError::Syntax { .. } => None,
         }
     }

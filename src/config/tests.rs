@@ -740,3 +740,160 @@ fn audit_unknown_key_rejected() {
         "unknown field `rotate`",
     );
 }
+
+// ---- [policy] and the directory ----------------------------------------------------------------
+
+fn with_directory(
+    policy: &str,
+    directory: &str,
+) -> (tempfile::TempDir, Result<Config, ConfigErrors>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dir.toml"), directory).unwrap();
+    let result = Config::from_toml(&format!("{BASE}\n[policy]\n{policy}"), dir.path());
+    (dir, result)
+}
+
+const SMALL_DIRECTORY: &str = r#"
+[[ou]]
+path = "/"
+pop = true
+imap = true
+imap_clients = "all"
+password_logins = false
+[[ou]]
+path = "/Guests"
+pop = false
+"#;
+
+#[test]
+fn shipped_policy_loads_the_shipped_directory() {
+    let c = Config::load(&shipped()).unwrap();
+    let dir = shipped().parent().unwrap().to_owned();
+    assert_eq!(c.policy.directory, Some(dir.join("directory.toml")));
+    assert_eq!(
+        c.policy.disclose_reasons,
+        crate::policy::DiscloseReasons::Never
+    );
+    assert_eq!(c.policy.contact, "it-help@example.com");
+    assert!(!c.policy.revoke_on_reload);
+    assert!(!c.directory.is_builtin());
+    assert!(c.directory.principal("bob@example.com").is_some());
+    assert!(!c.warnings().iter().any(|w| w.starts_with("policy:")));
+}
+
+/// Every file in `config/` loads as shipped (STYLE.md section 7).
+#[test]
+fn every_shipped_file_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        match path.file_name().and_then(|n| n.to_str()) {
+            Some("mailgate.toml") => {
+                Config::load(&path).unwrap();
+            }
+            Some("directory.toml") => {
+                crate::directory::Directory::from_toml(&std::fs::read_to_string(&path).unwrap())
+                    .unwrap();
+            }
+            Some(other) if other.ends_with(".toml") => panic!("no loader test for {other}"),
+            _ => continue,
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 2);
+}
+
+#[test]
+fn no_policy_means_the_builtin_directory_and_a_warning() {
+    let c = load(BASE).unwrap();
+    assert!(c.directory.is_builtin());
+    assert_eq!(c.policy, PolicyConfig::default());
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.starts_with("policy: no [policy] table; every login the upstream accepts")),
+        "{:#?}",
+        c.warnings()
+    );
+}
+
+#[test]
+fn policy_keys_are_read() {
+    let (_d, c) = with_directory(
+        "directory = \"dir.toml\"\ndefault_ou = \"/Guests\"\ndisclose_reasons = \"always\"\n\
+         contact = \"helpdesk, ext. 42\"\nrevoke_on_reload = true\n",
+        SMALL_DIRECTORY,
+    );
+    let c = c.unwrap();
+    assert_eq!(&*c.directory.default_ou().unwrap().path, "/Guests");
+    assert_eq!(c.policy.default_ou.as_deref(), Some("/Guests"));
+    assert_eq!(
+        c.policy.disclose_reasons,
+        crate::policy::DiscloseReasons::Always
+    );
+    assert_eq!(c.policy.contact, "helpdesk, ext. 42");
+    assert!(c.policy.revoke_on_reload);
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.starts_with("policy.disclose_reasons"))
+    );
+}
+
+#[test]
+fn policy_errors_name_their_key_path() {
+    let (_d, r) = with_directory("directory = \"dir.toml\"\ncolour = 1\n", SMALL_DIRECTORY);
+    let all: Vec<String> = r.unwrap_err().0.iter().map(ToString::to_string).collect();
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(
+        all[0].starts_with("policy: unknown field `colour`"),
+        "{all:#?}"
+    );
+
+    let (_d, r) = with_directory(
+        "directory = \"dir.toml\"\ndefault_ou = \"/Nope\"\n",
+        SMALL_DIRECTORY,
+    );
+    let all: Vec<String> = r.unwrap_err().0.iter().map(ToString::to_string).collect();
+    assert_eq!(all, ["policy.default_ou: no OU \"/Nope\" in dir.toml"]);
+
+    let (_d, r) = with_directory("directory = \"missing.toml\"\n", SMALL_DIRECTORY);
+    let all: Vec<String> = r.unwrap_err().0.iter().map(ToString::to_string).collect();
+    assert!(
+        all[0].starts_with("policy.directory: cannot read "),
+        "{all:#?}"
+    );
+
+    let (_d, r) = with_directory(
+        "directory = \"dir.toml\"\ncontact = \"a\\nb\"\n",
+        SMALL_DIRECTORY,
+    );
+    let all: Vec<String> = r.unwrap_err().0.iter().map(ToString::to_string).collect();
+    assert!(
+        all[0].starts_with("policy.contact: must be one line"),
+        "{all:#?}"
+    );
+}
+
+#[test]
+fn directory_errors_carry_the_file_and_key_path() {
+    let (_d, r) = with_directory(
+        "directory = \"dir.toml\"\n",
+        &format!(
+            "{SMALL_DIRECTORY}\n[[user]]\nemail = \"a@example.com\"\nou = \"/Nope\"\n\
+             [[group]]\nemail = \"g@example.com\"\nmembers = [\"x@example.com\"]\n"
+        ),
+    );
+    let errors = r.unwrap_err();
+    let all: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        all,
+        [
+            "dir.toml: user[0].ou: unknown OU \"/Nope\"",
+            "dir.toml: group[0].members[0]: unknown member \"x@example.com\": no [[user]] or \
+             [[group]] has this email",
+        ]
+    );
+    assert_eq!(errors.0[0].path(), Some("user[0].ou"));
+}
