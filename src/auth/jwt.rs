@@ -185,7 +185,9 @@ fn identify(
         provider: p.name.clone(),
         delegated,
         mode,
-        expires_at: exp.map(|e| SystemTime::UNIX_EPOCH + Duration::from_secs(e)),
+        // `checked_add`: an `exp` past what `SystemTime` holds (1e300) is "no known expiry",
+        // not a panic (fuzz_jwt_claims_exp_beyond_system_time).
+        expires_at: exp.and_then(|e| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(e))),
     })
 }
 

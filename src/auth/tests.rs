@@ -650,6 +650,34 @@ fn claim_checks_take_now_as_an_argument() {
     ));
 }
 
+/// Found by the `jwt_claims` fuzz target: an `exp` past what `SystemTime` can hold (`1e300`
+/// saturates to `u64::MAX` seconds) panicked in `UNIX_EPOCH + Duration` while building
+/// `expires_at`. With `unverified` providers any client can send such a token.
+#[test]
+fn fuzz_jwt_claims_exp_beyond_system_time() {
+    let p = Provider::new("p", "https://idp", ProviderMode::Unverified);
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    for exp in [
+        json!(1e300),
+        json!(u64::MAX),
+        json!(i64::MAX as u64 + 1),
+        json!("18446744073709551615"),
+    ] {
+        let c = json!({"iss": "https://idp", "sub": "u", "exp": exp});
+        for mode in [
+            VerificationMode::Jwt,
+            VerificationMode::UnverifiedClaims,
+            VerificationMode::Introspection,
+            VerificationMode::Tokeninfo,
+        ] {
+            let t = jwt::check_and_identify(c.as_object().unwrap(), &p, now, mode)
+                .unwrap_or_else(|e| panic!("exp {exp} ({mode:?}): {e}"));
+            // Not representable: treated as "no known expiry", so the cache caps the verdict.
+            assert_eq!(t.expires_at, None, "exp {exp}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_token_never_appears_in_errors_or_debug() {
     let fake = Fake::start().await;

@@ -1,0 +1,8 @@
+//! `Pop3Replay` fed arbitrary upstream bytes for one of the fixed logins; invariants in
+//! `mailgate_fuzz::run_replay`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mailgate::proto::pop3::replay::Pop3Replay;
+
+fuzz_target!(|data: &[u8]| mailgate_fuzz::run_replay::<Pop3Replay>(data));
