@@ -18,7 +18,8 @@ enum Out {
 fuzz_target!(|data: &[u8]| {
     let (ctrl, stream) = split_input(data);
     let mut u = Unstructured::new(ctrl);
-    let max_line = usize::from(u.arbitrary::<u16>().unwrap_or(512));
+    // 0 is no limit anyone sets (config: at least 512); at 0 even an empty buffer is too long.
+    let max_line = usize::from(u.arbitrary::<u16>().unwrap_or(512)).max(1);
 
     let whole = lines([stream].into_iter(), max_line);
     let mut chunks = Vec::new();
