@@ -230,6 +230,9 @@ const DEBUG_ALPHABET: &[u8] =
 pub struct Secrets {
     secrets: Vec<Vec<u8>>,
     public: Vec<u8>,
+    /// The forms of the secrets worth looking for, recomputed when either list grows.
+    forms: Vec<Vec<u8>>,
+    dirty: bool,
 }
 
 impl Secrets {
@@ -256,6 +259,7 @@ impl Secrets {
                 }
             }
         }
+        self.dirty = true;
     }
 
     pub fn public(&mut self, text: &[u8]) {
@@ -263,29 +267,48 @@ impl Secrets {
         self.public.push(b'\n');
         let debug = format!("{:?}\n{:?}\n", String::from_utf8_lossy(text), text);
         self.public.extend_from_slice(debug.as_bytes());
+        self.dirty = true;
     }
 
-    /// No secret appears in `debug`, raw, as a `Debug`-escaped string or as a `Debug` byte
+    /// No secret appears in `debug()`, raw, as a `Debug`-escaped string or as a `Debug` byte
     /// list. Only secrets that cannot match by accident are checked: at least 8 bytes, a byte
-    /// outside [`DEBUG_ALPHABET`] among them, and not part of any public text.
-    pub fn assert_absent(&self, what: &str, debug: &str) {
+    /// outside [`DEBUG_ALPHABET`] among them, and no form of it part of any public text.
+    /// `debug` is only called when there is something to look for.
+    pub fn assert_absent(&mut self, what: &str, debug: impl FnOnce() -> String) {
+        self.refresh();
+        if self.forms.is_empty() {
+            return;
+        }
+        let debug = debug();
+        for form in &self.forms {
+            assert!(
+                !contains(debug.as_bytes(), form),
+                "a secret appears in the Debug output of {what}: {debug}"
+            );
+        }
+    }
+
+    fn refresh(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        self.forms.clear();
         for secret in &self.secrets {
             if !checkable(secret) || contains(&self.public, secret) {
                 continue;
             }
             let escaped = format!("{:?}", String::from_utf8_lossy(secret));
-            let escaped = &escaped[1..escaped.len() - 1];
             let listed = format!("{secret:?}");
-            let listed = &listed[1..listed.len() - 1];
-            for form in [&secret[..], escaped.as_bytes(), listed.as_bytes()] {
-                if contains(&self.public, form) {
-                    continue;
+            let forms = [
+                secret.clone(),
+                escaped.as_bytes()[1..escaped.len() - 1].to_vec(),
+                listed.as_bytes()[1..listed.len() - 1].to_vec(),
+            ];
+            for form in forms {
+                if !contains(&self.public, &form) {
+                    self.forms.push(form);
                 }
-                assert!(
-                    !contains(debug.as_bytes(), form),
-                    "a secret ({} bytes) appears in the Debug output of {what}: {debug}",
-                    secret.len()
-                );
             }
         }
     }
@@ -297,7 +320,7 @@ pub fn checkable(secret: &[u8]) -> bool {
 }
 
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -414,6 +437,8 @@ struct FrontendRun<'u, 'd, M: Frontend> {
     /// A login is being decided; its outcome may be held back over some input (pipelining).
     login_pending: bool,
     closed: bool,
+    /// `Closed` was reported and every transmit queued before it taken: nothing may follow.
+    closed_flushed: bool,
     accepted: bool,
     /// The accepted reply was transmitted; nothing may follow it.
     handed_off: bool,
@@ -431,6 +456,7 @@ impl<M: Frontend> FrontendRun<'_, '_, M> {
             while let Some(chunk) = self.machine.poll_transmit() {
                 progressed = true;
                 assert!(!self.handed_off, "transmit after the login was handed off");
+                assert!(!self.closed_flushed, "transmit after Closed");
                 assert_crlf_lines(&chunk);
                 if self.accepted {
                     self.handed_off = true;
@@ -448,7 +474,7 @@ impl<M: Frontend> FrontendRun<'_, '_, M> {
                     self.secrets.record(request);
                 }
                 self.secrets
-                    .assert_absent("an event", &format!("{event:?}"));
+                    .assert_absent("an event", || format!("{event:?}"));
                 match event {
                     FrontendEvent::TlsRequested => {
                         assert_eq!(self.security, Security::StartTlsOffered, "TlsRequested");
@@ -474,7 +500,7 @@ impl<M: Frontend> FrontendRun<'_, '_, M> {
                 self.secrets.public(text.as_bytes());
             }
             self.secrets
-                .assert_absent("the machine", &format!("{:?}", self.machine));
+                .assert_absent("the machine", || format!("{:?}", self.machine));
             // Hold a TLS handshake or a login verdict back over the next input sometimes: the
             // machine must drop (TLS) or buffer (login) what arrives meanwhile.
             if self.tls_pending && !chance(self.u, 3) {
@@ -489,6 +515,7 @@ impl<M: Frontend> FrontendRun<'_, '_, M> {
                 progressed = true;
             }
             if !progressed {
+                self.closed_flushed = self.closed;
                 return;
             }
         }
@@ -566,6 +593,7 @@ pub fn run_frontend<M: Frontend>(data: &[u8]) {
         tls_pending: false,
         login_pending: false,
         closed: false,
+        closed_flushed: false,
         accepted: false,
         handed_off: false,
         since_tls: Vec::new(),
@@ -737,8 +765,7 @@ pub fn run_replay<R: Replay>(data: &[u8]) {
         }
         while let Some(event) = machine.poll_event() {
             assert!(!finished, "event after the final event: {event:?}");
-            let debug = format!("{event:?}");
-            secrets.assert_absent("an event", &debug);
+            secrets.assert_absent("an event", || format!("{event:?}"));
             match event {
                 ReplayEvent::TlsRequested => {
                     assert!(
@@ -754,7 +781,7 @@ pub fn run_replay<R: Replay>(data: &[u8]) {
                 ReplayEvent::Rejected { .. } | ReplayEvent::Failed(_) => finished = true,
             }
         }
-        secrets.assert_absent("the machine", &format!("{machine:?}"));
+        secrets.assert_absent("the machine", || format!("{machine:?}"));
         if tls_pending && !chance(&mut u, 3) {
             tls_pending = false;
             tls_done = true;
