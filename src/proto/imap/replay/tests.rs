@@ -588,8 +588,10 @@ fn client_address_goes_in_an_id_before_the_login() {
     assert_eq!(
         items,
         [
-            c("mg1 ID (\"x-originating-ip\" \"2001:db8::7\" \"x-originating-port\" \"40123\")\r\n\
-               mg2 LOGIN \"alice\" \"s3cret\"\r\n"),
+            c(
+                "mg1 ID (\"x-originating-ip\" \"2001:db8::7\" \"x-originating-port\" \"40123\")\r\n\
+               mg2 LOGIN \"alice\" \"s3cret\"\r\n"
+            ),
             logged_in(""),
         ]
     );
@@ -601,5 +603,7 @@ fn client_address_goes_in_an_id_before_the_login() {
     m.handle_input(GREETING_FULL.as_bytes());
     m.handle_input(b"mg1 BAD Unknown command\r\n");
     drain(&mut m, &mut items);
-    assert!(matches!(&items[..], [Item::C(sent)] if sent.ends_with("mg2 LOGIN \"alice\" \"s3cret\"\r\n")));
+    assert!(
+        matches!(&items[..], [Item::C(sent)] if sent.ends_with("mg2 LOGIN \"alice\" \"s3cret\"\r\n"))
+    );
 }
