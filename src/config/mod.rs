@@ -99,7 +99,7 @@ impl Config {
     /// key path. `mailgate run` logs them as warnings and `mailgate check` prints them.
     /// Other files this config reads that hold configuration (reloads watch them too).
     pub fn watched_files(&self) -> Vec<PathBuf> {
-        Vec::new()
+        self.policy.directory.iter().cloned().collect()
     }
 
     pub fn warnings(&self) -> Vec<String> {

@@ -129,6 +129,7 @@ async fn watch_with(
 ) {
     let (events, mut changed) = mpsc::channel::<()>(16);
     let files = watched_files(&path);
+    tracing::debug!(?files, "watching config files");
     let dirs: BTreeSet<PathBuf> = files
         .iter()
         .filter_map(|f| f.parent().map(Path::to_path_buf))

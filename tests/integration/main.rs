@@ -26,6 +26,7 @@ mod direct;
 mod lifecycle;
 mod mailgate;
 mod oauth;
+mod policy_e2e;
 mod proxy;
 mod reload;
 mod secrets;
