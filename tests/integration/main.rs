@@ -26,6 +26,7 @@ mod direct;
 mod lifecycle;
 mod mailgate;
 mod oauth;
+mod oauth_e2e;
 mod policy_e2e;
 mod proxy;
 mod reload;
