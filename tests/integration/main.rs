@@ -22,6 +22,7 @@ mod idp;
 mod pki;
 mod util;
 
+mod abuse;
 mod direct;
 mod lifecycle;
 mod mailgate;
