@@ -210,3 +210,34 @@ async fn idp_down_is_a_temporary_failure_never_an_allow() {
         .await;
     assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
 }
+
+#[tokio::test]
+async fn curl_oauth2_bearer_through_mailgate() {
+    let idp = Idp::start().await;
+    let dovecot = dovecot(&idp);
+    let mailgate = mailgate(&dovecot, &idp.issuer, &idp.introspection_endpoint)
+        .start()
+        .await;
+    let bob = "bob@example.com";
+    let expected = dovecot.messages(bob);
+    // curl picks OAUTHBEARER when offered (mailgate offers both; XOAUTH2 is covered by the
+    // Python clients above). Twice: the second token may hit mailgate's verdict cache.
+    for options in [None, Some("AUTH=OAUTHBEARER")] {
+        let token = idp.token(bob, "mail-app", TokenKind::Opaque).await;
+        let url = format!(
+            "imap://127.0.0.1:{}/INBOX;MAILINDEX=2",
+            mailgate.addr("imap-plain").port()
+        );
+        let mut args = vec!["--user", bob, "--oauth2-bearer", &token, &url];
+        if let Some(o) = options {
+            args.extend(["--login-options", o]);
+        }
+        let out = crate::util::run_curl(&args).await;
+        assert_success(&out);
+        assert_eq!(
+            crate::util::MessageDigest::of(&out.stdout),
+            crate::util::MessageDigest::of(&expected[1]),
+            "{options:?}"
+        );
+    }
+}
