@@ -201,6 +201,7 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
+    raise_fd_limit(config.limits.max_connections);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -380,5 +381,32 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             _ = int.recv() => tracing::info!("SIGINT: stopping"),
         }
+    }
+}
+
+/// Two descriptors per session (downstream and upstream) plus some headroom: raise the soft
+/// `RLIMIT_NOFILE` to the hard limit, and warn when even that cannot hold `max_connections`.
+fn raise_fd_limit(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+    let needed = (max_connections as u64).saturating_mul(2).saturating_add(256);
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            limit = limit.rlim_cur,
+            needed,
+            "open-file limit is below 2 x limits.max_connections; raise LimitNOFILE"
+        );
     }
 }

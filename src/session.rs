@@ -473,6 +473,8 @@ impl<F: Frontend> Preauth<'_, F> {
                     match self.login(&request).await {
                         Ok(admitted) => {
                             throttle.succeeded(&user);
+                            // The pre-auth read buffer is not needed for the rest of the session.
+                            drop(std::mem::take(&mut buf));
                             return self.splice(admitted).await;
                         }
                         Err(refusal) => {

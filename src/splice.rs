@@ -19,8 +19,12 @@ use tokio::time::Instant;
 
 use crate::proto::Protocol;
 
-/// One read per wakeup: 16 KiB, the TLS maximum record size, so a full record moves at once.
+/// Largest read per wakeup: 16 KiB, the TLS maximum record size, so a full record moves at once.
 const BUFFER: usize = 16 * 1024;
+/// First buffer of each direction: most sessions idle (IDLE, a mail client's NOOP every few
+/// minutes) and move lines, not megabytes; a read that fills it grows it to [`BUFFER`]. This
+/// keeps an idle session's memory small (10,000 IDLE sessions are a target).
+const FIRST_BUFFER: usize = 2 * 1024;
 
 /// How long a goodbye line and the closing of both sides may take: a peer that stopped
 /// reading must not hold the task.
@@ -237,9 +241,13 @@ where
         Side::Downstream => Side::Upstream,
         Side::Upstream => Side::Downstream,
     };
-    let mut buf = vec![0u8; BUFFER];
+    let mut buf = vec![0u8; FIRST_BUFFER];
     loop {
         let n = rd.read(&mut buf).await.map_err(|_| from)?;
+        if n == buf.len() && buf.len() < BUFFER {
+            // Bulk data (a FETCH, an APPEND): grow once; the bytes read stay in place.
+            buf.resize(BUFFER, 0);
+        }
         if n == 0 {
             let _ = wr.shutdown().await;
             return Ok(());
