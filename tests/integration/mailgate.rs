@@ -44,6 +44,7 @@ pub struct MailgateBuilder {
     extra: String,
     listeners: Vec<(String, String, String, String)>,
     files: Option<tempfile::TempDir>,
+    login_timeout: String,
 }
 
 impl MailgateBuilder {
@@ -98,6 +99,13 @@ impl MailgateBuilder {
             .to_path_buf()
     }
 
+    /// `login_timeout` of both `[[upstream]]` tables (default `"5s"`), e.g. `"1s"` for a fault
+    /// test whose upstream stalls.
+    pub fn login_timeout(mut self, limit: &str) -> Self {
+        self.login_timeout = limit.into();
+        self
+    }
+
     /// Raw lines for the `[limits]` table, e.g. `auth_timeout = "1s"`.
     pub fn limits(mut self, lines: &str) -> Self {
         self.limits.push_str(lines);
@@ -129,10 +137,11 @@ impl MailgateBuilder {
             t += &format!(
                 "[[upstream]]\nname = \"{name}\"\nprotocol = \"{protocol}\"\naddresses = [{}]\n\
                  tls = \"{}\"\nserver_name = \"localhost\"\nca_file = \"{}\"\n\
-                 connect_timeout = \"2s\"\nlogin_timeout = \"5s\"\n{}\n",
+                 connect_timeout = \"2s\"\nlogin_timeout = \"{}\"\n{}\n",
                 addresses.join(", "),
                 spec.tls,
                 spec.ca_file.display(),
+                self.login_timeout,
                 self.upstream_extra,
             );
         }
@@ -246,22 +255,31 @@ impl Mailgate {
     /// In front of `dovecot`: IMAP upstream over implicit TLS, POP3 upstream over STLS, both
     /// verified against the harness CA.
     pub fn builder(dovecot: &Dovecot) -> MailgateBuilder {
-        MailgateBuilder {
-            imap: UpstreamSpec {
+        Self::builder_for(
+            UpstreamSpec {
                 addresses: vec![dovecot.imaps_addr.to_string()],
                 tls: "implicit",
                 ca_file: dovecot.ca_pem.clone(),
             },
-            pop3: UpstreamSpec {
+            UpstreamSpec {
                 addresses: vec![dovecot.pop3_addr.to_string()],
                 tls: "starttls",
                 ca_file: dovecot.ca_pem.clone(),
             },
+        )
+    }
+
+    /// In front of upstreams that are not a harness Dovecot (the fakes of `fake.rs`).
+    pub fn builder_for(imap: UpstreamSpec, pop3: UpstreamSpec) -> MailgateBuilder {
+        MailgateBuilder {
+            imap,
+            pop3,
             limits: String::new(),
             upstream_extra: String::new(),
             extra: String::new(),
             listeners: Vec::new(),
             files: None,
+            login_timeout: "5s".into(),
         }
     }
 

@@ -9,6 +9,8 @@
 //! - [`idp`]: a real OAuth server (oidc-provider, `tests/idp/`) per test.
 //! - `oauth`: token verification against the real IdP; Dovecot's oauth2 passdb directly.
 //! - `proxy`: every login exchange, refusal and the splice, through mailgate.
+//! - [`fake`]: small scripted upstreams and IdPs for faults a real server will not produce.
+//! - `faults`: upstream and IdP faults through mailgate; no fd or task leaked.
 //!
 //! Needs `dovecot`, `python3`, `curl` and `node` with `tests/idp/node_modules` (`scripts/install-test-deps` installs them).
 
@@ -17,6 +19,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod dovecot;
+mod fake;
 mod fixtures;
 mod idp;
 mod pki;
@@ -24,6 +27,7 @@ mod util;
 
 mod abuse;
 mod direct;
+mod faults;
 mod lifecycle;
 mod mailgate;
 mod oauth;
