@@ -9,6 +9,8 @@
 //! - [`idp`]: a real OAuth server (oidc-provider, `tests/idp/`) per test.
 //! - `oauth`: token verification against the real IdP; Dovecot's oauth2 passdb directly.
 //! - `proxy`: every login exchange, refusal and the splice, through mailgate.
+//! - `ops_e2e`: audit records, session ends, rotation, HAProxy PROXY v2, the client address
+//!   in Dovecot's log, `/metrics` and `/readyz`: the operator surface end to end.
 //!
 //! Needs `dovecot`, `python3`, `curl` and `node` with `tests/idp/node_modules` (`scripts/install-test-deps` installs them).
 
@@ -26,6 +28,7 @@ mod direct;
 mod lifecycle;
 mod mailgate;
 mod oauth;
+mod ops_e2e;
 mod policy_e2e;
 mod proxy;
 mod reload;
