@@ -29,6 +29,7 @@ use crate::auth::Verifier;
 use crate::config::{Config, Listener, ListenerTls, UpstreamTls};
 use crate::metrics::{Metrics, Refused};
 use crate::session::{self, SessionContext};
+use crate::throttle::Throttle;
 use crate::upstream::Connector;
 
 #[derive(Debug, thiserror::Error)]
@@ -150,10 +151,14 @@ pub struct Shared {
     changed: watch::Sender<u64>,
     phase: watch::Sender<Phase>,
     pub services: Services,
+    /// Per-IP connection slots and failed-login bookkeeping; sized from the first config
+    /// (a reload does not reset who is blocked).
+    pub throttle: Throttle,
 }
 
 impl Shared {
     fn new(generation: Generation, services: Services) -> Shared {
+        let throttle = Throttle::new(generation.config.limits.throttle);
         let (changed, _) = watch::channel(generation.number);
         let (phase, _) = watch::channel(Phase::Serving);
         Shared {
@@ -161,6 +166,7 @@ impl Shared {
             changed,
             phase,
             services,
+            throttle,
         }
     }
 

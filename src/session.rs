@@ -42,6 +42,7 @@ use crate::proto::{
 use crate::server::{Generation, Phase, Services, Shared};
 use crate::splice::{self, End, Interrupt, Side, Totals};
 use crate::stream::{Downstream, MaybeTls};
+use crate::throttle::Verdict;
 use crate::upstream::{self, Peer};
 
 /// Longest a TLS handshake may take before the session is dropped: a handshake is a few round
@@ -339,6 +340,26 @@ async fn drive(mut tcp: TcpStream, ctx: &SessionContext, trail: &mut Trail) -> E
         }
     };
     trail.connect(Some(&down));
+    // One address may hold only so many connections (a NAT'd office shares one, so the cap
+    // is generous); the slot is held for the whole session.
+    let Some(_slot) = ctx.shared.throttle.connect(trail.peer.source.ip()) else {
+        tracing::warn!(client = %trail.peer.source.ip(), "too many connections from one address");
+        trail
+            .services
+            .metrics
+            .connection_refused(&ctx.listener.name, Refused::Limit);
+        let goodbye: &[u8] = match ctx.listener.protocol {
+            Protocol::Imap => b"* BYE [UNAVAILABLE] Too many connections from your address\r\n",
+            Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections from your address\r\n",
+        };
+        let mut down = down;
+        let _ = timeout(HANDSHAKE_TIMEOUT, async {
+            down.write_all(goodbye).await?;
+            down.shutdown().await
+        })
+        .await;
+        return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
+    };
     let security = match ctx.listener.tls {
         ListenerTls::Implicit => Security::Tls,
         ListenerTls::StartTls => Security::StartTlsOffered,
@@ -446,9 +467,25 @@ impl<F: Frontend> Preauth<'_, F> {
                     continue;
                 }
                 Some(FrontendEvent::LoginRequested(request)) => {
+                    let user = request.user().unwrap_or("").to_owned();
+                    let client = self.trail.peer.source.ip();
+                    let throttle = &self.ctx.shared.throttle;
                     match self.login(&request).await {
-                        Ok(admitted) => return self.splice(admitted).await,
-                        Err(refusal) => self.machine.handle_outcome(LoginOutcome::Refused(refusal)),
+                        Ok(admitted) => {
+                            throttle.succeeded(&user);
+                            return self.splice(admitted).await;
+                        }
+                        Err(refusal) => {
+                            if refusal.class != ReplyClass::Unavailable {
+                                // fail2ban reads this line (packaging/fail2ban).
+                                tracing::warn!(%client, user, "login failed");
+                                let delay =
+                                    throttle.failed(client, &user, std::time::Instant::now());
+                                // Growing delay before the answer slows password guessing.
+                                tokio::time::sleep(delay).await;
+                            }
+                            self.machine.handle_outcome(LoginOutcome::Refused(refusal));
+                        }
                     }
                     continue;
                 }
@@ -543,6 +580,21 @@ impl<F: Frontend> Preauth<'_, F> {
             upstream: None,
             reason: Reason::Ok,
         };
+
+        // Blocked addresses and users are refused before anything is checked or replayed.
+        let client = self.trail.peer.source.ip();
+        let claimed = request.user().unwrap_or("");
+        if let Verdict::Blocked { .. } =
+            self.ctx
+                .shared
+                .throttle
+                .check(client, claimed, std::time::Instant::now())
+        {
+            tracing::warn!(%client, user = claimed, "login refused: rate limited");
+            record.reason = Reason::RateLimited;
+            self.trail.auth(record);
+            return Err(self.refusal(ReplyClass::Unavailable, policy::refusal::RATE_LIMITED, None));
+        }
 
         // Step 4's token check comes first: without a verified token there are no facts to
         // decide on. An invalid token and an unreachable IdP are refused here, never let

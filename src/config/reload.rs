@@ -163,9 +163,23 @@ async fn watch_with(
     loop {
         let trigger = tokio::select! {
             Some(()) = changed.recv() => {
-                // Debounce: wait until the files have been quiet for DEBOUNCE.
-                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, changed.recv()).await {}
-                "file"
+                // Debounce: wait until the files have been quiet for DEBOUNCE, unless the
+                // operator says "now" with SIGHUP (edit, then `systemctl reload`).
+                loop {
+                    tokio::select! {
+                        quiet = tokio::time::timeout(DEBOUNCE, changed.recv()) => {
+                            if !matches!(quiet, Ok(Some(()))) {
+                                break "file";
+                            }
+                        }
+                        Some(()) = async {
+                            match hangup.as_mut() {
+                                Some(h) => h.recv().await,
+                                None => std::future::pending().await,
+                            }
+                        } => break "sighup",
+                    }
+                }
             }
             Some(()) = async {
                 match hangup.as_mut() {

@@ -153,7 +153,16 @@ impl MailgateBuilder {
         t += &format!(
             "[tls]\ncert_file = \"{repo}/certs/localhost.pem\"\nkey_file = \"{repo}/certs/localhost.key\"\n\n"
         );
-        t += &format!("[limits]\n{}\n[log]\nfilter = \"debug\"\n", self.limits);
+        // Tests make many failed logins from 127.0.0.1: no tarpit unless a test asks for one.
+        let delay = if self.limits.contains("login_failure_delay") {
+            ""
+        } else {
+            "login_failure_delay = \"0s\"\n"
+        };
+        t += &format!(
+            "[limits]\n{delay}{}\n[log]\nfilter = \"debug\"\n",
+            self.limits
+        );
         t += &self.extra;
         t
     }

@@ -24,10 +24,12 @@ mod idp;
 mod pki;
 mod util;
 
+mod abuse;
 mod direct;
 mod lifecycle;
 mod mailgate;
 mod oauth;
+mod oauth_e2e;
 mod ops_e2e;
 mod policy_e2e;
 mod proxy;
