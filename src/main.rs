@@ -401,7 +401,9 @@ fn raise_fd_limit(max_connections: usize) {
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
-    let needed = (max_connections as u64).saturating_mul(2).saturating_add(256);
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(256);
     if limit.rlim_cur < needed {
         tracing::warn!(
             limit = limit.rlim_cur,

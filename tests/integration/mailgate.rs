@@ -41,6 +41,7 @@ pub struct MailgateBuilder {
     pop3: UpstreamSpec,
     limits: String,
     upstream_extra: String,
+    imap_upstream_extra: String,
     extra: String,
     listeners: Vec<(String, String, String, String)>,
     files: Option<tempfile::TempDir>,
@@ -62,6 +63,14 @@ impl MailgateBuilder {
     pub fn upstream_options(mut self, lines: &str) -> Self {
         self.upstream_extra.push_str(lines);
         self.upstream_extra.push('\n');
+        self
+    }
+
+    /// Raw lines added to the IMAP `[[upstream]]` table only, e.g. `send_id = true` (which
+    /// the config refuses on a POP3 upstream).
+    pub fn imap_upstream_options(mut self, lines: &str) -> Self {
+        self.imap_upstream_extra.push_str(lines);
+        self.imap_upstream_extra.push('\n');
         self
     }
 
@@ -134,10 +143,15 @@ impl MailgateBuilder {
         ] {
             let addresses: Vec<String> =
                 spec.addresses.iter().map(|a| format!("\"{a}\"")).collect();
+            let only = if protocol == "imap" {
+                self.imap_upstream_extra.as_str()
+            } else {
+                ""
+            };
             t += &format!(
                 "[[upstream]]\nname = \"{name}\"\nprotocol = \"{protocol}\"\naddresses = [{}]\n\
                  tls = \"{}\"\nserver_name = \"localhost\"\nca_file = \"{}\"\n\
-                 connect_timeout = \"2s\"\nlogin_timeout = \"{}\"\n{}\n",
+                 connect_timeout = \"2s\"\nlogin_timeout = \"{}\"\n{}{only}\n",
                 addresses.join(", "),
                 spec.tls,
                 spec.ca_file.display(),
@@ -276,6 +290,7 @@ impl Mailgate {
             pop3,
             limits: String::new(),
             upstream_extra: String::new(),
+            imap_upstream_extra: String::new(),
             extra: String::new(),
             listeners: Vec::new(),
             files: None,

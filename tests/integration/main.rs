@@ -11,6 +11,8 @@
 //! - `proxy`: every login exchange, refusal and the splice, through mailgate.
 //! - [`fake`]: small scripted upstreams and IdPs for faults a real server will not produce.
 //! - `faults`: upstream and IdP faults through mailgate; no fd or task leaked.
+//! - `ops_e2e`: audit records, session ends, rotation, HAProxy PROXY v2, the client address
+//!   in Dovecot's log, `/metrics` and `/readyz`: the operator surface end to end.
 //!
 //! Needs `dovecot`, `python3`, `curl` and `node` with `tests/idp/node_modules` (`scripts/install-test-deps` installs them).
 
@@ -32,6 +34,7 @@ mod lifecycle;
 mod mailgate;
 mod oauth;
 mod oauth_e2e;
+mod ops_e2e;
 mod policy_e2e;
 mod proxy;
 mod reload;
