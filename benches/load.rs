@@ -1,28 +1,57 @@
-//! End-to-end load program: logins/s with latency percentiles, and FETCH/RETR throughput,
-//! against any IMAP/POP3 address (mailgate or the upstream directly), over TLS or plaintext.
+//! End-to-end load program: logins/s with latency percentiles, FETCH/RETR throughput, per-message
+//! fetch latency and idle-session capacity, against any IMAP/POP3 address (mailgate or the
+//! upstream directly), over TLS or plaintext. `scripts/bench` drives it; it can be run by hand:
 //!
 //! ```text
 //! cargo bench --bench load -- --addr 127.0.0.1:1993 --protocol imap --tls implicit \
 //!     --insecure --user alice@example.com --pass alice-secret --mode login \
 //!     --concurrency 16 --seconds 10
 //! ```
-//! Modes: `login` (IMAP LOGIN→LOGOUT, POP3 USER/PASS→QUIT, each on a fresh TLS connection),
-//! `fetch` (IMAP `FETCH 1:* BODY.PEEK[]` / POP3 `RETR` of every message, repeated). Every loop is
-//! bounded by `--seconds`; it talks only to the address it is given.
+//!
+//! Modes (each op on a fresh connection unless noted):
+//! - `login`: IMAP LOGIN→SELECT INBOX→LOGOUT, POP3 USER/PASS→STAT→QUIT.
+//! - `xoauth2`: as `login` with SASL XOAUTH2 (IMAP `AUTHENTICATE XOAUTH2` with SASL-IR, POP3
+//!   `AUTH XOAUTH2`); the token comes from `--token`, or is fetched once per run from
+//!   `--token-url` (the test IdP's `GET /test/token?...`).
+//! - `fetch`: login, `FETCH 1:* BODY.PEEK[]` (POP3: `RETR` of every message), logout; MB/s.
+//! - `fetch-each`: one connection per worker, logged in once, then `FETCH n BODY.PEEK[]` (POP3
+//!   `RETR n`) for every message in turn, repeated; the latency reported is per fetch, so a
+//!   Nagle/delayed-ACK stall (~40 ms on Linux) shows up in p99/max. Messages of 64 KiB or more
+//!   count towards MB/s but not towards the latency figures.
+//! - `idle`: open `--sessions` IMAP sessions (`--concurrency` at a time: connect, login,
+//!   SELECT INBOX, IDLE), hold them all for `--hold` seconds while watching each for a drop,
+//!   then end IDLE (`DONE` must be answered `OK`) and count the sessions still alive. With
+//!   `--watch-pid PID[,PID...]` it samples the summed VmRSS of those processes (mailgate)
+//!   before the ramp, once all sessions are up, every 5 s during the hold and at its end.
+//!
+//! `--addr` may list several addresses, comma-separated: connections go to them round-robin
+//! (used when one process cannot hold all sessions under the file-descriptor limit).
+//! The program raises its own RLIMIT_NOFILE to the hard limit. Every loop is bounded by
+//! `--seconds` (ramp, for `idle`) and `--hold`; every network wait has a timeout. It talks
+//! only to the addresses it is given.
 
 // A measuring tool, not the proxy: a broken setup should stop it loudly.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+/// Bound on any single operation (connect, login, one fetch, one response).
+const OP_TIMEOUT: Duration = Duration::from_secs(30);
+/// RSS sampling interval during an idle hold.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// `fetch-each`: responses from this size on are left out of the latency figures.
+const LARGE: u64 = 64 * 1024;
+
 #[derive(Clone)]
 struct Args {
-    addr: String,
+    addrs: Vec<String>,
     protocol: String,
     tls: String,
     insecure: bool,
@@ -32,11 +61,16 @@ struct Args {
     mode: String,
     concurrency: usize,
     seconds: u64,
+    token: Option<String>,
+    token_url: Option<String>,
+    sessions: usize,
+    hold: u64,
+    watch_pids: Vec<u32>,
 }
 
 fn parse_args() -> Args {
     let mut a = Args {
-        addr: "127.0.0.1:1993".into(),
+        addrs: vec!["127.0.0.1:1993".into()],
         protocol: "imap".into(),
         tls: "implicit".into(),
         insecure: false,
@@ -46,12 +80,17 @@ fn parse_args() -> Args {
         mode: "login".into(),
         concurrency: 16,
         seconds: 10,
+        token: None,
+        token_url: None,
+        sessions: 1000,
+        hold: 60,
+        watch_pids: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().unwrap_or_default();
         match k.as_str() {
-            "--addr" => a.addr = v(),
+            "--addr" => a.addrs = v().split(',').map(str::to_owned).collect(),
             "--protocol" => a.protocol = v(),
             "--tls" => a.tls = v(),
             "--insecure" => a.insecure = true,
@@ -61,6 +100,13 @@ fn parse_args() -> Args {
             "--mode" => a.mode = v(),
             "--concurrency" => a.concurrency = v().parse().unwrap_or(16),
             "--seconds" => a.seconds = v().parse().unwrap_or(10),
+            "--token" => a.token = Some(v()),
+            "--token-url" => a.token_url = Some(v()),
+            "--sessions" => a.sessions = v().parse().unwrap_or(1000),
+            "--hold" => a.hold = v().parse().unwrap_or(60),
+            "--watch-pid" => {
+                a.watch_pids = v().split(',').filter_map(|p| p.parse().ok()).collect();
+            }
             "--bench" => {}
             other => eprintln!("ignoring argument {other}"),
         }
@@ -112,7 +158,8 @@ fn connector(args: &Args) -> tokio_rustls::TlsConnector {
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("tls 1.3");
-    let config = if args.insecure {
+    // Plaintext runs never use the connector: any verifier will do.
+    let mut config = if args.insecure || args.tls == "none" {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
@@ -125,25 +172,63 @@ fn connector(args: &Args) -> tokio_rustls::TlsConnector {
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };
+    // Every login is a full handshake, as a fleet of distinct mail clients would do.
+    config.resumption = rustls::client::Resumption::disabled();
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 type Conn = BufReader<Box<dyn Io>>;
 
-async fn read_until(conn: &mut Conn, mut done: impl FnMut(&str) -> bool) -> std::io::Result<u64> {
-    let mut line = String::new();
+fn eof() -> std::io::Error {
+    std::io::ErrorKind::UnexpectedEof.into()
+}
+
+async fn read_line(conn: &mut Conn, line: &mut Vec<u8>) -> std::io::Result<usize> {
+    line.clear();
+    let n = conn.read_until(b'\n', line).await?;
+    if n == 0 {
+        return Err(eof());
+    }
+    Ok(n)
+}
+
+/// Reads lines until `done` says stop; returns the bytes read.
+async fn read_until(conn: &mut Conn, mut done: impl FnMut(&[u8]) -> bool) -> std::io::Result<u64> {
+    let mut line = Vec::new();
     let mut bytes = 0u64;
     loop {
-        line.clear();
-        let n = conn.read_line(&mut line).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        bytes += n as u64;
+        bytes += read_line(conn, &mut line).await? as u64;
         if done(&line) {
             return Ok(bytes);
         }
     }
+}
+
+/// Reads an IMAP response up to the tagged line, skipping over `{n}` literals. Returns the
+/// bytes read and whether the tagged status was OK.
+async fn read_tagged(conn: &mut Conn, tag: &str) -> std::io::Result<(u64, bool)> {
+    let prefix = format!("{tag} ");
+    let mut line = Vec::new();
+    let mut bytes = 0u64;
+    let mut body = Vec::new();
+    loop {
+        bytes += read_line(conn, &mut line).await? as u64;
+        if line.starts_with(prefix.as_bytes()) {
+            let ok = line[prefix.len()..].starts_with(b"OK");
+            return Ok((bytes, ok));
+        }
+        if let Some(n) = literal_len(&line) {
+            body.resize(n, 0);
+            conn.read_exact(&mut body).await?;
+            bytes += n as u64;
+        }
+    }
+}
+
+fn literal_len(line: &[u8]) -> Option<usize> {
+    let line = line.strip_suffix(b"}\r\n")?;
+    let open = line.iter().rposition(|b| *b == b'{')?;
+    std::str::from_utf8(&line[open + 1..]).ok()?.parse().ok()
 }
 
 async fn send(conn: &mut Conn, line: &str) -> std::io::Result<()> {
@@ -151,8 +236,12 @@ async fn send(conn: &mut Conn, line: &str) -> std::io::Result<()> {
     conn.get_mut().flush().await
 }
 
-async fn connect(args: &Args, tls: &tokio_rustls::TlsConnector) -> std::io::Result<Conn> {
-    let tcp = TcpStream::connect(&args.addr).await?;
+async fn connect(
+    addr: &str,
+    args: &Args,
+    tls: &tokio_rustls::TlsConnector,
+) -> std::io::Result<Conn> {
+    let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from("localhost").expect("name");
     let io: Box<dyn Io> = match args.tls.as_str() {
@@ -160,47 +249,100 @@ async fn connect(args: &Args, tls: &tokio_rustls::TlsConnector) -> std::io::Resu
         "none" => Box::new(tcp),
         other => panic!("--tls {other}: use implicit or none"),
     };
-    let mut conn = BufReader::new(io);
+    // Small read buffer: `idle` holds thousands of these.
+    let mut conn = BufReader::with_capacity(4096, io);
     read_until(&mut conn, |_| true).await?; // greeting
     Ok(conn)
 }
 
+fn xoauth2_ir(user: &str, token: &str) -> String {
+    let raw = format!("user={user}\x01auth=Bearer {token}\x01\x01");
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
 async fn login(args: &Args, conn: &mut Conn) -> std::io::Result<()> {
+    let refused = |what: &str| std::io::Error::other(format!("login refused: {what}"));
     if args.protocol == "imap" {
-        send(
-            conn,
-            &format!("a LOGIN \"{}\" \"{}\"\r\n", args.user, args.pass),
-        )
-        .await?;
-        let mut ok = false;
+        let cmd = match args.token.as_deref() {
+            Some(token) if args.mode == "xoauth2" => {
+                format!(
+                    "a AUTHENTICATE XOAUTH2 {}\r\n",
+                    xoauth2_ir(&args.user, token)
+                )
+            }
+            _ => format!("a LOGIN \"{}\" \"{}\"\r\n", args.user, args.pass),
+        };
+        send(conn, &cmd).await?;
+        let mut last = Vec::new();
         read_until(conn, |l| {
-            ok = l.starts_with("a OK");
-            l.starts_with("a ")
+            last = l.to_vec();
+            // A `+` continuation here is an XOAUTH2 error challenge: the refusal follows.
+            l.starts_with(b"a ") || l.starts_with(b"+")
         })
         .await?;
-        if ok {
+        if last.starts_with(b"a OK") {
             Ok(())
         } else {
-            Err(std::io::Error::other("login refused"))
+            Err(refused(&String::from_utf8_lossy(&last)))
         }
     } else {
-        send(conn, &format!("USER {}\r\n", args.user)).await?;
-        read_until(conn, |_| true).await?;
-        send(conn, &format!("PASS {}\r\n", args.pass)).await?;
-        let mut line = String::new();
-        conn.read_line(&mut line).await?;
-        if line.starts_with("+OK") {
+        match args.token.as_deref() {
+            Some(token) if args.mode == "xoauth2" => {
+                send(
+                    conn,
+                    &format!("AUTH XOAUTH2 {}\r\n", xoauth2_ir(&args.user, token)),
+                )
+                .await?;
+            }
+            _ => {
+                send(conn, &format!("USER {}\r\n", args.user)).await?;
+                read_until(conn, |_| true).await?;
+                send(conn, &format!("PASS {}\r\n", args.pass)).await?;
+            }
+        }
+        let mut line = Vec::new();
+        read_line(conn, &mut line).await?;
+        if line.starts_with(b"+OK") {
             Ok(())
         } else {
-            Err(std::io::Error::other(line))
+            Err(refused(&String::from_utf8_lossy(&line)))
         }
     }
+}
+
+/// IMAP SELECT INBOX, POP3 STAT; returns the message count.
+async fn open_mailbox(args: &Args, conn: &mut Conn) -> std::io::Result<usize> {
+    let mut count = 0;
+    if args.protocol == "imap" {
+        send(conn, "s SELECT INBOX\r\n").await?;
+        read_until(conn, |l| {
+            if let Some(n) = l
+                .strip_prefix(b"* ")
+                .and_then(|r| r.strip_suffix(b" EXISTS\r\n"))
+                .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok())
+            {
+                count = n;
+            }
+            l.starts_with(b"s ")
+        })
+        .await?;
+    } else {
+        send(conn, "STAT\r\n").await?;
+        let mut stat = Vec::new();
+        read_line(conn, &mut stat).await?;
+        count = String::from_utf8_lossy(&stat)
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+    }
+    Ok(count)
 }
 
 async fn logout(args: &Args, conn: &mut Conn) -> std::io::Result<()> {
     if args.protocol == "imap" {
         send(conn, "z LOGOUT\r\n").await?;
-        read_until(conn, |l| l.starts_with("z ")).await?;
+        read_until(conn, |l| l.starts_with(b"z ")).await?;
     } else {
         send(conn, "QUIT\r\n").await?;
         read_until(conn, |_| true).await?;
@@ -208,45 +350,34 @@ async fn logout(args: &Args, conn: &mut Conn) -> std::io::Result<()> {
     Ok(())
 }
 
-/// One unit of work; returns the payload bytes read.
-async fn one(args: &Args, tls: &tokio_rustls::TlsConnector) -> std::io::Result<u64> {
-    let mut conn = connect(args, tls).await?;
+/// Fetches message `n` (IMAP `FETCH n BODY.PEEK[]`, POP3 `RETR n`); returns the bytes read.
+async fn fetch_one(args: &Args, conn: &mut Conn, n: usize) -> std::io::Result<u64> {
+    if args.protocol == "imap" {
+        send(conn, &format!("f FETCH {n} BODY.PEEK[]\r\n")).await?;
+        let (bytes, ok) = read_tagged(conn, "f").await?;
+        if !ok {
+            return Err(std::io::Error::other("FETCH failed"));
+        }
+        Ok(bytes)
+    } else {
+        send(conn, &format!("RETR {n}\r\n")).await?;
+        read_until(conn, |l| l == b".\r\n").await
+    }
+}
+
+/// One unit of work for `login`, `xoauth2` and `fetch`; returns the payload bytes read.
+async fn one(addr: &str, args: &Args, tls: &tokio_rustls::TlsConnector) -> std::io::Result<u64> {
+    let mut conn = connect(addr, args, tls).await?;
     login(args, &mut conn).await?;
+    let count = open_mailbox(args, &mut conn).await?;
     let mut bytes = 0;
     if args.mode == "fetch" {
         if args.protocol == "imap" {
-            send(&mut conn, "s SELECT INBOX\r\n").await?;
-            read_until(&mut conn, |l| l.starts_with("s ")).await?;
             send(&mut conn, "f FETCH 1:* BODY.PEEK[]\r\n").await?;
-            // Literal-aware read: FETCH bodies are `{n}` literals.
-            loop {
-                let mut line = Vec::new();
-                conn.read_until(b'\n', &mut line).await?;
-                if line.is_empty() {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                bytes += line.len() as u64;
-                if line.starts_with(b"f ") {
-                    break;
-                }
-                if let Some(n) = literal_len(&line) {
-                    let mut body = vec![0u8; n];
-                    conn.read_exact(&mut body).await?;
-                    bytes += n as u64;
-                }
-            }
+            bytes += read_tagged(&mut conn, "f").await?.0;
         } else {
-            send(&mut conn, "STAT\r\n").await?;
-            let mut stat = String::new();
-            conn.read_line(&mut stat).await?;
-            let count: usize = stat
-                .split(' ')
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
             for i in 1..=count {
-                send(&mut conn, &format!("RETR {i}\r\n")).await?;
-                bytes += read_until(&mut conn, |l| l == ".\r\n").await?;
+                bytes += fetch_one(args, &mut conn, i).await?;
             }
         }
     }
@@ -254,10 +385,352 @@ async fn one(args: &Args, tls: &tokio_rustls::TlsConnector) -> std::io::Result<u
     Ok(bytes)
 }
 
-fn literal_len(line: &[u8]) -> Option<usize> {
-    let line = line.strip_suffix(b"}\r\n")?;
-    let open = line.iter().rposition(|b| *b == b'{')?;
-    std::str::from_utf8(&line[open + 1..]).ok()?.parse().ok()
+#[derive(Default)]
+struct Tally {
+    lat: Vec<Duration>,
+    bytes: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn error(&mut self, e: impl std::fmt::Display) {
+        self.errors += 1;
+        self.first_error.get_or_insert_with(|| e.to_string());
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.lat.extend(other.lat);
+        self.bytes += other.bytes;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// A worker for `login`, `xoauth2`, `fetch`: fresh connection per op until the deadline.
+async fn worker(
+    addr: String,
+    args: Arc<Args>,
+    tls: tokio_rustls::TlsConnector,
+    deadline: Instant,
+) -> Tally {
+    let mut t = Tally::default();
+    while Instant::now() < deadline {
+        let start = Instant::now();
+        match tokio::time::timeout(OP_TIMEOUT, one(&addr, &args, &tls)).await {
+            Ok(Ok(b)) => {
+                t.lat.push(start.elapsed());
+                t.bytes += b;
+            }
+            Ok(Err(e)) => t.error(e),
+            Err(_) => t.error("timed out"),
+        }
+    }
+    t
+}
+
+/// A worker for `fetch-each`: one logged-in connection, every message fetched in turn.
+async fn fetch_each_worker(
+    addr: String,
+    args: Arc<Args>,
+    tls: tokio_rustls::TlsConnector,
+    deadline: Instant,
+) -> Tally {
+    let mut t = Tally::default();
+    let setup = async {
+        let mut conn = connect(&addr, &args, &tls).await?;
+        login(&args, &mut conn).await?;
+        let count = open_mailbox(&args, &mut conn).await?;
+        Ok::<_, std::io::Error>((conn, count))
+    };
+    let (mut conn, count) = match tokio::time::timeout(OP_TIMEOUT, setup).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            t.error(e);
+            return t;
+        }
+        Err(_) => {
+            t.error("setup timed out");
+            return t;
+        }
+    };
+    'run: while Instant::now() < deadline {
+        for n in 1..=count {
+            if Instant::now() >= deadline {
+                break 'run;
+            }
+            let start = Instant::now();
+            match tokio::time::timeout(OP_TIMEOUT, fetch_one(&args, &mut conn, n)).await {
+                // Latency counts for ordinary messages only: a multi-megabyte one measures
+                // throughput, and would be the p99 of a small mailbox by itself.
+                Ok(Ok(b)) if b < LARGE => {
+                    t.lat.push(start.elapsed());
+                    t.bytes += b;
+                }
+                Ok(Ok(b)) => t.bytes += b,
+                Ok(Err(e)) => {
+                    t.error(e);
+                    break 'run;
+                }
+                Err(_) => {
+                    t.error("fetch timed out");
+                    break 'run;
+                }
+            }
+        }
+    }
+    let _ = tokio::time::timeout(OP_TIMEOUT, logout(&args, &mut conn)).await;
+    t
+}
+
+fn report(args: &Args, mut t: Tally, secs: f64) {
+    t.lat.sort();
+    let lat = &t.lat;
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)));
+    let ms = |d: Option<&Duration>| d.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(f64::NAN);
+    if let Some(e) = &t.first_error {
+        eprintln!("first error: {e}");
+    }
+    println!(
+        "addr={} protocol={} mode={} concurrency={} ops={} errors={} ops/s={:.1} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} MB/s={:.1}",
+        args.addrs.join(","),
+        args.protocol,
+        args.mode,
+        args.concurrency,
+        lat.len(),
+        t.errors,
+        lat.len() as f64 / secs,
+        ms(pct(0.50)),
+        ms(pct(0.99)),
+        ms(lat.last()),
+        t.bytes as f64 / secs / 1e6,
+    );
+}
+
+/// Summed resident set (KiB) of `pids`, from `/proc/PID/status` `VmRSS`.
+fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// How one idle session ended.
+enum Held {
+    /// Still there at the end of the hold and `DONE` was answered `OK`.
+    Alive,
+    /// Never got to IDLE.
+    SetupFailed(String),
+    /// Dropped (EOF, BYE, error) during the hold, or `DONE` was not answered.
+    Lost(String),
+}
+
+async fn idle_session(
+    addr: String,
+    args: Arc<Args>,
+    tls: tokio_rustls::TlsConnector,
+    ramp: Arc<tokio::sync::Semaphore>,
+    up: Arc<AtomicUsize>,
+    all_up: Arc<tokio::sync::Notify>,
+    mut hold_end: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
+) -> Held {
+    let setup = async {
+        let _permit = ramp.acquire().await.expect("semaphore");
+        let mut conn = connect(&addr, &args, &tls).await?;
+        login(&args, &mut conn).await?;
+        open_mailbox(&args, &mut conn).await?;
+        send(&mut conn, "i IDLE\r\n").await?;
+        read_until(&mut conn, |l| l.starts_with(b"+")).await?;
+        Ok::<_, std::io::Error>(conn)
+    };
+    let result = tokio::time::timeout(OP_TIMEOUT, setup).await;
+    // Counted whether or not it worked, so the ramp always finishes.
+    let counted = up.fetch_add(1, Ordering::SeqCst) + 1;
+    if counted == args.sessions {
+        all_up.notify_one();
+    }
+    let mut conn = match result {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return Held::SetupFailed(e.to_string()),
+        Err(_) => return Held::SetupFailed("setup timed out".into()),
+    };
+    // Hold: any line other than an untagged keep-alive ("* OK Still here"), EOF or an error is
+    // a lost session. `hold_end` is set once every session is up (or the ramp gave up).
+    let mut line = Vec::new();
+    loop {
+        let end = *hold_end.borrow();
+        let wake = async {
+            match end {
+                Some(end) => tokio::time::sleep_until(end).await,
+                None => {
+                    let _ = hold_end.changed().await;
+                }
+            }
+        };
+        tokio::select! {
+            r = read_line(&mut conn, &mut line) => match r {
+                Ok(_) if line.starts_with(b"* OK") => {}
+                Ok(_) => return Held::Lost(String::from_utf8_lossy(&line).trim().to_owned()),
+                Err(e) => return Held::Lost(e.to_string()),
+            },
+            () = wake => if end.is_some() { break },
+        }
+    }
+    let done = async {
+        send(&mut conn, "DONE\r\n").await?;
+        let (_, ok) = read_tagged(&mut conn, "i").await?;
+        if !ok {
+            return Err(std::io::Error::other("IDLE not answered OK"));
+        }
+        let _ = logout(&args, &mut conn).await;
+        Ok(())
+    };
+    match tokio::time::timeout(OP_TIMEOUT, done).await {
+        Ok(Ok(())) => Held::Alive,
+        Ok(Err(e)) => Held::Lost(e.to_string()),
+        Err(_) => Held::Lost("DONE timed out".into()),
+    }
+}
+
+async fn run_idle(args: Arc<Args>, tls: tokio_rustls::TlsConnector) {
+    let rss_before = rss_kib(&args.watch_pids);
+    let ramp = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let up = Arc::new(AtomicUsize::new(0));
+    let all_up = Arc::new(tokio::sync::Notify::new());
+    let (hold_tx, hold_rx) = tokio::sync::watch::channel(None);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(args.sessions);
+    for i in 0..args.sessions {
+        let addr = args.addrs[i % args.addrs.len()].clone();
+        tasks.push(tokio::spawn(idle_session(
+            addr,
+            args.clone(),
+            tls.clone(),
+            ramp.clone(),
+            up.clone(),
+            all_up.clone(),
+            hold_rx.clone(),
+        )));
+    }
+    // Ramp: bounded by --seconds; progress on stderr so a slow ramp is visible.
+    let ramp_deadline = tokio::time::Instant::now() + Duration::from_secs(args.seconds);
+    loop {
+        tokio::select! {
+            () = all_up.notified() => break,
+            () = tokio::time::sleep_until(ramp_deadline) => {
+                eprintln!("ramp: gave up waiting after {} s", args.seconds);
+                break;
+            }
+            () = tokio::time::sleep(Duration::from_secs(10)) => {
+                eprintln!("ramp: {} of {} sessions set up", up.load(Ordering::SeqCst), args.sessions);
+            }
+        }
+    }
+    let ramp_secs = started.elapsed().as_secs_f64();
+    let rss_up = rss_kib(&args.watch_pids);
+    let hold_end = tokio::time::Instant::now() + Duration::from_secs(args.hold);
+    hold_tx.send(Some(hold_end)).expect("sessions listen");
+    eprintln!(
+        "holding {} sessions for {} s (ramp took {ramp_secs:.1} s)",
+        up.load(Ordering::SeqCst),
+        args.hold
+    );
+    let mut rss_max = rss_up;
+    // Sample every few seconds, then once more just before the hold ends (before DONE).
+    let rss_end = loop {
+        let now = tokio::time::Instant::now();
+        let next = now + SAMPLE_EVERY;
+        if next + Duration::from_millis(500) >= hold_end {
+            let last = hold_end
+                .checked_sub(Duration::from_millis(200))
+                .unwrap_or(now);
+            tokio::time::sleep_until(last.max(now)).await;
+            let rss = rss_kib(&args.watch_pids);
+            rss_max = rss_max.max(rss);
+            break rss;
+        }
+        tokio::time::sleep_until(next).await;
+        rss_max = rss_max.max(rss_kib(&args.watch_pids));
+    };
+    let (mut alive, mut setup_failed, mut lost) = (0usize, 0usize, 0usize);
+    let (mut first_setup, mut first_lost) = (None, None);
+    for t in tasks {
+        match t.await.expect("session task") {
+            Held::Alive => alive += 1,
+            Held::SetupFailed(e) => {
+                setup_failed += 1;
+                first_setup.get_or_insert(e);
+            }
+            Held::Lost(e) => {
+                lost += 1;
+                first_lost.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_setup {
+        eprintln!("first setup failure: {e}");
+    }
+    if let Some(e) = first_lost {
+        eprintln!("first lost session: {e}");
+    }
+    let established = args.sessions - setup_failed;
+    let per_session = if established > 0 {
+        rss_end.saturating_sub(rss_before) as f64 / established as f64
+    } else {
+        f64::NAN
+    };
+    println!(
+        "addr={} mode=idle sessions={} established={} alive={} lost={} setup_failed={} ramp_s={:.1} hold_s={} rss_before_kib={} rss_up_kib={} rss_end_kib={} rss_max_kib={} kib_per_session={:.1}",
+        args.addrs.join(","),
+        args.sessions,
+        established,
+        alive,
+        lost,
+        setup_failed,
+        ramp_secs,
+        args.hold,
+        rss_before,
+        rss_up,
+        rss_end,
+        rss_max,
+        per_session,
+    );
+}
+
+/// Raise RLIMIT_NOFILE to the hard limit: `idle` holds one descriptor per session.
+fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a valid, owned struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+    }
+    lim.rlim_cur
+}
+
+async fn fetch_token(url: &str) -> String {
+    let resp = reqwest::Client::builder()
+        .timeout(OP_TIMEOUT)
+        .build()
+        .expect("http client")
+        .get(url)
+        .send()
+        .await
+        .expect("--token-url answers");
+    assert!(resp.status().is_success(), "--token-url: {}", resp.status());
+    resp.text().await.expect("token body").trim().to_owned()
 }
 
 #[tokio::main]
@@ -269,51 +742,49 @@ async fn main() {
         println!("load: a load program; run it with `cargo bench --bench load -- --addr ...`");
         return;
     }
-    let args = parse_args();
+    let mut args = parse_args();
+    let nofile = raise_nofile();
+    if args.mode == "idle" && (args.sessions as u64) + 64 > nofile {
+        eprintln!(
+            "warning: RLIMIT_NOFILE is {nofile}, below --sessions {}",
+            args.sessions
+        );
+    }
+    if args.mode == "xoauth2" && args.token.is_none() {
+        let url = args
+            .token_url
+            .clone()
+            .expect("--mode xoauth2 needs --token or --token-url");
+        args.token = Some(fetch_token(&url).await);
+    }
+    let args = Arc::new(args);
     let tls = connector(&args);
+    if args.mode == "idle" {
+        run_idle(args, tls).await;
+        return;
+    }
+    assert!(
+        ["login", "xoauth2", "fetch", "fetch-each"].contains(&args.mode.as_str()),
+        "--mode {}: use login, xoauth2, fetch, fetch-each or idle",
+        args.mode
+    );
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
+    for i in 0..args.concurrency {
+        let addr = args.addrs[i % args.addrs.len()].clone();
         let (args, tls) = (args.clone(), tls.clone());
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let (mut bytes, mut errors) = (0u64, 0u64);
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                match tokio::time::timeout(Duration::from_secs(30), one(&args, &tls)).await {
-                    Ok(Ok(b)) => {
-                        lat.push(t.elapsed());
-                        bytes += b;
-                    }
-                    _ => errors += 1,
-                }
+            if args.mode == "fetch-each" {
+                fetch_each_worker(addr, args, tls, deadline).await
+            } else {
+                worker(addr, args, tls, deadline).await
             }
-            (lat, bytes, errors)
         }));
     }
-    let (mut lat, mut bytes, mut errors) = (Vec::new(), 0u64, 0u64);
+    let mut total = Tally::default();
     for t in tasks {
-        let (l, b, e) = t.await.expect("worker");
-        lat.extend(l);
-        bytes += b;
-        errors += e;
+        total.merge(t.await.expect("worker"));
     }
-    let secs = started.elapsed().as_secs_f64();
-    lat.sort();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)));
-    let ms = |d: Option<&Duration>| d.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(f64::NAN);
-    println!(
-        "addr={} protocol={} mode={} concurrency={} ops={} errors={} ops/s={:.1} p50_ms={:.2} p99_ms={:.2} MB/s={:.1}",
-        args.addr,
-        args.protocol,
-        args.mode,
-        args.concurrency,
-        lat.len(),
-        errors,
-        lat.len() as f64 / secs,
-        ms(pct(0.50)),
-        ms(pct(0.99)),
-        bytes as f64 / secs / 1e6,
-    );
+    report(&args, total, started.elapsed().as_secs_f64());
 }

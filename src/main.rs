@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -200,25 +201,94 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
+    raise_fd_limit(config.limits.max_connections);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
-        // Handlers first: SIGTERM must stop us gracefully from the moment "listening" is logged
-        // (a handler installed on the future's first poll left a window where it killed us).
-        let shutdown = shutdown_signal();
-        let server = Server::bind(&config).await.context("starting listeners")?;
-        // SIGHUP and edits to the config files reload; the watcher ends with the runtime.
-        tokio::spawn(mailgate::config::reload::watch(
-            path.to_path_buf(),
-            server.reloader(),
-            None,
-        ));
-        server.run(shutdown).await;
-        tracing::info!("stopped");
-        Ok(ExitCode::SUCCESS)
-    })
+    runtime.block_on(serve(path, config))
+}
+
+async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
+    use mailgate::admin::{self, Readiness};
+    use mailgate::audit::Audit;
+    use mailgate::metrics::Metrics;
+    use mailgate::server::Services;
+    use tokio::signal::unix::{SignalKind, signal};
+
+    // Handlers first: from the moment "listening" is logged, SIGTERM must drain, SIGHUP reload
+    // and SIGUSR1 reopen (a handler installed later leaves a window where the default action
+    // kills the process).
+    let shutdown = shutdown_signal();
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
+    let (audit, writer) = Audit::open(&config.audit).context("opening the audit log")?;
+    let writer = writer.map(|w| tokio::spawn(w.run()));
+    let services = Services {
+        audit: audit.clone(),
+        metrics: Arc::new(Metrics::new()),
+        readiness: Readiness::new(),
+    };
+    let server = Server::bind_with(&config, services.clone())
+        .await
+        .context("starting listeners")?;
+    let reloads = tokio::spawn(mailgate::config::reload::watch(
+        path.to_path_buf(),
+        server.reloader(),
+        None,
+    ));
+    let reopen = tokio::spawn({
+        let audit = audit.clone();
+        async move {
+            while usr1.recv().await.is_some() {
+                tracing::info!("SIGUSR1: reopening the audit log");
+                audit.reopen();
+            }
+        }
+    });
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = match &config.admin {
+        Some(a) => {
+            let listener = tokio::net::TcpListener::bind(a.bind)
+                .await
+                .with_context(|| format!("binding the admin listener {}", a.bind))?;
+            tracing::info!(addr = %a.bind, "admin listening (/metrics, /healthz, /readyz)");
+            let metrics = services.metrics.clone();
+            let audit = audit.clone();
+            let stats = tokio::spawn(async move {
+                // The audit sink's own counters, mirrored into the registry for scrapes.
+                loop {
+                    let s = audit.stats();
+                    metrics.set_audit_stats(s.dropped, s.errors);
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            });
+            let serve = admin::serve(
+                listener,
+                services.metrics.clone(),
+                services.readiness.clone(),
+                async {
+                    let _ = admin_stopped.await;
+                },
+            );
+            Some((tokio::spawn(serve), stats))
+        }
+        None => None,
+    };
+    server.run(shutdown).await;
+    reloads.abort();
+    reopen.abort();
+    if let Some((serve, stats)) = admin {
+        stats.abort();
+        let _ = admin_stop.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), serve).await;
+    }
+    // Every record queued by the sessions that just ended reaches the file.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), audit.close()).await;
+    if let Some(writer) = writer {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+    }
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn audit_tail(args: TailArgs) -> anyhow::Result<ExitCode> {
@@ -311,5 +381,34 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             _ = int.recv() => tracing::info!("SIGINT: stopping"),
         }
+    }
+}
+
+/// Two descriptors per session (downstream and upstream) plus some headroom: raise the soft
+/// `RLIMIT_NOFILE` to the hard limit, and warn when even that cannot hold `max_connections`.
+fn raise_fd_limit(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(256);
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            limit = limit.rlim_cur,
+            needed,
+            "open-file limit is below 2 x limits.max_connections; raise LimitNOFILE"
+        );
     }
 }

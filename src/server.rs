@@ -23,8 +23,13 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admin::Readiness;
+use crate::audit::Audit;
+use crate::auth::Verifier;
 use crate::config::{Config, Listener, ListenerTls, UpstreamTls};
+use crate::metrics::{Metrics, Refused};
 use crate::session::{self, SessionContext};
+use crate::throttle::Throttle;
 use crate::upstream::Connector;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +46,27 @@ pub enum Error {
     NoTls { listener: String },
     #[error("listener {listener}: unknown upstream {upstream}")]
     UnknownUpstream { listener: String, upstream: String },
+    #[error("oauth: {0}")]
+    Auth(#[from] crate::auth::AuthError),
+}
+
+/// Long-lived services every session reports to. Not swapped on reload.
+#[derive(Clone)]
+pub struct Services {
+    pub audit: Audit,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Readiness,
+}
+
+impl Default for Services {
+    /// No audit, a fresh registry, not ready until serving.
+    fn default() -> Self {
+        Services {
+            audit: Audit::disabled(),
+            metrics: Arc::new(Metrics::new()),
+            readiness: Readiness::new(),
+        }
+    }
 }
 
 /// Everything built from one configuration, shared by the sessions that use it.
@@ -50,6 +76,9 @@ pub struct Generation {
     pub config: Arc<Config>,
     pub acceptor: Option<TlsAcceptor>,
     pub connectors: BTreeMap<String, Arc<Connector>>,
+    /// Bearer token verification for this config's providers. Rebuilt on reload, so its cache
+    /// starts empty then (a reload may have changed the providers or their keys).
+    pub verifier: Arc<Verifier>,
 }
 
 impl Generation {
@@ -83,11 +112,13 @@ impl Generation {
                 });
             }
         }
+        let verifier = Arc::new(Verifier::new(&config.oauth)?);
         Ok(Generation {
             number,
             config: Arc::new(config),
             acceptor,
             connectors,
+            verifier,
         })
     }
 
@@ -119,16 +150,23 @@ pub struct Shared {
     current: ArcSwap<Generation>,
     changed: watch::Sender<u64>,
     phase: watch::Sender<Phase>,
+    pub services: Services,
+    /// Per-IP connection slots and failed-login bookkeeping; sized from the first config
+    /// (a reload does not reset who is blocked).
+    pub throttle: Throttle,
 }
 
 impl Shared {
-    fn new(generation: Generation) -> Shared {
+    fn new(generation: Generation, services: Services) -> Shared {
+        let throttle = Throttle::new(generation.config.limits.throttle);
         let (changed, _) = watch::channel(generation.number);
         let (phase, _) = watch::channel(Phase::Serving);
         Shared {
             current: ArcSwap::from_pointee(generation),
             changed,
             phase,
+            services,
+            throttle,
         }
     }
 
@@ -179,8 +217,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// Build the first generation and bind every listener. Nothing is accepted yet.
+    /// Build the first generation and bind every listener, with default services (no audit).
     pub async fn bind(config: &Config) -> Result<Server, Error> {
+        Self::bind_with(config, Services::default()).await
+    }
+
+    /// Build the first generation and bind every listener. Nothing is accepted yet.
+    pub async fn bind_with(config: &Config, services: Services) -> Result<Server, Error> {
         let generation = Generation::build(config.clone(), 1)?;
         let mut bound = Vec::new();
         for listener in &config.listeners {
@@ -195,7 +238,7 @@ impl Server {
         }
         Ok(Server {
             bound,
-            shared: Arc::new(Shared::new(generation)),
+            shared: Arc::new(Shared::new(generation, services)),
         })
     }
 
@@ -237,7 +280,9 @@ impl Server {
             });
             accept_loops.spawn(accept_loop(tcp, ctx, permits.clone()));
         }
+        self.shared.services.readiness.set_ready(true);
         shutdown.await;
+        self.shared.services.readiness.set_ready(false);
         accept_loops.abort_all();
         while accept_loops.join_next().await.is_some() {}
         let drain = self.shared.current().config.limits.drain_timeout;
@@ -287,6 +332,10 @@ async fn accept_loop(tcp: TcpListener, ctx: Arc<SessionContext>, permits: Arc<Se
             }
             Err(_) => {
                 tracing::warn!(%peer, "connection limit reached, refusing");
+                ctx.shared
+                    .services
+                    .metrics
+                    .connection_refused(&ctx.listener.name, Refused::Limit);
                 tokio::spawn(session::refuse_busy(stream, ctx));
             }
         }

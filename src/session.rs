@@ -27,17 +27,23 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tracing::Instrument as _;
 
+use crate::audit::{self, Event};
+use crate::auth::{AuthError, VerificationMode, VerifiedToken};
 use crate::config::{Listener, ListenerTls};
-use crate::policy::{self, Decision, Reason};
+use crate::metrics::{Refused, TokenResult};
+use crate::policy::{self, Attempt, Decision, Identity, Reason, TokenFacts};
 use crate::proto::imap::frontend::ImapFrontend;
 use crate::proto::pop3::frontend::Pop3Frontend;
+use crate::proto::proxy_header::{self, ProxyHeader};
 use crate::proto::{
-    CloseReason, FrontendEvent, LoginOutcome, LoginRequest, Protocol, Refusal, Security,
+    CloseReason, Credentials, FrontendEvent, LoginOutcome, LoginRequest, Mechanism, Protocol,
+    Refusal, ReplyClass, Security,
 };
-use crate::server::{Generation, Phase, Shared};
+use crate::server::{Generation, Phase, Services, Shared};
 use crate::splice::{self, End, Interrupt, Side, Totals};
 use crate::stream::{Downstream, MaybeTls};
-use crate::upstream;
+use crate::throttle::Verdict;
+use crate::upstream::{self, Peer};
 
 /// Longest a TLS handshake may take before the session is dropped: a handshake is a few round
 /// trips, and a client that cannot finish in 10 s is not going to.
@@ -68,21 +74,128 @@ pub enum PreauthEnd {
     Error(Side),
 }
 
+/// What a session writes down about itself: its id and reference, where the client really is,
+/// and the services it reports to. Exactly one `connect` and one `session_end` record each.
+struct Trail {
+    id: String,
+    reference: String,
+    listener: String,
+    protocol: Protocol,
+    services: Services,
+    /// The downstream's address and the address it connected to; behind a PROXY header, the
+    /// ones the header names.
+    peer: Peer,
+    connected: bool,
+}
+
+impl Trail {
+    fn connect(&mut self, down: Option<&Downstream>) {
+        if self.connected {
+            return;
+        }
+        self.connected = true;
+        let (tls, sni) = match down {
+            Some(MaybeTls::Tls(tls)) => {
+                let conn = tls.get_ref().1;
+                (
+                    conn.protocol_version()
+                        .and_then(audit::TlsVersion::from_rustls),
+                    conn.server_name().map(str::to_owned),
+                )
+            }
+            _ => (None, None),
+        };
+        self.services.audit.record(
+            &self.id,
+            Event::Connect(audit::Connect {
+                listener: self.listener.clone(),
+                protocol: self.protocol,
+                client: self.peer.source,
+                tls,
+                sni,
+            }),
+        );
+    }
+
+    fn auth(&self, record: audit::Auth) {
+        self.services.metrics.login(self.protocol, record.reason);
+        self.services.audit.record(&self.id, Event::Auth(record));
+    }
+
+    fn end(&mut self, ending: Ending, duration: Duration) {
+        self.connect(None);
+        let (end, totals) = ending.as_splice_end();
+        let metrics = &self.services.metrics;
+        metrics.session_ended(self.protocol, end.into());
+        metrics.bytes_spliced(self.protocol, totals);
+        self.services.audit.record(
+            &self.id,
+            Event::SessionEnd(audit::SessionEnd {
+                bytes_up: totals.bytes_up,
+                bytes_down: totals.bytes_down,
+                duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+                end: end.into(),
+            }),
+        );
+    }
+}
+
+impl Ending {
+    /// The splice vocabulary for every ending, so audit and metrics map one way.
+    fn as_splice_end(self) -> (End, Totals) {
+        match self {
+            Ending::Spliced(end, totals) => (end, totals),
+            Ending::Preauth(end) => {
+                let end = match end {
+                    PreauthEnd::DownstreamClosed | PreauthEnd::Machine(CloseReason::Logout) => {
+                        End::DownstreamClosed
+                    }
+                    PreauthEnd::Machine(CloseReason::AuthTimeout) => End::IdleTimeout,
+                    PreauthEnd::Machine(
+                        CloseReason::TooManyAttempts | CloseReason::ProtocolViolation,
+                    ) => End::Error(Side::Downstream),
+                    PreauthEnd::Shutdown => End::Shutdown,
+                    PreauthEnd::Error(side) => End::Error(side),
+                };
+                (end, Totals::default())
+            }
+        }
+    }
+}
+
 /// Serve one accepted connection to its end. Never panics and never returns an error: every
-/// failure ends the session with a protocol answer where one can still be sent.
+/// failure ends the session with a protocol answer where one can still be sent, and with one
+/// `session_end` audit record.
 pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
-    let id = uuid::Uuid::now_v7();
+    let id = uuid::Uuid::now_v7().simple().to_string();
     let span = tracing::info_span!(
         "session",
-        id = %id.simple(),
+        id = %id,
         listener = %ctx.listener.name,
         peer = %peer,
     );
     async move {
         // Each pre-auth turn is one small line; Nagle would stall every reply.
         let _ = tcp.set_nodelay(true);
+        let services = ctx.shared.services.clone();
+        let _active = services
+            .metrics
+            .connection_opened(&ctx.listener.name, ctx.listener.protocol);
         let started = Instant::now();
-        let ending = drive(tcp, &ctx, &reference(&id)).await;
+        let local = tcp.local_addr().unwrap_or(peer);
+        let mut trail = Trail {
+            reference: reference(&id),
+            id,
+            listener: ctx.listener.name.clone(),
+            protocol: ctx.listener.protocol,
+            services,
+            peer: Peer {
+                source: peer,
+                destination: local,
+            },
+            connected: false,
+        };
+        let ending = drive(tcp, &ctx, &mut trail).await;
         let ms = started.elapsed().as_millis();
         match ending {
             Ending::Preauth(end) => tracing::info!(?end, duration_ms = ms, "session ended"),
@@ -94,6 +207,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
                 "session ended"
             ),
         }
+        trail.end(ending, started.elapsed());
     }
     .instrument(span)
     .await
@@ -115,11 +229,10 @@ pub async fn refuse_busy(tcp: TcpStream, ctx: Arc<SessionContext>) {
 }
 
 /// The short reference ending every refusal text: the random tail of the session id, enough to
-/// find the audit record and nothing about the user.
-fn reference(id: &uuid::Uuid) -> String {
-    let hex = id.simple().to_string();
-    hex.get(hex.len().saturating_sub(12)..)
-        .unwrap_or(&hex)
+/// find the audit record (`audit tail --session REF`) and nothing about the user.
+fn reference(id: &str) -> String {
+    id.get(id.len().saturating_sub(12)..)
+        .unwrap_or(id)
         .to_owned()
 }
 
@@ -136,10 +249,80 @@ async fn accept_tls(
     }
 }
 
-async fn drive(tcp: TcpStream, ctx: &SessionContext, reference: &str) -> Ending {
+/// Read a PROXY v1/v2 header without reading one byte past it: the bytes after it are the
+/// client's TLS handshake or first command. v1 is read byte by byte up to its LF (at most 107
+/// bytes); v2 as its 16-byte fixed part, then exactly the length that part announces.
+async fn read_proxy_header(tcp: &mut TcpStream) -> Result<ProxyHeader, ()> {
+    let mut buf = Vec::with_capacity(proxy_header::MAX_V1_LEN);
+    let mut first = [0u8; 6];
+    tcp.read_exact(&mut first).await.map_err(|_| ())?;
+    buf.extend_from_slice(&first);
+    let mut want = if first == *b"PROXY " { 1 } else { 10 };
+    loop {
+        match proxy_header::parse(&buf) {
+            Ok(proxy_header::Parsed::Complete { header, .. }) => return Ok(header),
+            Ok(proxy_header::Parsed::Incomplete) => {}
+            Err(_) => return Err(()),
+        }
+        if buf.len() + want > proxy_header::MAX_V2_LEN {
+            return Err(());
+        }
+        let start = buf.len();
+        buf.resize(start + want, 0);
+        tcp.read_exact(buf.get_mut(start..).ok_or(())?)
+            .await
+            .map_err(|_| ())?;
+        want = if buf.starts_with(b"PROXY ") {
+            1
+        } else if buf.len() >= 16 {
+            // v2: bytes 14..16 are the big-endian length of the rest.
+            let len = buf
+                .get(14..16)
+                .map_or(0, |l| usize::from(u16::from_be_bytes([l[0], l[1]])));
+            (16 + len).saturating_sub(buf.len()).max(1)
+        } else {
+            16 - buf.len()
+        };
+    }
+}
+
+async fn drive(mut tcp: TcpStream, ctx: &SessionContext, trail: &mut Trail) -> Ending {
     // TLS and limits come from the generation current at accept; policy and upstream are read
     // again at each login, so a reload applies to the next login even on this connection.
     let generation = ctx.shared.current();
+    if let Some(trusted) = &ctx.listener.proxy_protocol {
+        // Only a trusted load balancer may name another client address; from anyone else, and
+        // without a valid header, the connection is closed (nothing else is safe to assume).
+        let refused = if !trusted.contains(trail.peer.source.ip()) {
+            Some(Refused::ProxyUntrusted)
+        } else {
+            match timeout(HANDSHAKE_TIMEOUT, read_proxy_header(&mut tcp)).await {
+                Ok(Ok(ProxyHeader::Proxied {
+                    source,
+                    destination,
+                })) => {
+                    trail.peer = Peer {
+                        source,
+                        destination,
+                    };
+                    tracing::debug!(client = %source, "PROXY header");
+                    None
+                }
+                // LOCAL (the balancer's health check) and UNKNOWN: the connection is the
+                // balancer's own.
+                Ok(Ok(ProxyHeader::Local | ProxyHeader::Unknown)) => None,
+                Ok(Err(())) | Err(_) => Some(Refused::ProxyHeader),
+            }
+        };
+        if let Some(refused) = refused {
+            tracing::info!(reason = refused.as_str(), "PROXY header refused; closing");
+            trail
+                .services
+                .metrics
+                .connection_refused(&ctx.listener.name, refused);
+            return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
+        }
+    }
     let down = match timeout(
         HANDSHAKE_TIMEOUT,
         accept_tls(tcp, &ctx.listener, &generation),
@@ -156,6 +339,27 @@ async fn drive(tcp: TcpStream, ctx: &SessionContext, reference: &str) -> Ending 
             return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
         }
     };
+    trail.connect(Some(&down));
+    // One address may hold only so many connections (a NAT'd office shares one, so the cap
+    // is generous); the slot is held for the whole session.
+    let Some(_slot) = ctx.shared.throttle.connect(trail.peer.source.ip()) else {
+        tracing::warn!(client = %trail.peer.source.ip(), "too many connections from one address");
+        trail
+            .services
+            .metrics
+            .connection_refused(&ctx.listener.name, Refused::Limit);
+        let goodbye: &[u8] = match ctx.listener.protocol {
+            Protocol::Imap => b"* BYE [UNAVAILABLE] Too many connections from your address\r\n",
+            Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections from your address\r\n",
+        };
+        let mut down = down;
+        let _ = timeout(HANDSHAKE_TIMEOUT, async {
+            down.write_all(goodbye).await?;
+            down.shutdown().await
+        })
+        .await;
+        return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
+    };
     let security = match ctx.listener.tls {
         ListenerTls::Implicit => Security::Tls,
         ListenerTls::StartTls => Security::StartTlsOffered,
@@ -169,7 +373,7 @@ async fn drive(tcp: TcpStream, ctx: &SessionContext, reference: &str) -> Ending 
             Preauth {
                 ctx,
                 generation: generation.clone(),
-                reference,
+                trail,
                 down,
                 machine,
             }
@@ -181,7 +385,7 @@ async fn drive(tcp: TcpStream, ctx: &SessionContext, reference: &str) -> Ending 
             Preauth {
                 ctx,
                 generation: generation.clone(),
-                reference,
+                trail,
                 down,
                 machine,
             }
@@ -242,7 +446,7 @@ struct Preauth<'a, F> {
     ctx: &'a SessionContext,
     /// The generation of the last login attempt (of the accept, before any).
     generation: Arc<Generation>,
-    reference: &'a str,
+    trail: &'a Trail,
     down: Downstream,
     machine: F,
 }
@@ -263,9 +467,27 @@ impl<F: Frontend> Preauth<'_, F> {
                     continue;
                 }
                 Some(FrontendEvent::LoginRequested(request)) => {
+                    let user = request.user().unwrap_or("").to_owned();
+                    let client = self.trail.peer.source.ip();
+                    let throttle = &self.ctx.shared.throttle;
                     match self.login(&request).await {
-                        Ok(logged) => return self.splice(logged).await,
-                        Err(refusal) => self.machine.handle_outcome(LoginOutcome::Refused(refusal)),
+                        Ok(admitted) => {
+                            throttle.succeeded(&user);
+                            // The pre-auth read buffer is not needed for the rest of the session.
+                            drop(std::mem::take(&mut buf));
+                            return self.splice(admitted).await;
+                        }
+                        Err(refusal) => {
+                            if refusal.class != ReplyClass::Unavailable {
+                                // fail2ban reads this line (packaging/fail2ban).
+                                tracing::warn!(%client, user, "login failed");
+                                let delay =
+                                    throttle.failed(client, &user, std::time::Instant::now());
+                                // Growing delay before the answer slows password guessing.
+                                tokio::time::sleep(delay).await;
+                            }
+                            self.machine.handle_outcome(LoginOutcome::Refused(refusal));
+                        }
                     }
                     continue;
                 }
@@ -342,70 +564,195 @@ impl<F: Frontend> Preauth<'_, F> {
         }
     }
 
-    /// Decide, then replay upstream. `Err` is the refusal to send.
-    async fn login(&mut self, request: &LoginRequest) -> Result<upstream::LoggedIn, Refusal> {
+    /// Verify the token (OAuth), decide (policy), then replay upstream, in SPEC's decision
+    /// order. `Err` is the refusal to send. Every attempt leaves one `auth` audit record.
+    async fn login(&mut self, request: &LoginRequest) -> Result<Admitted, Refusal> {
         self.generation = self.ctx.shared.current();
+        let generation = self.generation.clone();
+        let config = &generation.config;
         let protocol = self.ctx.listener.protocol;
-        let user = request.user().unwrap_or("");
-        match policy::unwired(request, protocol) {
-            Decision::Allow(_) => {}
-            Decision::Deny(denial) => {
-                tracing::info!(
-                    user,
-                    reason = denial.reason.as_str(),
-                    "login denied by policy"
-                );
-                return Err(self.refusal(denial.reason, None, None));
+        let mechanism = request.mechanism;
+        let mut record = audit::Auth {
+            user: request.user().map(str::to_owned),
+            ou: None,
+            mechanism,
+            client_id: None,
+            issuer: None,
+            policy_source: None,
+            upstream: None,
+            reason: Reason::Ok,
+        };
+
+        // Blocked addresses and users are refused before anything is checked or replayed.
+        let client = self.trail.peer.source.ip();
+        let claimed = request.user().unwrap_or("");
+        if let Verdict::Blocked { .. } =
+            self.ctx
+                .shared
+                .throttle
+                .check(client, claimed, std::time::Instant::now())
+        {
+            tracing::warn!(%client, user = claimed, "login refused: rate limited");
+            record.reason = Reason::RateLimited;
+            self.trail.auth(record);
+            return Err(self.refusal(ReplyClass::Unavailable, policy::refusal::RATE_LIMITED, None));
+        }
+
+        // Step 4's token check comes first: without a verified token there are no facts to
+        // decide on. An invalid token and an unreachable IdP are refused here, never let
+        // through.
+        let mut token = None;
+        let mut identity = Identity::of(mechanism);
+        if let Credentials::Bearer { token: secret, .. } = &request.credentials {
+            let started = Instant::now();
+            let verified = generation.verifier.verify(secret).await;
+            let result = match &verified {
+                Ok(_) => TokenResult::Ok,
+                Err(AuthError::Invalid(_)) => TokenResult::Invalid,
+                Err(AuthError::Unavailable(_)) => TokenResult::Unavailable,
+            };
+            self.trail
+                .services
+                .metrics
+                .token_verification(result, started.elapsed());
+            match verified {
+                Ok(v) => {
+                    record.client_id = v.client_id.clone();
+                    record.issuer = Some(v.issuer.clone());
+                    if record.user.is_none() {
+                        record.user = Some(v.user.clone());
+                    }
+                    // Claims read without a signature check may refuse, never prove.
+                    if v.mode == VerificationMode::UnverifiedClaims {
+                        identity = Identity::Unproven;
+                    }
+                    tracing::debug!(mode = v.mode.as_str(), provider = %v.provider, "token verified");
+                    token = Some(facts(v));
+                }
+                Err(e) => {
+                    let reason = match e {
+                        AuthError::Invalid(ref why) => {
+                            tracing::info!(error = %why, "token refused");
+                            Reason::InvalidToken
+                        }
+                        AuthError::Unavailable(ref why) => {
+                            tracing::warn!(error = %why, "identity provider unavailable");
+                            Reason::IdpUnavailable
+                        }
+                    };
+                    record.reason = reason;
+                    record.policy_source = Some("token".to_owned());
+                    self.trail.auth(record);
+                    let text = match reason.class() {
+                        ReplyClass::Unavailable => TEMPORARY_FAILURE,
+                        _ => policy::refusal::GENERIC_FAILURE,
+                    };
+                    return Err(self.refusal(
+                        reason.class(),
+                        text,
+                        oauth_challenge(mechanism, reason),
+                    ));
+                }
             }
         }
-        let Some(connector) = self.generation.connector(&self.ctx.listener).cloned() else {
+
+        let user = record.user.clone().unwrap_or_default();
+        let attempt = Attempt {
+            protocol,
+            mechanism,
+            user: &user,
+            token: token.as_ref(),
+        };
+        match policy::decide(&config.directory, &attempt) {
+            Decision::Allow(permit) => {
+                record.ou = permit.ou.as_deref().map(str::to_owned);
+                record.policy_source = Some(permit.source);
+            }
+            Decision::Deny(denial) => {
+                tracing::info!(user, reason = denial.reason.as_str(), source = %denial.source, "login denied by policy");
+                let reply = policy::refusal::reply(
+                    &denial,
+                    protocol,
+                    identity,
+                    config.policy.disclose_reasons,
+                    &config.policy.contact,
+                );
+                record.ou = denial.ou.as_deref().map(str::to_owned);
+                record.policy_source = Some(denial.source.clone());
+                record.reason = denial.reason;
+                self.trail.auth(record);
+                let challenge = oauth_challenge(mechanism, denial.reason);
+                return Err(self.refusal(reply.class, &reply.text, challenge));
+            }
+        }
+
+        let Some(connector) = generation.connector(&self.ctx.listener).cloned() else {
             tracing::warn!(
                 user,
                 "listener has no upstream in the current configuration"
             );
-            return Err(self.refusal(Reason::UpstreamUnavailable, None, None));
+            record.reason = Reason::UpstreamUnavailable;
+            self.trail.auth(record);
+            return Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None));
         };
-        match connector.login(request).await {
+        record.upstream = Some(connector.name().to_owned());
+        let metrics = &self.trail.services.metrics;
+        match connector.login(request, &self.trail.peer).await {
             Ok(logged) => {
-                tracing::info!(user, mechanism = request.mechanism.as_str(), upstream = %logged.address, "login allowed");
-                Ok(logged)
+                metrics.upstream_connect(protocol, logged.connect_time);
+                metrics.upstream_login(protocol, logged.login_time);
+                tracing::info!(user, mechanism = mechanism.as_str(), upstream = %logged.address, "login allowed");
+                self.trail.auth(record);
+                Ok(Admitted {
+                    logged,
+                    attempt: (protocol, mechanism, user, token),
+                })
             }
             Err(upstream::Error::Rejected { text, challenge }) => {
                 tracing::info!(user, "upstream rejected the login");
-                Err(self.refusal(Reason::UpstreamRejected, Some(text), challenge))
+                record.reason = Reason::UpstreamRejected;
+                self.trail.auth(record);
+                let text = if text.trim().is_empty() {
+                    policy::refusal::GENERIC_FAILURE.to_owned()
+                } else {
+                    text
+                };
+                Err(self.refusal(ReplyClass::Authentication, &text, challenge))
             }
             Err(upstream::Error::Unsafe(e)) => {
                 tracing::warn!(user, error = %e, "login refused: credential not replayable");
-                Err(self.refusal(Reason::UpstreamRejected, None, None))
+                record.reason = Reason::UpstreamRejected;
+                self.trail.auth(record);
+                Err(self.refusal(
+                    ReplyClass::Authentication,
+                    policy::refusal::GENERIC_FAILURE,
+                    None,
+                ))
             }
             Err(e) => {
                 tracing::warn!(user, error = %e, "upstream unavailable");
-                Err(self.refusal(Reason::UpstreamUnavailable, None, None))
+                record.reason = Reason::UpstreamUnavailable;
+                self.trail.auth(record);
+                Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None))
             }
         }
     }
 
-    fn refusal(
-        &self,
-        reason: Reason,
-        upstream_text: Option<String>,
-        challenge: Option<Bytes>,
-    ) -> Refusal {
-        let text = match (reason, upstream_text) {
-            (Reason::UpstreamRejected, Some(t)) if !t.trim().is_empty() => t,
-            (Reason::UpstreamUnavailable | Reason::IdpUnavailable, _) => {
-                "Mail service temporarily unavailable, try again later".to_owned()
-            }
-            _ => "Authentication failed".to_owned(),
-        };
+    /// A refusal whose text ends with the session reference.
+    fn refusal(&self, class: ReplyClass, text: &str, challenge: Option<Bytes>) -> Refusal {
         Refusal {
-            class: reason.class(),
-            text: format!("{} (ref {})", text.trim_end_matches('.'), self.reference),
+            class,
+            text: format!(
+                "{} (ref {})",
+                text.trim().trim_end_matches('.'),
+                self.trail.reference
+            ),
             challenge,
         }
     }
 
-    async fn splice(mut self, logged: upstream::LoggedIn) -> Ending {
+    async fn splice(mut self, admitted: Admitted) -> Ending {
+        let Admitted { logged, attempt } = admitted;
         self.machine.handle_outcome(LoginOutcome::Accepted {
             untagged: logged.untagged,
             reply: logged.reply,
@@ -434,9 +781,22 @@ impl<F: Frontend> Preauth<'_, F> {
         {
             return Ending::Spliced(End::Error(Side::Downstream), Totals::default());
         }
-        let interrupt = interrupt(&ctx.shared, |_generation| {
-            // TODO(#3): re-decide this login under the new policy (revoke_on_reload).
-            true
+        // On a reload with revoke_on_reload, re-decide this login under the new policy.
+        let (protocol, mechanism, user, token) = attempt;
+        let interrupt = interrupt(&ctx.shared, move |generation: &Generation| {
+            if !generation.config.policy.revoke_on_reload {
+                return true;
+            }
+            let attempt = Attempt {
+                protocol,
+                mechanism,
+                user: &user,
+                token: token.as_ref(),
+            };
+            matches!(
+                policy::decide(&generation.config.directory, &attempt),
+                Decision::Allow(_)
+            )
         });
         let (end, totals) = splice::splice(
             down,
@@ -473,4 +833,40 @@ async fn interrupt(shared: &Shared, still_allowed: impl Fn(&Generation) -> bool)
             }
         }
     }
+}
+
+/// The reply text for temporary failures (upstream or identity provider down).
+const TEMPORARY_FAILURE: &str = "Mail service temporarily unavailable, try again later";
+
+/// A login the policy allowed and the upstream accepted, with what is needed to re-decide it
+/// on a reload.
+struct Admitted {
+    logged: upstream::LoggedIn,
+    attempt: (Protocol, Mechanism, String, Option<TokenFacts>),
+}
+
+fn facts(v: VerifiedToken) -> TokenFacts {
+    TokenFacts {
+        user: v.user,
+        client_id: v.client_id,
+        issuer: v.issuer,
+        delegated: v.delegated,
+    }
+}
+
+/// The error challenge an OAuth refusal sends before the final `NO` / `-ERR`, as the big
+/// providers do: XOAUTH2 gets Google's `{"status":"400",...}`, OAUTHBEARER the RFC 7628 3.2.2
+/// error (`invalid_token`, or `insufficient_scope` for a token that is valid but not allowed
+/// here). Temporary failures send none: the client should retry, not re-authenticate.
+fn oauth_challenge(mechanism: Mechanism, reason: Reason) -> Option<Bytes> {
+    let json = match (mechanism, reason.class()) {
+        (_, ReplyClass::Unavailable) => return None,
+        (Mechanism::XOAuth2, _) => r#"{"status":"400","schemes":"Bearer","scope":"email"}"#,
+        (Mechanism::OAuthBearer, ReplyClass::Authentication) => {
+            r#"{"status":"invalid_token","scope":"email"}"#
+        }
+        (Mechanism::OAuthBearer, _) => r#"{"status":"insufficient_scope","scope":"email"}"#,
+        _ => return None,
+    };
+    Some(Bytes::from_static(json.as_bytes()))
 }

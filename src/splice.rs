@@ -19,8 +19,12 @@ use tokio::time::Instant;
 
 use crate::proto::Protocol;
 
-/// One read per wakeup: 16 KiB, the TLS maximum record size, so a full record moves at once.
+/// Largest read per wakeup: 16 KiB, the TLS maximum record size, so a full record moves at once.
 const BUFFER: usize = 16 * 1024;
+/// First buffer of each direction: most sessions idle (IDLE, a mail client's NOOP every few
+/// minutes) and move lines, not megabytes; a read that fills it grows it to [`BUFFER`]. This
+/// keeps an idle session's memory small (10,000 IDLE sessions are a target).
+const FIRST_BUFFER: usize = 2 * 1024;
 
 /// How long a goodbye line and the closing of both sides may take: a peer that stopped
 /// reading must not hold the task.
@@ -237,9 +241,20 @@ where
         Side::Downstream => Side::Upstream,
         Side::Upstream => Side::Downstream,
     };
-    let mut buf = vec![0u8; BUFFER];
+    let mut buf = vec![0u8; FIRST_BUFFER];
     loop {
-        let n = rd.read(&mut buf).await.map_err(|_| from)?;
+        let n = match rd.read(&mut buf).await {
+            Ok(n) => n,
+            // A TLS peer that closed the TCP connection without close_notify, as most mail
+            // clients do after LOGOUT / QUIT (rustls reports it as UnexpectedEof). IMAP and POP3
+            // delimit their own messages, so this is an ordinary close, not a failure.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(_) => return Err(from),
+        };
+        if n == buf.len() && buf.len() < BUFFER {
+            // Bulk data (a FETCH, an APPEND): grow once; the bytes read stay in place.
+            buf.resize(BUFFER, 0);
+        }
         if n == 0 {
             let _ = wr.shutdown().await;
             return Ok(());
@@ -386,6 +401,77 @@ mod tests {
                 bytes_down: 12
             }
         );
+    }
+
+    /// A stream whose EOF is reported as `UnexpectedEof`, as rustls reports a TLS peer that
+    /// closed without close_notify.
+    struct NoCloseNotify(tokio::io::DuplexStream);
+
+    impl AsyncRead for NoCloseNotify {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let before = buf.filled().len();
+            match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
+                std::task::Poll::Ready(Ok(())) if buf.filled().len() == before => {
+                    std::task::Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into()))
+                }
+                other => other,
+            }
+        }
+    }
+
+    impl AsyncWrite for NoCloseNotify {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    /// IMAPS LOGOUT: the upstream closes, then the client drops TLS without close_notify. That
+    /// is an ordinary end (`upstream_closed`), not an error.
+    #[tokio::test]
+    async fn a_close_without_close_notify_is_not_an_error() {
+        let (down, mut client) = duplex(1024);
+        let (up, mut server) = duplex(1024);
+        let task = tokio::spawn(async move {
+            splice(
+                NoCloseNotify(down),
+                up,
+                Protocol::Imap,
+                Duration::from_secs(30),
+                never(),
+            )
+            .await
+        });
+        server
+            .write_all(b"* BYE Logging out\r\nb OK Logout completed.\r\n")
+            .await
+            .unwrap();
+        drop(server);
+        let mut seen = Vec::new();
+        client.read_to_end(&mut seen).await.unwrap();
+        assert!(seen.ends_with(b"b OK Logout completed.\r\n"));
+        drop(client);
+        let (end, _) = task.await.unwrap();
+        assert_eq!(end, End::UpstreamClosed);
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,6 +7,7 @@
 //! unreachable or broken (temporary failure, never an allow). Errors never carry credentials.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use tokio_rustls::TlsConnector;
 use crate::config::{Upstream, UpstreamTls};
 use crate::proto::imap::replay::ImapReplay;
 use crate::proto::pop3::replay::Pop3Replay;
+use crate::proto::proxy_header::encode_v2;
 use crate::proto::{LoginRequest, Protocol, ReplayError, ReplayEvent, UnsafeCredential};
 use crate::stream::{MaybeTls, UpstreamStream};
 
@@ -52,6 +54,14 @@ pub enum Error {
     Io { upstream: String, source: io::Error },
 }
 
+/// The downstream connection's real addresses (behind a PROXY header, the ones it named), for
+/// `send_proxy_protocol` and `send_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+}
+
 /// A logged-in upstream connection, ready to splice.
 #[must_use = "a logged-in upstream session must be spliced or closed"]
 pub struct LoggedIn {
@@ -64,6 +74,10 @@ pub struct LoggedIn {
     pub reply: Bytes,
     /// Bytes the upstream sent after its answer; they go downstream before the splice.
     pub residual: Bytes,
+    /// TCP connect (plus implicit TLS) of the address that answered.
+    pub connect_time: Duration,
+    /// Greeting, STARTTLS and the replayed login.
+    pub login_time: Duration,
 }
 
 /// Connects to one configured upstream. Built once per config, shared by all sessions.
@@ -93,18 +107,29 @@ impl Connector {
 
     /// Connect, replay `request`, and return the logged-in stream. The exchange after the
     /// connect (greeting, STARTTLS, login) is bounded by `login_timeout`.
-    pub async fn login(&self, request: &LoginRequest) -> Result<LoggedIn, Error> {
+    pub async fn login(&self, request: &LoginRequest, peer: &Peer) -> Result<LoggedIn, Error> {
         let starttls = self.config.tls == UpstreamTls::StartTls;
         // Build the replay first: an unsafe credential is refused before any connection.
         let replay = match self.config.protocol {
-            Protocol::Imap => Replay::Imap(ImapReplay::new(request, starttls)?),
+            Protocol::Imap => {
+                let replay = ImapReplay::new(request, starttls)?;
+                Replay::Imap(if self.config.send_id {
+                    replay.with_client_address(peer.source)
+                } else {
+                    replay
+                })
+            }
             Protocol::Pop3 => Replay::Pop3(Pop3Replay::new(request, starttls)?),
         };
-        let (stream, address) = self.connect().await?;
+        let started = tokio::time::Instant::now();
+        let (stream, address) = self.connect(peer).await?;
+        let connect_time = started.elapsed();
         let limit = self.config.login_timeout;
         match timeout(limit, self.replay(stream, replay)).await {
             Ok(result) => result.map(|mut logged| {
                 logged.address = address;
+                logged.connect_time = connect_time;
+                logged.login_time = started.elapsed().saturating_sub(connect_time);
                 logged
             }),
             Err(_) => Err(Error::Timeout {
@@ -116,7 +141,7 @@ impl Connector {
 
     /// Try every configured address in order, each bounded by `connect_timeout` (TCP connect
     /// plus, for implicit TLS, the handshake).
-    async fn connect(&self) -> Result<(UpstreamStream, String), Error> {
+    async fn connect(&self, peer: &Peer) -> Result<(UpstreamStream, String), Error> {
         let mut last = None;
         for address in &self.config.addresses {
             let attempt = async {
@@ -129,7 +154,16 @@ impl Connector {
                         })?;
                 // Login exchanges are small request/response turns: Nagle plus delayed ACK
                 // would add ~40 ms to each.
+                let mut tcp = tcp;
                 let _ = tcp.set_nodelay(true);
+                if self.config.send_proxy_protocol {
+                    // PROXY v2 goes first, before any TLS byte (haproxy proxy-protocol.txt 2.2).
+                    let header = encode_v2(peer.source, peer.destination);
+                    tcp.write_all(&header).await.map_err(|e| Error::Connect {
+                        upstream: self.config.name.clone(),
+                        detail: format!("{address}: sending the PROXY header: {e}"),
+                    })?;
+                }
                 if self.config.tls == UpstreamTls::Implicit {
                     self.handshake(tcp).await
                 } else {
@@ -203,6 +237,8 @@ impl Connector {
                         untagged,
                         reply,
                         residual: replay.into_residual(),
+                        connect_time: Duration::ZERO,
+                        login_time: Duration::ZERO,
                     });
                 }
                 Some(ReplayEvent::Rejected { text, challenge }) => {

@@ -16,7 +16,7 @@
 //!   held in [`AuditStats::errors`], logs a warning at most every [`WARN_EVERY`], and retries
 //!   with the next batch: the sink heals when the disk does. Nothing here panics.
 //! - [`Audit::reopen`] (SIGUSR1, after logrotate renamed the file) closes the file and opens the
-//!   path again before the next write. Records are never lost across it: the ones written before
+//!   path again at once, creating it. Records are never lost across it: the ones written before
 //!   are in the renamed file, the rest in the new one.
 //! - [`Audit::close`] writes everything queued so far and stops the writer (shutdown).
 //!
@@ -358,10 +358,16 @@ impl Writer {
     /// as errors.
     async fn write_batch(&mut self) {
         if self.state.reopen.swap(false, Ordering::AcqRel)
-            && let Target::File { file, .. } = &mut self.target
+            && let Target::File { path, file } = &mut self.target
         {
-            // Everything before the reopen was flushed with its batch; dropping closes it.
+            // Everything before the reopen was flushed with its batch; dropping closes it. The
+            // new file is created now, not at the next record: logrotate runs with `nocreate`
+            // and `audit tail` expects the file. A failed open is retried by the next write.
             *file = None;
+            match open_tokio(path).await {
+                Ok(opened) => *file = Some(opened),
+                Err(e) => self.failed(0, &e),
+            }
         }
         if self.batch_records == 0 {
             self.batch.clear();

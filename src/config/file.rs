@@ -90,6 +90,13 @@ pub struct LimitsFile {
     pub idle_timeout: Option<String>,
     pub drain_timeout: Option<String>,
     pub max_connections: Option<u64>,
+    pub max_connections_per_ip: Option<u64>,
+    pub login_failures_per_ip: Option<u64>,
+    pub login_failures_per_user: Option<u64>,
+    pub login_failure_window: Option<String>,
+    pub login_block: Option<String>,
+    pub login_failure_delay: Option<String>,
+    pub login_failure_delay_max: Option<String>,
 }
 
 /// `[log]`.

@@ -25,6 +25,7 @@ use super::{
 use crate::directory::Directory;
 use crate::proto::PreauthLimits;
 use crate::proto::Protocol;
+use crate::throttle::ThrottleConfig;
 
 /// Lowest accepted `max_line`. RFC 7162 section 4 recommends servers accept command lines of at
 /// least 8192 octets; before login commands are short, but below 512 even a modest `ID` or a
@@ -538,6 +539,74 @@ impl Validator<'_> {
                 d.drain_timeout,
             ),
             max_connections: usize::try_from(max_connections).unwrap_or(d.max_connections),
+            throttle: self.throttle(&l),
+        }
+    }
+
+    /// Abuse limits across connections (see `crate::throttle`). Counts may be 0 (off); the
+    /// delays may be "0s" (off).
+    fn throttle(&mut self, l: &LimitsFile) -> ThrottleConfig {
+        let d = ThrottleConfig::default();
+        let count = |s: &mut Self, path: &str, v: Option<u64>, default: u64| {
+            s.bounded(path, v, default, 0, 1_000_000)
+        };
+        let per_ip = count(
+            self,
+            "limits.max_connections_per_ip",
+            l.max_connections_per_ip,
+            d.connections_per_ip as u64,
+        );
+        let ip_failures = count(
+            self,
+            "limits.login_failures_per_ip",
+            l.login_failures_per_ip,
+            u64::from(d.failures_per_ip),
+        );
+        let user_failures = count(
+            self,
+            "limits.login_failures_per_user",
+            l.login_failures_per_user,
+            u64::from(d.failures_per_user),
+        );
+        ThrottleConfig {
+            connections_per_ip: usize::try_from(per_ip).unwrap_or(d.connections_per_ip),
+            failures_per_ip: u32::try_from(ip_failures).unwrap_or(d.failures_per_ip),
+            failures_per_user: u32::try_from(user_failures).unwrap_or(d.failures_per_user),
+            window: self.duration(
+                "limits.login_failure_window",
+                l.login_failure_window.as_deref(),
+                d.window,
+            ),
+            block: self.duration("limits.login_block", l.login_block.as_deref(), d.block),
+            base_delay: self.duration_or_zero(
+                "limits.login_failure_delay",
+                l.login_failure_delay.as_deref(),
+                d.base_delay,
+            ),
+            max_delay: self.duration_or_zero(
+                "limits.login_failure_delay_max",
+                l.login_failure_delay_max.as_deref(),
+                d.max_delay,
+            ),
+        }
+    }
+
+    fn duration_or_zero(
+        &mut self,
+        path: &str,
+        text: Option<&str>,
+        default: std::time::Duration,
+    ) -> std::time::Duration {
+        match text.map(duration::parse) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.invalid(
+                    path,
+                    format!("invalid duration {:?}: {e}", text.unwrap_or("")),
+                );
+                default
+            }
         }
     }
 

@@ -33,6 +33,7 @@ use serde::Deserialize;
 use crate::directory::{Compliance, Directory};
 use crate::policy::DiscloseReasons;
 use crate::proto::{PreauthLimits, Protocol};
+pub use crate::throttle::ThrottleConfig;
 
 pub mod cidr;
 pub mod duration;
@@ -99,7 +100,7 @@ impl Config {
     /// key path. `mailgate run` logs them as warnings and `mailgate check` prints them.
     /// Other files this config reads that hold configuration (reloads watch them too).
     pub fn watched_files(&self) -> Vec<PathBuf> {
-        Vec::new()
+        self.policy.directory.iter().cloned().collect()
     }
 
     pub fn warnings(&self) -> Vec<String> {
@@ -393,6 +394,8 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// Concurrent downstream connections over all listeners. Default 10000.
     pub max_connections: usize,
+    /// Per-IP connection cap and failed-login throttling (`crate::throttle`).
+    pub throttle: ThrottleConfig,
 }
 
 impl Default for Limits {
@@ -402,6 +405,7 @@ impl Default for Limits {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             drain_timeout: Duration::from_secs(30),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            throttle: ThrottleConfig::default(),
         }
     }
 }

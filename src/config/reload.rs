@@ -14,7 +14,9 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
+use crate::audit::{Reload, ReloadOutcome};
 use crate::config::Config;
+use crate::metrics::ReloadResult;
 use crate::server::Reloader;
 
 /// Quiet time after the last file event before reloading: long enough for an editor's
@@ -28,8 +30,9 @@ pub enum Outcome {
     Rejected { error: String },
 }
 
-/// Load `path` and apply it. Logs the result either way.
+/// Load `path` and apply it. Logs, counts and audits the result either way.
 pub fn reload_from(path: &Path, reloader: &Reloader, trigger: &str) -> Outcome {
+    let digest = digest(path);
     let outcome = match Config::load(path) {
         Ok(config) => match reloader.reload(config) {
             Ok(generation) => Outcome::Applied { generation },
@@ -41,6 +44,21 @@ pub fn reload_from(path: &Path, reloader: &Reloader, trigger: &str) -> Outcome {
             error: errors.to_string(),
         },
     };
+    let services = &reloader.shared().services;
+    let (result, audited) = match &outcome {
+        Outcome::Applied { .. } => (ReloadResult::Ok, ReloadOutcome::Applied),
+        Outcome::Rejected { error } => (
+            ReloadResult::Rejected,
+            ReloadOutcome::Rejected {
+                error: error.clone(),
+            },
+        ),
+    };
+    services.metrics.reload(result);
+    services.audit.reload(Reload {
+        outcome: audited,
+        config_digest: digest,
+    });
     match &outcome {
         Outcome::Applied { generation } => {
             tracing::info!(trigger, generation, "configuration reloaded");
@@ -50,6 +68,29 @@ pub fn reload_from(path: &Path, reloader: &Reloader, trigger: &str) -> Outcome {
         }
     }
     outcome
+}
+
+/// `sha256:` and the first 16 hex digits of the SHA-256 over the config file and the files it
+/// names: tells an operator which version of the files a reload read. `None` when the main file
+/// cannot be read.
+pub fn digest(path: &Path) -> Option<String> {
+    use sha2::{Digest as _, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(std::fs::read(path).ok()?);
+    for file in watched_files(path) {
+        if file != absolute(path)
+            && let Ok(bytes) = std::fs::read(&file)
+        {
+            hash.update(bytes);
+        }
+    }
+    let hex: String = hash
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some(format!("sha256:{hex}"))
 }
 
 /// Files whose change triggers a reload: the main config and every file it names that holds
@@ -67,11 +108,28 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// Reload on SIGHUP and on changes to the config files until the task is dropped. Each
-/// applied or rejected reload is also sent to `outcomes` when given (tests, audit).
-pub async fn watch(path: PathBuf, reloader: Reloader, outcomes: Option<mpsc::Sender<Outcome>>) {
+/// Reload on SIGHUP and on changes to the config files until the returned future is dropped.
+/// Each applied or rejected reload is also sent to `outcomes` when given (tests). The SIGHUP
+/// handler is installed here, before the future is first polled, so a SIGHUP right after
+/// start-up reloads instead of killing the process.
+pub fn watch(
+    path: PathBuf,
+    reloader: Reloader,
+    outcomes: Option<mpsc::Sender<Outcome>>,
+) -> impl std::future::Future<Output = ()> {
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    watch_with(path, reloader, outcomes, hangup)
+}
+
+async fn watch_with(
+    path: PathBuf,
+    reloader: Reloader,
+    outcomes: Option<mpsc::Sender<Outcome>>,
+    mut hangup: Option<tokio::signal::unix::Signal>,
+) {
     let (events, mut changed) = mpsc::channel::<()>(16);
     let files = watched_files(&path);
+    tracing::debug!(?files, "watching config files");
     let dirs: BTreeSet<PathBuf> = files
         .iter()
         .filter_map(|f| f.parent().map(Path::to_path_buf))
@@ -102,13 +160,26 @@ pub async fn watch(path: PathBuf, reloader: Reloader, outcomes: Option<mpsc::Sen
             None
         }
     };
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
         let trigger = tokio::select! {
             Some(()) = changed.recv() => {
-                // Debounce: wait until the files have been quiet for DEBOUNCE.
-                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, changed.recv()).await {}
-                "file"
+                // Debounce: wait until the files have been quiet for DEBOUNCE, unless the
+                // operator says "now" with SIGHUP (edit, then `systemctl reload`).
+                loop {
+                    tokio::select! {
+                        quiet = tokio::time::timeout(DEBOUNCE, changed.recv()) => {
+                            if !matches!(quiet, Ok(Some(()))) {
+                                break "file";
+                            }
+                        }
+                        Some(()) = async {
+                            match hangup.as_mut() {
+                                Some(h) => h.recv().await,
+                                None => std::future::pending().await,
+                            }
+                        } => break "sighup",
+                    }
+                }
             }
             Some(()) = async {
                 match hangup.as_mut() {

@@ -110,6 +110,8 @@ pub enum Reason {
     UpstreamRejected,
     UpstreamUnavailable,
     IdpUnavailable,
+    /// Too many failed logins from this address or for this user: temporarily blocked.
+    RateLimited,
 }
 
 impl Reason {
@@ -126,7 +128,9 @@ impl Reason {
             | Reason::TokenUserMismatch
             | Reason::DelegationNotSupported => ReplyClass::Authorization,
             Reason::InvalidToken | Reason::UpstreamRejected => ReplyClass::Authentication,
-            Reason::UpstreamUnavailable | Reason::IdpUnavailable => ReplyClass::Unavailable,
+            Reason::UpstreamUnavailable | Reason::IdpUnavailable | Reason::RateLimited => {
+                ReplyClass::Unavailable
+            }
         }
     }
 
@@ -145,6 +149,7 @@ impl Reason {
             Reason::UpstreamRejected => "upstream_rejected",
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::IdpUnavailable => "idp_unavailable",
+            Reason::RateLimited => "rate_limited",
         }
     }
 }

@@ -18,6 +18,9 @@ use crate::proto::{Mechanism, Protocol, ReplyClass};
 
 /// The generic credentials failure, identical to what a wrong password earns. The session adds
 /// " (ref …)", as it does to an upstream rejection.
+/// The refusal while an address or user is blocked after repeated failures.
+pub const RATE_LIMITED: &str = "Too many failed logins; try again later";
+
 pub const GENERIC_FAILURE: &str = "Authentication failed";
 
 /// Temporary failures, shown to everyone: they say nothing about the account.
@@ -116,6 +119,7 @@ pub fn refusal_text(denial: &Denial, protocol: Protocol, contact: &str) -> Strin
         Reason::UpstreamUnavailable | Reason::IdpUnavailable => {
             return TEMPORARY_FAILURE.to_owned();
         }
+        Reason::RateLimited => return RATE_LIMITED.to_owned(),
         Reason::InvalidToken => {
             "Your sign-in token is not valid or has expired. Sign in to your account again"
                 .to_owned()

@@ -627,6 +627,7 @@ fn reason_codes_match_serde_names() {
         Reason::UpstreamRejected,
         Reason::UpstreamUnavailable,
         Reason::IdpUnavailable,
+        Reason::RateLimited,
     ] {
         assert_eq!(
             serde_json::to_string(&r).unwrap(),

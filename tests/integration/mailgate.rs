@@ -40,6 +40,12 @@ pub struct MailgateBuilder {
     imap: UpstreamSpec,
     pop3: UpstreamSpec,
     limits: String,
+    upstream_extra: String,
+    imap_upstream_extra: String,
+    extra: String,
+    listeners: Vec<(String, String, String, String)>,
+    files: Option<tempfile::TempDir>,
+    login_timeout: String,
 }
 
 impl MailgateBuilder {
@@ -50,6 +56,62 @@ impl MailgateBuilder {
 
     pub fn pop3_upstream(mut self, spec: UpstreamSpec) -> Self {
         self.pop3 = spec;
+        self
+    }
+
+    /// Raw lines added to both `[[upstream]]` tables, e.g. `send_id = true`.
+    pub fn upstream_options(mut self, lines: &str) -> Self {
+        self.upstream_extra.push_str(lines);
+        self.upstream_extra.push('\n');
+        self
+    }
+
+    /// Raw lines added to the IMAP `[[upstream]]` table only, e.g. `send_id = true` (which
+    /// the config refuses on a POP3 upstream).
+    pub fn imap_upstream_options(mut self, lines: &str) -> Self {
+        self.imap_upstream_extra.push_str(lines);
+        self.imap_upstream_extra.push('\n');
+        self
+    }
+
+    /// Raw TOML appended to the config (`[audit]`, `[[oauth.provider]]`, ...).
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        self.extra.push('\n');
+        self
+    }
+
+    /// One more listener on a free port (`lines`: extra keys such as `proxy_protocol`).
+    pub fn listener(mut self, name: &str, protocol: &str, tls: &str, lines: &str) -> Self {
+        self.listeners
+            .push((name.into(), protocol.into(), tls.into(), lines.into()));
+        self
+    }
+
+    /// A private directory for `[policy]`: writes `directory` to a temp file and adds a
+    /// `[policy]` table naming it, plus `policy_lines` (`revoke_on_reload = true`, ...).
+    pub fn policy(mut self, directory: &str, policy_lines: &str) -> Self {
+        let dir = self.files();
+        std::fs::write(dir.join("directory.toml"), directory).expect("write directory");
+        self.extra += &format!(
+            "[policy]\ndirectory = \"{}\"\n{policy_lines}\n",
+            dir.join("directory.toml").display()
+        );
+        self
+    }
+
+    /// A temp dir that lives as long as the mailgate (directory files, audit logs).
+    pub fn files(&mut self) -> PathBuf {
+        self.files
+            .get_or_insert_with(|| tempfile::tempdir().expect("tempdir"))
+            .path()
+            .to_path_buf()
+    }
+
+    /// `login_timeout` of both `[[upstream]]` tables (default `"5s"`), e.g. `"1s"` for a fault
+    /// test whose upstream stalls.
+    pub fn login_timeout(mut self, limit: &str) -> Self {
+        self.login_timeout = limit.into();
         self
     }
 
@@ -69,41 +131,72 @@ impl MailgateBuilder {
                  bind = \"127.0.0.1:0\"\ntls = \"{tls}\"\nupstream = \"{upstream}\"\n\n"
             );
         }
+        for (name, protocol, tls, lines) in &self.listeners {
+            t += &format!(
+                "[[listener]]\nname = \"{name}\"\nprotocol = \"{protocol}\"\n\
+                 bind = \"127.0.0.1:0\"\ntls = \"{tls}\"\nupstream = \"up-{protocol}\"\n{lines}\n\n"
+            );
+        }
         for (name, protocol, spec) in [
             ("up-imap", "imap", &self.imap),
             ("up-pop3", "pop3", &self.pop3),
         ] {
             let addresses: Vec<String> =
                 spec.addresses.iter().map(|a| format!("\"{a}\"")).collect();
+            let only = if protocol == "imap" {
+                self.imap_upstream_extra.as_str()
+            } else {
+                ""
+            };
             t += &format!(
                 "[[upstream]]\nname = \"{name}\"\nprotocol = \"{protocol}\"\naddresses = [{}]\n\
                  tls = \"{}\"\nserver_name = \"localhost\"\nca_file = \"{}\"\n\
-                 connect_timeout = \"2s\"\nlogin_timeout = \"5s\"\n\n",
+                 connect_timeout = \"2s\"\nlogin_timeout = \"{}\"\n{}{only}\n",
                 addresses.join(", "),
                 spec.tls,
-                spec.ca_file.display()
+                spec.ca_file.display(),
+                self.login_timeout,
+                self.upstream_extra,
             );
         }
         t += &format!(
             "[tls]\ncert_file = \"{repo}/certs/localhost.pem\"\nkey_file = \"{repo}/certs/localhost.key\"\n\n"
         );
-        t += &format!("[limits]\n{}\n[log]\nfilter = \"debug\"\n", self.limits);
+        // Tests make many failed logins from 127.0.0.1: no tarpit unless a test asks for one.
+        let delay = if self.limits.contains("login_failure_delay") {
+            ""
+        } else {
+            "login_failure_delay = \"0s\"\n"
+        };
+        t += &format!(
+            "[limits]\n{delay}{}\n[log]\nfilter = \"debug\"\n",
+            self.limits
+        );
+        t += &self.extra;
         t
     }
 
     pub async fn start(self) -> Mailgate {
+        self.start_with(mailgate::server::Services::default()).await
+    }
+
+    /// Start with the given services (an audit sink, a metrics registry to scrape).
+    pub async fn start_with(mut self, services: mailgate::server::Services) -> Mailgate {
         capture_logs();
         let toml = self.toml();
         let config = Config::from_toml(&toml, std::path::Path::new(env!("CARGO_MANIFEST_DIR")))
             .unwrap_or_else(|e| panic!("test config rejected:\n{e}\n---\n{toml}"));
-        Self::serve(config).await
+        let extra: Vec<String> = self.listeners.iter().map(|l| l.0.clone()).collect();
+        let mut mailgate = Self::serve_with(config, services, &extra).await;
+        mailgate.files = self.files.take();
+        mailgate
     }
 
     /// Like [`start`](Self::start), but from a config file at `path` that is watched for
     /// changes (and SIGHUP) as `mailgate run` does; each reload's outcome arrives on the
     /// returned channel, the readiness signal for tests that edit the file.
     pub async fn start_watching(
-        self,
+        mut self,
         path: &std::path::Path,
     ) -> (
         Mailgate,
@@ -114,6 +207,7 @@ impl MailgateBuilder {
         let config = Config::load(path).unwrap_or_else(|e| panic!("test config rejected:\n{e}"));
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let mut mailgate = Self::serve(config).await;
+        mailgate.files = self.files.take();
         let reloader = mailgate.reloader.clone();
         mailgate.watcher = Some(tokio::spawn(mailgate::config::reload::watch(
             path.to_path_buf(),
@@ -124,10 +218,25 @@ impl MailgateBuilder {
     }
 
     async fn serve(config: Config) -> Mailgate {
-        let server = Server::bind(&config).await.expect("mailgate binds");
+        Self::serve_with(config, mailgate::server::Services::default(), &[]).await
+    }
+
+    async fn serve_with(
+        config: Config,
+        services: mailgate::server::Services,
+        extra: &[String],
+    ) -> Mailgate {
+        let server = Server::bind_with(&config, services.clone())
+            .await
+            .expect("mailgate binds");
         let addrs = LISTENERS
             .iter()
-            .map(|(name, ..)| (name.to_string(), server.local_addr(name).expect("bound")))
+            .map(|(name, ..)| name.to_string())
+            .chain(extra.iter().cloned())
+            .map(|name| {
+                let addr = server.local_addr(&name).expect("bound");
+                (name, addr)
+            })
             .collect();
         let (stop, stopped) = oneshot::channel::<()>();
         let reloader = server.reloader();
@@ -140,6 +249,8 @@ impl MailgateBuilder {
             task,
             reloader,
             watcher: None,
+            files: None,
+            services,
         }
     }
 }
@@ -150,24 +261,40 @@ pub struct Mailgate {
     task: JoinHandle<()>,
     pub reloader: mailgate::server::Reloader,
     watcher: Option<JoinHandle<()>>,
+    files: Option<tempfile::TempDir>,
+    pub services: mailgate::server::Services,
 }
 
 impl Mailgate {
     /// In front of `dovecot`: IMAP upstream over implicit TLS, POP3 upstream over STLS, both
     /// verified against the harness CA.
     pub fn builder(dovecot: &Dovecot) -> MailgateBuilder {
-        MailgateBuilder {
-            imap: UpstreamSpec {
+        Self::builder_for(
+            UpstreamSpec {
                 addresses: vec![dovecot.imaps_addr.to_string()],
                 tls: "implicit",
                 ca_file: dovecot.ca_pem.clone(),
             },
-            pop3: UpstreamSpec {
+            UpstreamSpec {
                 addresses: vec![dovecot.pop3_addr.to_string()],
                 tls: "starttls",
                 ca_file: dovecot.ca_pem.clone(),
             },
+        )
+    }
+
+    /// In front of upstreams that are not a harness Dovecot (the fakes of `fake.rs`).
+    pub fn builder_for(imap: UpstreamSpec, pop3: UpstreamSpec) -> MailgateBuilder {
+        MailgateBuilder {
+            imap,
+            pop3,
             limits: String::new(),
+            upstream_extra: String::new(),
+            imap_upstream_extra: String::new(),
+            extra: String::new(),
+            listeners: Vec::new(),
+            files: None,
+            login_timeout: "5s".into(),
         }
     }
 

@@ -9,6 +9,10 @@
 //! - [`idp`]: a real OAuth server (oidc-provider, `tests/idp/`) per test.
 //! - `oauth`: token verification against the real IdP; Dovecot's oauth2 passdb directly.
 //! - `proxy`: every login exchange, refusal and the splice, through mailgate.
+//! - [`fake`]: small scripted upstreams and IdPs for faults a real server will not produce.
+//! - `faults`: upstream and IdP faults through mailgate; no fd or task leaked.
+//! - `ops_e2e`: audit records, session ends, rotation, HAProxy PROXY v2, the client address
+//!   in Dovecot's log, `/metrics` and `/readyz`: the operator surface end to end.
 //!
 //! Needs `dovecot`, `python3`, `curl` and `node` with `tests/idp/node_modules` (`scripts/install-test-deps` installs them).
 
@@ -17,15 +21,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod dovecot;
+mod fake;
 mod fixtures;
 mod idp;
 mod pki;
 mod util;
 
+mod abuse;
 mod direct;
+mod faults;
 mod lifecycle;
 mod mailgate;
 mod oauth;
+mod oauth_e2e;
+mod ops_e2e;
+mod policy_e2e;
 mod proxy;
 mod reload;
 mod secrets;

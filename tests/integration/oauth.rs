@@ -240,6 +240,9 @@ async fn dovecot_oauth2_passdb_python_imap_and_pop3() {
         ("pop3_client.py", &pop3s, "oauthbearer"),
     ] {
         let token = idp.token(&alice.name, "mail-app", TokenKind::Opaque).await;
+        // `--token=…` in one argument: an opaque token may start with '-', which argparse
+        // would take for an option after a separate `--token`.
+        let token_arg = format!("--token={token}");
         let args = [
             "--port",
             port.as_str(),
@@ -251,8 +254,7 @@ async fn dovecot_oauth2_passdb_python_imap_and_pop3() {
             &alice.name,
             "--auth",
             mech,
-            "--token",
-            &token,
+            &token_arg,
         ];
         let out = run_python(script, &args).await;
         assert_success(&out);
@@ -264,8 +266,9 @@ async fn dovecot_oauth2_passdb_python_imap_and_pop3() {
         let bobs = idp
             .token("bob@example.com", "mail-app", TokenKind::Opaque)
             .await;
+        let bobs_arg = format!("--token={bobs}");
         let mut bad = args.to_vec();
-        bad[11] = &bobs;
+        bad[10] = &bobs_arg;
         bad.push("--expect-fail");
         let out = run_python(script, &bad).await;
         assert_success(&out);

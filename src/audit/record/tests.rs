@@ -158,6 +158,7 @@ fn reasons_list_is_complete() {
             Reason::UpstreamRejected => 10,
             Reason::UpstreamUnavailable => 11,
             Reason::IdpUnavailable => 12,
+            Reason::RateLimited => 13,
         }
     }
     for (i, r) in REASONS.iter().enumerate() {

@@ -138,6 +138,29 @@ async fn rotation_loses_nothing_and_new_records_go_to_the_new_file() {
     assert_eq!(audit.stats().dropped, 0);
 }
 
+/// logrotate runs with `nocreate`: the new file must exist once the writer has handled the
+/// signal, even when no record comes for a while (and `audit tail` must find it).
+#[tokio::test]
+async fn reopen_creates_the_new_file_before_any_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let rotated = dir.path().join("audit.log.1");
+    let (audit, writer) = Audit::to_file(&path, 16).unwrap();
+    let task = tokio::spawn(writer.run());
+    audit.record("0", event(0));
+    flush(&audit).await;
+    std::fs::rename(&path, &rotated).unwrap();
+    audit.reopen();
+    // An idle writer is woken by the reopen; a flush after it proves it has been handled.
+    flush(&audit).await;
+    assert!(path.exists(), "no new file after the reopen");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    assert_eq!(sessions(&rotated), vec![0]);
+    assert_eq!(audit.stats().errors, 0);
+    timeout(WAIT, audit.close()).await.unwrap();
+    timeout(WAIT, task).await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn a_full_queue_drops_and_counts_without_waiting() {
     let dir = tempfile::tempdir().unwrap();

@@ -20,7 +20,8 @@
 //! | `ExpectStartTls`      | tagged `OK`                                | `TlsRequested`, buffered bytes dropped           | `ExpectTlsHandshake`  |
 //! |                       | tagged `NO` / `BAD`                        | `Failed(StartTlsRefused)`                        | `Done`                |
 //! | `ExpectTlsHandshake`  | `tls_established()`                        | `CAPABILITY` (RFC 9051 6.2.1: forget old ones)   | `ExpectCapability`    |
-//! | `ExpectCapability`    | `* CAPABILITY ...`, tagged `OK`            | login command                                    | `ExpectLoginAnswer`   |
+//! | `ExpectCapability`    | `* CAPABILITY ...`, tagged `OK`            | login command (or first `ID`, when configured)   | `ExpectLoginAnswer` / `ExpectIdAnswer` |
+//! | `ExpectIdAnswer`      | tagged `OK` / `NO` / `BAD` to the `ID`     | login command                                    | `ExpectLoginAnswer`   |
 //! | `ExpectLoginAnswer`   | `+` (with or without text), more to send   | next piece (literal, SASL response, LOGIN step)  | same                  |
 //! |                       | `+ base64json` after the last piece (OAuth)| record challenge, `""` (XOAUTH2) / `AQ==`        | same                  |
 //! |                       | `* ...` (not BYE)                          | kept as `untagged`                               | same                  |
@@ -82,6 +83,10 @@ enum State {
     ExpectCapability {
         tag: String,
     },
+    /// The answer to the `ID` sent before the login (any status goes on to the login).
+    ExpectIdAnswer {
+        tag: String,
+    },
     ExpectLoginAnswer {
         tag: String,
         /// Pieces still to send, one per `+` (literal data, SASL responses); they hold
@@ -107,6 +112,8 @@ pub struct ImapReplay {
     /// Upper-cased capabilities the upstream advertised (since the last STARTTLS).
     capabilities: Option<Vec<String>>,
     next_tag: u32,
+    /// RFC 2971 `ID` parameter list to send before the login (client address forwarding).
+    id: Option<String>,
     input: BytesMut,
     framer: Framer,
     out: BytesMut,
@@ -164,11 +171,26 @@ impl ImapReplay {
             starttls,
             capabilities: None,
             next_tag: 0,
+            id: None,
             input: BytesMut::new(),
             framer: Framer::default(),
             out: BytesMut::new(),
             events: VecDeque::new(),
         })
+    }
+
+    /// Send `ID ("x-originating-ip" IP "x-originating-port" PORT)` before the login, so an
+    /// upstream that trusts this proxy (Dovecot `login_trusted_networks`) logs and limits by the
+    /// real client address. Any answer to it goes on to the login.
+    pub fn with_client_address(mut self, client: core::net::SocketAddr) -> Self {
+        // An IP address and a port are printable ASCII with no quote or backslash: safe as
+        // quoted strings.
+        self.id = Some(format!(
+            "(\"x-originating-ip\" \"{}\" \"x-originating-port\" \"{}\")",
+            client.ip(),
+            client.port()
+        ));
+        self
     }
 
     /// Bytes from the upstream.
@@ -294,6 +316,11 @@ impl ImapReplay {
                 }
                 other => self.fail(other.unexpected()),
             },
+            State::ExpectIdAnswer { tag } => match response {
+                Response::Untagged { .. } => self.state = State::ExpectIdAnswer { tag },
+                Response::Tagged { tag: got, .. } if got == tag => self.send_login(),
+                other => self.fail(other.unexpected()),
+            },
             State::ExpectLoginAnswer {
                 tag,
                 pending,
@@ -407,6 +434,11 @@ impl ImapReplay {
 
     /// Send the login command (first piece) and wait for its answer.
     fn send_login(&mut self) {
+        if let Some(id) = self.id.take() {
+            let tag = self.send_command(format!("ID {id}").as_bytes());
+            self.state = State::ExpectIdAnswer { tag };
+            return;
+        }
         let tag = self.next_tag();
         let literal_plus = self.has_capability("LITERAL+");
         let sasl_ir = self.has_capability("SASL-IR");

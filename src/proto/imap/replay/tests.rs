@@ -568,3 +568,42 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn client_address_goes_in_an_id_before_the_login() {
+    let request = password(Mechanism::ImapLogin, "alice", b"s3cret");
+    let client: core::net::SocketAddr = "[2001:db8::7]:40123".parse().unwrap();
+    let mut m = ImapReplay::new(&request, false)
+        .unwrap()
+        .with_client_address(client);
+    let mut items = Vec::new();
+    for input in [
+        GREETING_FULL.to_owned(),
+        "* ID (\"name\" \"Dovecot\")\r\nmg1 OK ID completed.\r\n".to_owned(),
+        format!("mg2 {LOGGED_IN}"),
+    ] {
+        m.handle_input(input.as_bytes());
+        drain(&mut m, &mut items);
+    }
+    assert_eq!(
+        items,
+        [
+            c(
+                "mg1 ID (\"x-originating-ip\" \"2001:db8::7\" \"x-originating-port\" \"40123\")\r\n\
+               mg2 LOGIN \"alice\" \"s3cret\"\r\n"
+            ),
+            logged_in(""),
+        ]
+    );
+    // An upstream that refuses ID (NO / BAD) still gets the login.
+    let mut m = ImapReplay::new(&request, false)
+        .unwrap()
+        .with_client_address(client);
+    let mut items = Vec::new();
+    m.handle_input(GREETING_FULL.as_bytes());
+    m.handle_input(b"mg1 BAD Unknown command\r\n");
+    drain(&mut m, &mut items);
+    assert!(
+        matches!(&items[..], [Item::C(sent)] if sent.ends_with("mg2 LOGIN \"alice\" \"s3cret\"\r\n"))
+    );
+}
