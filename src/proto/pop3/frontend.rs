@@ -141,7 +141,12 @@ impl Pop3Frontend {
             state: State::ExpectCommand,
             security,
             limits,
-            deadline: now + limits.auth_timeout,
+            // A timeout too large for the clock (config allows up to u64::MAX ms) means "a day",
+            // never a panic.
+            deadline: now
+                .checked_add(limits.auth_timeout)
+                .or_else(|| now.checked_add(std::time::Duration::from_secs(86_400)))
+                .unwrap_or(now),
             failures: 0,
             input: BytesMut::new(),
             output: BytesMut::new(),
