@@ -40,4 +40,5 @@ pub mod splice;
 pub mod stream;
 pub mod throttle;
 pub mod tls;
+mod toml_error;
 pub mod upstream;

@@ -265,7 +265,7 @@ fn array_of_tables(
 /// Deserializes one table, prefixing any error with `path` and the key toml names inside it.
 fn section<T: DeserializeOwned>(path: &str, value: toml::Value) -> Result<T, ConfigError> {
     value.try_into::<T>().map_err(|e| {
-        let (inner, message) = split_toml_error(&e);
+        let (inner, message) = crate::toml_error::split(&e);
         let path = match inner {
             Some(inner) => format!("{path}.{inner}"),
             None => path.to_owned(),
@@ -274,39 +274,13 @@ fn section<T: DeserializeOwned>(path: &str, value: toml::Value) -> Result<T, Con
     })
 }
 
-/// toml 0.9 keeps the key path of a value-deserialization error private; its `Display` (with no
-/// source text attached) is the message followed by a line "in `a.b`". We read the path back
-/// from there. `tests::toml_error_key_path_is_recovered` pins this format.
-fn split_toml_error(e: &toml::de::Error) -> (Option<String>, String) {
-    let message = e.message().trim().to_owned();
-    let shown = e.to_string();
-    let inner = shown
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("in `").and_then(|l| l.strip_suffix('`')))
-        .map(str::to_owned);
-    (inner, message)
-}
-
 fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
-    let (line, column) = match e.span() {
-        Some(span) => line_column(text, span.start),
-        None => (1, 1),
-    };
+    let (line, column, message) = crate::toml_error::syntax(text, e);
     ConfigError::Syntax {
         line,
         column,
-        message: e.message().trim().replace('\n', "; "),
+        message,
     }
-}
-
-/// 1-based line and column (in characters) of byte offset `at`.
-fn line_column(text: &str, at: usize) -> (usize, usize) {
-    let at = at.min(text.len());
-    let before = text.get(..at).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 #[cfg(test)]
@@ -326,7 +300,7 @@ mod tests {
             a: String,
         }
         let e = value.try_into::<T>().unwrap_err();
-        let (inner, message) = split_toml_error(&e);
+        let (inner, message) = crate::toml_error::split(&e);
         assert_eq!(inner.as_deref(), Some("a"));
         assert!(message.contains("invalid type"), "{message}");
     }

@@ -228,7 +228,7 @@ fn section<T: DeserializeOwned>(path: &str, value: toml::Value) -> Result<T, Err
 }
 
 fn schema(path: &str, e: &toml::de::Error) -> Error {
-    let (inner, message) = split_toml_error(e);
+    let (inner, message) = crate::toml_error::split(e);
     let path = match inner {
         Some(inner) => format!("{path}.{inner}"),
         None => path.to_owned(),
@@ -236,37 +236,11 @@ fn schema(path: &str, e: &toml::de::Error) -> Error {
     Error::Schema { path, message }
 }
 
-/// toml 0.9 keeps the key path of a value-deserialization error private; its `Display` (with no
-/// source text attached) is the message followed by a line "in `a.b`". Same recovery as
-/// `config/file.rs`, whose test pins the format; `directory::tests` pins it for nested tables.
-fn split_toml_error(e: &toml::de::Error) -> (Option<String>, String) {
-    let message = e.message().trim().to_owned();
-    let shown = e.to_string();
-    let inner = shown
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("in `").and_then(|l| l.strip_suffix('`')))
-        .map(str::to_owned);
-    (inner, message)
-}
-
 fn syntax_error(text: &str, e: &toml::de::Error) -> Error {
-    let (line, column) = match e.span() {
-        Some(span) => line_column(text, span.start),
-        None => (1, 1),
-    };
+    let (line, column, message) = crate::toml_error::syntax(text, e);
     Error::Syntax {
         line,
         column,
-        message: e.message().trim().replace('\n', "; "),
+        message,
     }
-}
-
-/// 1-based line and column (in characters) of byte offset `at`.
-fn line_column(text: &str, at: usize) -> (usize, usize) {
-    let at = at.min(text.len());
-    let before = text.get(..at).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
