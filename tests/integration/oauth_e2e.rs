@@ -100,10 +100,13 @@ async fn allowed_client_reads_mail_other_client_and_bad_tokens_are_refused() {
     // and real imaplib reads bob's mail.
     let token = idp.token(bob, "mail-app", TokenKind::Opaque).await;
     let port = mailgate.addr("imap-plain").port().to_string();
+    // `--token=…` in one argument: an opaque token may start with '-', which argparse would
+    // take for an option.
+    let token_arg = format!("--token={token}");
     let out = run_python(
         "imap_client.py",
         &[
-            "--port", &port, "--tls", "none", "--user", bob, "--auth", "xoauth2", "--token", &token,
+            "--port", &port, "--tls", "none", "--user", bob, "--auth", "xoauth2", &token_arg,
         ],
     )
     .await;
@@ -173,8 +176,7 @@ async fn pop3_xoauth2_and_oauthbearer_are_verified_and_replayed() {
                 "alice@example.com",
                 "--auth",
                 mech,
-                "--token",
-                &token,
+                &format!("--token={token}"),
             ],
         )
         .await;
