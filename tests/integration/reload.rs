@@ -155,3 +155,24 @@ pub async fn wait_for(
     .await
     .unwrap_or_else(|_| panic!("no {needle:?} in mailgate's log within 15 s"))
 }
+
+#[tokio::test]
+async fn a_reload_that_drops_a_listeners_upstream_fails_its_logins_temporarily() {
+    let dovecot = Dovecot::start();
+    let mailgate = Mailgate::start(&dovecot).await;
+    let addr = mailgate.addr("imap-plain");
+    assert!(imap_login(addr).await.starts_with("a OK"));
+    // The new config keeps only the POP3 side; the bound IMAP listener stays (listener changes
+    // need a restart) but its upstream is gone: a temporary failure, never a login elsewhere.
+    let pop3_only = format!(
+        "[[listener]]\nname = \"pop3-plain\"\nprotocol = \"pop3\"\nbind = \"127.0.0.1:0\"\n\
+         tls = \"none\"\nupstream = \"up-pop3\"\n\n[[upstream]]\nname = \"up-pop3\"\n\
+         protocol = \"pop3\"\naddresses = [\"{}\"]\ntls = \"none\"\n",
+        dovecot.pop3_addr
+    );
+    let config = mailgate::config::Config::from_toml(&pop3_only, std::path::Path::new("/"))
+        .expect("valid config");
+    mailgate.reloader.reload(config).expect("reload");
+    let reply = imap_login(addr).await;
+    assert!(reply.starts_with("a NO [UNAVAILABLE]"), "{reply}");
+}
