@@ -452,13 +452,20 @@ impl Pop3Frontend {
         }
     }
 
+    /// Report the login, unless a name in it is over `max_username`: refused here as a
+    /// credentials failure (`-ERR [AUTH]`) and counted as an attempt, never reported (so it
+    /// reaches neither the upstream nor the log nor the audit).
     fn login(&mut self, mechanism: Mechanism, credentials: Credentials) {
+        let request = LoginRequest {
+            mechanism,
+            credentials,
+        };
+        if !request.names_fit(self.limits.max_username) {
+            return self.refuse(&Refusal::name_too_long());
+        }
         self.state = State::ExpectOutcome { mechanism };
         self.events
-            .push_back(FrontendEvent::LoginRequested(LoginRequest {
-                mechanism,
-                credentials,
-            }));
+            .push_back(FrontendEvent::LoginRequested(request));
     }
 
     /// RFC 3206: `[AUTH]` for policy and credential refusals, `[SYS/TEMP]` for temporary
