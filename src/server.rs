@@ -199,6 +199,13 @@ impl Reloader {
             tracing::warn!("listener changes take effect only after a restart");
         }
         let next = Generation::build(config, old.number + 1)?;
+        // What the old generation learnt of an upstream holds until the new probe answers.
+        for (name, connector) in &next.connectors {
+            if let Some(earlier) = old.connectors.get(name) {
+                connector.inherit_capabilities(earlier);
+            }
+            connector.spawn_probe();
+        }
         let number = next.number;
         self.shared.current.store(Arc::new(next));
         self.shared.changed.send_replace(number);
@@ -225,6 +232,9 @@ impl Server {
     /// Build the first generation and bind every listener. Nothing is accepted yet.
     pub async fn bind_with(config: &Config, services: Services) -> Result<Server, Error> {
         let generation = Generation::build(config.clone(), 1)?;
+        for connector in generation.connectors.values() {
+            connector.spawn_probe();
+        }
         let mut bound = Vec::new();
         for listener in &config.listeners {
             let tcp = TcpListener::bind(listener.bind)

@@ -369,7 +369,12 @@ async fn drive(mut tcp: TcpStream, ctx: &SessionContext, trail: &mut Trail) -> E
     let now = Instant::now().into_std();
     match ctx.listener.protocol {
         Protocol::Imap => {
-            let machine = ImapFrontend::new(security, limits, now);
+            // What the upstream offers, as last learnt, so the pre-login list holds after login.
+            let upstream = generation
+                .connector(&ctx.listener)
+                .map(|connector| connector.capabilities())
+                .unwrap_or_default();
+            let machine = ImapFrontend::with_upstream(security, limits, now, &upstream);
             Preauth {
                 ctx,
                 generation: generation.clone(),

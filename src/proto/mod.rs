@@ -279,6 +279,10 @@ pub enum ReplayEvent {
         /// The decoded SASL challenge the upstream sent before refusing (XOAUTH2 error JSON).
         challenge: Option<Bytes>,
     },
+    /// A capability probe ([`imap::ImapReplay::probe`]) learnt the upstream's capabilities and
+    /// queued `LOGOUT`. The driver reads them with `capabilities()`, sends the pending transmit
+    /// and closes.
+    Probed,
     /// The upstream broke the protocol or said BYE. The driver refuses with `Unavailable`.
     Failed(ReplayError),
 }
