@@ -28,10 +28,12 @@ mod pki;
 mod util;
 
 mod abuse;
+mod capabilities;
 mod direct;
 mod faults;
 mod lifecycle;
 mod mailgate;
+mod names;
 mod oauth;
 mod oauth_e2e;
 mod ops_e2e;
