@@ -309,11 +309,7 @@ impl Connector {
         Ok(MaybeTls::Tls(Box::new(tls)))
     }
 
-    async fn replay(
-        &self,
-        mut stream: UpstreamStream,
-        mut replay: Replay,
-    ) -> Result<Ended, Error> {
+    async fn replay(&self, mut stream: UpstreamStream, mut replay: Replay) -> Result<Ended, Error> {
         let upstream = || self.config.name.clone();
         let io_err = |source| Error::Io {
             upstream: upstream(),

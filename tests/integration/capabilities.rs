@@ -46,7 +46,13 @@ async fn imaplib_enable_works_and_the_greeting_lists_the_upstreams_capabilities(
 
     let mut raw = TcpLineClient::connect(mailgate.addr("imap-plain")).await;
     let greeting = raw.read_line().await;
-    for capability in ["IDLE", "ENABLE", "LOGIN-REFERRALS", "LITERAL+", "AUTH=PLAIN"] {
+    for capability in [
+        "IDLE",
+        "ENABLE",
+        "LOGIN-REFERRALS",
+        "LITERAL+",
+        "AUTH=PLAIN",
+    ] {
         assert!(
             greeting.split([' ', ']']).any(|c| c == capability),
             "{capability} missing: {greeting}"
@@ -62,9 +68,22 @@ async fn imaplib_enable_works_and_the_greeting_lists_the_upstreams_capabilities(
     let out = run_python(
         "imap_client.py",
         &[
-            "--port", &port, "--tls", "implicit", "--cafile", &ca, "--servername", "localhost",
-            "--user", &alice.name, "--password", &alice.password, "--mode", "enable",
-            "--enable", "UTF8=ACCEPT",
+            "--port",
+            &port,
+            "--tls",
+            "implicit",
+            "--cafile",
+            &ca,
+            "--servername",
+            "localhost",
+            "--user",
+            &alice.name,
+            "--password",
+            &alice.password,
+            "--mode",
+            "enable",
+            "--enable",
+            "UTF8=ACCEPT",
         ],
     )
     .await;
@@ -117,7 +136,10 @@ async fn courier_like_upstream_gets_its_post_login_capabilities_to_the_client() 
     let mut imap = TcpLineClient::connect(mailgate.addr("imap-plain")).await;
     let greeting = imap.read_line().await;
     assert!(!greeting.contains("LITERAL"), "{greeting}");
-    assert!(greeting.contains(" UIDPLUS ") && greeting.contains(" IDLE "), "{greeting}");
+    assert!(
+        greeting.contains(" UIDPLUS ") && greeting.contains(" IDLE "),
+        "{greeting}"
+    );
     let capability = imap.command("a CAPABILITY").await;
     assert!(!capability.contains("LITERAL"), "{capability}");
     imap.read_line().await; // a OK

@@ -194,7 +194,10 @@ enum Step {
     Answer(Vec<u8>),
     AnswerTagged(String),
     /// Answer with `prefix` and the line just read (IMAP: after the line's tag).
-    Echo { prefix: String, tagged: bool },
+    Echo {
+        prefix: String,
+        tagged: bool,
+    },
     Reset,
     Stall,
 }

@@ -11,6 +11,9 @@
 //! - `proxy`: every login exchange, refusal and the splice, through mailgate.
 //! - [`fake`]: small scripted upstreams and IdPs for faults a real server will not produce.
 //! - `faults`: upstream and IdP faults through mailgate; no fd or task leaked.
+//! - `capabilities`: the upstream's capabilities before and after login, through mailgate
+//!   (imaplib against Dovecot, a Courier-like fake).
+//! - `names`: over-long user names stop at mailgate's front-end.
 //! - `ops_e2e`: audit records, session ends, rotation, HAProxy PROXY v2, the client address
 //!   in Dovecot's log, `/metrics` and `/readyz`: the operator surface end to end.
 //!

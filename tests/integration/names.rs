@@ -38,12 +38,21 @@ async fn oversized_user_names_never_leave_the_front_end() {
     let mut imap = TcpLineClient::connect(mailgate.addr("imap-plain")).await;
     imap.read_line().await;
     let answer = imap.command(&format!("a LOGIN \"{long}\" secret")).await;
-    assert!(answer.starts_with("a NO [AUTHENTICATIONFAILED]"), "{answer}");
+    assert!(
+        answer.starts_with("a NO [AUTHENTICATIONFAILED]"),
+        "{answer}"
+    );
     let ir = b64(format!("{long}\0alice@example.com\0secret").as_bytes());
     let answer = imap.command(&format!("b AUTHENTICATE PLAIN {ir}")).await;
-    assert!(answer.starts_with("b NO [AUTHENTICATIONFAILED]"), "{answer}");
+    assert!(
+        answer.starts_with("b NO [AUTHENTICATIONFAILED]"),
+        "{answer}"
+    );
     let answer = imap.command(&format!("c LOGIN {long} secret")).await;
-    assert!(answer.starts_with("c NO [AUTHENTICATIONFAILED]"), "{answer}");
+    assert!(
+        answer.starts_with("c NO [AUTHENTICATIONFAILED]"),
+        "{answer}"
+    );
     let bye = imap.read_line().await;
     assert!(bye.starts_with("* BYE"), "{bye}");
     imap.expect_eof().await;
@@ -71,6 +80,12 @@ async fn oversized_user_names_never_leave_the_front_end() {
     assert!(audit_text.contains(&alice.name), "{audit_text}");
     let fragment = "n4m3-7c1e-n4m3-7c1e";
     assert!(!audit_text.contains(fragment), "the name reached the audit");
-    assert!(!captured_logs().contains(fragment), "the name reached the log");
-    assert!(!dovecot.log().contains(fragment), "the name reached the upstream");
+    assert!(
+        !captured_logs().contains(fragment),
+        "the name reached the log"
+    );
+    assert!(
+        !dovecot.log().contains(fragment),
+        "the name reached the upstream"
+    );
 }

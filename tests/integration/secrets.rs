@@ -176,6 +176,9 @@ async fn an_upstream_echoing_the_login_line_leaks_nothing() {
     assert!(audit_text.contains(ECHO_USER), "{audit_text}");
     for secret in [ECHO_PASSWORD.to_string(), plain_ir] {
         assert!(!logs.contains(&secret), "secret in the log: {secret}");
-        assert!(!audit_text.contains(&secret), "secret in the audit: {secret}");
+        assert!(
+            !audit_text.contains(&secret),
+            "secret in the audit: {secret}"
+        );
     }
 }

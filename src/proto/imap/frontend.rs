@@ -17,6 +17,7 @@
 //! |                      | `STARTTLS` (not offered)                | `tag BAD`                                      | `ExpectCommand`      |
 //! |                      | `LOGIN`/`AUTHENTICATE` before STARTTLS  | `tag NO [PRIVACYREQUIRED]`                     | `ExpectCommand`      |
 //! |                      | `LOGIN u p`, `AUTHENTICATE m <ir>`      | nothing, `LoginRequested`                      | `ExpectOutcome`      |
+//! |                      | ... with a name over `max_username`     | `tag NO [AUTHENTICATIONFAILED]`, counted       | `ExpectCommand` / `Closed` |
 //! |                      | `AUTHENTICATE m` (no initial response)  | `+ ` / `+ VXNlcm5hbWU6`                        | `ExpectSaslResponse` |
 //! |                      | sync literal `{n}` in LOGIN / ID        | `+ Ready for literal data`                     | `ExpectLiteral`      |
 //! |                      | sync literal elsewhere                  | `tag BAD` / `tag NO` (client skips the data)   | `ExpectCommand`      |
@@ -38,6 +39,16 @@
 //! | any pre-login state  | line over `max_line`                    | (`tag BAD` +) `* BYE Line too long`, `Closed(ProtocolViolation)` | `Closed` |
 //! |                      | deadline passed                         | `* BYE Autologout`, `Closed(AuthTimeout)`      | `Closed`             |
 //! | `LoggedIn`, `Closed` | anything                                | nothing                                        | same                 |
+//!
+//! A login whose user name (or SASL authzid, or bearer `user=`) is over `max_username` is not
+//! reported: it is answered `tag NO [AUTHENTICATIONFAILED]` and counted like a refusal (closing
+//! when attempts are exhausted), so it never reaches the upstream, the log or the audit.
+//!
+//! The greeting and `CAPABILITY` list mailgate's own capabilities plus what the upstream offers
+//! before login (last learnt by the driver, [`ImapFrontend::with_upstream`]), minus what
+//! mailgate handles itself. Clients keep that list after login unless the login's OK says
+//! otherwise, so nothing is listed that only mailgate honours (`LITERAL+` only when the
+//! upstream has it).
 //!
 //! Every close queues its protocol answer before `Closed` is reported: no silent close.
 

@@ -21,15 +21,29 @@
 //! |                       | tagged `NO` / `BAD`                        | `Failed(StartTlsRefused)`                        | `Done`                |
 //! | `ExpectTlsHandshake`  | `tls_established()`                        | `CAPABILITY` (RFC 9051 6.2.1: forget old ones)   | `ExpectCapability`    |
 //! | `ExpectCapability`    | `* CAPABILITY ...`, tagged `OK`            | login command (or first `ID`, when configured)   | `ExpectLoginAnswer` / `ExpectIdAnswer` |
+//! | (probe) capabilities known | instead of `ID` / the login           | `LOGOUT`, `Probed`                               | `Done`                |
 //! | `ExpectIdAnswer`      | tagged `OK` / `NO` / `BAD` to the `ID`     | login command                                    | `ExpectLoginAnswer`   |
 //! | `ExpectLoginAnswer`   | `+` (with or without text), more to send   | next piece (literal, SASL response, LOGIN step)  | same                  |
 //! |                       | `+ base64json` after the last piece (OAuth)| record challenge, `""` (XOAUTH2) / `AQ==`        | same                  |
 //! |                       | `* ...` (not BYE)                          | kept as `untagged`                               | same                  |
-//! |                       | tagged `OK`                                | `LoggedIn { untagged, reply }`                   | `LoggedIn` (input kept as residual) |
+//! |                       | tagged `OK [CAPABILITY ...]`, or `OK` after an untagged `* CAPABILITY` | `LoggedIn { untagged, reply }` | `LoggedIn` (input kept as residual) |
+//! |                       | tagged `OK` without a capability list      | `CAPABILITY`                                     | `ExpectPostLoginCapability` |
 //! |                       | tagged `NO`                                | `Rejected { text, challenge }`                   | `Done`                |
+//! | `ExpectPostLoginCapability` | `* CAPABILITY ...`                   | list kept                                        | same                  |
+//! |                       | other untagged                             | kept as `untagged`                               | same                  |
+//! |                       | tagged (`OK`, or `NO`/`BAD`: still logged in) | `LoggedIn`, the list as the reply's `[CAPABILITY ...]` code (as an untagged line when the OK has another code) | `LoggedIn` |
 //! | any                   | `* BYE`                                    | `Failed(Bye)`                                    | `Done`                |
 //! |                       | tagged `BAD`, foreign tag, garbage         | `Failed(Unexpected)`                             | `Done`                |
 //! |                       | line over `MAX_UPSTREAM_LINE`              | `Failed(LineTooLong)`                            | `Done`                |
+//!
+//! Once the login command went out, a `Failed` error names only the kind, status and response
+//! code of the upstream's answer (`tagged BAD [PARSE] (text withheld)`), never its text: some
+//! servers echo the command line they got, password included (issue 9 item 6).
+//!
+//! The login's `OK` must tell the downstream the post-login capabilities: a client that sees
+//! none keeps mailgate's pre-login list (RFC 9051 7.1), and Courier's `OK` carries none. So,
+//! as Dovecot's proxy does, the replay asks with `CAPABILITY` and writes the answer into the
+//! `OK` it reports.
 
 use std::collections::VecDeque;
 

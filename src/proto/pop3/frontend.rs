@@ -29,6 +29,7 @@
 //! | | unknown mechanism, bad base64, malformed | `-ERR` | same |
 //! | | STAT, LIST, RETR, ... / unknown | `-ERR` | same |
 //! | `ExpectPass` | `PASS pw` | `LoginRequested` | `ExpectOutcome` |
+//! | any login edge above | a name over `max_username` (USER, authcid, authzid, `user=`) | `-ERR [AUTH] Authentication failed`, counted as a refusal, not reported | `ExpectCommand` / `Closed(TooManyAttempts)` |
 //! | | `USER name` / `CAPA` / `NOOP` | as above | same |
 //! | | anything else | as in `ExpectCommand` (user forgotten) | |
 //! | `ExpectSaslResponse` | `*` | `-ERR Authentication cancelled.` | `ExpectCommand` |

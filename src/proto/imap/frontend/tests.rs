@@ -15,8 +15,7 @@ const OAUTHBEARER_IR: &str = "bixhPWFsaWNlQGV4YW1wbGUuY29tLAFhdXRoPUJlYXJlciB5YT
 const CHALLENGE: &str = r#"{"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}"#;
 const CHALLENGE_B64: &str = "eyJzdGF0dXMiOiI0MDAiLCJzY2hlbWVzIjoiQmVhcmVyIiwic2NvcGUiOiJodHRwczovL21haWwuZ29vZ2xlLmNvbS8ifQ==";
 
-const CAPS_TLS: &str =
-    "IMAP4rev1 SASL-IR ID AUTH=PLAIN AUTH=LOGIN AUTH=XOAUTH2 AUTH=OAUTHBEARER";
+const CAPS_TLS: &str = "IMAP4rev1 SASL-IR ID AUTH=PLAIN AUTH=LOGIN AUTH=XOAUTH2 AUTH=OAUTHBEARER";
 const CAPS_STARTTLS: &str = "IMAP4rev1 SASL-IR ID STARTTLS LOGINDISABLED";
 
 /// The one clock read of these tests: an arbitrary base point every other time is relative to.
@@ -407,7 +406,11 @@ fn oversized_user_names_are_refused_in_the_front_end() {
     let b64 = |raw: &[u8]| sasl::encode_base64(raw);
     let long = "u".repeat(321);
     let fits = "u".repeat(320);
-    let refused = |tag: &str| s(format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed\r\n"));
+    let refused = |tag: &str| {
+        s(format!(
+            "{tag} NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
+        ))
+    };
     let table: Vec<(String, Vec<Item>)> = vec![
         // IMAP LOGIN: atom, quoted, literal.
         (format!("a LOGIN {long} pw\r\n"), vec![refused("a")]),
@@ -482,7 +485,9 @@ fn oversized_user_names_count_as_attempts() {
     check_with(
         Security::Tls,
         limits,
-        &[c(format!("a LOGIN {long} pw\r\nb LOGIN {long} pw\r\nc NOOP\r\n"))],
+        &[c(format!(
+            "a LOGIN {long} pw\r\nb LOGIN {long} pw\r\nc NOOP\r\n"
+        ))],
         &[
             s("a NO [AUTHENTICATIONFAILED] Authentication failed\r\n\
                b NO [AUTHENTICATIONFAILED] Authentication failed\r\n\
@@ -515,8 +520,17 @@ fn greeting_with(security: Security, upstream: &[&str]) -> String {
 fn greeting_lists_what_the_upstream_offers_minus_what_mailgate_handles() {
     // Dovecot 2.3's pre-login list, as the replay learns it (upper-cased).
     let dovecot = [
-        "IMAP4REV1", "SASL-IR", "LOGIN-REFERRALS", "ID", "ENABLE", "IDLE", "LITERAL+",
-        "STARTTLS", "AUTH=PLAIN", "AUTH=CRAM-MD5", "LOGINDISABLED",
+        "IMAP4REV1",
+        "SASL-IR",
+        "LOGIN-REFERRALS",
+        "ID",
+        "ENABLE",
+        "IDLE",
+        "LITERAL+",
+        "STARTTLS",
+        "AUTH=PLAIN",
+        "AUTH=CRAM-MD5",
+        "LOGINDISABLED",
     ];
     assert_eq!(
         greeting_with(Security::Tls, &dovecot),

@@ -492,7 +492,10 @@ fn errors_after_the_login_carry_no_upstream_text() {
         check(
             &request,
             &[u(GREETING_FULL), u(answer)],
-            &[c("mg1 LOGIN \"alice\" \"s3cret\"\r\n"), failed(error.clone())],
+            &[
+                c("mg1 LOGIN \"alice\" \"s3cret\"\r\n"),
+                failed(error.clone()),
+            ],
         );
     }
     // Before the login went out the upstream saw no credential: its text may be named.
@@ -510,7 +513,10 @@ fn summary_drops_long_or_odd_codes() {
     let request = password(Mechanism::ImapLogin, "alice", b"s3cret");
     check(
         &request,
-        &[u(GREETING_FULL), u("mg1 BAD [BADCHARSET s3cret] s3cret\r\n")],
+        &[
+            u(GREETING_FULL),
+            u("mg1 BAD [BADCHARSET s3cret] s3cret\r\n"),
+        ],
         &[
             c("mg1 LOGIN \"alice\" \"s3cret\"\r\n"),
             failed(ReplayError::Unexpected(
@@ -647,7 +653,10 @@ fn probe_learns_capabilities_and_logs_out() {
     );
     assert_eq!(
         items,
-        [c("mg1 CAPABILITY\r\nmg2 LOGOUT\r\n"), E(ReplayEvent::Probed)]
+        [
+            c("mg1 CAPABILITY\r\nmg2 LOGOUT\r\n"),
+            E(ReplayEvent::Probed)
+        ]
     );
     assert_eq!(caps.unwrap(), ["IMAP4REV1", "IDLE"]);
 
@@ -677,7 +686,10 @@ fn probe_learns_capabilities_and_logs_out() {
 #[test]
 fn long_capability_lines_are_learnt_whole() {
     let many: Vec<String> = (0..60).map(|i| format!("X-CAP{i}")).collect();
-    let line = format!("* CAPABILITY IMAP4rev1 {} IDLE\r\nmg1 OK\r\n", many.join(" "));
+    let line = format!(
+        "* CAPABILITY IMAP4rev1 {} IDLE\r\nmg1 OK\r\n",
+        many.join(" ")
+    );
     let (_, caps) = probe(false, &[u(GREETING_BARE), u(line)]);
     let caps = caps.unwrap();
     assert_eq!(caps.len(), 62);

@@ -1050,15 +1050,25 @@ fn oversized_user_names_are_refused_in_the_front_end() {
             s(REFUSED),
         ],
         vec![
-            c(format!("AUTH PLAIN {}\r\n", b64(format!("\0{long}\0pw").as_bytes()))),
+            c(format!(
+                "AUTH PLAIN {}\r\n",
+                b64(format!("\0{long}\0pw").as_bytes())
+            )),
             s(REFUSED),
         ],
         vec![
-            c(format!("AUTH PLAIN {}\r\n", b64(format!("{long}\0alice\0pw").as_bytes()))),
+            c(format!(
+                "AUTH PLAIN {}\r\n",
+                b64(format!("{long}\0alice\0pw").as_bytes())
+            )),
             s(REFUSED),
         ],
         vec![
-            c(format!("AUTH LOGIN {}\r\n{}\r\n", b64(long.as_bytes()), b64(b"pw"))),
+            c(format!(
+                "AUTH LOGIN {}\r\n{}\r\n",
+                b64(long.as_bytes()),
+                b64(b"pw")
+            )),
             s("+ UGFzc3dvcmQ6\r\n"),
             s(REFUSED),
         ],
@@ -1097,7 +1107,9 @@ fn oversized_user_names_are_refused_in_the_front_end() {
         Security::Tls,
         two,
         &[
-            c(format!("USER {long}\r\nPASS a\r\nUSER {long}\r\nPASS b\r\nNOOP\r\n")),
+            c(format!(
+                "USER {long}\r\nPASS a\r\nUSER {long}\r\nPASS b\r\nNOOP\r\n"
+            )),
             s(format!("+OK\r\n{REFUSED}+OK\r\n{REFUSED}")),
             s(TOO_MANY_ATTEMPTS),
             E(FrontendEvent::Closed(CloseReason::TooManyAttempts)),
