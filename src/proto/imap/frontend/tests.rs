@@ -441,7 +441,7 @@ fn oversized_user_names_are_refused_in_the_front_end() {
                 b64(long.as_bytes()),
                 b64(b"pw")
             ),
-            vec![s(format!("+ UGFzc3dvcmQ6\r\n")), refused("a")],
+            vec![s("+ UGFzc3dvcmQ6\r\n"), refused("a")],
         ),
         // XOAUTH2 `user=` and OAUTHBEARER `a=`.
         (
