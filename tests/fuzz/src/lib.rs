@@ -780,6 +780,7 @@ pub fn run_replay<R: Replay>(data: &[u8]) {
                     logged_in = true;
                 }
                 ReplayEvent::Rejected { .. } | ReplayEvent::Failed(_) => finished = true,
+                ReplayEvent::Probed => panic!("a login replay reported Probed"),
             }
         }
         secrets.assert_absent("the machine", || format!("{machine:?}"));
