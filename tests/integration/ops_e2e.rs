@@ -37,7 +37,7 @@ const POLL: Duration = Duration::from_millis(20);
 // ---------------------------------------------------------------------------------------------
 
 /// Default services whose audit records go to `path`; the writer runs as a task.
-fn audit_to(path: &Path) -> Services {
+pub(crate) fn audit_to(path: &Path) -> Services {
     let (audit, writer) = Audit::to_file(path, 4096).expect("audit file");
     tokio::spawn(writer.run());
     Services {
@@ -55,7 +55,11 @@ fn records(path: &Path) -> Vec<Value> {
 }
 
 /// Flushes the sink and re-reads `path` until `done` holds (bounded by [`WAIT`]).
-async fn await_records(audit: &Audit, path: &Path, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+pub(crate) async fn await_records(
+    audit: &Audit,
+    path: &Path,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
     let deadline = Instant::now() + WAIT;
     loop {
         timeout(WAIT, audit.flush())
@@ -74,7 +78,7 @@ async fn await_records(audit: &Audit, path: &Path, done: impl Fn(&[Value]) -> bo
     }
 }
 
-fn pretty(records: &[Value]) -> String {
+pub(crate) fn pretty(records: &[Value]) -> String {
     records
         .iter()
         .map(Value::to_string)
@@ -83,7 +87,7 @@ fn pretty(records: &[Value]) -> String {
 }
 
 /// The session id of the `connect` record whose client is `client`, if any.
-fn session_of(records: &[Value], client: SocketAddr) -> Option<String> {
+pub(crate) fn session_of(records: &[Value], client: SocketAddr) -> Option<String> {
     records
         .iter()
         .find(|r| r["event"] == "connect" && r["client"] == client.to_string())
@@ -91,7 +95,7 @@ fn session_of(records: &[Value], client: SocketAddr) -> Option<String> {
 }
 
 /// True once the session of `client` has its `session_end`.
-fn ended(records: &[Value], client: SocketAddr) -> bool {
+pub(crate) fn ended(records: &[Value], client: SocketAddr) -> bool {
     session_of(records, client).is_some_and(|id| {
         records
             .iter()
@@ -100,12 +104,12 @@ fn ended(records: &[Value], client: SocketAddr) -> bool {
 }
 
 /// The records of one session, in file order.
-fn of_session<'a>(records: &'a [Value], id: &str) -> Vec<&'a Value> {
+pub(crate) fn of_session<'a>(records: &'a [Value], id: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| r["session"] == id).collect()
 }
 
 /// The one record of `event` in `session` (fails unless there is exactly one).
-fn one<'a>(records: &'a [Value], id: &str, event: &str) -> &'a Value {
+pub(crate) fn one<'a>(records: &'a [Value], id: &str, event: &str) -> &'a Value {
     let found: Vec<_> = of_session(records, id)
         .into_iter()
         .filter(|r| r["event"] == event)
@@ -121,7 +125,7 @@ fn one<'a>(records: &'a [Value], id: &str, event: &str) -> &'a Value {
 
 /// Every session in `records` has exactly one `connect`, first, and exactly one `session_end`,
 /// last; every record's `ts` is RFC 3339 UTC with milliseconds. Returns the session ids.
-fn assert_well_formed(records: &[Value]) -> BTreeSet<String> {
+pub(crate) fn assert_well_formed(records: &[Value]) -> BTreeSet<String> {
     let mut sessions: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
     for r in records {
         assert_ts(r);
