@@ -498,8 +498,8 @@ async fn audit_records_of_real_sessions() {
             "ts"
         ]
     );
-    // LOGOUT: Dovecot closed first.
-    assert_eq!(end["end"], "upstream_closed", "{end}");
+    // LOGOUT: Dovecot closed first, in answer to the client's LOGOUT: the client's doing.
+    assert_eq!(end["end"], "client_closed", "{end}");
     // SELECT and LOGOUT went up, their answers came down.
     assert!(end["bytes_up"].as_u64().unwrap() > 0, "{end}");
     assert!(end["bytes_down"].as_u64().unwrap() > 0, "{end}");
@@ -593,11 +593,33 @@ async fn every_end_path_writes_exactly_one_session_end() {
     drop(c);
     expected.push((me, "client_closed", "logged in, client closed"));
 
-    // Upstream closes (LOGOUT).
+    // LOGOUT after login: Dovecot closes in answer, the client ended the session.
     let (mut c, me) = client_from([127, 0, 0, 1], draining.addr("imap-plain")).await;
     imap_login_logout(&mut c, "alice@example.com", "alice-secret").await;
     drop(c);
-    expected.push((me, "upstream_closed", "LOGOUT after login"));
+    expected.push((me, "client_closed", "LOGOUT after login"));
+
+    // Upstream closes on its own: Dovecot's limit of 20 invalid commands in a row.
+    let (mut c, me) = client_from([127, 0, 0, 1], draining.addr("imap-plain")).await;
+    c.read_line().await;
+    assert!(
+        c.imap("a", "LOGIN alice@example.com alice-secret")
+            .await
+            .tagged
+            .starts_with("a OK")
+    );
+    let mut bye = String::new();
+    for _ in 0..30 {
+        c.send_line("x BOGUS").await;
+        bye = c.read_line().await;
+        if bye.starts_with("* BYE") {
+            break;
+        }
+    }
+    assert!(bye.starts_with("* BYE"), "{bye}");
+    c.expect_eof().await;
+    drop(c);
+    expected.push((me, "upstream_closed", "the upstream's own BYE"));
 
     // Pre-auth: POP3 QUIT, and a client that just goes away.
     let (mut c, me) = client_from([127, 0, 0, 1], draining.addr("pop3-plain")).await;
@@ -934,7 +956,7 @@ async fn haproxy_proxy_v2_names_the_real_client_and_others_are_refused() {
     assert_eq!(connect["client"], me.to_string());
     assert_eq!(connect["listener"], "imap-proxied");
     assert_eq!(one(&all, &id, "auth")["decision"], "allow");
-    assert_eq!(one(&all, &id, "session_end")["end"], "upstream_closed");
+    assert_eq!(one(&all, &id, "session_end")["end"], "client_closed");
     // Every non-probe session on the proxied listener from HAProxy: none names 127.0.0.2
     // except ours, and the spoofed address appears nowhere.
     let text = std::fs::read_to_string(&path).expect("audit");
@@ -1113,9 +1135,10 @@ async fn metrics_move_with_logins_and_readyz_follows_the_drain() {
     assert_eq!(
         delta(
             "mailgate_sessions_ended_total",
-            &[("protocol", "imap"), ("end", "upstream_closed")]
+            &[("protocol", "imap"), ("end", "client_closed")]
         ),
-        1.0
+        2.0,
+        "LOGOUT after login and LOGOUT before it: {after}"
     );
     assert!(
         metric(
