@@ -67,8 +67,9 @@ pub struct Connect {
     pub protocol: Protocol,
     /// The real downstream address (behind a PROXY header, the one it names), as `ip:port`.
     pub client: SocketAddr,
-    /// The TLS version in force when the record is written; `None` (`null`) for plaintext,
-    /// including a STARTTLS listener before the upgrade.
+    /// The TLS version protecting the session; `None` (`null`) for plaintext. On a STARTTLS
+    /// listener the record is written after the upgrade (or, without one, before the first
+    /// `auth` or at the end), so an upgraded session names its version here too.
     pub tls: Option<TlsVersion>,
     /// The server name the client asked for in its TLS ClientHello.
     pub sni: Option<String>,
@@ -157,8 +158,11 @@ pub struct SessionEnd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum End {
-    /// The mail client closed (or logged out), before or after login.
+    /// The mail client closed (or logged out), before or after login: its LOGOUT / QUIT, even
+    /// though the upstream closes first in answer, and a close without TLS close_notify or a
+    /// reset, which is how most clients leave.
     ClientClosed,
+    /// The upstream closed on its own (not in answer to LOGOUT / QUIT).
     UpstreamClosed,
     IdleTimeout,
     /// A reload with `revoke_on_reload` would now refuse the user.
