@@ -258,9 +258,20 @@ enum Watch<'a> {
     Commands(Boundary, &'a AtomicBool),
 }
 
+/// True when `e` on `side`'s stream means that side closed rather than failed. A mail client
+/// leaving without close_notify or with a reset is how clients leave ([`peer_gone`]); an
+/// upstream that resets truncates what it was sending, a fault of the mail server, so there
+/// only a missing close_notify counts as a close.
+fn closed_by(side: Side, e: &std::io::Error) -> bool {
+    match side {
+        Side::Downstream => peer_gone(e),
+        Side::Upstream => e.kind() == std::io::ErrorKind::UnexpectedEof,
+    }
+}
+
 /// Copy one direction until its reader's peer closes (then shut the writer down so the other
 /// peer sees it), its writer's peer is gone, or a failure. `Ok` names the side that closed
-/// ([`peer_gone`] errors count as a close), `Err` the side that failed.
+/// (see [`closed_by`]), `Err` the side that failed.
 async fn pump<R, W>(
     rd: &mut R,
     wr: &mut W,
@@ -281,7 +292,7 @@ where
     loop {
         let n = match rd.read(&mut buf).await {
             Ok(n) => n,
-            Err(e) if peer_gone(&e) => 0,
+            Err(e) if closed_by(from, &e) => 0,
             Err(_) => return Err(from),
         };
         if n == buf.len() && buf.len() < BUFFER {
@@ -311,7 +322,7 @@ where
         };
         match written {
             Ok(()) => {}
-            Err(e) if peer_gone(&e) => return Ok(to),
+            Err(e) if closed_by(to, &e) => return Ok(to),
             Err(_) => return Err(to),
         }
         if let Watch::Responses(tracker, between) = &watch {
