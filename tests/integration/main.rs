@@ -31,6 +31,7 @@ mod pki;
 mod util;
 
 mod abuse;
+mod audit_e2e;
 mod capabilities;
 mod direct;
 mod faults;
