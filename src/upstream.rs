@@ -6,12 +6,13 @@
 //! whether the credentials were refused (relay as authentication failure) or the upstream was
 //! unreachable or broken (temporary failure, never an allow). Errors never carry credentials.
 //!
-//! Each IMAP [`Connector`] also keeps the upstream's last-learnt pre-login capabilities, so the
+//! Each [`Connector`] also keeps the upstream's last-learnt pre-login capabilities, so the
 //! front-end can advertise what the upstream really offers (issue 9 items 9, 10): mailgate
 //! greets the downstream before it connects upstream, so the list comes from a probe
 //! connection at startup and reload ([`Connector::probe`], bounded by the upstream's timeouts)
-//! and is refreshed by every login replay, which sees the greeting anyway. Until then it is
-//! empty, and the front-end advertises only its safe base set.
+//! and, for IMAP, refreshed by every login replay, which sees the greeting anyway (a POP3 login
+//! never asks `CAPA`). Until then it is empty, and the front-end advertises only its safe base
+//! set.
 
 use std::io;
 use std::net::SocketAddr;
@@ -93,8 +94,8 @@ pub struct LoggedIn {
 pub struct Connector {
     config: Arc<Upstream>,
     tls: Option<(TlsConnector, ServerName<'static>)>,
-    /// IMAP: the upstream's pre-login capabilities (after STARTTLS), upper-cased, as last
-    /// learnt; empty until then.
+    /// The upstream's pre-login capabilities (after STARTTLS / STLS), as last learnt; empty
+    /// until then. IMAP: capability names, upper-cased; POP3: whole `CAPA` lines.
     capabilities: ArcSwap<Vec<String>>,
 }
 
@@ -142,13 +143,11 @@ impl Connector {
         }
     }
 
-    /// IMAP: connect without logging in, learn the pre-login capabilities (after STARTTLS
-    /// when configured), `LOGOUT`. Bounded by `connect_timeout` plus `login_timeout`; a
-    /// failure only leaves the list as it was (logged at debug: the logins will say more).
+    /// Connect without logging in, learn the pre-login capabilities (after STARTTLS / STLS
+    /// when configured: IMAP `CAPABILITY`, POP3 `CAPA`), log out. Bounded by
+    /// `connect_timeout` plus `login_timeout`; a failure only leaves the list as it was
+    /// (logged at debug: the logins will say more).
     pub async fn probe(&self) {
-        if self.config.protocol != Protocol::Imap {
-            return;
-        }
         let starttls = self.config.tls == UpstreamTls::StartTls;
         let limit = self
             .config
@@ -156,8 +155,11 @@ impl Connector {
             .saturating_add(self.config.login_timeout);
         let exchange = async {
             let (stream, _) = self.connect(None).await?;
-            self.replay(stream, Replay::Imap(ImapReplay::probe(starttls)))
-                .await
+            let replay = match self.config.protocol {
+                Protocol::Imap => Replay::Imap(ImapReplay::probe(starttls)),
+                Protocol::Pop3 => Replay::Pop3(Pop3Replay::probe(starttls)),
+            };
+            self.replay(stream, replay).await
         };
         match timeout(limit, exchange).await {
             Ok(Ok(_)) => {}
@@ -172,9 +174,6 @@ impl Connector {
 
     /// Run [`Connector::probe`] in the background, when there is a runtime to run it on.
     pub fn spawn_probe(self: &Arc<Self>) {
-        if self.config.protocol != Protocol::Imap {
-            return;
-        }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let connector = self.clone();
             runtime.spawn(async move { connector.probe().await });
@@ -414,7 +413,7 @@ impl Replay {
     fn capabilities(&self) -> Option<&[String]> {
         match self {
             Replay::Imap(r) => r.capabilities(),
-            Replay::Pop3(_) => None,
+            Replay::Pop3(r) => r.capabilities(),
         }
     }
 }

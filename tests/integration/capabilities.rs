@@ -10,6 +10,39 @@ use crate::fake;
 use crate::mailgate::{Mailgate, UpstreamSpec};
 use crate::util::{TcpLineClient, assert_success, json_output, run_python};
 
+/// POP3 `CAPA` before login carries the upstream's own capabilities too (Dovecot: TOP, UIDL),
+/// learnt by the probe over STLS, with mailgate's SASL list and none of Dovecot's.
+#[tokio::test]
+async fn pop3_capa_lists_the_upstreams_capabilities() {
+    let dovecot = Dovecot::start();
+    let mailgate = Mailgate::start(&dovecot).await;
+    let learnt = learnt(&mailgate, "up-pop3").await;
+    assert!(learnt.iter().any(|c| c == "UIDL"), "{learnt:?}");
+    let mut pop3 = TcpLineClient::connect(mailgate.addr("pop3-plain")).await;
+    pop3.read_line().await;
+    pop3.send_line("CAPA").await;
+    let ok = pop3.read_line().await;
+    assert!(ok.starts_with("+OK"), "{ok}");
+    let lines = pop3.read_multiline().await;
+    for capability in [
+        "TOP",
+        "UIDL",
+        "USER",
+        "SASL PLAIN LOGIN XOAUTH2 OAUTHBEARER",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == capability),
+            "{capability}: {lines:?}"
+        );
+    }
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("SASL")).count(),
+        1,
+        "{lines:?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("Dovecot")), "{lines:?}");
+}
+
 /// How long the startup probe may take to learn an upstream's list.
 const LEARN: Duration = Duration::from_secs(10);
 

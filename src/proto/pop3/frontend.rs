@@ -96,6 +96,8 @@ pub struct Pop3Frontend {
     input: BytesMut,
     output: BytesMut,
     events: VecDeque<FrontendEvent>,
+    /// The upstream's extra `CAPA` lines (see [`upstream_extras`]), CRLF-terminated.
+    extras: String,
 }
 
 /// What the machine waits for. Holds no secret: a password goes straight into the event.
@@ -136,8 +138,21 @@ enum SaslStep {
 }
 
 impl Pop3Frontend {
-    /// A machine for a freshly accepted connection; the greeting is queued.
+    /// A machine for a freshly accepted connection; the greeting is queued. `CAPA` lists
+    /// mailgate's own capabilities only, as before the upstream's are known.
     pub fn new(security: Security, limits: PreauthLimits, now: Instant) -> Self {
+        Self::with_upstream(security, limits, now, &[])
+    }
+
+    /// As [`Pop3Frontend::new`], with `CAPA` also listing the upstream's own capabilities
+    /// (`upstream`: its last-learnt `CAPA` lines: `TOP`, `UIDL`, `EXPIRE 30`, ...) minus those
+    /// mailgate handles before login.
+    pub fn with_upstream(
+        security: Security,
+        limits: PreauthLimits,
+        now: Instant,
+        upstream: &[String],
+    ) -> Self {
         let mut frontend = Self {
             state: State::ExpectCommand,
             security,
@@ -152,6 +167,7 @@ impl Pop3Frontend {
             input: BytesMut::new(),
             output: BytesMut::new(),
             events: VecDeque::new(),
+            extras: upstream_extras(upstream),
         };
         frontend.send(GREETING);
         frontend
@@ -366,6 +382,7 @@ impl Pop3Frontend {
         if self.security.logins_allowed() {
             self.send(b"USER\r\nSASL PLAIN LOGIN XOAUTH2 OAUTHBEARER\r\n");
         }
+        self.output.extend_from_slice(self.extras.as_bytes());
         self.send(
             b"RESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nIMPLEMENTATION mailgate\r\n.\r\n",
         );
@@ -503,6 +520,44 @@ impl Pop3Frontend {
     fn send(&mut self, bytes: &[u8]) {
         self.output.extend_from_slice(bytes);
     }
+}
+
+/// The upstream's `CAPA` lines a client may rely on through mailgate, each ending CRLF: all but
+/// those mailgate answers itself before login (`CAPA`, `USER`, `SASL`, `STLS`, and its own
+/// `RESP-CODES`, `AUTH-RESP-CODE`, `PIPELINING`, `IMPLEMENTATION`) and `UTF8` / `LANG`, whose
+/// commands are valid before login (RFC 6856 2, 3) but not answered by mailgate. A line that is
+/// not printable ASCII, or `.`, is dropped (it would end or corrupt the list).
+fn upstream_extras(upstream: &[String]) -> String {
+    let mut extras = String::new();
+    let mut seen: Vec<String> = Vec::new();
+    for line in upstream {
+        let tag = line
+            .split_ascii_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        let handled = matches!(
+            tag.as_str(),
+            "" | "."
+                | "CAPA"
+                | "USER"
+                | "SASL"
+                | "STLS"
+                | "RESP-CODES"
+                | "AUTH-RESP-CODE"
+                | "PIPELINING"
+                | "IMPLEMENTATION"
+                | "UTF8"
+                | "LANG"
+        );
+        if handled || seen.contains(&tag) || !line.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            continue;
+        }
+        extras.push_str(line);
+        extras.push_str("\r\n");
+        seen.push(tag);
+    }
+    extras
 }
 
 /// Never prints buffered input: it may hold a password pipelined after `PASS`.

@@ -1116,3 +1116,37 @@ fn oversized_user_names_are_refused_in_the_front_end() {
         ],
     );
 }
+
+/// Issue 9 item 10 (POP3): `CAPA` before login adds the upstream's own capabilities (TOP, UIDL,
+/// EXPIRE, ...) to mailgate's, without those mailgate answers itself.
+#[test]
+fn capa_lists_what_the_upstream_offers_minus_what_mailgate_handles() {
+    let upstream: Vec<String> = [
+        "CAPA",
+        "TOP",
+        "UIDL",
+        "RESP-CODES",
+        "PIPELINING",
+        "AUTH-RESP-CODE",
+        "STLS",
+        "USER",
+        "SASL PLAIN LOGIN",
+        "IMPLEMENTATION Dovecot",
+        "EXPIRE NEVER",
+        "UTF8",
+        "top",
+        "X\u{e9}",
+    ]
+    .iter()
+    .map(|l| (*l).to_owned())
+    .collect();
+    let mut fe = Pop3Frontend::with_upstream(Security::Tls, limits(), t0(), &upstream);
+    let _greeting = fe.poll_transmit();
+    fe.handle_input(b"CAPA\r\n");
+    assert_eq!(
+        String::from_utf8(fe.poll_transmit().unwrap().to_vec()).unwrap(),
+        "+OK Capability list follows\r\nCAPA\r\nUSER\r\nSASL PLAIN LOGIN XOAUTH2 OAUTHBEARER\r\n\
+         TOP\r\nUIDL\r\nEXPIRE NEVER\r\n\
+         RESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nIMPLEMENTATION mailgate\r\n.\r\n"
+    );
+}
