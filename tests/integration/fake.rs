@@ -9,6 +9,9 @@
 //! let idp = fake::idp().status(500).run().await;
 //! ```
 //!
+//! A POP3 `CAPA` line (mailgate's capability probe) is answered `-ERR` and the connection
+//! closed, whatever the script says: the fakes are CAPA-less servers.
+//!
 //! Loopback only, and bounded: each connection's script is cut off after [`CONN_LIMIT`], a
 //! stalled connection ends as soon as its peer closes, and a fake stops (listener and every
 //! connection) when dropped; [`Fake::stop`] does the same and waits until it has.
@@ -319,6 +322,13 @@ async fn script(mut tcp: TcpStream, steps: Arc<[Step]>, seen: Arc<Mutex<Vec<Stri
                     return;
                 };
                 note(&seen, &line);
+                if line.trim_ascii_end().eq_ignore_ascii_case(b"CAPA") {
+                    // Only mailgate's capability probe sends CAPA (a login never does): answer
+                    // as a server without CAPA would, so every script stays a login script.
+                    let _ = tcp.write_all(b"-ERR no CAPA here\r\n").await;
+                    let _ = tcp.shutdown().await;
+                    return;
+                }
                 let reply = match step {
                     Step::Answer(bytes) => bytes.clone(),
                     Step::AnswerTagged(text) => {
