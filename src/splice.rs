@@ -9,6 +9,11 @@
 //! upstream→downstream direction keeps track of where responses end, so that a goodbye line
 //! (`* BYE`, `-ERR`) is only ever inserted between two responses, never inside a line or an
 //! IMAP literal, where it would corrupt what the client is reading.
+//!
+//! Every write is bounded by the send timeout (nginx `send_timeout`): a peer that accepts no
+//! byte for that long (a client that stopped reading in the middle of a large FETCH, an
+//! upstream that stopped reading an APPEND) ends the session as an error on its side, so it
+//! cannot pin its kernel send buffer and both sockets until the idle timeout.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -100,14 +105,15 @@ pub fn goodbye(protocol: Protocol, end: End) -> Option<&'static [u8]> {
     })
 }
 
-/// Copy both ways until both directions have ended, a side fails, nothing moved for `idle`, or
-/// `interrupt` resolves. When mailgate ends the session, a goodbye line goes downstream first
+/// Copy both ways until both directions have ended, a side fails (or accepts nothing for
+/// `send`), nothing moved for `idle`, or `interrupt` resolves. When mailgate ends the session, a goodbye line goes downstream first
 /// (when the downstream stream is between two responses) and then both sides are closed.
 pub async fn splice<D, U, I>(
     down: D,
     up: U,
     protocol: Protocol,
     idle: Duration,
+    send: Duration,
     interrupt: I,
 ) -> (End, Totals)
 where
@@ -133,6 +139,7 @@ where
             &activity,
             &bytes_up,
             Side::Downstream,
+            send,
             None,
         );
         let to_down = pump(
@@ -141,6 +148,7 @@ where
             &activity,
             &bytes_down,
             Side::Upstream,
+            send,
             Some((Boundary::new(protocol), &between_responses)),
         );
         let both = async {
@@ -231,6 +239,7 @@ async fn pump<R, W>(
     activity: &Activity,
     count: &AtomicU64,
     from: Side,
+    send: Duration,
     mut boundary: Option<(Boundary, &AtomicBool)>,
 ) -> Result<(), Side>
 where
@@ -256,7 +265,8 @@ where
             buf.resize(BUFFER, 0);
         }
         if n == 0 {
-            let _ = wr.shutdown().await;
+            // A TLS close_notify is a write too: bounded like one.
+            let _ = tokio::time::timeout(send, wr.shutdown()).await;
             return Ok(());
         }
         // `read` never returns more than the buffer's length.
@@ -266,14 +276,41 @@ where
             between.store(false, Ordering::Relaxed);
             tracker.feed(chunk);
         }
-        wr.write_all(chunk).await.map_err(|_| to)?;
-        wr.flush().await.map_err(|_| to)?;
+        if let Err(e) = send_all(wr, chunk, send).await {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                tracing::info!(side = ?to, timeout = ?send, "peer accepted no data; ending the session");
+            }
+            return Err(to);
+        }
         if let Some((tracker, between)) = boundary.as_ref() {
             between.store(tracker.between_responses(), Ordering::Relaxed);
         }
         activity.touch();
         count.fetch_add(n as u64, Ordering::Relaxed);
     }
+}
+
+/// Write all of `bytes` and flush, failing with `TimedOut` when the peer accepts no byte for
+/// `send`. As nginx's `send_timeout`, the limit is between two successive writes that make
+/// progress, not for the whole chunk: a slow but live reader is not cut off.
+async fn send_all<W>(wr: &mut W, mut bytes: &[u8], send: Duration) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    let stalled = || std::io::Error::from(std::io::ErrorKind::TimedOut);
+    while !bytes.is_empty() {
+        let n = tokio::time::timeout(send, wr.write(bytes))
+            .await
+            .map_err(|_| stalled())??;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        bytes = bytes.get(n..).unwrap_or_default();
+    }
+    // A TLS stream holds whole records until they are on the wire.
+    tokio::time::timeout(send, wr.flush())
+        .await
+        .map_err(|_| stalled())?
 }
 
 /// Tracks whether a server→client byte stream stands between two responses: at the start of a
@@ -368,6 +405,8 @@ mod tests {
     use super::*;
     use tokio::io::duplex;
 
+    const SEND: Duration = Duration::from_secs(60);
+
     fn never() -> impl Future<Output = Interrupt> {
         std::future::pending()
     }
@@ -377,7 +416,7 @@ mod tests {
         let (down, mut client) = duplex(64 * 1024);
         let (up, mut server) = duplex(64 * 1024);
         let task = tokio::spawn(async move {
-            splice(down, up, Protocol::Imap, Duration::from_secs(30), never()).await
+            splice(down, up, Protocol::Imap, Duration::from_secs(30), SEND, never()).await
         });
         client.write_all(b"a1 NOOP\r\n").await.unwrap();
         let mut buf = [0u8; 9];
@@ -457,6 +496,7 @@ mod tests {
                 up,
                 Protocol::Imap,
                 Duration::from_secs(30),
+                SEND,
                 never(),
             )
             .await
@@ -479,7 +519,7 @@ mod tests {
         let (down, mut client) = duplex(1024);
         let (up, _server) = duplex(1024);
         let task = tokio::spawn(async move {
-            splice(down, up, Protocol::Imap, Duration::from_secs(60), never()).await
+            splice(down, up, Protocol::Imap, Duration::from_secs(60), SEND, never()).await
         });
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
@@ -492,7 +532,7 @@ mod tests {
         let (down, mut client) = duplex(1024);
         let (up, mut server) = duplex(1024);
         let task = tokio::spawn(async move {
-            splice(down, up, Protocol::Pop3, Duration::from_secs(60), never()).await
+            splice(down, up, Protocol::Pop3, Duration::from_secs(60), SEND, never()).await
         });
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_secs(40)).await;
@@ -510,6 +550,67 @@ mod tests {
         assert_eq!(task.await.unwrap().0, End::IdleTimeout);
     }
 
+    /// A client that stops reading while a large FETCH streams down: after `send` with no byte
+    /// accepted the session ends as a downstream error, long before the idle timeout, and the
+    /// upstream side is closed too.
+    #[tokio::test(start_paused = true)]
+    async fn a_downstream_that_stops_reading_hits_the_send_timeout() {
+        let (down, _client) = duplex(1024);
+        let (up, mut server) = duplex(64 * 1024);
+        let task = tokio::spawn(async move {
+            splice(
+                down,
+                up,
+                Protocol::Imap,
+                Duration::from_secs(1800),
+                Duration::from_secs(5),
+                never(),
+            )
+            .await
+        });
+        server.write_all(&[b'm'; 32 * 1024]).await.unwrap();
+        let started = Instant::now();
+        let (end, totals) = task.await.unwrap();
+        assert_eq!(end, End::Error(Side::Downstream));
+        assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+        assert!(totals.bytes_down < 32 * 1024, "{totals:?}");
+        // The upstream is closed, not left half-open.
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.unwrap();
+    }
+
+    /// A reader that takes a byte at a time, slower than the whole chunk would need, but never
+    /// silent for `send`: it is not cut off (the limit is between writes, as nginx's).
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_live_reader_is_not_cut_off() {
+        let (down, mut client) = duplex(16);
+        let (up, mut server) = duplex(64 * 1024);
+        let task = tokio::spawn(async move {
+            splice(
+                down,
+                up,
+                Protocol::Pop3,
+                Duration::from_secs(1800),
+                Duration::from_secs(5),
+                never(),
+            )
+            .await
+        });
+        server.write_all(&[b'm'; 200]).await.unwrap();
+        let mut got = 0;
+        while got < 200 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let mut b = [0u8; 16];
+            got += client.read(&mut b).await.unwrap();
+        }
+        assert!(!task.is_finished(), "a live reader was cut off");
+        drop(server);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        drop(client);
+        assert_eq!(task.await.unwrap().0, End::UpstreamClosed);
+    }
+
     #[tokio::test]
     async fn interrupt_between_responses_sends_goodbye() {
         let (down, mut client) = duplex(1024);
@@ -517,7 +618,7 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let interrupt = async { rx.await.unwrap_or(Interrupt::Shutdown) };
-            splice(down, up, Protocol::Imap, Duration::from_secs(60), interrupt).await
+            splice(down, up, Protocol::Imap, Duration::from_secs(60), SEND, interrupt).await
         });
         server.write_all(b"* 3 EXISTS\r\n").await.unwrap();
         let mut line = [0u8; 12];
@@ -536,7 +637,7 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let interrupt = async { rx.await.unwrap_or(Interrupt::Shutdown) };
-            splice(down, up, Protocol::Imap, Duration::from_secs(60), interrupt).await
+            splice(down, up, Protocol::Imap, Duration::from_secs(60), SEND, interrupt).await
         });
         // A FETCH response whose literal has 10 bytes announced and 4 sent.
         let partial = b"* 1 FETCH (BODY[] {10}\r\nabcd";

@@ -112,6 +112,9 @@ pub enum Reason {
     IdpUnavailable,
     /// Too many failed logins from this address or for this user: temporarily blocked.
     RateLimited,
+    /// The downstream closed (or failed) while its allowed login was being verified or
+    /// replayed; the upstream login was abandoned, nothing was answered.
+    ClientClosed,
 }
 
 impl Reason {
@@ -128,9 +131,10 @@ impl Reason {
             | Reason::TokenUserMismatch
             | Reason::DelegationNotSupported => ReplyClass::Authorization,
             Reason::InvalidToken | Reason::UpstreamRejected => ReplyClass::Authentication,
-            Reason::UpstreamUnavailable | Reason::IdpUnavailable | Reason::RateLimited => {
-                ReplyClass::Unavailable
-            }
+            Reason::UpstreamUnavailable
+            | Reason::IdpUnavailable
+            | Reason::RateLimited
+            | Reason::ClientClosed => ReplyClass::Unavailable,
         }
     }
 
@@ -150,6 +154,7 @@ impl Reason {
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::IdpUnavailable => "idp_unavailable",
             Reason::RateLimited => "rate_limited",
+            Reason::ClientClosed => "client_closed",
         }
     }
 }

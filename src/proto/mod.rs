@@ -278,6 +278,17 @@ pub struct UnsafeCredential {
     pub field: &'static str,
 }
 
+/// Answers a front-end machine queues before it stops reading further pipelined commands: 4 KiB,
+/// a few dozen answers. A client that pipelines thousands of `NOOP`s and never reads would
+/// otherwise have each read of its commands multiplied into answers held in memory (issue 9).
+/// The rest of its input waits unparsed until `poll_transmit` has handed the answers out.
+pub const MAX_PENDING_OUTPUT: usize = 4 * 1024;
+
+/// Most bytes the driver hands a front-end machine at once. The driver reads only after it has
+/// sent every queued answer, so input held back behind [`MAX_PENDING_OUTPUT`] is at most one
+/// message plus one read; more means the driver does not drain, and the machine closes.
+pub const PREAUTH_READ: usize = 4 * 1024;
+
 /// Longest upstream line the replay machines accept before login: 64 KiB, as Dovecot's
 /// `imap_max_line_length`; a capability line is far shorter.
 pub const MAX_UPSTREAM_LINE: usize = 64 * 1024;
