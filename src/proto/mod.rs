@@ -243,15 +243,19 @@ pub enum ReplayEvent {
     /// `LoginOutcome::Accepted { untagged, reply }`, sends the front-end's residual upstream,
     /// the replay's residual downstream, and splices.
     LoggedIn { untagged: Bytes, reply: Bytes },
-    /// The upstream refused the login. The driver answers the front-end with a refusal of class
-    /// `Authentication` carrying `text` and `challenge`.
+    /// The upstream refused the login: a tagged `NO` / `-ERR`, or a `* BYE` or close once the
+    /// login command was sent (Dovecot answers some bad logins, e.g. an oversized user name,
+    /// that way: a failed login, not an outage). The driver answers the front-end with a
+    /// refusal of class `Authentication` carrying `text` (empty after a BYE or close: the
+    /// generic text is sent) and `challenge`.
     Rejected {
         /// The upstream's human text, stripped of its tag and response code.
         text: String,
         /// The decoded SASL challenge the upstream sent before refusing (XOAUTH2 error JSON).
         challenge: Option<Bytes>,
     },
-    /// The upstream broke the protocol or said BYE. The driver refuses with `Unavailable`.
+    /// The upstream broke the protocol, or said BYE or closed before the login command was
+    /// sent. The driver refuses with `Unavailable`.
     Failed(ReplayError),
 }
 
@@ -268,6 +272,8 @@ pub enum ReplayError {
     LineTooLong(usize),
     #[error("upstream said BYE: {0}")]
     Bye(String),
+    #[error("upstream closed the connection before the login was sent")]
+    Closed,
 }
 
 /// A credential cannot be replayed safely: it holds a byte the upstream protocol would read as a
