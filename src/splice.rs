@@ -189,8 +189,14 @@ where
             let _ = down_wr.write_all(line).await;
             let _ = down_wr.flush().await;
         }
-        let _ = down_wr.shutdown().await;
-        let _ = up_wr.shutdown().await;
+        // A side that failed (or stopped reading) gets no TLS close_notify: it would wait for
+        // the same full buffer, and hold the other side's close behind it.
+        if end != End::Error(Side::Downstream) {
+            let _ = down_wr.shutdown().await;
+        }
+        if end != End::Error(Side::Upstream) {
+            let _ = up_wr.shutdown().await;
+        }
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
     let totals = Totals {
