@@ -565,10 +565,9 @@ impl<F: Frontend> Preauth<'_, F> {
     /// Until when a pre-login write may wait: the machine's deadline (`auth_timeout` from
     /// connect), and once the machine has closed, a short grace for its goodbye.
     fn write_deadline(&self) -> Instant {
-        self.machine.poll_timeout().map_or_else(
-            || Instant::now() + GOODBYE_TIMEOUT,
-            Instant::from_std,
-        )
+        self.machine
+            .poll_timeout()
+            .map_or_else(|| Instant::now() + GOODBYE_TIMEOUT, Instant::from_std)
     }
 
     /// The machine closed with its answer queued: send it (briefly), close, end.
@@ -804,7 +803,10 @@ impl<F: Frontend> Preauth<'_, F> {
     /// The downstream went away (or broke a limit) while its login was in flight: the token
     /// check or upstream login was dropped unfinished, and the attempt is recorded as such.
     fn abandoned(&self, mut record: audit::Auth, end: PreauthEnd) -> NotAdmitted {
-        tracing::info!(?end, "downstream gone during its login; upstream login abandoned");
+        tracing::info!(
+            ?end,
+            "downstream gone during its login; upstream login abandoned"
+        );
         record.reason = Reason::ClientClosed;
         self.trail.auth(record);
         NotAdmitted::Ended(end)

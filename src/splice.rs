@@ -413,6 +413,21 @@ mod tests {
 
     const SEND: Duration = Duration::from_secs(60);
 
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// The splice under test, in its own task; the upstream is always an in-memory pipe.
+    fn spawn(
+        down: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        up: tokio::io::DuplexStream,
+        protocol: Protocol,
+        (idle, send): (Duration, Duration),
+        interrupt: impl Future<Output = Interrupt> + Send + 'static,
+    ) -> tokio::task::JoinHandle<(End, Totals)> {
+        tokio::spawn(splice(down, up, protocol, idle, send, interrupt))
+    }
+
     fn never() -> impl Future<Output = Interrupt> {
         std::future::pending()
     }
@@ -421,9 +436,7 @@ mod tests {
     async fn copies_both_ways_and_counts() {
         let (down, mut client) = duplex(64 * 1024);
         let (up, mut server) = duplex(64 * 1024);
-        let task = tokio::spawn(async move {
-            splice(down, up, Protocol::Imap, Duration::from_secs(30), SEND, never()).await
-        });
+        let task = spawn(down, up, Protocol::Imap, (secs(30), SEND), never());
         client.write_all(b"a1 NOOP\r\n").await.unwrap();
         let mut buf = [0u8; 9];
         server.read_exact(&mut buf).await.unwrap();
@@ -496,17 +509,13 @@ mod tests {
     async fn a_close_without_close_notify_is_not_an_error() {
         let (down, mut client) = duplex(1024);
         let (up, mut server) = duplex(1024);
-        let task = tokio::spawn(async move {
-            splice(
-                NoCloseNotify(down),
-                up,
-                Protocol::Imap,
-                Duration::from_secs(30),
-                SEND,
-                never(),
-            )
-            .await
-        });
+        let task = spawn(
+            NoCloseNotify(down),
+            up,
+            Protocol::Imap,
+            (secs(30), SEND),
+            never(),
+        );
         server
             .write_all(b"* BYE Logging out\r\nb OK Logout completed.\r\n")
             .await
@@ -524,9 +533,7 @@ mod tests {
     async fn idle_timeout_sends_goodbye() {
         let (down, mut client) = duplex(1024);
         let (up, _server) = duplex(1024);
-        let task = tokio::spawn(async move {
-            splice(down, up, Protocol::Imap, Duration::from_secs(60), SEND, never()).await
-        });
+        let task = spawn(down, up, Protocol::Imap, (secs(60), SEND), never());
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"* BYE Autologout; idle for too long\r\n");
@@ -537,11 +544,9 @@ mod tests {
     async fn activity_defers_idle_timeout() {
         let (down, mut client) = duplex(1024);
         let (up, mut server) = duplex(1024);
-        let task = tokio::spawn(async move {
-            splice(down, up, Protocol::Pop3, Duration::from_secs(60), SEND, never()).await
-        });
+        let task = spawn(down, up, Protocol::Pop3, (secs(60), SEND), never());
         for _ in 0..3 {
-            tokio::time::sleep(Duration::from_secs(40)).await;
+            tokio::time::sleep(secs(40)).await;
             client.write_all(b"x").await.unwrap();
             let mut b = [0u8; 1];
             server.read_exact(&mut b).await.unwrap();
@@ -563,22 +568,12 @@ mod tests {
     async fn a_downstream_that_stops_reading_hits_the_send_timeout() {
         let (down, _client) = duplex(1024);
         let (up, mut server) = duplex(64 * 1024);
-        let task = tokio::spawn(async move {
-            splice(
-                down,
-                up,
-                Protocol::Imap,
-                Duration::from_secs(1800),
-                Duration::from_secs(5),
-                never(),
-            )
-            .await
-        });
+        let task = spawn(down, up, Protocol::Imap, (secs(1800), secs(5)), never());
         server.write_all(&[b'm'; 32 * 1024]).await.unwrap();
         let started = Instant::now();
         let (end, totals) = task.await.unwrap();
         assert_eq!(end, End::Error(Side::Downstream));
-        assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+        assert!(started.elapsed() < secs(30), "{:?}", started.elapsed());
         assert!(totals.bytes_down < 32 * 1024, "{totals:?}");
         // The upstream is closed, not left half-open.
         let mut rest = Vec::new();
@@ -591,21 +586,11 @@ mod tests {
     async fn a_slow_but_live_reader_is_not_cut_off() {
         let (down, mut client) = duplex(16);
         let (up, mut server) = duplex(64 * 1024);
-        let task = tokio::spawn(async move {
-            splice(
-                down,
-                up,
-                Protocol::Pop3,
-                Duration::from_secs(1800),
-                Duration::from_secs(5),
-                never(),
-            )
-            .await
-        });
+        let task = spawn(down, up, Protocol::Pop3, (secs(1800), secs(5)), never());
         server.write_all(&[b'm'; 200]).await.unwrap();
         let mut got = 0;
         while got < 200 {
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(secs(2)).await;
             let mut b = [0u8; 16];
             got += client.read(&mut b).await.unwrap();
         }
@@ -622,9 +607,8 @@ mod tests {
         let (down, mut client) = duplex(1024);
         let (up, mut server) = duplex(1024);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let interrupt = async { rx.await.unwrap_or(Interrupt::Shutdown) };
-            splice(down, up, Protocol::Imap, Duration::from_secs(60), SEND, interrupt).await
+        let task = spawn(down, up, Protocol::Imap, (secs(60), SEND), async {
+            rx.await.unwrap_or(Interrupt::Shutdown)
         });
         server.write_all(b"* 3 EXISTS\r\n").await.unwrap();
         let mut line = [0u8; 12];
@@ -641,9 +625,8 @@ mod tests {
         let (down, mut client) = duplex(1024);
         let (up, mut server) = duplex(1024);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let interrupt = async { rx.await.unwrap_or(Interrupt::Shutdown) };
-            splice(down, up, Protocol::Imap, Duration::from_secs(60), SEND, interrupt).await
+        let task = spawn(down, up, Protocol::Imap, (secs(60), SEND), async {
+            rx.await.unwrap_or(Interrupt::Shutdown)
         });
         // A FETCH response whose literal has 10 bytes announced and 4 sent.
         let partial = b"* 1 FETCH (BODY[] {10}\r\nabcd";

@@ -448,10 +448,7 @@ fn bye_or_close_after_the_login_command_is_a_rejection() {
     check(
         &password(Mechanism::Login, "alice", b"s3cret"),
         &[u(GREETING_FULL), u("+ VXNlcm5hbWU6\r\n"), Eof],
-        &[
-            c("mg1 AUTHENTICATE LOGIN\r\nYWxpY2U=\r\n"),
-            rejected(),
-        ],
+        &[c("mg1 AUTHENTICATE LOGIN\r\nYWxpY2U=\r\n"), rejected()],
     );
     // An OAuth error challenge seen before the BYE is kept for the downstream.
     check(
@@ -496,7 +493,10 @@ fn bye_or_close_before_the_login_command_is_a_failure() {
     m.handle_input(GREETING_FULL.as_bytes());
     assert!(m.poll_transmit().unwrap().starts_with(b"mg1 ID "));
     m.handle_eof();
-    assert_eq!(m.poll_event(), Some(ReplayEvent::Failed(ReplayError::Closed)));
+    assert_eq!(
+        m.poll_event(),
+        Some(ReplayEvent::Failed(ReplayError::Closed))
+    );
     // After the login completed, a close is the splice's business, not the replay's.
     let mut m = ImapReplay::new(&request, false).unwrap();
     m.handle_input(GREETING_FULL.as_bytes());
