@@ -5,6 +5,12 @@
 //! purpose: send what the machine queued, act on its event, otherwise read (bounded by the
 //! machine's deadline) and feed the bytes in.
 //!
+//! Every write is bounded (issue 9): before login by the machine's deadline (`auth_timeout`
+//! from connect; a client that pipelines commands and never reads is closed then), a goodbye
+//! by [`GOODBYE_TIMEOUT`], and from the login answer on by `send_timeout`. While a login is
+//! verified or replayed the downstream is still read: its close ends the login at once, and
+//! what it pipelines meanwhile is kept for the upstream.
+//!
 //! ```text
 //! accept ─▶ [implicit TLS handshake] ─▶ pre-auth loop ──LoginRequested──▶ policy
 //!                 │ fail: close            │  ▲    │                          │ Deny ─▶ Refused ─┐
@@ -834,10 +840,13 @@ impl<F: Frontend> Preauth<'_, F> {
         // Bytes the downstream pipelined after its login go upstream now, in order; bytes the
         // upstream sent after its answer go downstream. Nothing is lost or sent twice.
         let residual = machine.into_residual();
-        if !residual.is_empty() && !sent(&mut up, &residual, send).await {
+        if splice::send_all(&mut up, &residual, send).await.is_err() {
             return Ending::Spliced(End::Error(Side::Upstream), Totals::default());
         }
-        if !logged.residual.is_empty() && !sent(&mut down, &logged.residual, send).await {
+        if splice::send_all(&mut down, &logged.residual, send)
+            .await
+            .is_err()
+        {
             return Ending::Spliced(End::Error(Side::Downstream), Totals::default());
         }
         // On a reload with revoke_on_reload, re-decide this login under the new policy.
@@ -868,15 +877,6 @@ impl<F: Frontend> Preauth<'_, F> {
         .await;
         Ending::Spliced(end, totals)
     }
-}
-
-/// Write and flush `bytes` within `limit`; false when the peer failed or did not take them.
-async fn sent<S: AsyncWriteExt + Unpin>(stream: &mut S, bytes: &[u8], limit: Duration) -> bool {
-    let io = async {
-        stream.write_all(bytes).await?;
-        stream.flush().await
-    };
-    matches!(timeout(limit, io).await, Ok(Ok(())))
 }
 
 /// Why a login did not lead to a splice.

@@ -299,7 +299,7 @@ where
 /// Write all of `bytes` and flush, failing with `TimedOut` when the peer accepts no byte for
 /// `send`. As nginx's `send_timeout`, the limit is between two successive writes that make
 /// progress, not for the whole chunk: a slow but live reader is not cut off.
-async fn send_all<W>(wr: &mut W, mut bytes: &[u8], send: Duration) -> std::io::Result<()>
+pub async fn send_all<W>(wr: &mut W, mut bytes: &[u8], send: Duration) -> std::io::Result<()>
 where
     W: AsyncWrite + Unpin,
 {
