@@ -87,6 +87,12 @@ pub enum PreauthEnd {
 
 /// What a session writes down about itself: its id and reference, where the client really is,
 /// and the services it reports to. Exactly one `connect` and one `session_end` record each.
+///
+/// The `connect` record says which TLS version protects the session. On a STARTTLS listener
+/// that is only known after the upgrade, so there it is written after the STARTTLS/STLS
+/// handshake, or, for a session that never upgrades, before its first `auth` record or with
+/// its `session_end` (`tls: null`), whichever comes first. Elsewhere it is written right
+/// after the accept (and the implicit TLS handshake). Its `ts` is when it was written.
 struct Trail {
     id: String,
     reference: String,
@@ -100,6 +106,7 @@ struct Trail {
 }
 
 impl Trail {
+    /// Writes the `connect` record, unless it is written already.
     fn connect(&mut self, down: Option<&Downstream>) {
         if self.connected {
             return;
@@ -148,6 +155,19 @@ impl Trail {
                 end: end.into(),
             }),
         );
+    }
+}
+
+impl PreauthEnd {
+    /// A failed read or write on the downstream before login: a client that went away (closed
+    /// TCP without TLS close_notify, as imaplib, mbsync and getmail do, or reset the
+    /// connection) closed the session; anything else is an error.
+    fn downstream_failed(e: &std::io::Error) -> PreauthEnd {
+        if splice::peer_gone(e) {
+            PreauthEnd::DownstreamClosed
+        } else {
+            PreauthEnd::Error(Side::Downstream)
+        }
     }
 }
 
@@ -350,7 +370,9 @@ async fn drive(mut tcp: TcpStream, ctx: &SessionContext, trail: &mut Trail) -> E
             return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
         }
     };
-    trail.connect(Some(&down));
+    if ctx.listener.tls != ListenerTls::StartTls {
+        trail.connect(Some(&down));
+    }
     // One address may hold only so many connections (a NAT'd office shares one, so the cap
     // is generous); the slot is held for the whole session.
     let Some(_slot) = ctx.shared.throttle.connect(trail.peer.source.ip()) else {
@@ -457,7 +479,7 @@ struct Preauth<'a, F> {
     ctx: &'a SessionContext,
     /// The generation of the last login attempt (of the accept, before any).
     generation: Arc<Generation>,
-    trail: &'a Trail,
+    trail: &'a mut Trail,
     down: Downstream,
     machine: F,
 }
@@ -534,7 +556,7 @@ impl<F: Frontend> Preauth<'_, F> {
             match read {
                 Ok(0) => return Ending::Preauth(PreauthEnd::DownstreamClosed),
                 Ok(n) => self.machine.handle_input(buf.get(..n).unwrap_or_default()),
-                Err(_) => return Ending::Preauth(PreauthEnd::Error(Side::Downstream)),
+                Err(e) => return Ending::Preauth(PreauthEnd::downstream_failed(&e)),
             }
         }
     }
@@ -560,7 +582,7 @@ impl<F: Frontend> Preauth<'_, F> {
         };
         match tokio::time::timeout_at(until, io).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(PreauthEnd::Error(Side::Downstream)),
+            Ok(Err(e)) => Err(PreauthEnd::downstream_failed(&e)),
             Err(_) => {
                 tracing::info!("downstream did not read its answers before the deadline");
                 Err(PreauthEnd::Machine(CloseReason::AuthTimeout))
@@ -599,6 +621,7 @@ impl<F: Frontend> Preauth<'_, F> {
             Ok(Ok(tls)) => {
                 self.down = MaybeTls::Tls(Box::new(tls));
                 self.machine.tls_established();
+                self.trail.connect(Some(&self.down));
                 Ok(())
             }
             Ok(Err(e)) => {
@@ -613,6 +636,8 @@ impl<F: Frontend> Preauth<'_, F> {
     /// order. `Err` is the refusal to send, or the end of a session whose downstream went away
     /// meanwhile. Every attempt leaves one `auth` audit record.
     async fn login(&mut self, request: &LoginRequest) -> Result<Admitted, NotAdmitted> {
+        // A STARTTLS session that logs in without upgrading: its `connect` comes first.
+        self.trail.connect(Some(&self.down));
         self.generation = self.ctx.shared.current();
         let generation = self.generation.clone();
         let config = &generation.config;
@@ -826,8 +851,13 @@ impl<F: Frontend> Preauth<'_, F> {
         });
         // From the login answer on, writes are bounded by the send timeout, as in the splice.
         let send = self.generation.config.limits.send_timeout;
-        if self.flush(Instant::now() + send).await.is_err() {
-            return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
+        if let Err(end) = self.flush(Instant::now() + send).await {
+            // Out of time here is the send timeout, not the pre-auth deadline.
+            let end = match end {
+                PreauthEnd::Machine(_) => PreauthEnd::Error(Side::Downstream),
+                end => end,
+            };
+            return Ending::Preauth(end);
         }
         let Preauth {
             mut down,
@@ -915,7 +945,7 @@ async fn watching<F: Frontend, T>(
                         return Err(PreauthEnd::Machine(reason));
                     }
                 }
-                Err(_) => return Err(PreauthEnd::Error(Side::Downstream)),
+                Err(e) => return Err(PreauthEnd::downstream_failed(&e)),
             },
         }
     }

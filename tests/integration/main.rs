@@ -28,6 +28,7 @@ mod pki;
 mod util;
 
 mod abuse;
+mod audit_e2e;
 mod direct;
 mod faults;
 mod lifecycle;
