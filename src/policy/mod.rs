@@ -112,8 +112,9 @@ pub enum Reason {
     IdpUnavailable,
     /// Too many failed logins from this address or for this user: temporarily blocked.
     RateLimited,
-    /// The downstream closed (or failed) while its allowed login was being verified or
-    /// replayed; the upstream login was abandoned, nothing was answered.
+    /// The downstream closed (or failed, or sent more than a login may have pipelined behind
+    /// it) while its allowed login was being verified or replayed; the upstream login was
+    /// abandoned, and no login answer was sent.
     ClientClosed,
 }
 

@@ -355,6 +355,46 @@ async fn client_closing_during_the_upstream_login_ends_it_at_once() {
     wait_until(WAIT, "the sessions are gone", || rig.active() == 0).await;
 }
 
+/// A client that floods while its login is in flight (more than a login may have pipelined
+/// behind it) gets `* BYE` and is closed at once; the upstream login is abandoned too.
+#[tokio::test]
+async fn client_flooding_during_the_upstream_login_is_closed_and_the_login_abandoned() {
+    let imap_up = fake::upstream()
+        .greet(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] fake\r\n")
+        .read_line()
+        .stall()
+        .run()
+        .await;
+    let pop3_up = fake::upstream().stall().run().await;
+    let rig = Rig::start(
+        Mailgate::builder_for(plain(imap_up.addr), plain(pop3_up.addr)).login_timeout("30s"),
+    )
+    .await;
+    let mut c = TcpLineClient::connect(rig.mailgate.addr("imap-plain")).await;
+    c.read_line().await;
+    c.send_line("a LOGIN alice@example.com alice-secret").await;
+    wait_until(WAIT, "the upstream reads the login", || {
+        imap_up.seen().iter().any(|l| l.contains(" LOGIN "))
+    })
+    .await;
+    // More than one line and two literals (the limits' largest message), without a line end.
+    c.send(&[b'x'; 40 * 1024]).await;
+    assert_eq!(
+        c.read_line().await,
+        "* BYE Too much input before the login completed"
+    );
+    c.expect_eof().await;
+    wait_until(
+        Duration::from_secs(1),
+        "the upstream connection is closed",
+        || imap_up.live() == 0,
+    )
+    .await;
+    let records = rig.records_when(|r| !of(r, "session_end").is_empty()).await;
+    assert_eq!(of(&records, "auth")[0]["reason"], "client_closed");
+    assert_eq!(of(&records, "session_end")[0]["end"], "error");
+}
+
 /// Bytes a client pipelines while its login is in flight are not lost by the race: they reach
 /// the upstream after the login, exactly once. The fake upstream answers the login after a
 /// second (a slow password check), so the bytes arrive while mailgate waits for it.
