@@ -285,18 +285,24 @@ fn plain(addr: SocketAddr) -> UpstreamSpec {
     }
 }
 
+/// An IMAP upstream that reads the login and then says nothing (a real Dovecot will not stall
+/// on demand).
+async fn imap_stalling_on_login() -> fake::Fake {
+    fake::upstream()
+        .greet(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] fake\r\n")
+        .read_line()
+        .stall()
+        .run()
+        .await
+}
+
 /// A client that closes right after its LOGIN / PASS, while the upstream login is in flight,
 /// ends it at once: the upstream connection is closed within a second (not at the 30 s
 /// `login_timeout`), with one `auth` record (`client_closed`) and one `session_end`. The fake
 /// upstream reads the login and then stalls: a real Dovecot will not stall on demand.
 #[tokio::test]
 async fn client_closing_during_the_upstream_login_ends_it_at_once() {
-    let imap_up = fake::upstream()
-        .greet(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] fake\r\n")
-        .read_line()
-        .stall()
-        .run()
-        .await;
+    let imap_up = imap_stalling_on_login().await;
     let pop3_up = fake::upstream()
         .greet(b"+OK fake\r\n")
         .answer(b"+OK\r\n")
@@ -359,12 +365,7 @@ async fn client_closing_during_the_upstream_login_ends_it_at_once() {
 /// behind it) gets `* BYE` and is closed at once; the upstream login is abandoned too.
 #[tokio::test]
 async fn client_flooding_during_the_upstream_login_is_closed_and_the_login_abandoned() {
-    let imap_up = fake::upstream()
-        .greet(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] fake\r\n")
-        .read_line()
-        .stall()
-        .run()
-        .await;
+    let imap_up = imap_stalling_on_login().await;
     let pop3_up = fake::upstream().stall().run().await;
     let rig = Rig::start(
         Mailgate::builder_for(plain(imap_up.addr), plain(pop3_up.addr)).login_timeout("30s"),
