@@ -1034,6 +1034,7 @@ async fn metrics_move_with_logins_and_readyz_follows_the_drain() {
         listener,
         services.metrics.clone(),
         services.readiness.clone(),
+        mailgate::config::Admin::default(),
         async {
             let _ = stopped.await;
         },
