@@ -340,3 +340,50 @@ async fn listen_backlog_defaults_to_4096_and_is_configurable() {
         .await;
     assert_eq!(listen_backlog(mailgate.addr("imap").port()).await, 300);
 }
+
+/// The admin listener under a flood of partial requests (issue 9 item 5): each holds at most a
+/// slot among `max_connections`, the oldest waiting one gives way to a newcomer, the rest are
+/// closed after `header_timeout`, and a scrape still answers during the flood.
+#[tokio::test]
+async fn admin_listener_survives_a_flood_of_partial_requests() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind admin");
+    let admin = listener.local_addr().expect("admin addr");
+    let limits = mailgate::config::Admin {
+        bind: admin,
+        max_connections: 16,
+        header_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(3),
+    };
+    let server = tokio::spawn(mailgate::admin::serve(
+        listener,
+        std::sync::Arc::new(mailgate::metrics::Metrics::new()),
+        mailgate::admin::Readiness::new(),
+        limits,
+        std::future::pending(),
+    ));
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        let mut s = connect_from(loopback(0, 0, 2), admin).await;
+        // A request head that never ends.
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\n")
+            .await
+            .expect("partial head");
+        flood.push(s);
+    }
+    // A real scraper, during the flood.
+    let started = Instant::now();
+    let out = crate::util::run_curl(&["--max-time", "3", &format!("http://{admin}/metrics")]).await;
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("# EOF\n"));
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    // Never more than the cap open on the admin port (plus the listener).
+    let open = sockets_on_port(admin.port());
+    assert!(open <= 17, "{open} sockets on the admin port");
+    // All partial requests end within the header timeout (1 s) and some slack.
+    let (closed, left) = count_closed(flood, Duration::from_millis(2500)).await;
+    assert!(left.is_empty(), "{} of 300 partial requests still open", left.len());
+    assert_eq!(closed, 300);
+    server.abort();
+}
