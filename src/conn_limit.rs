@@ -66,8 +66,8 @@ impl Over {
 
 /// The address a cap counts. IPv4 (and IPv4-mapped IPv6) as is. IPv6 by its /64: one
 /// subscriber line or host is normally given a whole /64 (RFC 6177), so counting single
-/// addresses would let one host rotate through 2^64 of them; the failed-login throttle keys
-/// IPv6 the same way.
+/// addresses would let one host rotate through 2^64 of them. The cost: hosts sharing a /64
+/// share a cap, as hosts behind one NAT'd IPv4 address do.
 pub fn client_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {

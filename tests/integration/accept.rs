@@ -33,7 +33,7 @@ async fn connect_from(from: IpAddr, addr: SocketAddr) -> TcpStream {
 }
 
 /// Whether mailgate closes `stream` (EOF or reset, after any goodbye line) within `limit`.
-async fn closed_within(mut stream: TcpStream, limit: Duration) -> bool {
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
     let mut buf = [0u8; 512];
     let read_to_end = async {
         loop {
@@ -50,19 +50,7 @@ async fn closed_within(mut stream: TcpStream, limit: Duration) -> bool {
 async fn count_closed(streams: Vec<TcpStream>, limit: Duration) -> (usize, Vec<TcpStream>) {
     let mut checks = JoinSet::new();
     for mut s in streams {
-        checks.spawn(async move {
-            let mut buf = [0u8; 512];
-            let end = async {
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                }
-            };
-            let closed = tokio::time::timeout(limit, end).await.is_ok();
-            (closed, s)
-        });
+        checks.spawn(async move { (closed_within(&mut s, limit).await, s) });
     }
     let (mut closed, mut open) = (0, Vec::new());
     while let Some(done) = checks.join_next().await {
@@ -199,8 +187,8 @@ async fn connections_over_the_global_cap_are_closed_at_once_and_hold_no_fd() {
         let from = loopback(1, (i / 250) as u8, (i % 250) as u8 + 1);
         flood.spawn(async move {
             let started = Instant::now();
-            let stream = connect_from(from, imaps).await;
-            let closed = closed_within(stream, AT_ONCE).await;
+            let mut stream = connect_from(from, imaps).await;
+            let closed = closed_within(&mut stream, AT_ONCE).await;
             (closed, started.elapsed())
         });
     }
@@ -377,13 +365,21 @@ async fn admin_listener_survives_a_flood_of_partial_requests() {
     let out = crate::util::run_curl(&["--max-time", "3", &format!("http://{admin}/metrics")]).await;
     assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).ends_with("# EOF\n"));
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     // Never more than the cap open on the admin port (plus the listener).
     let open = sockets_on_port(admin.port());
     assert!(open <= 17, "{open} sockets on the admin port");
     // All partial requests end within the header timeout (1 s) and some slack.
     let (closed, left) = count_closed(flood, Duration::from_millis(2500)).await;
-    assert!(left.is_empty(), "{} of 300 partial requests still open", left.len());
+    assert!(
+        left.is_empty(),
+        "{} of 300 partial requests still open",
+        left.len()
+    );
     assert_eq!(closed, 300);
     server.abort();
 }
