@@ -334,6 +334,29 @@ mod tests {
         assert!(TcpStream::connect(addr).await.is_err());
     }
 
+    #[test]
+    fn at_the_cap_the_oldest_waiting_connection_gives_way() {
+        let slots = Slots::default();
+        let (first, mut first_evicted) = slots.admit(2).unwrap();
+        let (second, mut second_evicted) = slots.admit(2).unwrap();
+        // Both waiting: the newcomer evicts the oldest.
+        let (third, _) = slots.admit(2).unwrap();
+        assert_eq!(first_evicted.try_recv(), Ok(()));
+        drop(first);
+        assert!(second_evicted.try_recv().is_err());
+        // Both remaining ones serving: nobody to evict, the newcomer is refused.
+        slots.serving(second.id);
+        slots.serving(third.id);
+        assert!(slots.admit(2).is_none());
+        // A finished one frees its slot.
+        drop(second);
+        assert!(slots.admit(2).is_some());
+        assert_eq!(
+            second_evicted.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        );
+    }
+
     #[tokio::test]
     async fn non_get_is_refused() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

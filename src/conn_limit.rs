@@ -17,6 +17,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
+use crate::metrics::Refused;
+
 /// Settings, from `[limits]`. 0 switches a cap off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caps {
@@ -61,6 +63,16 @@ impl Over {
     /// Whether the client's own address is at fault (the goodbye says so).
     pub fn per_ip(self) -> bool {
         matches!(self, Over::ConnectionsPerIp | Over::HandshakesPerIp)
+    }
+}
+
+impl From<Over> for Refused {
+    /// The `reason` label of `mailgate_connections_refused_total`.
+    fn from(over: Over) -> Refused {
+        match over {
+            Over::ConnectionsPerIp => Refused::Limit,
+            Over::Handshakes | Over::HandshakesPerIp => Refused::Handshakes,
+        }
     }
 }
 

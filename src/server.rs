@@ -395,7 +395,7 @@ async fn accept_loop(tcp: TcpListener, ctx: Arc<SessionContext>, permits: Arc<Se
                 tracing::debug!(listener = %ctx.listener.name, %peer, ?turned, "refused at accept");
                 let (reason, per_ip) = match turned {
                     Turned::Global => (Refused::Limit, false),
-                    Turned::Cap(over) => (refused(over), over.per_ip()),
+                    Turned::Cap(over) => (over.into(), over.per_ip()),
                 };
                 ctx.shared
                     .services
@@ -439,12 +439,4 @@ fn admit(
             handshake,
         },
     ))
-}
-
-/// The metric reason for a cap.
-pub fn refused(over: Over) -> Refused {
-    match over {
-        Over::ConnectionsPerIp => Refused::Limit,
-        Over::Handshakes | Over::HandshakesPerIp => Refused::Handshakes,
-    }
 }

@@ -16,6 +16,11 @@
 //!                                          ▼                                    ▼
 //!                                   end=client_closed                        splice ─▶ end
 //! ```
+//!
+//! Before the first box the accept loop has admitted the connection under the caps of
+//! `crate::conn_limit` (see `crate::server`). On a PROXY listener [`run`] first reads the
+//! header, then takes the per-client slots for the client it names (over a cap: refused at
+//! once); the handshake slot is given back once TLS is up.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -362,7 +367,7 @@ async fn drive(
                     trail
                         .services
                         .metrics
-                        .connection_refused(&ctx.listener.name, crate::server::refused(over));
+                        .connection_refused(&ctx.listener.name, over.into());
                     refuse_at_once(tcp, &ctx.listener, true);
                     return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
                 }
