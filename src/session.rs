@@ -82,6 +82,12 @@ pub enum PreauthEnd {
 
 /// What a session writes down about itself: its id and reference, where the client really is,
 /// and the services it reports to. Exactly one `connect` and one `session_end` record each.
+///
+/// The `connect` record says which TLS version protects the session. On a STARTTLS listener
+/// that is only known after the upgrade, so there it is written after the STARTTLS/STLS
+/// handshake, or, for a session that never upgrades, before its first `auth` record or with
+/// its `session_end` (`tls: null`), whichever comes first. Elsewhere it is written right
+/// after the accept (and the implicit TLS handshake). Its `ts` is when it was written.
 struct Trail {
     id: String,
     reference: String,
@@ -95,6 +101,7 @@ struct Trail {
 }
 
 impl Trail {
+    /// Writes the `connect` record, unless it is written already.
     fn connect(&mut self, down: Option<&Downstream>) {
         if self.connected {
             return;
@@ -143,6 +150,19 @@ impl Trail {
                 end: end.into(),
             }),
         );
+    }
+}
+
+impl PreauthEnd {
+    /// A failed read or write on the downstream before login: a client that went away (closed
+    /// TCP without TLS close_notify, as imaplib, mbsync and getmail do, or reset the
+    /// connection) closed the session; anything else is an error.
+    fn downstream_failed(e: &std::io::Error) -> PreauthEnd {
+        if splice::peer_gone(e) {
+            PreauthEnd::DownstreamClosed
+        } else {
+            PreauthEnd::Error(Side::Downstream)
+        }
     }
 }
 
@@ -391,7 +411,9 @@ async fn drive(
         }
     };
     drop(handshake.take());
-    trail.connect(Some(&down));
+    if ctx.listener.tls != ListenerTls::StartTls {
+        trail.connect(Some(&down));
+    }
     let security = match ctx.listener.tls {
         ListenerTls::Implicit => Security::Tls,
         ListenerTls::StartTls => Security::StartTlsOffered,
@@ -478,7 +500,7 @@ struct Preauth<'a, F> {
     ctx: &'a SessionContext,
     /// The generation of the last login attempt (of the accept, before any).
     generation: Arc<Generation>,
-    trail: &'a Trail,
+    trail: &'a mut Trail,
     down: Downstream,
     machine: F,
 }
@@ -488,8 +510,8 @@ impl<F: Frontend> Preauth<'_, F> {
         let mut buf = vec![0u8; 4096];
         let mut phase = self.ctx.shared.phase();
         loop {
-            if self.flush().await.is_err() {
-                return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
+            if let Err(e) = self.flush().await {
+                return Ending::Preauth(PreauthEnd::downstream_failed(&e));
             }
             match self.machine.poll_event() {
                 Some(FrontendEvent::TlsRequested) => {
@@ -555,7 +577,7 @@ impl<F: Frontend> Preauth<'_, F> {
             match read {
                 Ok(0) => return Ending::Preauth(PreauthEnd::DownstreamClosed),
                 Ok(n) => self.machine.handle_input(buf.get(..n).unwrap_or_default()),
-                Err(_) => return Ending::Preauth(PreauthEnd::Error(Side::Downstream)),
+                Err(e) => return Ending::Preauth(PreauthEnd::downstream_failed(&e)),
             }
         }
     }
@@ -587,6 +609,7 @@ impl<F: Frontend> Preauth<'_, F> {
             Ok(Ok(tls)) => {
                 self.down = MaybeTls::Tls(Box::new(tls));
                 self.machine.tls_established();
+                self.trail.connect(Some(&self.down));
                 Ok(())
             }
             Ok(Err(e)) => {
@@ -600,6 +623,8 @@ impl<F: Frontend> Preauth<'_, F> {
     /// Verify the token (OAuth), decide (policy), then replay upstream, in SPEC's decision
     /// order. `Err` is the refusal to send. Every attempt leaves one `auth` audit record.
     async fn login(&mut self, request: &LoginRequest) -> Result<Admitted, Refusal> {
+        // A STARTTLS session that logs in without upgrading: its `connect` comes first.
+        self.trail.connect(Some(&self.down));
         self.generation = self.ctx.shared.current();
         let generation = self.generation.clone();
         let config = &generation.config;
@@ -790,8 +815,8 @@ impl<F: Frontend> Preauth<'_, F> {
             untagged: logged.untagged,
             reply: logged.reply,
         });
-        if self.flush().await.is_err() {
-            return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
+        if let Err(e) = self.flush().await {
+            return Ending::Preauth(PreauthEnd::downstream_failed(&e));
         }
         let Preauth {
             mut down,

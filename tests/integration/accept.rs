@@ -1,6 +1,6 @@
-//! The accept path under a hostile network (issue 9 item 2): half-open connections from one
-//! address, floods over the global cap, per-IP accounting behind a PROXY balancer, and the
-//! listen backlog. Every attacker socket is bound to its own loopback address (127.0.0.0/8 is
+//! The accept path under a hostile network (issue 9 items 2 and 5): half-open connections from
+//! one address, floods over the global cap, per-IP accounting behind a PROXY balancer, the
+//! listen backlog, and the admin listener under a flood of partial requests. Every attacker socket is bound to its own loopback address (127.0.0.0/8 is
 //! all loopback on Linux) before connecting, so "another address" is real at the TCP level.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
