@@ -223,6 +223,16 @@ impl Reloader {
         if old.config.listeners != config.listeners {
             tracing::warn!("listener changes take effect only after a restart");
         }
+        // Sized or bound once at startup; the per-address and handshake caps apply at once.
+        let (was, now) = (&old.config.limits, &config.limits);
+        if (was.max_connections, was.backlog) != (now.max_connections, now.backlog) {
+            tracing::warn!(
+                "limits.max_connections and limits.backlog take effect only after a restart"
+            );
+        }
+        if old.config.admin != config.admin {
+            tracing::warn!("[admin] changes take effect only after a restart");
+        }
         let next = Generation::build(config, old.number + 1)?;
         let number = next.number;
         self.shared.current.store(Arc::new(next));
