@@ -43,3 +43,4 @@ mod policy_e2e;
 mod proxy;
 mod reload;
 mod secrets;
+mod stalls;
