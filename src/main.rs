@@ -266,6 +266,7 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
                 listener,
                 services.metrics.clone(),
                 services.readiness.clone(),
+                *a,
                 async {
                     let _ = admin_stopped.await;
                 },

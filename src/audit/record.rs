@@ -108,7 +108,7 @@ impl Auth {
 }
 
 /// Every `auth.reason` code, `ok` first (for `audit tail --reason` and tests).
-pub const REASONS: [Reason; 14] = [
+pub const REASONS: [Reason; 15] = [
     Reason::Ok,
     Reason::UnknownUser,
     Reason::Suspended,
@@ -123,6 +123,7 @@ pub const REASONS: [Reason; 14] = [
     Reason::UpstreamUnavailable,
     Reason::IdpUnavailable,
     Reason::RateLimited,
+    Reason::ClientClosed,
 ];
 
 /// `auth.decision`.

@@ -11,6 +11,8 @@
 //! - `proxy`: every login exchange, refusal and the splice, through mailgate.
 //! - [`fake`]: small scripted upstreams and IdPs for faults a real server will not produce.
 //! - `faults`: upstream and IdP faults through mailgate; no fd or task leaked.
+//! - `accept`: half-open floods, the global and per-address caps, PROXY, the listen backlog,
+//!   the admin listener under a flood.
 //! - `capabilities`: the upstream's capabilities before and after login, through mailgate
 //!   (imaplib against Dovecot, a Courier-like fake).
 //! - `names`: over-long user names stop at mailgate's front-end.
@@ -31,6 +33,7 @@ mod pki;
 mod util;
 
 mod abuse;
+mod accept;
 mod audit_e2e;
 mod capabilities;
 mod direct;
@@ -45,3 +48,4 @@ mod policy_e2e;
 mod proxy;
 mod reload;
 mod secrets;
+mod stalls;

@@ -1060,6 +1060,7 @@ async fn metrics_move_with_logins_and_readyz_follows_the_drain() {
         listener,
         services.metrics.clone(),
         services.readiness.clone(),
+        mailgate::config::Admin::default(),
         async {
             let _ = stopped.await;
         },

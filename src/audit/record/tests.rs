@@ -159,6 +159,7 @@ fn reasons_list_is_complete() {
             Reason::UpstreamUnavailable => 11,
             Reason::IdpUnavailable => 12,
             Reason::RateLimited => 13,
+            Reason::ClientClosed => 14,
         }
     }
     for (i, r) in REASONS.iter().enumerate() {
