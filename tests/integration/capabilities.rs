@@ -192,3 +192,53 @@ async fn courier_like_upstream_gets_its_post_login_capabilities_to_the_client() 
     let bye = imap.command("c LOGOUT").await;
     assert_eq!(bye.trim_end(), "c OK LOGOUT completed");
 }
+
+/// A reload probes again: after the IMAP upstream changes to another server, the greeting
+/// lists the new server's capabilities, not the old one's.
+///
+/// Hand-written fakes (fake.rs): two upstreams with different capability lists on demand.
+#[tokio::test]
+async fn a_reload_learns_the_new_upstreams_capabilities() {
+    let greeting = |extra: &str| {
+        format!("* OK [CAPABILITY IMAP4rev1 {extra} AUTH=PLAIN] fake ready\r\n").into_bytes()
+    };
+    let first = fake::upstream().greet(&greeting("X-FIRST")).run().await;
+    let second = fake::upstream().greet(&greeting("X-SECOND")).run().await;
+    let pop3 = fake::upstream().run().await;
+    let plain = |addr: std::net::SocketAddr| UpstreamSpec {
+        addresses: vec![addr.to_string()],
+        tls: "none",
+        ca_file: Mailgate::ca_pem(),
+    };
+    let mailgate = Mailgate::builder_for(plain(first.addr), plain(pop3.addr))
+        .start()
+        .await;
+    assert!(
+        learnt(&mailgate, "up-imap")
+            .await
+            .contains(&"X-FIRST".to_owned())
+    );
+
+    let toml = Mailgate::builder_for(plain(second.addr), plain(pop3.addr)).toml();
+    let config = mailgate::config::Config::from_toml(
+        &toml,
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+    )
+    .expect("config");
+    mailgate.reloader.reload(config).expect("reload");
+    let deadline = tokio::time::Instant::now() + LEARN;
+    while !learnt(&mailgate, "up-imap")
+        .await
+        .contains(&"X-SECOND".to_owned())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reload's probe learnt nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut imap = TcpLineClient::connect(mailgate.addr("imap-plain")).await;
+    let line = imap.read_line().await;
+    assert!(line.contains(" X-SECOND "), "{line}");
+    assert!(!line.contains("X-FIRST"), "{line}");
+}
