@@ -5,6 +5,8 @@
 //! the verdicts (waits the delay before answering, refuses while blocked). Memory is bounded:
 //! each table holds at most [`MAX_ENTRIES`] keys and sheds its stalest entries beyond that.
 
+pub mod store;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
