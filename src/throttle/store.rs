@@ -52,7 +52,9 @@
 //! **[`Store::reserve`]`(attempt, limits, now)`** — take the slot before the upstream is asked.
 //! 1. Password attempt (user U, source S): the user side is `f` when S is in `k:{U}` with an
 //!    expiry `> now` (expired members are removed), else `u`. The counters are `s:{S}`
-//!    (threshold `limits.source_failures`) and `u:{U}:{side}` (`limits.user_failures`).
+//!    (threshold `limits.source_failures`) and `u:{U}:{side}` (`limits.user_failures`); on the
+//!    familiar side only `u:{U}:f` (a source familiar to the user is not held to the source
+//!    limit, so an office NAT where many people mistype does not lock out its own users).
 //!    Token attempt (source S): the one counter `t:{S}` (`limits.token_failures`).
 //! 2. Refresh the counters. If any is refusing, change nothing and answer
 //!    [`Admission::Refused`] with the refusing counter (source before user) and its
@@ -72,7 +74,7 @@
 //! - [`Outcome::Failed`]`(hash)` (password): members of `p:{U}` older than `window` are
 //!   removed. If `hash` is in `p:{U}` it is a *repeat*: its time is set to `now` and nothing is
 //!   counted. Otherwise it is added (beyond [`REMEMBERED_PASSWORDS`], the oldest go) and one
-//!   failure is counted on `s:{S}` and on `u:{U}:{side}`. Failed without a hash (the attempt
+//!   failure is counted on each of the ticket's counters (as chosen in `reserve`). Failed without a hash (the attempt
 //!   carried no password, e.g. a refused SASL exchange) always counts.
 //!   Token attempt: one failure is counted on `t:{S}`.
 //! - [`Outcome::Void`]: nothing else (the upstream or IdP was unavailable: not the user's
@@ -250,6 +252,18 @@ pub struct Ticket {
     /// The user side (for a token attempt: unused, `Unfamiliar`).
     pub side: Side,
     id: u64,
+}
+
+impl Ticket {
+    /// A ticket that holds no reservation (the store could not take one); settling it only
+    /// records the outcome.
+    pub fn unreserved(attempt: Attempt) -> Ticket {
+        Ticket {
+            attempt,
+            side: Side::Unfamiliar,
+            id: 0,
+        }
+    }
 }
 
 /// How a reserved attempt ended.
@@ -616,6 +630,12 @@ type Threshold = fn(&StoreLimits) -> u32;
 /// The counters an attempt touches, source first, each with the limit that applies to it.
 fn attempt_keys(attempt: Attempt, side: Side) -> [Option<(CounterKey, Threshold)>; 2] {
     match attempt {
+        // A source familiar to the user is not held to the source limit: an office NAT where
+        // many users mistype must not lock out its own people.
+        Attempt::Password { user, .. } if side == Side::Familiar => [
+            None,
+            Some((CounterKey::User(user, side), |l| l.user_failures)),
+        ],
         Attempt::Password { user, source } => [
             Some((CounterKey::Source(source), |l| l.source_failures)),
             Some((CounterKey::User(user, side), |l| l.user_failures)),

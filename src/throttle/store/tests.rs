@@ -223,13 +223,13 @@ fn remembered_passwords_are_bounded() {
 #[test]
 fn source_blocks_across_users_and_success_does_not_clear_it() {
     let s = LocalStore::default();
-    for n in 0..5u8 {
-        let a = user(n, src(1));
-        if n == 2 {
-            attempt(&s, a, Outcome::Succeeded, T0);
-        }
-        attempt(&s, a, Outcome::Failed(pw(n)), T0);
+    attempt(&s, user(9, src(1)), Outcome::Succeeded, T0);
+    // Successes between the failures do not wash the source's count.
+    for n in 0..4u8 {
+        attempt(&s, user(n, src(1)), Outcome::Failed(pw(n)), T0);
+        attempt(&s, user(n, src(1)), Outcome::Succeeded, T0);
     }
+    attempt(&s, user(5, src(1)), Outcome::Failed(pw(5)), T0);
     assert_eq!(
         s.reserve(alice(src(1)), &LIMITS, T0),
         Admission::Refused {
@@ -238,6 +238,13 @@ fn source_blocks_across_users_and_success_does_not_clear_it() {
         }
     );
     let _ = ticket(&s, alice(src(2)), T0);
+    // Users for whom src(1) is familiar are not held to its limit, and their failures there
+    // do not count on it.
+    let familiar = ticket(&s, user(9, src(1)), T0);
+    assert_eq!(familiar.side, Side::Familiar);
+    s.settle(familiar, Outcome::Failed(pw(7)), &LIMITS, T0);
+    let st = s.status(None, Some(src(1)), &LIMITS, T0);
+    assert_eq!(st.source.unwrap().password.blocked_until, Some(T0 + 60_000));
 }
 
 #[test]
