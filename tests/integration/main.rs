@@ -31,6 +31,7 @@ mod abuse;
 mod direct;
 mod faults;
 mod lifecycle;
+mod lockout;
 mod mailgate;
 mod oauth;
 mod oauth_e2e;
