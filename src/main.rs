@@ -155,6 +155,7 @@ fn explain(
         mechanism,
         user,
         token: (!mechanism.is_password()).then_some(&token),
+        authzid: None,
     };
     println!("{}", policy::explain(&config.directory, &attempt));
     if let Decision::Deny(denial) = policy::decide(&config.directory, &attempt) {

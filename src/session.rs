@@ -685,11 +685,16 @@ impl<F: Frontend> Preauth<'_, F> {
         }
 
         let user = record.user.clone().unwrap_or_default();
+        let authzid = match &request.credentials {
+            Credentials::Password { authzid, .. } => authzid.as_deref(),
+            Credentials::Bearer { .. } => None,
+        };
         let attempt = Attempt {
             protocol,
             mechanism,
             user: &user,
             token: token.as_ref(),
+            authzid,
         };
         match policy::decide(&config.directory, &attempt) {
             Decision::Allow(permit) => {
@@ -814,6 +819,7 @@ impl<F: Frontend> Preauth<'_, F> {
                 mechanism,
                 user: &user,
                 token: token.as_ref(),
+                authzid: None,
             };
             matches!(
                 policy::decide(&generation.config.directory, &attempt),

@@ -102,7 +102,7 @@ impl Auth {
 }
 
 /// Every `auth.reason` code, `ok` first (for `audit tail --reason` and tests).
-pub const REASONS: [Reason; 14] = [
+pub const REASONS: [Reason; 15] = [
     Reason::Ok,
     Reason::UnknownUser,
     Reason::Suspended,
@@ -116,6 +116,7 @@ pub const REASONS: [Reason; 14] = [
     Reason::UpstreamRejected,
     Reason::UpstreamUnavailable,
     Reason::IdpUnavailable,
+    Reason::MailboxNotAssigned,
     Reason::RateLimited,
 ];
 
