@@ -25,6 +25,11 @@ use store::{
     Ticket, UserKey,
 };
 
+/// Longest an attempt waits for a slot held by attempts in flight before it is refused as
+/// rate limited: several upstream logins' time (Dovecot answers a good password in
+/// milliseconds, a wrong one after its failure delay of up to 2 s by default).
+pub const SLOT_WAIT: Duration = Duration::from_secs(5);
+
 /// Settings, from `[limits]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottleConfig {
@@ -246,9 +251,33 @@ impl Throttle {
         .await
     }
 
+    /// Reserve, waiting up to [`SLOT_WAIT`] while the counter is only full of attempts in
+    /// flight: most of them succeed and free their slots within one upstream login, so a
+    /// user's own burst (many devices, a client opening many connections) is served, while
+    /// no more attempts than the limit are ever in flight (issue 10 item 2).
     async fn reserve(&self, attempt: Attempt) -> Result<Ticket, Refused> {
-        let limits = self.config.load().store_limits();
-        match self.store.reserve(attempt, &limits, now_ms()).await {
+        let deadline = tokio::time::Instant::now() + SLOT_WAIT;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let limits = self.config.load().store_limits();
+            match self.store.reserve(attempt, &limits, now_ms()).await {
+                Ok(Admission::Refused { until: None, .. })
+                    if tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                other => return self.admitted(attempt, other),
+            }
+        }
+    }
+
+    fn admitted(
+        &self,
+        attempt: Attempt,
+        admission: Result<Admission, store::Error>,
+    ) -> Result<Ticket, Refused> {
+        match admission {
             Ok(Admission::Proceed(ticket)) => Ok(ticket),
             Ok(Admission::Refused { scope, until }) => Err(Refused { scope, until }),
             // A store that cannot answer keeps its own local fallback (the Redis backend); the

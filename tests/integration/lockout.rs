@@ -129,6 +129,33 @@ async fn concurrent_wrong_passwords_reach_the_upstream_at_most_the_limit() {
 }
 
 #[tokio::test]
+async fn a_burst_of_correct_logins_above_the_limit_is_served() {
+    // Reservations must not turn a user's own burst (several devices, a client opening many
+    // connections) into refusals: an attempt waits for a slot held by attempts in flight.
+    let dovecot = Dovecot::start();
+    let rig =
+        Audited::start(Mailgate::builder(&dovecot).limits("login_failures_per_user = 5")).await;
+    let addr = rig.mailgate.addr("imap-plain");
+    let mut clients = Vec::new();
+    for _ in 0..30 {
+        let mut c = TcpLineClient::connect(addr).await;
+        c.read_line().await;
+        clients.push(c);
+    }
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move { c.command("a LOGIN alice@example.com alice-secret").await })
+        })
+        .collect();
+    for t in tasks {
+        let reply = t.await.expect("task");
+        assert!(reply.starts_with("a OK"), "{reply}");
+    }
+    assert_eq!(count(&rig.reasons().await, "ok"), 30);
+}
+
+#[tokio::test]
 async fn an_attacker_elsewhere_does_not_lock_out_the_users_usual_address() {
     let dovecot = Dovecot::start();
     let mailgate = Mailgate::builder(&dovecot).start().await;
