@@ -6,10 +6,12 @@
 //! | `/metrics` | 200, OpenMetrics text of every `mailgate_*` family                      |
 //! | `/healthz` | 200 while the process runs (liveness: restart me only if this fails)    |
 //! | `/readyz`  | 200 when ready, 503 before the first config and while draining          |
+//! | `/throttle`| smart lockout status and unlock, loopback only ([`throttle`])           |
 //! | other      | 404                                                                     |
 //!
 //! No authentication: `[admin] bind` defaults to loopback and a non-loopback bind is warned
-//! about in `Config::warnings`. Nothing served here holds user data (metric labels never do).
+//! about in `Config::warnings`. Nothing above `/throttle` holds user data (metric labels never
+//! do); `/throttle` answers only on loopback, whatever the bind.
 //!
 //! Must not: touch sessions or config; it only reads the metrics and the flag.
 
@@ -24,6 +26,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::metrics::{self, Metrics};
+
+pub mod throttle;
 
 /// Whether mailgate should get traffic. Cheap to clone; every clone shares the flag. Starts not
 /// ready: the server sets it once the first config is loaded and the listeners are bound, and
@@ -70,7 +74,18 @@ pub async fn serve(
     readiness: Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics, readiness))
+    serve_router(listener, router(metrics, readiness), shutdown).await
+}
+
+/// As [`serve`], for a router with more routes merged in (`throttle::routes`). Handlers may
+/// extract the peer address (`ConnectInfo<SocketAddr>`).
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
         .await
 }
