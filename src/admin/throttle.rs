@@ -43,7 +43,7 @@ struct Query {
     ip: Option<IpAddr>,
 }
 
-fn query(raw: Option<&str>) -> Result<Query, Response> {
+fn query(raw: Option<&str>) -> Result<Query, &'static str> {
     let mut q = Query {
         user: None,
         ip: None,
@@ -53,13 +53,13 @@ fn query(raw: Option<&str>) -> Result<Query, Response> {
             "user" if !value.is_empty() => q.user = Some(value.into_owned()),
             "ip" => match value.parse() {
                 Ok(ip) => q.ip = Some(ip),
-                Err(_) => return Err(bad("ip= is not an IP address")),
+                Err(_) => return Err("ip= is not an IP address"),
             },
-            _ => return Err(bad("expected user= and/or ip=")),
+            _ => return Err("expected user= and/or ip="),
         }
     }
     if q.user.is_none() && q.ip.is_none() {
-        return Err(bad("give user= or ip="));
+        return Err("give user= or ip=");
     }
     Ok(q)
 }
@@ -99,7 +99,7 @@ async fn status(
     }
     let q = match query(raw.as_deref()) {
         Ok(q) => q,
-        Err(bad) => return bad,
+        Err(why) => return bad(why),
     };
     let config = throttle.config();
     let limits = config.store_limits();
@@ -156,7 +156,7 @@ async fn clear(
     }
     let q = match query(raw.as_deref()) {
         Ok(q) => q,
-        Err(bad) => return bad,
+        Err(why) => return bad(why),
     };
     let target = match (&q.user, q.ip) {
         (Some(user), None) => Target::User(UserKey::of(user)),

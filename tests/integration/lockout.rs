@@ -482,7 +482,7 @@ async fn the_helpdesk_sees_and_clears_a_lockout_through_the_admin_listener() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn mailgate");
-    let _guard = KillOnDrop(child.id());
+    let guard = KillOnDrop(child.id());
     let stderr = child.stderr.take().expect("stderr");
     let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
@@ -581,4 +581,6 @@ async fn the_helpdesk_sees_and_clears_a_lockout_through_the_admin_listener() {
     assert_eq!(String::from_utf8_lossy(&post.stdout), "403");
     let no_secret = run_curl(&["-s", &url]).await;
     assert!(!String::from_utf8_lossy(&no_secret.stdout).contains("alice-secret"));
+    drop(guard);
+    let _ = child.wait();
 }
