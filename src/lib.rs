@@ -18,7 +18,8 @@
 //! - [`upstream`]: connect to the real mail server, TLS, drive the replay machine.
 //! - [`splice`]: bidirectional copy after login, byte counts, idle timeout.
 //! - [`stream`]: plaintext-or-TLS stream used on both sides.
-//! - [`throttle`]: per-IP connection caps, failed-login delays and temporary blocks.
+//! - [`throttle`]: per-IP connection caps and smart lockout of password guessing; its
+//!   `store` holds the counters (in-process, or shared by a fleet).
 //! - [`auth`]: bearer token verification (JWT/JWKS, introspection, tokeninfo), cached.
 //! - [`config`]: TOML model, validation, loading.
 //! - [`metrics`]: Prometheus registry with typed label sets.
