@@ -584,8 +584,8 @@ impl<F: Frontend> Preauth<'_, F> {
             Credentials::Password { user, .. } => throttle.reserve_password(client, user).await,
             Credentials::Bearer { .. } => throttle.reserve_token(client).await,
         };
-        let ticket = match reserved {
-            Ok(ticket) => ticket,
+        let reservation = match reserved {
+            Ok(reservation) => reservation,
             Err(refused) => {
                 let user = request.user().unwrap_or("");
                 tracing::warn!(%client, user, scope = ?refused.scope, "login refused: rate limited");
@@ -609,7 +609,7 @@ impl<F: Frontend> Preauth<'_, F> {
             // The token was valid; whatever refused the login, it was no guess.
             (_, Credentials::Bearer { .. }) => Outcome::Succeeded,
         };
-        let delay = throttle.settle(ticket, outcome).await;
+        let delay = reservation.settle(outcome).await;
         self.trail.auth(record);
         // A growing delay before a failure's answer slows a guesser on one connection.
         tokio::time::sleep(delay).await;

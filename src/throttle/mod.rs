@@ -235,20 +235,32 @@ impl Throttle {
     }
 
     /// Reserve a password attempt by `user` from `ip` before the upstream is asked.
-    pub async fn reserve_password(&self, ip: IpAddr, user: &str) -> Result<Ticket, Refused> {
+    pub async fn reserve_password(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        user: &str,
+    ) -> Result<Reservation, Refused> {
         let attempt = Attempt::Password {
             user: UserKey::of(user),
             source: SourceKey::of(ip),
         };
-        self.reserve(attempt).await
+        self.reservation(attempt).await
     }
 
     /// Reserve an OAuth attempt from `ip` before its token is verified.
-    pub async fn reserve_token(&self, ip: IpAddr) -> Result<Ticket, Refused> {
-        self.reserve(Attempt::Token {
+    pub async fn reserve_token(self: &Arc<Self>, ip: IpAddr) -> Result<Reservation, Refused> {
+        self.reservation(Attempt::Token {
             source: SourceKey::of(ip),
         })
         .await
+    }
+
+    async fn reservation(self: &Arc<Self>, attempt: Attempt) -> Result<Reservation, Refused> {
+        let ticket = self.reserve(attempt).await?;
+        Ok(Reservation {
+            throttle: self.clone(),
+            ticket: Some(ticket),
+        })
     }
 
     /// Reserve, waiting up to [`SLOT_WAIT`] while the counter is only full of attempts in
@@ -317,6 +329,40 @@ impl Throttle {
     }
 }
 
+/// A reserved attempt. Settle it with its outcome; dropped unsettled (the session ended
+/// mid-login: the client left, the server stops), its slot is freed without counting.
+#[must_use = "settle the reservation with the attempt's outcome"]
+pub struct Reservation {
+    throttle: Arc<Throttle>,
+    ticket: Option<Ticket>,
+}
+
+impl Reservation {
+    /// Record the outcome; returns how long to wait before answering (see
+    /// [`Throttle::settle`]).
+    pub async fn settle(mut self, outcome: Outcome) -> Duration {
+        match self.ticket.take() {
+            Some(ticket) => self.throttle.settle(ticket, outcome).await,
+            None => Duration::ZERO,
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
+        let throttle = self.throttle.clone();
+        // Without a runtime (process exit) the slot simply expires (store::RESERVATION_TTL).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                throttle.settle(ticket, Outcome::Void).await;
+            });
+        }
+    }
+}
+
 /// The store's clock: wall time, the same on every instance of a fleet.
 pub fn now_ms() -> Millis {
     SystemTime::now()
@@ -371,9 +417,9 @@ mod tests {
 
     #[tokio::test]
     async fn reconfigure_applies_new_limits_and_keeps_counts() {
-        let t = Throttle::new(ThrottleConfig::default());
-        let ticket = t.reserve_password(ip(1), "a@x").await.unwrap();
-        t.settle(ticket, Outcome::Failed(None)).await;
+        let t = Arc::new(Throttle::new(ThrottleConfig::default()));
+        let reservation = t.reserve_password(ip(1), "a@x").await.unwrap();
+        reservation.settle(Outcome::Failed(None)).await;
         t.reconfigure(ThrottleConfig {
             failures_per_user: 1,
             ..Default::default()
@@ -381,6 +427,30 @@ mod tests {
         // The one failure counted before the reload now reaches the lower limit.
         assert!(t.reserve_password(ip(2), "a@x").await.is_err());
         assert!(t.reserve_password(ip(2), "b@x").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_reservation_dropped_unsettled_frees_its_slot() {
+        let t = Arc::new(Throttle::new(ThrottleConfig {
+            failures_per_user: 1,
+            ..Default::default()
+        }));
+        let held = t.reserve_password(ip(1), "a@x").await.unwrap();
+        drop(held);
+        // The release runs on a spawned task; the next reservation waits for the slot.
+        let again = t.reserve_password(ip(1), "a@x").await;
+        assert!(again.is_ok());
+        let status = t
+            .store()
+            .status(
+                Some(UserKey::of("a@x")),
+                None,
+                &t.config().store_limits(),
+                now_ms(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status.user.unwrap().unfamiliar.failures, 0);
     }
 
     #[test]
