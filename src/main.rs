@@ -255,7 +255,7 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(a.bind)
                 .await
                 .with_context(|| format!("binding the admin listener {}", a.bind))?;
-            tracing::info!(addr = %a.bind, "admin listening (/metrics, /healthz, /readyz)");
+            tracing::info!(addr = %a.bind, "admin listening (/metrics, /healthz, /readyz, /throttle)");
             let metrics = services.metrics.clone();
             let audit = audit.clone();
             let stats = tokio::spawn(async move {
@@ -269,7 +269,7 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
             let routes = admin::router(services.metrics.clone(), services.readiness.clone()).merge(
                 admin::throttle::routes(server.reloader().shared().throttle.clone()),
             );
-            let serve = admin::serve_router(listener, routes, async {
+            let serve = admin::serve_router(listener, routes, *a, async {
                 let _ = admin_stopped.await;
             });
             Some((tokio::spawn(serve), stats))
@@ -432,6 +432,7 @@ fn audit_tail(args: TailArgs) -> anyhow::Result<ExitCode> {
 /// Logs go to stderr (journald adds timestamps; RUST_LOG overrides the config filter).
 fn init_tracing(filter: &str) -> anyhow::Result<()> {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
+    let filter = mailgate::config::reload::quiet_backend(&filter);
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .with_context(|| format!("log filter {filter:?}"))?;
     tracing_subscriber::fmt()

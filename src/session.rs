@@ -16,6 +16,11 @@
 //!                                          ▼                                    ▼
 //!                                   end=client_closed                        splice ─▶ end
 //! ```
+//!
+//! Before the first box the accept loop has admitted the connection under the caps of
+//! `crate::conn_limit` (see `crate::server`). On a PROXY listener [`run`] first reads the
+//! header, then takes the per-client slots for the client it names (over a cap: refused at
+//! once); the handshake slot is given back once TLS is up.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +35,7 @@ use tracing::Instrument as _;
 use crate::audit::{self, Event};
 use crate::auth::{AuthError, VerificationMode, VerifiedToken};
 use crate::config::{Listener, ListenerTls};
+use crate::conn_limit::Admission;
 use crate::metrics::{Refused, TokenResult};
 use crate::policy::{self, Attempt, Decision, Identity, Reason, TokenFacts};
 use crate::proto::imap::frontend::ImapFrontend;
@@ -45,8 +51,8 @@ use crate::stream::{Downstream, MaybeTls};
 use crate::throttle::store::Outcome;
 use crate::upstream::{self, Peer};
 
-/// Longest a TLS handshake may take before the session is dropped: a handshake is a few round
-/// trips, and a client that cannot finish in 10 s is not going to.
+/// Longest a goodbye or close_notify may take to leave (handshakes have
+/// `[limits] handshake_timeout`).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every session on one listener shares: the listener (bound once) and the current
@@ -76,6 +82,12 @@ pub enum PreauthEnd {
 
 /// What a session writes down about itself: its id and reference, where the client really is,
 /// and the services it reports to. Exactly one `connect` and one `session_end` record each.
+///
+/// The `connect` record says which TLS version protects the session. On a STARTTLS listener
+/// that is only known after the upgrade, so there it is written after the STARTTLS/STLS
+/// handshake, or, for a session that never upgrades, before its first `auth` record or with
+/// its `session_end` (`tls: null`), whichever comes first. Elsewhere it is written right
+/// after the accept (and the implicit TLS handshake). Its `ts` is when it was written.
 struct Trail {
     id: String,
     reference: String,
@@ -89,6 +101,7 @@ struct Trail {
 }
 
 impl Trail {
+    /// Writes the `connect` record, unless it is written already.
     fn connect(&mut self, down: Option<&Downstream>) {
         if self.connected {
             return;
@@ -140,6 +153,19 @@ impl Trail {
     }
 }
 
+impl PreauthEnd {
+    /// A failed read or write on the downstream before login: a client that went away (closed
+    /// TCP without TLS close_notify, as imaplib, mbsync and getmail do, or reset the
+    /// connection) closed the session; anything else is an error.
+    fn downstream_failed(e: &std::io::Error) -> PreauthEnd {
+        if splice::peer_gone(e) {
+            PreauthEnd::DownstreamClosed
+        } else {
+            PreauthEnd::Error(Side::Downstream)
+        }
+    }
+}
+
 impl Ending {
     /// The splice vocabulary for every ending, so audit and metrics map one way.
     fn as_splice_end(self) -> (End, Totals) {
@@ -166,7 +192,7 @@ impl Ending {
 /// Serve one accepted connection to its end. Never panics and never returns an error: every
 /// failure ends the session with a protocol answer where one can still be sent, and with one
 /// `session_end` audit record.
-pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
+pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>, admission: Admission) {
     let id = uuid::Uuid::now_v7().simple().to_string();
     let span = tracing::info_span!(
         "session",
@@ -195,7 +221,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
             },
             connected: false,
         };
-        let ending = drive(tcp, &ctx, &mut trail).await;
+        let ending = drive(tcp, &ctx, &mut trail, admission).await;
         let ms = started.elapsed().as_millis();
         match ending {
             Ending::Preauth(end) => tracing::info!(?end, duration_ms = ms, "session ended"),
@@ -213,19 +239,25 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
     .await
 }
 
-/// Answer a connection over the global cap with a protocol goodbye, then close.
-pub async fn refuse_busy(tcp: TcpStream, ctx: Arc<SessionContext>) {
-    let goodbye: &[u8] = match ctx.listener.protocol {
-        Protocol::Imap => b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
-        Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+/// Turn a connection away at once: no task, no wait, no TLS handshake (issue 9). On a
+/// plaintext or STARTTLS listener the one-line goodbye goes out first, as one non-blocking write
+/// into the fresh socket's empty send buffer (if it does not fit, it is dropped rather than
+/// waited for); on an implicit-TLS listener nothing can be said before a handshake, so the
+/// connection is just closed. `per_ip`: the client's own address is over its cap.
+pub fn refuse_at_once(tcp: TcpStream, listener: &Listener, per_ip: bool) {
+    if listener.tls == ListenerTls::Implicit {
+        return;
+    }
+    let goodbye: &[u8] = match (listener.protocol, per_ip) {
+        (Protocol::Imap, false) => b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
+        (Protocol::Pop3, false) => b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+        (Protocol::Imap, true) => b"* BYE [UNAVAILABLE] Too many connections from your address\r\n",
+        (Protocol::Pop3, true) => b"-ERR [SYS/TEMP] Too many connections from your address\r\n",
     };
-    let generation = ctx.shared.current();
-    let _ = timeout(HANDSHAKE_TIMEOUT, async {
-        let mut down = accept_tls(tcp, &ctx.listener, &generation).await?;
-        down.write_all(goodbye).await?;
-        down.shutdown().await
-    })
-    .await;
+    // Leaves tokio's reactor; the std socket stays non-blocking, so this write cannot wait.
+    if let Ok(mut tcp) = tcp.into_std() {
+        let _ = std::io::Write::write(&mut tcp, goodbye);
+    }
 }
 
 /// The short reference ending every refusal text: the random tail of the session id, enough to
@@ -286,17 +318,29 @@ async fn read_proxy_header(tcp: &mut TcpStream) -> Result<ProxyHeader, ()> {
     }
 }
 
-async fn drive(mut tcp: TcpStream, ctx: &SessionContext, trail: &mut Trail) -> Ending {
+async fn drive(
+    mut tcp: TcpStream,
+    ctx: &SessionContext,
+    trail: &mut Trail,
+    admission: Admission,
+) -> Ending {
     // TLS and limits come from the generation current at accept; policy and upstream are read
     // again at each login, so a reload applies to the next login even on this connection.
     let generation = ctx.shared.current();
+    let limits = &generation.config.limits;
+    // Held for the whole session; behind a PROXY balancer taken below for the real client.
+    let Admission {
+        connection: mut _slot,
+        mut handshake,
+    } = admission;
     if let Some(trusted) = &ctx.listener.proxy_protocol {
         // Only a trusted load balancer may name another client address; from anyone else, and
         // without a valid header, the connection is closed (nothing else is safe to assume).
+        let mut named = None;
         let refused = if !trusted.contains(trail.peer.source.ip()) {
             Some(Refused::ProxyUntrusted)
         } else {
-            match timeout(HANDSHAKE_TIMEOUT, read_proxy_header(&mut tcp)).await {
+            match timeout(limits.handshake_timeout, read_proxy_header(&mut tcp)).await {
                 Ok(Ok(ProxyHeader::Proxied {
                     source,
                     destination,
@@ -305,6 +349,7 @@ async fn drive(mut tcp: TcpStream, ctx: &SessionContext, trail: &mut Trail) -> E
                         source,
                         destination,
                     };
+                    named = Some(source.ip());
                     tracing::debug!(client = %source, "PROXY header");
                     None
                 }
@@ -322,9 +367,35 @@ async fn drive(mut tcp: TcpStream, ctx: &SessionContext, trail: &mut Trail) -> E
                 .connection_refused(&ctx.listener.name, refused);
             return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
         }
+        // The per-address caps count the client the header named, not the balancer.
+        if let Some(client) = named {
+            let caps = &limits.connections;
+            let admitted = ctx
+                .shared
+                .conn_limits
+                .connection(client, caps)
+                .and_then(|slot| match handshake.as_mut() {
+                    Some(h) if ctx.listener.tls == ListenerTls::Implicit => {
+                        h.attribute(client, caps).map(|()| slot)
+                    }
+                    _ => Ok(slot),
+                });
+            match admitted {
+                Ok(slot) => _slot = Some(slot),
+                Err(over) => {
+                    tracing::info!(%client, ?over, "too many connections from one address");
+                    trail
+                        .services
+                        .metrics
+                        .connection_refused(&ctx.listener.name, over.into());
+                    refuse_at_once(tcp, &ctx.listener, true);
+                    return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
+                }
+            }
+        }
     }
     let down = match timeout(
-        HANDSHAKE_TIMEOUT,
+        limits.handshake_timeout,
         accept_tls(tcp, &ctx.listener, &generation),
     )
     .await
@@ -339,27 +410,10 @@ async fn drive(mut tcp: TcpStream, ctx: &SessionContext, trail: &mut Trail) -> E
             return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
         }
     };
-    trail.connect(Some(&down));
-    // One address may hold only so many connections (a NAT'd office shares one, so the cap
-    // is generous); the slot is held for the whole session.
-    let Some(_slot) = ctx.shared.throttle.connect(trail.peer.source.ip()) else {
-        tracing::warn!(client = %trail.peer.source.ip(), "too many connections from one address");
-        trail
-            .services
-            .metrics
-            .connection_refused(&ctx.listener.name, Refused::Limit);
-        let goodbye: &[u8] = match ctx.listener.protocol {
-            Protocol::Imap => b"* BYE [UNAVAILABLE] Too many connections from your address\r\n",
-            Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections from your address\r\n",
-        };
-        let mut down = down;
-        let _ = timeout(HANDSHAKE_TIMEOUT, async {
-            down.write_all(goodbye).await?;
-            down.shutdown().await
-        })
-        .await;
-        return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
-    };
+    drop(handshake.take());
+    if ctx.listener.tls != ListenerTls::StartTls {
+        trail.connect(Some(&down));
+    }
     let security = match ctx.listener.tls {
         ListenerTls::Implicit => Security::Tls,
         ListenerTls::StartTls => Security::StartTlsOffered,
@@ -446,7 +500,7 @@ struct Preauth<'a, F> {
     ctx: &'a SessionContext,
     /// The generation of the last login attempt (of the accept, before any).
     generation: Arc<Generation>,
-    trail: &'a Trail,
+    trail: &'a mut Trail,
     down: Downstream,
     machine: F,
 }
@@ -456,8 +510,8 @@ impl<F: Frontend> Preauth<'_, F> {
         let mut buf = vec![0u8; 4096];
         let mut phase = self.ctx.shared.phase();
         loop {
-            if self.flush().await.is_err() {
-                return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
+            if let Err(e) = self.flush().await {
+                return Ending::Preauth(PreauthEnd::downstream_failed(&e));
             }
             match self.machine.poll_event() {
                 Some(FrontendEvent::TlsRequested) => {
@@ -517,7 +571,7 @@ impl<F: Frontend> Preauth<'_, F> {
             match read {
                 Ok(0) => return Ending::Preauth(PreauthEnd::DownstreamClosed),
                 Ok(n) => self.machine.handle_input(buf.get(..n).unwrap_or_default()),
-                Err(_) => return Ending::Preauth(PreauthEnd::Error(Side::Downstream)),
+                Err(e) => return Ending::Preauth(PreauthEnd::downstream_failed(&e)),
             }
         }
     }
@@ -544,10 +598,12 @@ impl<F: Frontend> Preauth<'_, F> {
         let tcp = down
             .into_plain()
             .ok_or(PreauthEnd::Error(Side::Downstream))?;
-        match timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        let limit = self.generation.config.limits.handshake_timeout;
+        match timeout(limit, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
                 self.down = MaybeTls::Tls(Box::new(tls));
                 self.machine.tls_established();
+                self.trail.connect(Some(&self.down));
                 Ok(())
             }
             Ok(Err(e)) => {
@@ -563,6 +619,8 @@ impl<F: Frontend> Preauth<'_, F> {
     /// outcome and hold a failure's answer for the growing delay. `Err` is the refusal to
     /// send. Every attempt leaves one `auth` audit record.
     async fn login(&mut self, request: &LoginRequest) -> Result<Admitted, Refusal> {
+        // A STARTTLS session that logs in without upgrading: its `connect` comes first.
+        self.trail.connect(Some(&self.down));
         self.generation = self.ctx.shared.current();
         let mut record = audit::Auth {
             user: request.user().map(str::to_owned),
@@ -784,8 +842,8 @@ impl<F: Frontend> Preauth<'_, F> {
             untagged: logged.untagged,
             reply: logged.reply,
         });
-        if self.flush().await.is_err() {
-            return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
+        if let Err(e) = self.flush().await {
+            return Ending::Preauth(PreauthEnd::downstream_failed(&e));
         }
         let Preauth {
             mut down,

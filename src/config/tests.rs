@@ -529,6 +529,13 @@ fn limits_out_of_range() {
         ("max_auth_attempts = 0", "limits.max_auth_attempts"),
         ("max_auth_attempts = 1000", "limits.max_auth_attempts"),
         ("max_connections = 0", "limits.max_connections"),
+        ("max_handshakes = 2000000", "limits.max_handshakes"),
+        (
+            "max_handshakes_per_ip = 2000000",
+            "limits.max_handshakes_per_ip",
+        ),
+        ("backlog = 8", "limits.backlog"),
+        ("backlog = 70000", "limits.backlog"),
     ];
     for (line, path) in cases {
         assert_one(&format!("{BASE}\n[limits]\n{line}\n"), path, "out of range");
@@ -552,6 +559,32 @@ fn limits_bad_durations() {
         "limits.idle_timeout",
         "must be greater than zero",
     );
+    assert_one(
+        &format!("{BASE}\n[limits]\nhandshake_timeout = \"0s\"\n"),
+        "limits.handshake_timeout",
+        "must be greater than zero",
+    );
+}
+
+#[test]
+fn accept_limits_defaults_and_values() {
+    let accept = |text: &str| {
+        let l = load(text).unwrap().limits;
+        let c = l.connections;
+        (
+            c.connections_per_ip,
+            c.handshakes,
+            c.handshakes_per_ip,
+            l.handshake_timeout.as_secs(),
+            l.backlog,
+        )
+    };
+    assert_eq!(accept(BASE), (100, 1000, 20, 10, 4096));
+    let set = format!(
+        "{BASE}\n[limits]\nmax_connections_per_ip = 0\nmax_handshakes = 5\n\
+         max_handshakes_per_ip = 2\nhandshake_timeout = \"3s\"\nbacklog = 512\n"
+    );
+    assert_eq!(accept(&set), (0, 5, 2, 3, 512));
 }
 
 #[test]

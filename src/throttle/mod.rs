@@ -1,20 +1,19 @@
-//! Abuse limits that span connections: per-IP concurrent connections, and smart lockout of
-//! password guessing (issue 10): failures counted per user and per source, familiar sources
-//! kept apart from unfamiliar ones, a repeated wrong password counted once, attempts reserved
-//! before the upstream is asked, growing delays, then blocks; invalid OAuth tokens limited on
-//! their own.
+//! Abuse limits that span connections: smart lockout of password guessing (issue 10). Failures
+//! are counted per user and per source, familiar sources kept apart from unfamiliar ones, a
+//! repeated wrong password counted once, attempts reserved before the upstream is asked,
+//! growing delays, then blocks; invalid OAuth tokens are limited on their own. Concurrent
+//! connections per IP are `crate::conn_limit`'s.
 //!
 //! The counts live in a [`store::Store`] (in-process, or shared by a fleet); this module turns a
 //! login attempt into store keys, hashes the attempted password under a key held in memory
-//! only, and derives the answer delay. Time is passed in; nothing here sleeps. The settings
-//! are swapped on reload ([`Throttle::reconfigure`]) while the counts stay.
+//! only, derives the answer delay, and waits briefly for a slot held by attempts in flight.
+//! The settings are swapped on reload ([`Throttle::reconfigure`]) while the counts stay.
 
 pub mod store;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -33,8 +32,6 @@ pub const SLOT_WAIT: Duration = Duration::from_secs(5);
 /// Settings, from `[limits]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottleConfig {
-    /// Concurrent connections from one IP address. 0 = no cap.
-    pub connections_per_ip: usize,
     /// Password failures from one source (IPv4 address, IPv6 /64) within `window`, against
     /// users for whom it is not a familiar source, before the source is blocked.
     pub failures_per_ip: u32,
@@ -58,9 +55,6 @@ pub struct ThrottleConfig {
 impl Default for ThrottleConfig {
     fn default() -> Self {
         Self {
-            // Dovecot's mail_max_userip_connections is 10 per user+IP; a NAT'd office shares
-            // one address, so the per-IP cap is larger.
-            connections_per_ip: 100,
             // Reasons for these in README "Password guessing".
             failures_per_ip: 20,
             failures_per_user: 10,
@@ -171,27 +165,7 @@ pub struct Throttle {
     config: ArcSwap<ThrottleConfig>,
     /// Used when the config names no key; made once, so a reload keeps remembered hashes.
     random_key: Key,
-    connections: Mutex<HashMap<IpAddr, usize>>,
     store: Store,
-}
-
-/// Holds one connection slot of an IP; frees it on drop.
-#[must_use = "dropping the guard frees the connection slot at once"]
-pub struct ConnectionSlot<'a> {
-    throttle: &'a Throttle,
-    ip: IpAddr,
-}
-
-impl Drop for ConnectionSlot<'_> {
-    fn drop(&mut self) {
-        let mut map = lock(&self.throttle.connections);
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
 }
 
 impl Throttle {
@@ -203,7 +177,6 @@ impl Throttle {
         Throttle {
             config: ArcSwap::from_pointee(config),
             random_key: Key::random(),
-            connections: Mutex::new(HashMap::new()),
             store,
         }
     }
@@ -220,18 +193,6 @@ impl Throttle {
 
     pub fn store(&self) -> &Store {
         &self.store
-    }
-
-    /// Take a connection slot for `ip`, or `None` when the IP is at its cap.
-    pub fn connect(&self, ip: IpAddr) -> Option<ConnectionSlot<'_>> {
-        let cap = self.config.load().connections_per_ip;
-        let mut map = lock(&self.connections);
-        let n = map.entry(ip).or_insert(0);
-        if cap != 0 && *n >= cap {
-            return None;
-        }
-        *n += 1;
-        Some(ConnectionSlot { throttle: self, ip })
     }
 
     /// Reserve a password attempt by `user` from `ip` before the upstream is asked.
@@ -370,11 +331,6 @@ pub fn now_ms() -> Millis {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A poisoned lock only means another session panicked mid-update of plain counters.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,19 +407,5 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(status.user.unwrap().unfamiliar.failures, 0);
-    }
-
-    #[test]
-    fn connection_cap_per_ip() {
-        let t = Throttle::new(ThrottleConfig {
-            connections_per_ip: 2,
-            ..Default::default()
-        });
-        let a = t.connect(ip(1)).expect("first");
-        let _b = t.connect(ip(1)).expect("second");
-        assert!(t.connect(ip(1)).is_none());
-        assert!(t.connect(ip(2)).is_some());
-        drop(a);
-        assert!(t.connect(ip(1)).is_some());
     }
 }
