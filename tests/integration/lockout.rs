@@ -121,6 +121,7 @@ async fn concurrent_wrong_passwords_reach_the_upstream_at_most_the_limit() {
     let reasons = rig.reasons().await;
     assert_eq!(reasons.len(), 100, "{reasons:?}");
     let reached = count(&reasons, "upstream_rejected");
+    eprintln!("100 concurrent wrong passwords: {reached} reached Dovecot");
     assert!(
         reached <= 10,
         "{reached} attempts reached Dovecot: {reasons:?}"
