@@ -5,6 +5,12 @@
 //! purpose: send what the machine queued, act on its event, otherwise read (bounded by the
 //! machine's deadline) and feed the bytes in.
 //!
+//! Every write is bounded (issue 9): before login by the machine's deadline (`auth_timeout`
+//! from connect; a client that pipelines commands and never reads is closed then), a goodbye
+//! by [`GOODBYE_TIMEOUT`], and from the login answer on by `send_timeout`. While a login is
+//! verified or replayed the downstream is still read: its close ends the login at once, and
+//! what it pipelines meanwhile is kept for the upstream.
+//!
 //! ```text
 //! accept ─▶ [implicit TLS handshake] ─▶ pre-auth loop ──LoginRequested──▶ policy
 //!                 │ fail: close            │  ▲    │                          │ Deny ─▶ Refused ─┐
@@ -51,9 +57,11 @@ use crate::stream::{Downstream, MaybeTls};
 use crate::throttle::store::Outcome;
 use crate::upstream::{self, Peer};
 
-/// Longest a goodbye or close_notify may take to leave (handshakes have
-/// `[limits] handshake_timeout`).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the last answer before a close (`* BYE`, `-ERR`) and the close itself (TLS
+/// close_notify) may take once the machine has closed: one short line into a socket a reading
+/// client has long drained. A peer still not reading after this is dropped without it.
+/// (Handshakes have `[limits] handshake_timeout`.)
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What every session on one listener shares: the listener (bound once) and the current
 /// configuration generation (swapped on reload).
@@ -507,11 +515,11 @@ struct Preauth<'a, F> {
 
 impl<F: Frontend> Preauth<'_, F> {
     async fn run(mut self) -> Ending {
-        let mut buf = vec![0u8; 4096];
+        let mut buf = vec![0u8; crate::proto::PREAUTH_READ];
         let mut phase = self.ctx.shared.phase();
         loop {
-            if let Err(e) = self.flush().await {
-                return Ending::Preauth(PreauthEnd::downstream_failed(&e));
+            if let Err(end) = self.flush(self.write_deadline()).await {
+                return Ending::Preauth(end);
             }
             match self.machine.poll_event() {
                 Some(FrontendEvent::TlsRequested) => {
@@ -522,12 +530,16 @@ impl<F: Frontend> Preauth<'_, F> {
                 }
                 Some(FrontendEvent::LoginRequested(request)) => {
                     match self.login(&request).await {
+                        Err(NotAdmitted::Ended(PreauthEnd::Machine(reason))) => {
+                            return self.close(reason).await;
+                        }
+                        Err(NotAdmitted::Ended(end)) => return Ending::Preauth(end),
                         Ok(admitted) => {
                             // The pre-auth read buffer is not needed for the rest of the session.
                             drop(std::mem::take(&mut buf));
                             return self.splice(admitted).await;
                         }
-                        Err(refusal) => {
+                        Err(NotAdmitted::Refused(refusal)) => {
                             if refusal.class != ReplyClass::Unavailable {
                                 // fail2ban reads this line (packaging/fail2ban).
                                 let client = self.trail.peer.source.ip();
@@ -539,11 +551,7 @@ impl<F: Frontend> Preauth<'_, F> {
                     }
                     continue;
                 }
-                Some(FrontendEvent::Closed(reason)) => {
-                    let _ = self.flush().await;
-                    let _ = timeout(HANDSHAKE_TIMEOUT, self.down.shutdown()).await;
-                    return Ending::Preauth(PreauthEnd::Machine(reason));
-                }
+                Some(FrontendEvent::Closed(reason)) => return self.close(reason).await,
                 None => {}
             }
             // No deadline from the machine means none to keep: a far one keeps the select simple.
@@ -560,7 +568,7 @@ impl<F: Frontend> Preauth<'_, F> {
                 () = async { let _ = phase.wait_for(|p| *p != Phase::Serving).await; } => {
                     // Nobody logs in on a server that is going away.
                     let goodbye = splice::goodbye(self.ctx.listener.protocol, End::Shutdown);
-                    let _ = timeout(HANDSHAKE_TIMEOUT, async {
+                    let _ = timeout(GOODBYE_TIMEOUT, async {
                         self.down.write_all(goodbye.unwrap_or_default()).await?;
                         self.down.shutdown().await
                     })
@@ -576,16 +584,50 @@ impl<F: Frontend> Preauth<'_, F> {
         }
     }
 
-    async fn flush(&mut self) -> std::io::Result<()> {
-        let mut wrote = false;
-        while let Some(out) = self.machine.poll_transmit() {
-            self.down.write_all(&out).await?;
-            wrote = true;
+    /// Send everything the machine queued, by `until`. A client that pipelines commands and
+    /// never reads the answers fills its receive window and then mailgate's send buffer; without
+    /// a bound the write waits forever, past `auth_timeout`, pinning megabytes of kernel buffer
+    /// per connection (issue 9). The machine stops answering while its output waits, so what
+    /// is queued per read stays small; this bounds how long it may wait.
+    async fn flush(&mut self, until: Instant) -> Result<(), PreauthEnd> {
+        let machine = &mut self.machine;
+        let down = &mut self.down;
+        let io = async {
+            let mut wrote = false;
+            while let Some(out) = machine.poll_transmit() {
+                down.write_all(&out).await?;
+                wrote = true;
+            }
+            if wrote {
+                down.flush().await?;
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        match tokio::time::timeout_at(until, io).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(PreauthEnd::downstream_failed(&e)),
+            Err(_) => {
+                tracing::info!("downstream did not read its answers before the deadline");
+                Err(PreauthEnd::Machine(CloseReason::AuthTimeout))
+            }
         }
-        if wrote {
-            self.down.flush().await?;
+    }
+
+    /// Until when a pre-login write may wait: the machine's deadline (`auth_timeout` from
+    /// connect), and once the machine has closed, a short grace for its goodbye.
+    fn write_deadline(&self) -> Instant {
+        self.machine
+            .poll_timeout()
+            .map_or_else(|| Instant::now() + GOODBYE_TIMEOUT, Instant::from_std)
+    }
+
+    /// The machine closed with its answer queued: send it (briefly), close, end.
+    async fn close(&mut self, reason: CloseReason) -> Ending {
+        let until = Instant::now() + GOODBYE_TIMEOUT;
+        if self.flush(until).await.is_ok() {
+            let _ = tokio::time::timeout_at(until, self.down.shutdown()).await;
         }
-        Ok(())
+        Ending::Preauth(PreauthEnd::Machine(reason))
     }
 
     async fn start_tls(&mut self) -> Result<(), PreauthEnd> {
@@ -617,8 +659,9 @@ impl<F: Frontend> Preauth<'_, F> {
     /// One login attempt: reserve its slot (smart lockout), verify the token (OAuth), decide
     /// (policy), replay upstream, in SPEC's decision order; then settle the slot with the
     /// outcome and hold a failure's answer for the growing delay. `Err` is the refusal to
-    /// send. Every attempt leaves one `auth` audit record.
-    async fn login(&mut self, request: &LoginRequest) -> Result<Admitted, Refusal> {
+    /// send, or the end of a session whose downstream went away meanwhile. Every attempt
+    /// leaves one `auth` audit record.
+    async fn login(&mut self, request: &LoginRequest) -> Result<Admitted, NotAdmitted> {
         // A STARTTLS session that logs in without upgrading: its `connect` comes first.
         self.trail.connect(Some(&self.down));
         self.generation = self.ctx.shared.current();
@@ -659,7 +702,10 @@ impl<F: Frontend> Preauth<'_, F> {
         let result = self.attempt(request, &mut record).await;
         let outcome = match (record.reason, &request.credentials) {
             (Reason::Ok, _) => Outcome::Succeeded,
-            (Reason::UpstreamUnavailable | Reason::IdpUnavailable, _) => Outcome::Void,
+            // Not the user's doing, or no answer seen: neither a success nor a guess.
+            (Reason::UpstreamUnavailable | Reason::IdpUnavailable | Reason::ClientClosed, _) => {
+                Outcome::Void
+            }
             (_, Credentials::Password { user, password, .. }) => {
                 Outcome::Failed(Some(throttle.password_hash(user, password.expose())))
             }
@@ -669,8 +715,10 @@ impl<F: Frontend> Preauth<'_, F> {
         };
         let delay = reservation.settle(outcome).await;
         self.trail.auth(record);
-        // A growing delay before a failure's answer slows a guesser on one connection.
-        tokio::time::sleep(delay).await;
+        if let Err(NotAdmitted::Refused(_)) = result {
+            // A growing delay before a failure's answer slows a guesser on one connection.
+            tokio::time::sleep(delay).await;
+        }
         result
     }
 
@@ -679,7 +727,7 @@ impl<F: Frontend> Preauth<'_, F> {
         &mut self,
         request: &LoginRequest,
         record: &mut audit::Auth,
-    ) -> Result<Admitted, Refusal> {
+    ) -> Result<Admitted, NotAdmitted> {
         let generation = self.generation.clone();
         let config = &generation.config;
         let protocol = self.ctx.listener.protocol;
@@ -692,7 +740,11 @@ impl<F: Frontend> Preauth<'_, F> {
         let mut identity = Identity::of(mechanism);
         if let Credentials::Bearer { token: secret, .. } = &request.credentials {
             let started = Instant::now();
-            let verified = generation.verifier.verify(secret).await;
+            let verify = generation.verifier.verify(secret);
+            let verified = match watching(&mut self.down, &mut self.machine, verify).await {
+                Ok(verified) => verified,
+                Err(end) => return Err(Self::abandoned(record, end)),
+            };
             let result = match &verified {
                 Ok(_) => TokenResult::Ok,
                 Err(AuthError::Invalid(_)) => TokenResult::Invalid,
@@ -786,7 +838,12 @@ impl<F: Frontend> Preauth<'_, F> {
         };
         record.upstream = Some(connector.name().to_owned());
         let metrics = &self.trail.services.metrics;
-        match connector.login(request, &self.trail.peer).await {
+        let replay = connector.login(request, &self.trail.peer);
+        let replayed = match watching(&mut self.down, &mut self.machine, replay).await {
+            Ok(replayed) => replayed,
+            Err(end) => return Err(Self::abandoned(record, end)),
+        };
+        match replayed {
             Ok(logged) => {
                 metrics.upstream_connect(protocol, logged.connect_time);
                 metrics.upstream_login(protocol, logged.login_time);
@@ -824,8 +881,8 @@ impl<F: Frontend> Preauth<'_, F> {
     }
 
     /// A refusal whose text ends with the session reference.
-    fn refusal(&self, class: ReplyClass, text: &str, challenge: Option<Bytes>) -> Refusal {
-        Refusal {
+    fn refusal(&self, class: ReplyClass, text: &str, challenge: Option<Bytes>) -> NotAdmitted {
+        NotAdmitted::Refused(Refusal {
             class,
             text: format!(
                 "{} (ref {})",
@@ -833,7 +890,18 @@ impl<F: Frontend> Preauth<'_, F> {
                 self.trail.reference
             ),
             challenge,
-        }
+        })
+    }
+
+    /// The downstream went away (or broke a limit) while its login was in flight: the token
+    /// check or upstream login was dropped unfinished, and the attempt is recorded as such.
+    fn abandoned(record: &mut audit::Auth, end: PreauthEnd) -> NotAdmitted {
+        tracing::info!(
+            ?end,
+            "downstream gone during its login; upstream login abandoned"
+        );
+        record.reason = Reason::ClientClosed;
+        NotAdmitted::Ended(end)
     }
 
     async fn splice(mut self, admitted: Admitted) -> Ending {
@@ -842,8 +910,15 @@ impl<F: Frontend> Preauth<'_, F> {
             untagged: logged.untagged,
             reply: logged.reply,
         });
-        if let Err(e) = self.flush().await {
-            return Ending::Preauth(PreauthEnd::downstream_failed(&e));
+        // From the login answer on, writes are bounded by the send timeout, as in the splice.
+        let send = self.generation.config.limits.send_timeout;
+        if let Err(end) = self.flush(Instant::now() + send).await {
+            // Out of time here is the send timeout, not the pre-auth deadline.
+            let end = match end {
+                PreauthEnd::Machine(_) => PreauthEnd::Error(Side::Downstream),
+                end => end,
+            };
+            return Ending::Preauth(end);
         }
         let Preauth {
             mut down,
@@ -856,13 +931,12 @@ impl<F: Frontend> Preauth<'_, F> {
         // Bytes the downstream pipelined after its login go upstream now, in order; bytes the
         // upstream sent after its answer go downstream. Nothing is lost or sent twice.
         let residual = machine.into_residual();
-        if !residual.is_empty()
-            && (up.write_all(&residual).await.is_err() || up.flush().await.is_err())
-        {
+        if splice::send_all(&mut up, &residual, send).await.is_err() {
             return Ending::Spliced(End::Error(Side::Upstream), Totals::default());
         }
-        if !logged.residual.is_empty()
-            && (down.write_all(&logged.residual).await.is_err() || down.flush().await.is_err())
+        if splice::send_all(&mut down, &logged.residual, send)
+            .await
+            .is_err()
         {
             return Ending::Spliced(End::Error(Side::Downstream), Totals::default());
         }
@@ -889,10 +963,53 @@ impl<F: Frontend> Preauth<'_, F> {
             up,
             ctx.listener.protocol,
             generation.config.limits.idle_timeout,
+            send,
             interrupt,
         )
         .await;
         Ending::Spliced(end, totals)
+    }
+}
+
+/// Why a login did not lead to a splice.
+enum NotAdmitted {
+    /// Answer the downstream with this refusal and read its next command.
+    Refused(Refusal),
+    /// The session ended while the login was in flight: the downstream closed or failed, or the
+    /// machine closed on what the downstream sent meanwhile (its answer is queued).
+    Ended(PreauthEnd),
+}
+
+/// Run `work` (a token check, an upstream login) while watching the downstream. Bytes it
+/// pipelines meanwhile go to the machine, which keeps them (bounded) as the residual for the
+/// upstream: they are never lost. Its close or failure ends the work at once: an upstream
+/// login left running for a client that is gone holds two fds and the client's slots for up
+/// to `login_timeout` (issue 9). So does the machine closing on too much pipelined input.
+async fn watching<F: Frontend, T>(
+    down: &mut Downstream,
+    machine: &mut F,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, PreauthEnd> {
+    tokio::pin!(work);
+    // Pipelined input while a login is decided is a few commands at most.
+    let mut buf = [0u8; 1024];
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut work => return Ok(done),
+            // `read` is cancel safe: bytes are either in `buf` or still in the stream.
+            read = down.read(&mut buf) => match read {
+                Ok(0) => return Err(PreauthEnd::DownstreamClosed),
+                Ok(n) => {
+                    machine.handle_input(buf.get(..n).unwrap_or_default());
+                    // While a login is in flight the machine reports nothing but its close.
+                    if let Some(FrontendEvent::Closed(reason)) = machine.poll_event() {
+                        return Err(PreauthEnd::Machine(reason));
+                    }
+                }
+                Err(e) => return Err(PreauthEnd::downstream_failed(&e)),
+            },
+        }
     }
 }
 

@@ -9,6 +9,11 @@
 //! upstream→downstream direction keeps track of where responses end, so that a goodbye line
 //! (`* BYE`, `-ERR`) is only ever inserted between two responses, never inside a line or an
 //! IMAP literal, where it would corrupt what the client is reading.
+//!
+//! Every write is bounded by the send timeout (nginx `send_timeout`): a peer that accepts no
+//! byte for that long (a client that stopped reading in the middle of a large FETCH, an
+//! upstream that stopped reading an APPEND) ends the session as an error on its side, so it
+//! cannot pin its kernel send buffer and both sockets until the idle timeout.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -117,8 +122,9 @@ pub fn peer_gone(e: &std::io::Error) -> bool {
     )
 }
 
-/// Copy both ways until both directions have ended, a side fails, nothing moved for `idle`, or
-/// `interrupt` resolves. When mailgate ends the session, a goodbye line goes downstream first
+/// Copy both ways until both directions have ended, a side fails (or accepts nothing for
+/// `send`), nothing moved for `idle`, or `interrupt` resolves. When mailgate ends the session,
+/// a goodbye line goes downstream first
 /// (when the downstream stream is between two responses) and then both sides are closed.
 ///
 /// The side that closes first names the end, with one exception: when the downstream's last
@@ -129,6 +135,7 @@ pub async fn splice<D, U, I>(
     up: U,
     protocol: Protocol,
     idle: Duration,
+    send: Duration,
     interrupt: I,
 ) -> (End, Totals)
 where
@@ -155,6 +162,7 @@ where
             &activity,
             &bytes_up,
             Side::Downstream,
+            send,
             Watch::Commands(Boundary::new(protocol), &farewell),
         );
         let to_down = pump(
@@ -163,6 +171,7 @@ where
             &activity,
             &bytes_down,
             Side::Upstream,
+            send,
             Watch::Responses(Boundary::new(protocol), &between_responses),
         );
         let both = async {
@@ -207,8 +216,14 @@ where
             let _ = down_wr.write_all(line).await;
             let _ = down_wr.flush().await;
         }
-        let _ = down_wr.shutdown().await;
-        let _ = up_wr.shutdown().await;
+        // A side that failed (or stopped reading) gets no TLS close_notify: it would wait for
+        // the same full buffer, and hold the other side's close behind it.
+        if end != End::Error(Side::Downstream) {
+            let _ = down_wr.shutdown().await;
+        }
+        if end != End::Error(Side::Upstream) {
+            let _ = up_wr.shutdown().await;
+        }
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
     let totals = Totals {
@@ -278,6 +293,7 @@ async fn pump<R, W>(
     activity: &Activity,
     count: &AtomicU64,
     from: Side,
+    send: Duration,
     mut watch: Watch<'_>,
 ) -> Result<Side, Side>
 where
@@ -300,7 +316,8 @@ where
             buf.resize(BUFFER, 0);
         }
         if n == 0 {
-            let _ = wr.shutdown().await;
+            // A TLS close_notify is a write too: bounded like one.
+            let _ = tokio::time::timeout(send, wr.shutdown()).await;
             return Ok(from);
         }
         // `read` never returns more than the buffer's length.
@@ -316,12 +333,13 @@ where
                 farewell.store(tracker.farewell(), Ordering::Relaxed);
             }
         }
-        let written = match wr.write_all(chunk).await {
-            Ok(()) => wr.flush().await,
-            Err(e) => Err(e),
-        };
-        match written {
+        match send_all(wr, chunk, send).await {
             Ok(()) => {}
+            // A peer that takes nothing for `send` has stopped reading: a failure on its side.
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                tracing::info!(side = ?to, timeout = ?send, "peer accepted no data; ending the session");
+                return Err(to);
+            }
             Err(e) if closed_by(to, &e) => return Ok(to),
             Err(_) => return Err(to),
         }
@@ -331,6 +349,29 @@ where
         activity.touch();
         count.fetch_add(n as u64, Ordering::Relaxed);
     }
+}
+
+/// Write all of `bytes` and flush, failing with `TimedOut` when the peer accepts no byte for
+/// `send`. As nginx's `send_timeout`, the limit is between two successive writes that make
+/// progress, not for the whole chunk: a slow but live reader is not cut off.
+pub async fn send_all<W>(wr: &mut W, mut bytes: &[u8], send: Duration) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    let stalled = || std::io::Error::from(std::io::ErrorKind::TimedOut);
+    while !bytes.is_empty() {
+        let n = tokio::time::timeout(send, wr.write(bytes))
+            .await
+            .map_err(|_| stalled())??;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        bytes = bytes.get(n..).unwrap_or_default();
+    }
+    // A TLS stream holds whole records until they are on the wire.
+    tokio::time::timeout(send, wr.flush())
+        .await
+        .map_err(|_| stalled())?
 }
 
 /// Tracks whether a server→client byte stream stands between two responses: at the start of a
@@ -458,6 +499,23 @@ mod tests {
     use super::*;
     use tokio::io::duplex;
 
+    const SEND: Duration = Duration::from_secs(60);
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// The splice under test, in its own task; the upstream is always an in-memory pipe.
+    fn spawn(
+        down: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        up: tokio::io::DuplexStream,
+        protocol: Protocol,
+        (idle, send): (Duration, Duration),
+        interrupt: impl Future<Output = Interrupt> + Send + 'static,
+    ) -> tokio::task::JoinHandle<(End, Totals)> {
+        tokio::spawn(splice(down, up, protocol, idle, send, interrupt))
+    }
+
     fn never() -> impl Future<Output = Interrupt> {
         std::future::pending()
     }
@@ -466,9 +524,7 @@ mod tests {
     async fn copies_both_ways_and_counts() {
         let (down, mut client) = duplex(64 * 1024);
         let (up, mut server) = duplex(64 * 1024);
-        let task = tokio::spawn(async move {
-            splice(down, up, Protocol::Imap, Duration::from_secs(30), never()).await
-        });
+        let task = spawn(down, up, Protocol::Imap, (secs(30), SEND), never());
         client.write_all(b"a1 NOOP\r\n").await.unwrap();
         let mut buf = [0u8; 9];
         server.read_exact(&mut buf).await.unwrap();
@@ -541,16 +597,13 @@ mod tests {
     async fn a_close_without_close_notify_is_not_an_error() {
         let (down, mut client) = duplex(1024);
         let (up, mut server) = duplex(1024);
-        let task = tokio::spawn(async move {
-            splice(
-                NoCloseNotify(down),
-                up,
-                Protocol::Imap,
-                Duration::from_secs(30),
-                never(),
-            )
-            .await
-        });
+        let task = spawn(
+            NoCloseNotify(down),
+            up,
+            Protocol::Imap,
+            (secs(30), SEND),
+            never(),
+        );
         server
             .write_all(b"* BYE Logging out\r\nb OK Logout completed.\r\n")
             .await
@@ -577,10 +630,7 @@ mod tests {
         ] {
             let (down, mut client) = duplex(1024);
             let (up, mut server) = duplex(1024);
-            let task = tokio::spawn(async move {
-                let idle = Duration::from_secs(30);
-                splice(NoCloseNotify(down), up, protocol, idle, never()).await
-            });
+            let task = spawn(NoCloseNotify(down), up, protocol, (secs(30), SEND), never());
             client.write_all(command).await.unwrap();
             let mut got = vec![0u8; command.len()];
             server.read_exact(&mut got).await.unwrap();
@@ -600,10 +650,13 @@ mod tests {
     async fn a_client_gone_while_data_flows_down_is_a_client_close() {
         let (down, client) = duplex(16);
         let (up, mut server) = duplex(1024);
-        let task = tokio::spawn(async move {
-            let idle = Duration::from_secs(30);
-            splice(BrokenPipe(down), up, Protocol::Imap, idle, never()).await
-        });
+        let task = spawn(
+            BrokenPipe(down),
+            up,
+            Protocol::Imap,
+            (secs(30), SEND),
+            never(),
+        );
         drop(client);
         let _ = server.write_all(b"* 1 FETCH (FLAGS (\\Seen))\r\n").await;
         let mut rest = Vec::new();
@@ -703,9 +756,7 @@ mod tests {
     async fn idle_timeout_sends_goodbye() {
         let (down, mut client) = duplex(1024);
         let (up, _server) = duplex(1024);
-        let task = tokio::spawn(async move {
-            splice(down, up, Protocol::Imap, Duration::from_secs(60), never()).await
-        });
+        let task = spawn(down, up, Protocol::Imap, (secs(60), SEND), never());
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"* BYE Autologout; idle for too long\r\n");
@@ -716,11 +767,9 @@ mod tests {
     async fn activity_defers_idle_timeout() {
         let (down, mut client) = duplex(1024);
         let (up, mut server) = duplex(1024);
-        let task = tokio::spawn(async move {
-            splice(down, up, Protocol::Pop3, Duration::from_secs(60), never()).await
-        });
+        let task = spawn(down, up, Protocol::Pop3, (secs(60), SEND), never());
         for _ in 0..3 {
-            tokio::time::sleep(Duration::from_secs(40)).await;
+            tokio::time::sleep(secs(40)).await;
             client.write_all(b"x").await.unwrap();
             let mut b = [0u8; 1];
             server.read_exact(&mut b).await.unwrap();
@@ -735,14 +784,54 @@ mod tests {
         assert_eq!(task.await.unwrap().0, End::IdleTimeout);
     }
 
+    /// A client that stops reading while a large FETCH streams down: after `send` with no byte
+    /// accepted the session ends as a downstream error, long before the idle timeout, and the
+    /// upstream side is closed too.
+    #[tokio::test(start_paused = true)]
+    async fn a_downstream_that_stops_reading_hits_the_send_timeout() {
+        let (down, _client) = duplex(1024);
+        let (up, mut server) = duplex(64 * 1024);
+        let task = spawn(down, up, Protocol::Imap, (secs(1800), secs(5)), never());
+        server.write_all(&[b'm'; 32 * 1024]).await.unwrap();
+        let started = Instant::now();
+        let (end, totals) = task.await.unwrap();
+        assert_eq!(end, End::Error(Side::Downstream));
+        assert!(started.elapsed() < secs(30), "{:?}", started.elapsed());
+        assert!(totals.bytes_down < 32 * 1024, "{totals:?}");
+        // The upstream is closed, not left half-open.
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.unwrap();
+    }
+
+    /// A reader that takes a byte at a time, slower than the whole chunk would need, but never
+    /// silent for `send`: it is not cut off (the limit is between writes, as nginx's).
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_live_reader_is_not_cut_off() {
+        let (down, mut client) = duplex(16);
+        let (up, mut server) = duplex(64 * 1024);
+        let task = spawn(down, up, Protocol::Pop3, (secs(1800), secs(5)), never());
+        server.write_all(&[b'm'; 200]).await.unwrap();
+        let mut got = 0;
+        while got < 200 {
+            tokio::time::sleep(secs(2)).await;
+            let mut b = [0u8; 16];
+            got += client.read(&mut b).await.unwrap();
+        }
+        assert!(!task.is_finished(), "a live reader was cut off");
+        drop(server);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        drop(client);
+        assert_eq!(task.await.unwrap().0, End::UpstreamClosed);
+    }
+
     #[tokio::test]
     async fn interrupt_between_responses_sends_goodbye() {
         let (down, mut client) = duplex(1024);
         let (up, mut server) = duplex(1024);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let interrupt = async { rx.await.unwrap_or(Interrupt::Shutdown) };
-            splice(down, up, Protocol::Imap, Duration::from_secs(60), interrupt).await
+        let task = spawn(down, up, Protocol::Imap, (secs(60), SEND), async {
+            rx.await.unwrap_or(Interrupt::Shutdown)
         });
         server.write_all(b"* 3 EXISTS\r\n").await.unwrap();
         let mut line = [0u8; 12];
@@ -759,9 +848,8 @@ mod tests {
         let (down, mut client) = duplex(1024);
         let (up, mut server) = duplex(1024);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let interrupt = async { rx.await.unwrap_or(Interrupt::Shutdown) };
-            splice(down, up, Protocol::Imap, Duration::from_secs(60), interrupt).await
+        let task = spawn(down, up, Protocol::Imap, (secs(60), SEND), async {
+            rx.await.unwrap_or(Interrupt::Shutdown)
         });
         // A FETCH response whose literal has 10 bytes announced and 4 sent.
         let partial = b"* 1 FETCH (BODY[] {10}\r\nabcd";

@@ -88,6 +88,7 @@ pub struct LimitsFile {
     pub max_auth_attempts: Option<u64>,
     pub auth_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub send_timeout: Option<String>,
     pub drain_timeout: Option<String>,
     pub max_connections: Option<u64>,
     pub max_connections_per_ip: Option<u64>,

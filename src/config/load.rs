@@ -561,6 +561,11 @@ impl Validator<'_> {
                 l.idle_timeout.as_deref(),
                 d.idle_timeout,
             ),
+            send_timeout: self.duration(
+                "limits.send_timeout",
+                l.send_timeout.as_deref(),
+                d.send_timeout,
+            ),
             drain_timeout: self.duration(
                 "limits.drain_timeout",
                 l.drain_timeout.as_deref(),

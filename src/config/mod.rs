@@ -402,6 +402,11 @@ pub struct Limits {
     /// After login, no byte either way for this long closes the session. Default 30 min, the
     /// RFC 9051 section 5.4 autologout minimum.
     pub idle_timeout: Duration,
+    /// After login, a peer that accepts no byte of a pending write for this long ends the
+    /// session: a client that stops reading in the middle of a large FETCH (or an upstream that
+    /// stops reading an APPEND) must not pin its kernel send buffer and both sockets until the
+    /// idle timeout. Default 60 s, as nginx's `send_timeout`.
+    pub send_timeout: Duration,
     /// On SIGTERM, how long logged-in sessions may go on before they are ended with a goodbye.
     /// Default 30 s: long enough for a fetch in flight, short enough for a service manager's
     /// stop timeout (systemd's default is 90 s).
@@ -427,6 +432,7 @@ impl Default for Limits {
         Self {
             preauth: PreauthLimits::default(),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
             drain_timeout: Duration::from_secs(30),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             connections: Caps::default(),
@@ -509,6 +515,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// RFC 9051 section 5.4: "at least 30 minutes".
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// 60 s, as nginx's `send_timeout`: a live client on a bad mobile link stalls for seconds, not a
+/// minute; a client that accepts nothing for a minute has stopped reading.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// 10000: well under a default `ulimit -n` raised for a server, two sockets per session.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Dovecot's `service { client_limit }` sockets listen with 4096; Linux's `somaxconn` default

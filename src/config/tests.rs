@@ -185,6 +185,7 @@ fn base_loads_with_defaults() {
     assert!(!tls.generate_self_signed);
     assert_eq!(tls.min_version, TlsVersion::Tls12);
     assert_eq!(c.limits.idle_timeout, Duration::from_secs(1800));
+    assert_eq!(c.limits.send_timeout, Duration::from_secs(60));
     assert_eq!(c.limits.max_connections, 10_000);
     assert_eq!(c.limits.preauth, crate::proto::PreauthLimits::default());
     assert_eq!(c.log.filter, "info");
@@ -243,6 +244,7 @@ max_literal = 255
 max_auth_attempts = 1
 auth_timeout = "10s"
 idle_timeout = "1h"
+send_timeout = "15s"
 max_connections = 1
 [log]
 filter = "warn,mailgate=debug"
@@ -268,6 +270,7 @@ filter = "warn,mailgate=debug"
     assert_eq!((p.max_line, p.max_literal, p.max_attempts), (512, 255, 1));
     assert_eq!(p.auth_timeout, Duration::from_secs(10));
     assert_eq!(c.limits.idle_timeout, Duration::from_secs(3600));
+    assert_eq!(c.limits.send_timeout, Duration::from_secs(15));
     assert_eq!(c.limits.max_connections, 1);
     assert_eq!(c.log.filter, "warn,mailgate=debug");
     let w = c.warnings().join("\n");

@@ -119,6 +119,10 @@ pub enum Reason {
     MailboxNotAssigned,
     /// Too many failed logins from this address or for this user: temporarily blocked.
     RateLimited,
+    /// The downstream closed (or failed, or sent more than a login may have pipelined behind
+    /// it) while its allowed login was being verified or replayed; the upstream login was
+    /// abandoned, and no login answer was sent.
+    ClientClosed,
 }
 
 impl Reason {
@@ -136,9 +140,10 @@ impl Reason {
             | Reason::DelegationNotSupported
             | Reason::MailboxNotAssigned => ReplyClass::Authorization,
             Reason::InvalidToken | Reason::UpstreamRejected => ReplyClass::Authentication,
-            Reason::UpstreamUnavailable | Reason::IdpUnavailable | Reason::RateLimited => {
-                ReplyClass::Unavailable
-            }
+            Reason::UpstreamUnavailable
+            | Reason::IdpUnavailable
+            | Reason::RateLimited
+            | Reason::ClientClosed => ReplyClass::Unavailable,
         }
     }
 
@@ -159,6 +164,7 @@ impl Reason {
             Reason::IdpUnavailable => "idp_unavailable",
             Reason::MailboxNotAssigned => "mailbox_not_assigned",
             Reason::RateLimited => "rate_limited",
+            Reason::ClientClosed => "client_closed",
         }
     }
 }

@@ -44,3 +44,4 @@ mod policy_e2e;
 mod proxy;
 mod reload;
 mod secrets;
+mod stalls;

@@ -160,6 +160,7 @@ fn reasons_list_is_complete() {
             Reason::IdpUnavailable => 12,
             Reason::MailboxNotAssigned => 13,
             Reason::RateLimited => 14,
+            Reason::ClientClosed => 15,
         }
     }
     for (i, r) in REASONS.iter().enumerate() {
