@@ -35,6 +35,7 @@ mod audit_e2e;
 mod direct;
 mod faults;
 mod lifecycle;
+mod lockout;
 mod mailgate;
 mod oauth;
 mod oauth_e2e;
