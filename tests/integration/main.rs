@@ -39,6 +39,7 @@ mod capabilities;
 mod direct;
 mod faults;
 mod lifecycle;
+mod lockout;
 mod mailgate;
 mod names;
 mod oauth;
