@@ -992,8 +992,8 @@ async fn main() {
         run_idle(args, tls).await;
         return;
     }
-    if let Some(attack) = args.mode.strip_prefix("attack-") {
-        run_attack(attack, args, tls).await;
+    if let Some(attack) = args.mode.strip_prefix("attack-").map(str::to_owned) {
+        run_attack(&attack, args, tls).await;
         return;
     }
     assert!(
