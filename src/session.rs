@@ -453,7 +453,6 @@ struct Preauth<'a, F> {
 
 impl<F: Frontend> Preauth<'_, F> {
     async fn run(mut self) -> Ending {
-        let mut buf = vec![0u8; 4096];
         let mut phase = self.ctx.shared.phase();
         loop {
             if self.flush().await.is_err() {
@@ -473,8 +472,6 @@ impl<F: Frontend> Preauth<'_, F> {
                     match self.login(&request).await {
                         Ok(admitted) => {
                             throttle.succeeded(&user);
-                            // The pre-auth read buffer is not needed for the rest of the session.
-                            drop(std::mem::take(&mut buf));
                             return self.splice(admitted).await;
                         }
                         Err(refusal) => {
@@ -504,7 +501,13 @@ impl<F: Frontend> Preauth<'_, F> {
                 Instant::from_std,
             );
             let read = tokio::select! {
-                r = self.down.read(&mut buf) => r,
+                // No read buffer of its own while the client is silent (stream::read_with).
+                r = crate::stream::read_with(&mut self.down, |bytes| {
+                    if !bytes.is_empty() {
+                        self.machine.handle_input(bytes);
+                    }
+                    bytes.len()
+                }) => r,
                 () = tokio::time::sleep_until(deadline) => {
                     self.machine.handle_timeout(Instant::now().into_std());
                     continue;
@@ -522,7 +525,7 @@ impl<F: Frontend> Preauth<'_, F> {
             };
             match read {
                 Ok(0) => return Ending::Preauth(PreauthEnd::DownstreamClosed),
-                Ok(n) => self.machine.handle_input(buf.get(..n).unwrap_or_default()),
+                Ok(_) => {}
                 Err(_) => return Ending::Preauth(PreauthEnd::Error(Side::Downstream)),
             }
         }
