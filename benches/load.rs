@@ -622,7 +622,9 @@ async fn idle_session(
         }
         let (_, ok) = read_tagged(&mut conn, tag).await?;
         if !ok {
-            return Err(std::io::Error::other("not answered OK at the end of the hold"));
+            return Err(std::io::Error::other(
+                "not answered OK at the end of the hold",
+            ));
         }
         let _ = logout(&args, &mut conn).await;
         Ok(())
@@ -795,7 +797,15 @@ struct AttackStats {
 /// - `junk`: 1 KiB lines of random bytes, each answer read before the next.
 async fn run_attack(kind: &str, args: Arc<Args>, tls: tokio_rustls::TlsConnector) {
     assert!(
-        ["halfopen", "preauth", "pipeline", "slowloris", "bigname", "junk"].contains(&kind),
+        [
+            "halfopen",
+            "preauth",
+            "pipeline",
+            "slowloris",
+            "bigname",
+            "junk"
+        ]
+        .contains(&kind),
         "--mode attack-{kind}: use attack-halfopen|preauth|pipeline|slowloris|bigname|junk"
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.seconds);
@@ -835,8 +845,22 @@ async fn run_attack(kind: &str, args: Arc<Args>, tls: tokio_rustls::TlsConnector
     if tokio::time::timeout_at(deadline, ready).await.is_ok() {
         eprintln!("ready");
     }
-    for t in tasks {
-        t.await.expect("attacker task");
+    // SIGTERM (scripts/bench, once the attacked run is over) ends the attack early; the
+    // summary is still printed.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    let all = async {
+        for t in tasks.iter_mut() {
+            let _ = t.await;
+        }
+    };
+    tokio::select! {
+        () = all => {}
+        _ = term.recv() => {
+            for t in &tasks {
+                t.abort();
+            }
+        }
     }
     println!(
         "mode=attack-{kind} sessions={} opened={} server_closed={} failed={}",
@@ -900,7 +924,9 @@ async fn attack_once(
         "bigname" => {
             let cmd = format!("b LOGIN \"{}\" \"secret\"\r\n", "x".repeat(10_000));
             while send(&mut conn, &cmd).await.is_ok()
-                && read_until(&mut conn, |l| l.starts_with(b"b ")).await.is_ok()
+                && read_until(&mut conn, |l| l.starts_with(b"b "))
+                    .await
+                    .is_ok()
             {}
         }
         _ => {

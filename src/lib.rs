@@ -18,7 +18,8 @@
 //! - [`upstream`]: connect to the real mail server, TLS, drive the replay machine.
 //! - [`splice`]: bidirectional copy after login, byte counts, idle timeout.
 //! - [`stream`]: plaintext-or-TLS stream used on both sides.
-//! - [`throttle`]: per-IP connection caps, failed-login delays and temporary blocks.
+//! - [`conn_limit`]: caps at accept: connections per client address, handshakes in progress.
+//! - [`throttle`]: failed-login delays and temporary blocks.
 //! - [`auth`]: bearer token verification (JWT/JWKS, introspection, tokeninfo), cached.
 //! - [`config`]: TOML model, validation, loading.
 //! - [`metrics`]: Prometheus registry with typed label sets.
@@ -29,6 +30,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod conn_limit;
 pub mod directory;
 pub mod metrics;
 pub mod policy;
@@ -41,4 +43,5 @@ pub mod stream;
 pub mod throttle;
 pub mod tls;
 mod toml_error;
+mod trim;
 pub mod upstream;

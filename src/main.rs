@@ -266,6 +266,7 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
                 listener,
                 services.metrics.clone(),
                 services.readiness.clone(),
+                *a,
                 async {
                     let _ = admin_stopped.await;
                 },
@@ -352,6 +353,7 @@ fn audit_tail(args: TailArgs) -> anyhow::Result<ExitCode> {
 /// Logs go to stderr (journald adds timestamps; RUST_LOG overrides the config filter).
 fn init_tracing(filter: &str) -> anyhow::Result<()> {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
+    let filter = mailgate::config::reload::quiet_backend(&filter);
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .with_context(|| format!("log filter {filter:?}"))?;
     tracing_subscriber::fmt()

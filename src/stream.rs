@@ -107,11 +107,12 @@ thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
 }
 
-/// Polls `rd` for a read into the thread's buffer; when bytes (or EOF: an empty slice) are
-/// there, hands them to `take` and returns its result. While the read is pending nothing is
-/// held: the waiting connection costs no buffer.
+/// Polls `rd` for a read of at most `max` bytes (and at most [`SCRATCH`]) into the thread's
+/// buffer; when bytes (or EOF: an empty slice) are there, hands them to `take` and returns its
+/// result. While the read is pending nothing is held: the waiting connection costs no buffer.
 pub fn poll_read_with<R, T>(
     rd: &mut R,
+    max: usize,
     cx: &mut Context<'_>,
     take: impl FnOnce(&[u8]) -> T,
 ) -> Poll<io::Result<T>>
@@ -130,7 +131,8 @@ where
                 &mut own
             }
         };
-        let mut rb = ReadBuf::new(buf);
+        let len = buf.len().min(max);
+        let mut rb = ReadBuf::new(buf.get_mut(..len).unwrap_or_default());
         match Pin::new(rd).poll_read(cx, &mut rb) {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(take(rb.filled()))),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -139,15 +141,15 @@ where
     })
 }
 
-/// Waits until `rd` has bytes (or reaches EOF: an empty slice) and hands them to `take`, as
-/// [`poll_read_with`].
-pub async fn read_with<R, T>(rd: &mut R, take: impl FnOnce(&[u8]) -> T) -> io::Result<T>
+/// Waits until `rd` has bytes (or reaches EOF: an empty slice) and hands at most `max` of them
+/// to `take`, as [`poll_read_with`].
+pub async fn read_with<R, T>(rd: &mut R, max: usize, take: impl FnOnce(&[u8]) -> T) -> io::Result<T>
 where
     R: AsyncRead + Unpin + ?Sized,
 {
     let mut take = Some(take);
     std::future::poll_fn(|cx| {
-        poll_read_with(rd, cx, |bytes| {
+        poll_read_with(rd, max, cx, |bytes| {
             // `take` is only used on the Ready poll, which is the last one.
             take.take().map(|take| take(bytes))
         })

@@ -1,5 +1,5 @@
-//! Abuse limits that span connections: per-IP concurrent connections, and failed-login
-//! throttling per IP and per user (growing delay, then a temporary block).
+//! Abuse limits that span connections: failed-login throttling per IP and per user (growing
+//! delay, then a temporary block). Concurrent connections per IP are `crate::conn_limit`'s.
 //!
 //! Pure bookkeeping: time is passed in, nothing here sleeps or does I/O; the session applies
 //! the verdicts (waits the delay before answering, refuses while blocked). Memory is bounded:
@@ -17,8 +17,6 @@ pub const MAX_ENTRIES: usize = 100_000;
 /// Settings, from `[limits]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottleConfig {
-    /// Concurrent connections from one IP address. 0 = no cap.
-    pub connections_per_ip: usize,
     /// Failed logins from one IP within `window` before it is blocked.
     pub failures_per_ip: u32,
     /// Failed logins for one user within `window` before the user is blocked.
@@ -34,9 +32,6 @@ pub struct ThrottleConfig {
 impl Default for ThrottleConfig {
     fn default() -> Self {
         Self {
-            // Dovecot's mail_max_userip_connections is 10 per user+IP; a NAT'd office shares
-            // one address, so the per-IP cap is larger.
-            connections_per_ip: 100,
             failures_per_ip: 20,
             failures_per_user: 10,
             window: Duration::from_secs(15 * 60),
@@ -68,35 +63,14 @@ struct Entry {
 #[derive(Debug)]
 pub struct Throttle {
     config: ThrottleConfig,
-    connections: Mutex<HashMap<IpAddr, usize>>,
     ips: Mutex<HashMap<IpAddr, Entry>>,
     users: Mutex<HashMap<String, Entry>>,
-}
-
-/// Holds one connection slot of an IP; frees it on drop.
-#[must_use = "dropping the guard frees the connection slot at once"]
-pub struct ConnectionSlot<'a> {
-    throttle: &'a Throttle,
-    ip: IpAddr,
-}
-
-impl Drop for ConnectionSlot<'_> {
-    fn drop(&mut self) {
-        let mut map = lock(&self.throttle.connections);
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
 }
 
 impl Throttle {
     pub fn new(config: ThrottleConfig) -> Throttle {
         Throttle {
             config,
-            connections: Mutex::new(HashMap::new()),
             ips: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
         }
@@ -104,17 +78,6 @@ impl Throttle {
 
     pub fn config(&self) -> &ThrottleConfig {
         &self.config
-    }
-
-    /// Take a connection slot for `ip`, or `None` when the IP is at its cap.
-    pub fn connect(&self, ip: IpAddr) -> Option<ConnectionSlot<'_>> {
-        let mut map = lock(&self.connections);
-        let n = map.entry(ip).or_insert(0);
-        if self.config.connections_per_ip != 0 && *n >= self.config.connections_per_ip {
-            return None;
-        }
-        *n += 1;
-        Some(ConnectionSlot { throttle: self, ip })
     }
 
     /// May a login by `user` from `ip` go ahead now?
@@ -300,20 +263,6 @@ mod tests {
         t.succeeded("a@x");
         t.failed(ip(1), "a@x", now);
         assert_eq!(t.check(ip(1), "a@x", now), Verdict::Proceed);
-    }
-
-    #[test]
-    fn connection_cap_per_ip() {
-        let t = Throttle::new(ThrottleConfig {
-            connections_per_ip: 2,
-            ..Default::default()
-        });
-        let a = t.connect(ip(1)).expect("first");
-        let _b = t.connect(ip(1)).expect("second");
-        assert!(t.connect(ip(1)).is_none());
-        assert!(t.connect(ip(2)).is_some());
-        drop(a);
-        assert!(t.connect(ip(1)).is_some());
     }
 
     #[test]

@@ -112,6 +112,10 @@ pub enum Reason {
     IdpUnavailable,
     /// Too many failed logins from this address or for this user: temporarily blocked.
     RateLimited,
+    /// The downstream closed (or failed, or sent more than a login may have pipelined behind
+    /// it) while its allowed login was being verified or replayed; the upstream login was
+    /// abandoned, and no login answer was sent.
+    ClientClosed,
 }
 
 impl Reason {
@@ -128,9 +132,10 @@ impl Reason {
             | Reason::TokenUserMismatch
             | Reason::DelegationNotSupported => ReplyClass::Authorization,
             Reason::InvalidToken | Reason::UpstreamRejected => ReplyClass::Authentication,
-            Reason::UpstreamUnavailable | Reason::IdpUnavailable | Reason::RateLimited => {
-                ReplyClass::Unavailable
-            }
+            Reason::UpstreamUnavailable
+            | Reason::IdpUnavailable
+            | Reason::RateLimited
+            | Reason::ClientClosed => ReplyClass::Unavailable,
         }
     }
 
@@ -150,6 +155,7 @@ impl Reason {
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::IdpUnavailable => "idp_unavailable",
             Reason::RateLimited => "rate_limited",
+            Reason::ClientClosed => "client_closed",
         }
     }
 }

@@ -116,7 +116,7 @@ pub fn refusal_text(denial: &Denial, protocol: Protocol, contact: &str) -> Strin
     let what = match denial.reason {
         Reason::Ok => return "Logged in".to_owned(),
         Reason::UpstreamRejected => return GENERIC_FAILURE.to_owned(),
-        Reason::UpstreamUnavailable | Reason::IdpUnavailable => {
+        Reason::UpstreamUnavailable | Reason::IdpUnavailable | Reason::ClientClosed => {
             return TEMPORARY_FAILURE.to_owned();
         }
         Reason::RateLimited => return RATE_LIMITED.to_owned(),

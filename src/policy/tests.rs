@@ -628,6 +628,7 @@ fn reason_codes_match_serde_names() {
         Reason::UpstreamUnavailable,
         Reason::IdpUnavailable,
         Reason::RateLimited,
+        Reason::ClientClosed,
     ] {
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
