@@ -24,6 +24,13 @@
 //!   `--watch-pid PID[,PID...]` it samples the summed VmRSS of those processes (mailgate)
 //!   before the ramp, once all sessions are up, every 5 s during the hold and at its end.
 //!
+//! - `preauth`: as `idle` without logging in: TLS handshake (or plaintext connect) and greeting,
+//!   held; at the end a `NOOP` must be answered. `idle` and `preauth` also report the growth of
+//!   the kernel's TCP memory (`/proc/net/sockstat`) per session and the watched descriptors.
+//! - `attack-halfopen|preauth|pipeline|slowloris|bigname|junk`: the soak's attackers (see
+//!   [`run_attack`]); `--sessions` connections until `--seconds` or SIGTERM.
+//!
+//! `--source A,B,...` connects from those local addresses, round-robin.
 //! `--addr` may list several addresses, comma-separated: connections go to them round-robin
 //! (used when one process cannot hold all sessions under the file-descriptor limit).
 //! The program raises its own RLIMIT_NOFILE to the hard limit. Every loop is bounded by
