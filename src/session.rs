@@ -402,9 +402,12 @@ async fn drive(
             }
         }
     }
+    // Boxed, as the login below: a task's future is as large as its largest state, and the
+    // handshake's (a whole rustls connection in the making) or the login's would otherwise be
+    // reserved for every connection's whole life (18 KiB per task before, issue 9).
     let down = match timeout(
         limits.handshake_timeout,
-        accept_tls(tcp, &ctx.listener, &generation),
+        Box::pin(accept_tls(tcp, &ctx.listener, &generation)),
     )
     .await
     {
@@ -531,14 +534,17 @@ impl<F: Frontend> Preauth<'_, F> {
                     let user = request.user().unwrap_or("").to_owned();
                     let client = self.trail.peer.source.ip();
                     let throttle = &self.ctx.shared.throttle;
-                    match self.login(&request).await {
+                    // Boxed: only a login in progress needs its state (see `drive`).
+                    match Box::pin(self.login(&request)).await {
                         Err(NotAdmitted::Ended(PreauthEnd::Machine(reason))) => {
                             return self.close(reason).await;
                         }
                         Err(NotAdmitted::Ended(end)) => return Ending::Preauth(end),
                         Ok(admitted) => {
                             throttle.succeeded(&user);
-                            return self.splice(admitted).await;
+                            // Boxed too: a connection that never logs in need not reserve
+                            // the splice's state.
+                            return Box::pin(self.splice(admitted)).await;
                         }
                         Err(NotAdmitted::Refused(refusal)) => {
                             if refusal.class != ReplyClass::Unavailable {
@@ -651,7 +657,7 @@ impl<F: Frontend> Preauth<'_, F> {
             .into_plain()
             .ok_or(PreauthEnd::Error(Side::Downstream))?;
         let limit = self.generation.config.limits.handshake_timeout;
-        match timeout(limit, acceptor.accept(tcp)).await {
+        match timeout(limit, Box::pin(acceptor.accept(tcp))).await {
             Ok(Ok(tls)) => {
                 self.down = MaybeTls::Tls(Box::new(tls));
                 self.machine.tls_established();
