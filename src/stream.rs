@@ -164,3 +164,54 @@ fn detached() -> io::Error {
         "stream detached for a tls upgrade",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncWriteExt, duplex};
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// What `read_with` hands on is at most `max` bytes per call, nothing is lost between calls,
+    /// and EOF is an empty slice.
+    #[tokio::test]
+    async fn read_with_hands_on_everything_in_bounded_pieces_then_eof() {
+        let (mut client, mut server) = duplex(64 * 1024);
+        let sent: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        client.write_all(&sent).await.unwrap();
+        drop(client);
+        let mut got = Vec::new();
+        loop {
+            let n = tokio::time::timeout(
+                WAIT,
+                read_with(&mut server, 4096, |bytes| {
+                    assert!(bytes.len() <= 4096, "{} bytes at once", bytes.len());
+                    got.extend_from_slice(bytes);
+                    bytes.len()
+                }),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            if n == 0 {
+                break;
+            }
+        }
+        assert_eq!(got, sent);
+    }
+
+    /// A `max` above the thread's buffer is capped at it.
+    #[tokio::test]
+    async fn read_with_caps_at_the_scratch_size() {
+        let (mut client, mut server) = duplex(4 * SCRATCH);
+        client.write_all(&vec![7u8; 3 * SCRATCH]).await.unwrap();
+        let n = tokio::time::timeout(WAIT, read_with(&mut server, usize::MAX, <[u8]>::len))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0 && n <= SCRATCH, "{n}");
+    }
+}
