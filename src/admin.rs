@@ -6,10 +6,12 @@
 //! | `/metrics` | 200, OpenMetrics text of every `mailgate_*` family                      |
 //! | `/healthz` | 200 while the process runs (liveness: restart me only if this fails)    |
 //! | `/readyz`  | 200 when ready, 503 before the first config and while draining          |
+//! | `/throttle`| smart lockout status and unlock, loopback only ([`throttle`])           |
 //! | other      | 404                                                                     |
 //!
 //! No authentication: `[admin] bind` defaults to loopback and a non-loopback bind is warned
-//! about in `Config::warnings`. Nothing served here holds user data (metric labels never do).
+//! about in `Config::warnings`. Nothing above `/throttle` holds user data (metric labels never
+//! do); `/throttle` answers only on loopback, whatever the bind.
 //!
 //! Bounded (issue 9: 3,000 partial requests stayed open 40 s, sharing the proxy's fd limit):
 //! one request per connection (`Connection: close`), the request head within
@@ -19,7 +21,8 @@
 //! cannot keep a scrape out, since a scrape sends its head at once; when every connection is
 //! busy answering, the new one is closed at once.
 //!
-//! Must not: touch sessions or the live config; it only reads the metrics and the flag.
+//! Must not: touch sessions or the live config; it reads the metrics and the flag, and the
+//! `/throttle` routes read and clear smart lockout counters.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -39,6 +42,8 @@ use tokio::task::JoinSet;
 
 use crate::config::Admin;
 use crate::metrics::{self, Metrics};
+
+pub mod throttle;
 
 /// Whether mailgate should get traffic. Cheap to clone; every clone shares the flag. Starts not
 /// ready: the server sets it once the first config is loaded and the listeners are bound, and
@@ -87,17 +92,27 @@ pub async fn serve(
     limits: Admin,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = router(metrics, readiness);
+    serve_router(listener, router(metrics, readiness), limits, shutdown).await
+}
+
+/// As [`serve`], for a router with more routes merged in (`throttle::routes`). Handlers may
+/// extract the peer address (`ConnectInfo<SocketAddr>`).
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Admin,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let slots = Slots::default();
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             // Reap finished connections so the set does not grow.
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -107,7 +122,14 @@ pub async fn serve(
         };
         // Over the cap with nobody to evict: closed at once (dropped).
         if let Some((ticket, evicted)) = slots.admit(limits.max_connections) {
-            conns.spawn(connection(stream, router.clone(), ticket, evicted, limits));
+            conns.spawn(connection(
+                stream,
+                peer,
+                router.clone(),
+                ticket,
+                evicted,
+                limits,
+            ));
         }
     }
     drop(listener);
@@ -119,6 +141,7 @@ pub async fn serve(
 /// One admin connection: a single request, bounded as the module docs say.
 async fn connection(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     router: Router,
     ticket: Ticket,
     evicted: oneshot::Receiver<()>,
@@ -126,9 +149,13 @@ async fn connection(
 ) {
     let service = TowerToHyperService::new(router);
     let (slots, id) = (ticket.slots.clone(), ticket.id);
-    let service = hyper::service::service_fn(move |request| {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
         // hyper calls the service once the whole head is in.
         slots.serving(id);
+        // For handlers that check who asks (`throttle`: loopback only).
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         hyper::service::Service::call(&service, request)
     });
     let conn = hyper::server::conn::http1::Builder::new()

@@ -19,7 +19,8 @@
 //! - [`splice`]: bidirectional copy after login, byte counts, idle timeout.
 //! - [`stream`]: plaintext-or-TLS stream used on both sides.
 //! - [`conn_limit`]: caps at accept: connections per client address, handshakes in progress.
-//! - [`throttle`]: failed-login delays and temporary blocks.
+//! - [`throttle`]: smart lockout of password guessing; its `store` holds the counters
+//!   (in-process, or shared by a fleet).
 //! - [`auth`]: bearer token verification (JWT/JWKS, introspection, tokeninfo), cached.
 //! - [`config`]: TOML model, validation, loading.
 //! - [`metrics`]: Prometheus registry with typed label sets.

@@ -172,9 +172,9 @@ pub struct Shared {
     changed: watch::Sender<u64>,
     phase: watch::Sender<Phase>,
     pub services: Services,
-    /// Failed-login bookkeeping; sized from the first config (a reload does not reset who is
-    /// blocked).
-    pub throttle: Throttle,
+    /// Smart lockout's counters. A reload swaps its settings and keeps its counts (who is
+    /// blocked stays blocked). Shared with the admin listener.
+    pub throttle: Arc<Throttle>,
     /// Connections per client address and handshakes in progress; the caps are read from the
     /// current generation at each connection.
     pub conn_limits: ConnLimits,
@@ -182,7 +182,7 @@ pub struct Shared {
 
 impl Shared {
     fn new(generation: Generation, services: Services) -> Shared {
-        let throttle = Throttle::new(generation.config.limits.throttle);
+        let throttle = Arc::new(Throttle::new(generation.config.limits.throttle));
         let (changed, _) = watch::channel(generation.number);
         let (phase, _) = watch::channel(Phase::Serving);
         Shared {
@@ -234,7 +234,17 @@ impl Reloader {
             tracing::warn!("[admin] changes take effect only after a restart");
         }
         let next = Generation::build(config, old.number + 1)?;
+        // What the old generation learnt of an upstream holds until the new probe answers.
+        for (name, connector) in &next.connectors {
+            if let Some(earlier) = old.connectors.get(name) {
+                connector.inherit_capabilities(earlier);
+            }
+            connector.spawn_probe();
+        }
         let number = next.number;
+        self.shared
+            .throttle
+            .reconfigure(next.config.limits.throttle);
         self.shared.current.store(Arc::new(next));
         self.shared.changed.send_replace(number);
         Ok(number)
@@ -269,6 +279,9 @@ impl Server {
                 somaxconn = max,
                 "limits.backlog is above net.core.somaxconn; the kernel uses somaxconn"
             );
+        }
+        for connector in generation.connectors.values() {
+            connector.spawn_probe();
         }
         let mut bound = Vec::new();
         for listener in &config.listeners {

@@ -54,7 +54,7 @@ use crate::proto::{
 use crate::server::{Generation, Phase, Services, Shared};
 use crate::splice::{self, End, Interrupt, Side, Totals};
 use crate::stream::{Downstream, MaybeTls};
-use crate::throttle::Verdict;
+use crate::throttle::store::Outcome;
 use crate::upstream::{self, Peer};
 
 /// Longest the last answer before a close (`* BYE`, `-ERR`) and the close itself (TLS
@@ -432,9 +432,14 @@ async fn drive(
     };
     let limits = generation.config.limits.preauth;
     let now = Instant::now().into_std();
+    // What the upstream offers, as last learnt, so the pre-login list holds after login.
+    let upstream = generation
+        .connector(&ctx.listener)
+        .map(|connector| connector.capabilities())
+        .unwrap_or_default();
     match ctx.listener.protocol {
         Protocol::Imap => {
-            let machine = ImapFrontend::new(security, limits, now);
+            let machine = ImapFrontend::with_upstream(security, limits, now, &upstream);
             Preauth {
                 ctx,
                 generation: generation.clone(),
@@ -446,7 +451,7 @@ async fn drive(
             .await
         }
         Protocol::Pop3 => {
-            let machine = Pop3Frontend::new(security, limits, now);
+            let machine = Pop3Frontend::with_upstream(security, limits, now, &upstream);
             Preauth {
                 ctx,
                 generation: generation.clone(),
@@ -531,9 +536,6 @@ impl<F: Frontend> Preauth<'_, F> {
                     continue;
                 }
                 Some(FrontendEvent::LoginRequested(request)) => {
-                    let user = request.user().unwrap_or("").to_owned();
-                    let client = self.trail.peer.source.ip();
-                    let throttle = &self.ctx.shared.throttle;
                     // Boxed: only a login in progress needs its state (see `drive`).
                     match Box::pin(self.login(&request)).await {
                         Err(NotAdmitted::Ended(PreauthEnd::Machine(reason))) => {
@@ -541,7 +543,6 @@ impl<F: Frontend> Preauth<'_, F> {
                         }
                         Err(NotAdmitted::Ended(end)) => return Ending::Preauth(end),
                         Ok(admitted) => {
-                            throttle.succeeded(&user);
                             // Boxed too: a connection that never logs in need not reserve
                             // the splice's state.
                             return Box::pin(self.splice(admitted)).await;
@@ -549,11 +550,9 @@ impl<F: Frontend> Preauth<'_, F> {
                         Err(NotAdmitted::Refused(refusal)) => {
                             if refusal.class != ReplyClass::Unavailable {
                                 // fail2ban reads this line (packaging/fail2ban).
+                                let client = self.trail.peer.source.ip();
+                                let user = request.user().unwrap_or("");
                                 tracing::warn!(%client, user, "login failed");
-                                let delay =
-                                    throttle.failed(client, &user, std::time::Instant::now());
-                                // Growing delay before the answer slows password guessing.
-                                tokio::time::sleep(delay).await;
                             }
                             self.machine.handle_outcome(LoginOutcome::Refused(refusal));
                         }
@@ -672,42 +671,82 @@ impl<F: Frontend> Preauth<'_, F> {
         }
     }
 
-    /// Verify the token (OAuth), decide (policy), then replay upstream, in SPEC's decision
-    /// order. `Err` is the refusal to send, or the end of a session whose downstream went away
-    /// meanwhile. Every attempt leaves one `auth` audit record.
+    /// One login attempt: reserve its slot (smart lockout), verify the token (OAuth), decide
+    /// (policy), replay upstream, in SPEC's decision order; then settle the slot with the
+    /// outcome and hold a failure's answer for the growing delay. `Err` is the refusal to
+    /// send, or the end of a session whose downstream went away meanwhile. Every attempt
+    /// leaves one `auth` audit record.
     async fn login(&mut self, request: &LoginRequest) -> Result<Admitted, NotAdmitted> {
         // A STARTTLS session that logs in without upgrading: its `connect` comes first.
         self.trail.connect(Some(&self.down));
         self.generation = self.ctx.shared.current();
-        let generation = self.generation.clone();
-        let config = &generation.config;
-        let protocol = self.ctx.listener.protocol;
-        let mechanism = request.mechanism;
         let mut record = audit::Auth {
             user: request.user().map(str::to_owned),
             ou: None,
-            mechanism,
+            mechanism: request.mechanism,
             client_id: None,
             issuer: None,
             policy_source: None,
             upstream: None,
             reason: Reason::Ok,
         };
-
-        // Blocked addresses and users are refused before anything is checked or replayed.
+        let throttle = self.ctx.shared.throttle.clone();
         let client = self.trail.peer.source.ip();
-        let claimed = request.user().unwrap_or("");
-        if let Verdict::Blocked { .. } =
-            self.ctx
-                .shared
-                .throttle
-                .check(client, claimed, std::time::Instant::now())
-        {
-            tracing::warn!(%client, user = claimed, "login refused: rate limited");
-            record.reason = Reason::RateLimited;
-            self.trail.auth(record);
-            return Err(self.refusal(ReplyClass::Unavailable, policy::refusal::RATE_LIMITED, None));
+        // Issue 10: the slot is taken before the upstream (or IdP) is asked, so attempts in
+        // flight count against the limit. Password attempts reserve on the user and source
+        // counters; OAuth ones only on the invalid-token counter, so password guessing never
+        // locks out a user's OAuth logins.
+        let reserved = match &request.credentials {
+            Credentials::Password { user, .. } => throttle.reserve_password(client, user).await,
+            Credentials::Bearer { .. } => throttle.reserve_token(client).await,
+        };
+        let reservation = match reserved {
+            Ok(reservation) => reservation,
+            Err(refused) => {
+                let user = request.user().unwrap_or("");
+                tracing::warn!(%client, user, scope = ?refused.scope, "login refused: rate limited");
+                record.reason = Reason::RateLimited;
+                self.trail.auth(record);
+                return Err(self.refusal(
+                    ReplyClass::Unavailable,
+                    policy::refusal::RATE_LIMITED,
+                    None,
+                ));
+            }
+        };
+        let result = self.attempt(request, &mut record).await;
+        let outcome = match (record.reason, &request.credentials) {
+            (Reason::Ok, _) => Outcome::Succeeded,
+            // Not the user's doing, or no answer seen: neither a success nor a guess.
+            (Reason::UpstreamUnavailable | Reason::IdpUnavailable | Reason::ClientClosed, _) => {
+                Outcome::Void
+            }
+            (_, Credentials::Password { user, password, .. }) => {
+                Outcome::Failed(Some(throttle.password_hash(user, password.expose())))
+            }
+            (Reason::InvalidToken, Credentials::Bearer { .. }) => Outcome::Failed(None),
+            // The token was valid; whatever refused the login, it was no guess.
+            (_, Credentials::Bearer { .. }) => Outcome::Succeeded,
+        };
+        let delay = reservation.settle(outcome).await;
+        self.trail.auth(record);
+        if let Err(NotAdmitted::Refused(_)) = result {
+            // A growing delay before a failure's answer slows a guesser on one connection.
+            tokio::time::sleep(delay).await;
         }
+        result
+    }
+
+    /// Verify, decide, replay; fills in `record` (its `reason` says how it went).
+    async fn attempt(
+        &mut self,
+        request: &LoginRequest,
+        record: &mut audit::Auth,
+    ) -> Result<Admitted, NotAdmitted> {
+        let generation = self.generation.clone();
+        let config = &generation.config;
+        let protocol = self.ctx.listener.protocol;
+        let mechanism = request.mechanism;
 
         // Step 4's token check comes first: without a verified token there are no facts to
         // decide on. An invalid token and an unreachable IdP are refused here, never let
@@ -719,7 +758,7 @@ impl<F: Frontend> Preauth<'_, F> {
             let verify = generation.verifier.verify(secret);
             let verified = match watching(&mut self.down, &mut self.machine, verify).await {
                 Ok(verified) => verified,
-                Err(end) => return Err(self.abandoned(record, end)),
+                Err(end) => return Err(Self::abandoned(record, end)),
             };
             let result = match &verified {
                 Ok(_) => TokenResult::Ok,
@@ -757,7 +796,6 @@ impl<F: Frontend> Preauth<'_, F> {
                     };
                     record.reason = reason;
                     record.policy_source = Some("token".to_owned());
-                    self.trail.auth(record);
                     let text = match reason.class() {
                         ReplyClass::Unavailable => TEMPORARY_FAILURE,
                         _ => policy::refusal::GENERIC_FAILURE,
@@ -772,11 +810,16 @@ impl<F: Frontend> Preauth<'_, F> {
         }
 
         let user = record.user.clone().unwrap_or_default();
+        let authzid = match &request.credentials {
+            Credentials::Password { authzid, .. } => authzid.as_deref(),
+            Credentials::Bearer { .. } => None,
+        };
         let attempt = Attempt {
             protocol,
             mechanism,
             user: &user,
             token: token.as_ref(),
+            authzid,
         };
         match policy::decide(&config.directory, &attempt) {
             Decision::Allow(permit) => {
@@ -795,7 +838,6 @@ impl<F: Frontend> Preauth<'_, F> {
                 record.ou = denial.ou.as_deref().map(str::to_owned);
                 record.policy_source = Some(denial.source.clone());
                 record.reason = denial.reason;
-                self.trail.auth(record);
                 let challenge = oauth_challenge(mechanism, denial.reason);
                 return Err(self.refusal(reply.class, &reply.text, challenge));
             }
@@ -807,7 +849,6 @@ impl<F: Frontend> Preauth<'_, F> {
                 "listener has no upstream in the current configuration"
             );
             record.reason = Reason::UpstreamUnavailable;
-            self.trail.auth(record);
             return Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None));
         };
         record.upstream = Some(connector.name().to_owned());
@@ -815,14 +856,13 @@ impl<F: Frontend> Preauth<'_, F> {
         let replay = connector.login(request, &self.trail.peer);
         let replayed = match watching(&mut self.down, &mut self.machine, replay).await {
             Ok(replayed) => replayed,
-            Err(end) => return Err(self.abandoned(record, end)),
+            Err(end) => return Err(Self::abandoned(record, end)),
         };
         match replayed {
             Ok(logged) => {
                 metrics.upstream_connect(protocol, logged.connect_time);
                 metrics.upstream_login(protocol, logged.login_time);
                 tracing::info!(user, mechanism = mechanism.as_str(), upstream = %logged.address, "login allowed");
-                self.trail.auth(record);
                 Ok(Admitted {
                     logged,
                     attempt: (protocol, mechanism, user, token),
@@ -831,7 +871,6 @@ impl<F: Frontend> Preauth<'_, F> {
             Err(upstream::Error::Rejected { text, challenge }) => {
                 tracing::info!(user, "upstream rejected the login");
                 record.reason = Reason::UpstreamRejected;
-                self.trail.auth(record);
                 let text = if text.trim().is_empty() {
                     policy::refusal::GENERIC_FAILURE.to_owned()
                 } else {
@@ -842,7 +881,6 @@ impl<F: Frontend> Preauth<'_, F> {
             Err(upstream::Error::Unsafe(e)) => {
                 tracing::warn!(user, error = %e, "login refused: credential not replayable");
                 record.reason = Reason::UpstreamRejected;
-                self.trail.auth(record);
                 Err(self.refusal(
                     ReplyClass::Authentication,
                     policy::refusal::GENERIC_FAILURE,
@@ -852,7 +890,6 @@ impl<F: Frontend> Preauth<'_, F> {
             Err(e) => {
                 tracing::warn!(user, error = %e, "upstream unavailable");
                 record.reason = Reason::UpstreamUnavailable;
-                self.trail.auth(record);
                 Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None))
             }
         }
@@ -873,13 +910,12 @@ impl<F: Frontend> Preauth<'_, F> {
 
     /// The downstream went away (or broke a limit) while its login was in flight: the token
     /// check or upstream login was dropped unfinished, and the attempt is recorded as such.
-    fn abandoned(&self, mut record: audit::Auth, end: PreauthEnd) -> NotAdmitted {
+    fn abandoned(record: &mut audit::Auth, end: PreauthEnd) -> NotAdmitted {
         tracing::info!(
             ?end,
             "downstream gone during its login; upstream login abandoned"
         );
         record.reason = Reason::ClientClosed;
-        self.trail.auth(record);
         NotAdmitted::Ended(end)
     }
 
@@ -930,6 +966,7 @@ impl<F: Frontend> Preauth<'_, F> {
                 mechanism,
                 user: &user,
                 token: token.as_ref(),
+                authzid: None,
             };
             matches!(
                 policy::decide(&generation.config.directory, &attempt),

@@ -108,7 +108,7 @@ impl Auth {
 }
 
 /// Every `auth.reason` code, `ok` first (for `audit tail --reason` and tests).
-pub const REASONS: [Reason; 15] = [
+pub const REASONS: [Reason; 16] = [
     Reason::Ok,
     Reason::UnknownUser,
     Reason::Suspended,
@@ -122,6 +122,7 @@ pub const REASONS: [Reason; 15] = [
     Reason::UpstreamRejected,
     Reason::UpstreamUnavailable,
     Reason::IdpUnavailable,
+    Reason::MailboxNotAssigned,
     Reason::RateLimited,
     Reason::ClientClosed,
 ];

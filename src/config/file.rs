@@ -86,6 +86,7 @@ pub struct LimitsFile {
     pub max_line: Option<u64>,
     pub max_literal: Option<u64>,
     pub max_auth_attempts: Option<u64>,
+    pub max_username: Option<u64>,
     pub auth_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub send_timeout: Option<String>,
@@ -102,6 +103,11 @@ pub struct LimitsFile {
     pub login_block: Option<String>,
     pub login_failure_delay: Option<String>,
     pub login_failure_delay_max: Option<String>,
+    pub token_failures_per_ip: Option<u64>,
+    pub familiar_for: Option<String>,
+    /// `"env:NAME"`: the key for hashing attempted passwords, shared by a fleet.
+    pub secret: Option<String>,
+    pub secret_file: Option<String>,
 }
 
 /// `[log]`.

@@ -26,7 +26,7 @@ use crate::conn_limit::Caps;
 use crate::directory::Directory;
 use crate::proto::PreauthLimits;
 use crate::proto::Protocol;
-use crate::throttle::ThrottleConfig;
+use crate::throttle::{Key, ThrottleConfig};
 
 /// Lowest accepted `max_line`. RFC 7162 section 4 recommends servers accept command lines of at
 /// least 8192 octets; before login commands are short, but below 512 even a modest `ID` or a
@@ -38,6 +38,10 @@ const MAX_PREAUTH_BUFFER: u64 = 1024 * 1024;
 /// Lowest accepted `max_literal`: RFC 4616 section 2 expects at least 255 octets for the
 /// authentication identity and password.
 const MIN_MAX_LITERAL: u64 = 255;
+/// Bounds of `max_username`: below 64 (an RFC 5321 local part) real addresses would be
+/// refused; above 64 KiB a name is no address at all and only fills logs.
+const MIN_MAX_USERNAME: u64 = 64;
+const MAX_MAX_USERNAME: u64 = 64 * 1024;
 /// More failed logins than this per connection only helps password guessing.
 const MAX_AUTH_ATTEMPTS: u64 = 100;
 /// Upper bound for `[policy] contact`: it goes into a one-line protocol answer.
@@ -536,6 +540,13 @@ impl Validator<'_> {
             1,
             MAX_AUTH_ATTEMPTS,
         );
+        let max_username = self.bounded(
+            "limits.max_username",
+            l.max_username,
+            p.max_username as u64,
+            MIN_MAX_USERNAME,
+            MAX_MAX_USERNAME,
+        );
         let max_connections = self.bounded(
             "limits.max_connections",
             l.max_connections,
@@ -550,6 +561,7 @@ impl Validator<'_> {
                 max_line: usize::try_from(max_line).unwrap_or(p.max_line),
                 max_literal: usize::try_from(max_literal).unwrap_or(p.max_literal),
                 max_attempts: u32::try_from(max_attempts).unwrap_or(p.max_attempts),
+                max_username: usize::try_from(max_username).unwrap_or(p.max_username),
                 auth_timeout: self.duration(
                     "limits.auth_timeout",
                     l.auth_timeout.as_deref(),
@@ -634,9 +646,34 @@ impl Validator<'_> {
             l.login_failures_per_user,
             u64::from(d.failures_per_user),
         );
+        let token_failures = count(
+            self,
+            "limits.token_failures_per_ip",
+            l.token_failures_per_ip,
+            u64::from(d.token_failures_per_ip),
+        );
+        let key = super::secret_ref::resolve(
+            "limits.secret",
+            l.secret.as_deref(),
+            "limits.secret_file",
+            l.secret_file.as_deref(),
+            self.base_dir,
+        )
+        .unwrap_or_else(|(path, message)| {
+            self.invalid(path, message);
+            None
+        })
+        .map(|secret| Key::derive(secret.expose().as_bytes()));
         ThrottleConfig {
             failures_per_ip: u32::try_from(ip_failures).unwrap_or(d.failures_per_ip),
             failures_per_user: u32::try_from(user_failures).unwrap_or(d.failures_per_user),
+            token_failures_per_ip: u32::try_from(token_failures).unwrap_or(d.token_failures_per_ip),
+            familiar_for: self.duration(
+                "limits.familiar_for",
+                l.familiar_for.as_deref(),
+                d.familiar_for,
+            ),
+            key,
             window: self.duration(
                 "limits.login_failure_window",
                 l.login_failure_window.as_deref(),

@@ -242,6 +242,7 @@ min_version = "1.3"
 max_line = 512
 max_literal = 255
 max_auth_attempts = 1
+max_username = 100
 auth_timeout = "10s"
 idle_timeout = "1h"
 send_timeout = "15s"
@@ -268,6 +269,7 @@ filter = "warn,mailgate=debug"
     assert_eq!(tls.min_version, TlsVersion::Tls13);
     let p = c.limits.preauth;
     assert_eq!((p.max_line, p.max_literal, p.max_attempts), (512, 255, 1));
+    assert_eq!(p.max_username, 100);
     assert_eq!(p.auth_timeout, Duration::from_secs(10));
     assert_eq!(c.limits.idle_timeout, Duration::from_secs(3600));
     assert_eq!(c.limits.send_timeout, Duration::from_secs(15));
@@ -529,6 +531,8 @@ fn limits_out_of_range() {
         ("max_line = 100", "limits.max_line"),
         ("max_line = 2000000", "limits.max_line"),
         ("max_literal = 10", "limits.max_literal"),
+        ("max_username = 10", "limits.max_username"),
+        ("max_username = 100000", "limits.max_username"),
         ("max_auth_attempts = 0", "limits.max_auth_attempts"),
         ("max_auth_attempts = 1000", "limits.max_auth_attempts"),
         ("max_connections = 0", "limits.max_connections"),
@@ -932,4 +936,33 @@ fn directory_errors_carry_the_file_and_key_path() {
         ]
     );
     assert_eq!(errors.0[0].path(), Some("user[0].ou"));
+}
+
+#[test]
+fn lockout_keys_are_read_and_the_secret_is_a_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("lockout.key"), "s3cret\n").unwrap();
+    let text = format!(
+        "{BASE}[limits]\nlogin_failures_per_user = 4\nlogin_failures_per_ip = 7\n\
+         token_failures_per_ip = 9\nfamiliar_for = \"7d\"\nsecret_file = \"lockout.key\"\n"
+    );
+    let c = Config::from_toml(&text, dir.path()).unwrap();
+    let t = c.limits.throttle;
+    assert_eq!((t.failures_per_user, t.failures_per_ip), (4, 7));
+    assert_eq!(t.token_failures_per_ip, 9);
+    assert_eq!(t.familiar_for, Duration::from_secs(7 * 86_400));
+    assert_eq!(t.key, Some(crate::throttle::Key::derive(b"s3cret")));
+    assert!(!format!("{c:?}").contains("s3cret"));
+    // Without a secret: none, and each process makes its own.
+    assert_eq!(load(BASE).unwrap().limits.throttle.key, None);
+    // A literal secret is refused without being echoed.
+    let text = format!("{BASE}[limits]\nsecret = \"hunter2\"\n");
+    let all = errors(&text);
+    assert!(all[0].starts_with("limits.secret: "), "{all:?}");
+    assert!(!all[0].contains("hunter2"), "{all:?}");
+    assert_one(
+        &format!("{BASE}[limits]\nsecret = \"env:MAILGATE_TEST_UNSET_LOCKOUT\"\n"),
+        "limits.secret",
+        "unset or empty",
+    );
 }

@@ -158,8 +158,9 @@ fn reasons_list_is_complete() {
             Reason::UpstreamRejected => 10,
             Reason::UpstreamUnavailable => 11,
             Reason::IdpUnavailable => 12,
-            Reason::RateLimited => 13,
-            Reason::ClientClosed => 14,
+            Reason::MailboxNotAssigned => 13,
+            Reason::RateLimited => 14,
+            Reason::ClientClosed => 15,
         }
     }
     for (i, r) in REASONS.iter().enumerate() {
