@@ -24,6 +24,13 @@
 //!   `--watch-pid PID[,PID...]` it samples the summed VmRSS of those processes (mailgate)
 //!   before the ramp, once all sessions are up, every 5 s during the hold and at its end.
 //!
+//! - `preauth`: as `idle` without logging in: TLS handshake (or plaintext connect) and greeting,
+//!   held; at the end a `NOOP` must be answered. `idle` and `preauth` also report the growth of
+//!   the kernel's TCP memory (`/proc/net/sockstat`) per session and the watched descriptors.
+//! - `attack-halfopen|preauth|pipeline|slowloris|bigname|junk`: the soak's attackers (see
+//!   [`run_attack`]); `--sessions` connections until `--seconds` or SIGTERM.
+//!
+//! `--source A,B,...` connects from those local addresses, round-robin.
 //! `--addr` may list several addresses, comma-separated: connections go to them round-robin
 //! (used when one process cannot hold all sessions under the file-descriptor limit).
 //! The program raises its own RLIMIT_NOFILE to the hard limit. Every loop is bounded by
@@ -66,6 +73,10 @@ struct Args {
     sessions: usize,
     hold: u64,
     watch_pids: Vec<u32>,
+    /// Local addresses to connect from, round-robin (`--source 127.0.0.2,127.0.0.3`): one
+    /// loopback source address and destination port allow ~28,000 connections (the ephemeral
+    /// port range), and the soak's attackers must not share the legitimate clients' address.
+    sources: Vec<std::net::IpAddr>,
 }
 
 fn parse_args() -> Args {
@@ -85,6 +96,7 @@ fn parse_args() -> Args {
         sessions: 1000,
         hold: 60,
         watch_pids: Vec::new(),
+        sources: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -106,6 +118,9 @@ fn parse_args() -> Args {
             "--hold" => a.hold = v().parse().unwrap_or(60),
             "--watch-pid" => {
                 a.watch_pids = v().split(',').filter_map(|p| p.parse().ok()).collect();
+            }
+            "--source" => {
+                a.sources = v().split(',').filter_map(|p| p.parse().ok()).collect();
             }
             "--bench" => {}
             other => eprintln!("ignoring argument {other}"),
@@ -236,12 +251,27 @@ async fn send(conn: &mut Conn, line: &str) -> std::io::Result<()> {
     conn.get_mut().flush().await
 }
 
+/// Round-robin position over `--source`.
+static NEXT_SOURCE: AtomicUsize = AtomicUsize::new(0);
+
+/// A TCP connection to `addr`, from the next `--source` address when some are given.
+async fn tcp_connect(addr: &str, args: &Args) -> std::io::Result<TcpStream> {
+    if args.sources.is_empty() {
+        return TcpStream::connect(addr).await;
+    }
+    let to: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+    let from = args.sources[NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % args.sources.len()];
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(from, 0))?;
+    socket.connect(to).await
+}
+
 async fn connect(
     addr: &str,
     args: &Args,
     tls: &tokio_rustls::TlsConnector,
 ) -> std::io::Result<Conn> {
-    let tcp = TcpStream::connect(addr).await?;
+    let tcp = tcp_connect(addr, args).await?;
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from("localhost").expect("name");
     let io: Box<dyn Io> = match args.tls.as_str() {
@@ -543,10 +573,12 @@ async fn idle_session(
     let setup = async {
         let _permit = ramp.acquire().await.expect("semaphore");
         let mut conn = connect(&addr, &args, &tls).await?;
-        login(&args, &mut conn).await?;
-        open_mailbox(&args, &mut conn).await?;
-        send(&mut conn, "i IDLE\r\n").await?;
-        read_until(&mut conn, |l| l.starts_with(b"+")).await?;
+        if args.mode == "idle" {
+            login(&args, &mut conn).await?;
+            open_mailbox(&args, &mut conn).await?;
+            send(&mut conn, "i IDLE\r\n").await?;
+            read_until(&mut conn, |l| l.starts_with(b"+")).await?;
+        }
         Ok::<_, std::io::Error>(conn)
     };
     let result = tokio::time::timeout(OP_TIMEOUT, setup).await;
@@ -583,10 +615,23 @@ async fn idle_session(
         }
     }
     let done = async {
-        send(&mut conn, "DONE\r\n").await?;
-        let (_, ok) = read_tagged(&mut conn, "i").await?;
+        // `preauth`: the connection still answers a NOOP (IMAP) or NOOP (POP3: -ERR before
+        // login, still an answer).
+        let (end, tag) = match (args.mode.as_str(), args.protocol.as_str()) {
+            ("idle", _) => ("DONE\r\n", "i"),
+            (_, "imap") => ("n NOOP\r\n", "n"),
+            _ => ("NOOP\r\n", ""),
+        };
+        send(&mut conn, end).await?;
+        if tag.is_empty() {
+            read_until(&mut conn, |_| true).await?;
+            return Ok(());
+        }
+        let (_, ok) = read_tagged(&mut conn, tag).await?;
         if !ok {
-            return Err(std::io::Error::other("IDLE not answered OK"));
+            return Err(std::io::Error::other(
+                "not answered OK at the end of the hold",
+            ));
         }
         let _ = logout(&args, &mut conn).await;
         Ok(())
@@ -598,8 +643,33 @@ async fn idle_session(
     }
 }
 
+/// Kernel memory of all TCP sockets (KiB), `/proc/net/sockstat` `TCP: ... mem N` (pages): the
+/// socket buffers, outside any process's RSS. System-wide: on loopback it counts both ends of
+/// every connection (client, mailgate, upstream).
+fn tcp_mem_kib() -> u64 {
+    let page = 4; // KiB; sockstat counts pages of the kernel's PAGE_SIZE, 4 KiB on x86-64.
+    std::fs::read_to_string("/proc/net/sockstat")
+        .ok()
+        .and_then(|s| {
+            let tcp = s.lines().find(|l| l.starts_with("TCP:"))?.to_owned();
+            let mut it = tcp.split_whitespace();
+            it.find(|w| *w == "mem")?;
+            it.next()?.parse::<u64>().ok()
+        })
+        .map_or(0, |pages| pages * page)
+}
+
+/// Open descriptors of `pids`, summed.
+fn fds(pids: &[u32]) -> usize {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).ok())
+        .map(Iterator::count)
+        .sum()
+}
+
 async fn run_idle(args: Arc<Args>, tls: tokio_rustls::TlsConnector) {
     let rss_before = rss_kib(&args.watch_pids);
+    let sock_before = tcp_mem_kib();
     let ramp = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let up = Arc::new(AtomicUsize::new(0));
     let all_up = Arc::new(tokio::sync::Notify::new());
@@ -643,7 +713,7 @@ async fn run_idle(args: Arc<Args>, tls: tokio_rustls::TlsConnector) {
     );
     let mut rss_max = rss_up;
     // Sample every few seconds, then once more just before the hold ends (before DONE).
-    let rss_end = loop {
+    let (rss_end, sock_end, fds_end) = loop {
         let now = tokio::time::Instant::now();
         let next = now + SAMPLE_EVERY;
         if next + Duration::from_millis(500) >= hold_end {
@@ -653,7 +723,7 @@ async fn run_idle(args: Arc<Args>, tls: tokio_rustls::TlsConnector) {
             tokio::time::sleep_until(last.max(now)).await;
             let rss = rss_kib(&args.watch_pids);
             rss_max = rss_max.max(rss);
-            break rss;
+            break (rss, tcp_mem_kib(), fds(&args.watch_pids));
         }
         tokio::time::sleep_until(next).await;
         rss_max = rss_max.max(rss_kib(&args.watch_pids));
@@ -680,14 +750,17 @@ async fn run_idle(args: Arc<Args>, tls: tokio_rustls::TlsConnector) {
         eprintln!("first lost session: {e}");
     }
     let established = args.sessions - setup_failed;
-    let per_session = if established > 0 {
-        rss_end.saturating_sub(rss_before) as f64 / established as f64
-    } else {
-        f64::NAN
+    let per = |after: u64, before: u64| {
+        if established > 0 {
+            after.saturating_sub(before) as f64 / established as f64
+        } else {
+            f64::NAN
+        }
     };
     println!(
-        "addr={} mode=idle sessions={} established={} alive={} lost={} setup_failed={} ramp_s={:.1} hold_s={} rss_before_kib={} rss_up_kib={} rss_end_kib={} rss_max_kib={} kib_per_session={:.1}",
+        "addr={} mode={} sessions={} established={} alive={} lost={} setup_failed={} ramp_s={:.1} hold_s={} rss_before_kib={} rss_up_kib={} rss_end_kib={} rss_max_kib={} kib_per_session={:.2} tcp_mem_kib_per_session={:.2} fds_end={}",
         args.addrs.join(","),
+        args.mode,
         args.sessions,
         established,
         alive,
@@ -699,8 +772,195 @@ async fn run_idle(args: Arc<Args>, tls: tokio_rustls::TlsConnector) {
         rss_up,
         rss_end,
         rss_max,
-        per_session,
+        per(rss_end, rss_before),
+        per(sock_end, sock_before),
+        fds_end,
     );
+}
+
+/// Counters of one attacker run.
+#[derive(Default)]
+struct AttackStats {
+    /// Connections opened (TCP connected; for TLS modes, handshake done and greeting read).
+    opened: AtomicUsize,
+    /// Connections mailgate closed (EOF, reset, a failed write).
+    closed: AtomicUsize,
+    /// Connection attempts that failed (refused, timed out, handshake failed).
+    failed: AtomicUsize,
+    /// Attackers whose first connection was opened or failed: the ramp.
+    ramped: AtomicUsize,
+}
+
+/// Attacker modes for the soak (`scripts/bench --soak`): `--sessions` connections from the
+/// `--source` addresses, each repeating its abuse until `--seconds` have passed and coming back
+/// when mailgate closes it. Prints `ready` on stderr once every attacker has opened its first
+/// connection (or failed to), and one summary line at the end.
+///
+/// - `halfopen`: TCP connect, never a byte (no ClientHello); held.
+/// - `preauth`: TLS handshake and greeting, then silence; held.
+/// - `pipeline`: commands written without ever reading an answer (the send buffers fill).
+/// - `slowloris`: a LOGIN line trickled one byte every 2 s.
+/// - `bigname`: LOGIN with a 10,000-byte username, again and again.
+/// - `junk`: 1 KiB lines of random bytes, each answer read before the next.
+async fn run_attack(kind: &str, args: Arc<Args>, tls: tokio_rustls::TlsConnector) {
+    assert!(
+        [
+            "halfopen",
+            "preauth",
+            "pipeline",
+            "slowloris",
+            "bigname",
+            "junk"
+        ]
+        .contains(&kind),
+        "--mode attack-{kind}: use attack-halfopen|preauth|pipeline|slowloris|bigname|junk"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.seconds);
+    let stats = Arc::new(AttackStats::default());
+    let ramp = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(args.sessions);
+    for i in 0..args.sessions {
+        let addr = args.addrs[i % args.addrs.len()].clone();
+        let (args, tls, stats, ramp) = (args.clone(), tls.clone(), stats.clone(), ramp.clone());
+        let kind = kind.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut first = true;
+            while tokio::time::Instant::now() < deadline {
+                let once = attack_once(&kind, &addr, &args, &tls, &stats, &ramp, &mut first);
+                match tokio::time::timeout_at(deadline, once).await {
+                    Err(_) => break,
+                    Ok(Ok(())) => {
+                        stats.closed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(_)) => {
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        if std::mem::take(&mut first) {
+                            stats.ramped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                // Back after a short pause: a refused connection must not become a busy loop.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+    let ready = async {
+        while stats.ramped.load(Ordering::Relaxed) < args.sessions {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    if tokio::time::timeout_at(deadline, ready).await.is_ok() {
+        eprintln!("ready");
+    }
+    // SIGTERM (scripts/bench, once the attacked run is over) ends the attack early; the
+    // summary is still printed.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    let all = async {
+        for t in tasks.iter_mut() {
+            let _ = t.await;
+        }
+    };
+    tokio::select! {
+        () = all => {}
+        _ = term.recv() => {
+            for t in &tasks {
+                t.abort();
+            }
+        }
+    }
+    println!(
+        "mode=attack-{kind} sessions={} opened={} server_closed={} failed={}",
+        args.sessions,
+        stats.opened.load(Ordering::Relaxed),
+        stats.closed.load(Ordering::Relaxed),
+        stats.failed.load(Ordering::Relaxed),
+    );
+}
+
+/// One attacker connection, from connect to mailgate closing it (`Ok`) or a failed connect
+/// (`Err`). The caller bounds it by the run's deadline.
+async fn attack_once(
+    kind: &str,
+    addr: &str,
+    args: &Args,
+    tls: &tokio_rustls::TlsConnector,
+    stats: &AttackStats,
+    ramp: &tokio::sync::Semaphore,
+    first: &mut bool,
+) -> std::io::Result<()> {
+    let permit = ramp.acquire().await.expect("semaphore");
+    let opened = |first: &mut bool| {
+        stats.opened.fetch_add(1, Ordering::Relaxed);
+        if std::mem::take(first) {
+            stats.ramped.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    if kind == "halfopen" {
+        let mut tcp = tokio::time::timeout(OP_TIMEOUT, tcp_connect(addr, args))
+            .await
+            .map_err(|_| std::io::Error::other("connect timed out"))??;
+        drop(permit);
+        opened(first);
+        let mut byte = [0u8; 1];
+        // Whatever mailgate sends (a refusal) is read and dropped until it closes.
+        while matches!(tcp.read(&mut byte).await, Ok(n) if n > 0) {}
+        return Ok(());
+    }
+    let mut conn = tokio::time::timeout(OP_TIMEOUT, connect(addr, args, tls))
+        .await
+        .map_err(|_| std::io::Error::other("connect timed out"))??;
+    drop(permit);
+    opened(first);
+    let mut line = Vec::new();
+    match kind {
+        "preauth" => while read_line(&mut conn, &mut line).await.is_ok() {},
+        "pipeline" => {
+            let batch = "p NOOP\r\n".repeat(128);
+            while send(&mut conn, &batch).await.is_ok() {}
+        }
+        "slowloris" => {
+            for byte in b"a LOGIN alice@example.com secret\r\n".iter().cycle() {
+                if conn.get_mut().write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                let _ = conn.get_mut().flush().await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+        "bigname" => {
+            let cmd = format!("b LOGIN \"{}\" \"secret\"\r\n", "x".repeat(10_000));
+            while send(&mut conn, &cmd).await.is_ok()
+                && read_until(&mut conn, |l| l.starts_with(b"b "))
+                    .await
+                    .is_ok()
+            {}
+        }
+        _ => {
+            // junk: printable and control bytes from a fixed xorshift, no CR/LF inside a line.
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ NEXT_SOURCE.load(Ordering::Relaxed) as u64;
+            loop {
+                let mut junk: Vec<u8> = (0..1024)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        match (x & 0xff) as u8 {
+                            b'\r' | b'\n' => b'?',
+                            b => b,
+                        }
+                    })
+                    .collect();
+                junk.extend_from_slice(b"\r\n");
+                if conn.get_mut().write_all(&junk).await.is_err()
+                    || read_line(&mut conn, &mut line).await.is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Raise RLIMIT_NOFILE to the hard limit: `idle` holds one descriptor per session.
@@ -744,7 +1004,9 @@ async fn main() {
     }
     let mut args = parse_args();
     let nofile = raise_nofile();
-    if args.mode == "idle" && (args.sessions as u64) + 64 > nofile {
+    if (args.mode == "idle" || args.mode.starts_with("attack-") || args.mode == "preauth")
+        && (args.sessions as u64) + 64 > nofile
+    {
         eprintln!(
             "warning: RLIMIT_NOFILE is {nofile}, below --sessions {}",
             args.sessions
@@ -759,8 +1021,12 @@ async fn main() {
     }
     let args = Arc::new(args);
     let tls = connector(&args);
-    if args.mode == "idle" {
+    if args.mode == "idle" || args.mode == "preauth" {
         run_idle(args, tls).await;
+        return;
+    }
+    if let Some(attack) = args.mode.strip_prefix("attack-").map(str::to_owned) {
+        run_attack(&attack, args, tls).await;
         return;
     }
     assert!(

@@ -44,4 +44,5 @@ pub mod stream;
 pub mod throttle;
 pub mod tls;
 mod toml_error;
+mod trim;
 pub mod upstream;

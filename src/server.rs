@@ -336,8 +336,14 @@ impl Server {
             });
             accept_loops.spawn(accept_loop(tcp, ctx, permits.clone()));
         }
+        // After a wave of connections, their freed memory goes back to the kernel (trim.rs).
+        let in_use = permits.clone();
+        let trimmer = tokio::spawn(crate::trim::run(move || {
+            (max as usize).saturating_sub(in_use.available_permits())
+        }));
         self.shared.services.readiness.set_ready(true);
         shutdown.await;
+        trimmer.abort();
         self.shared.services.readiness.set_ready(false);
         accept_loops.abort_all();
         while accept_loops.join_next().await.is_some() {}

@@ -402,9 +402,12 @@ async fn drive(
             }
         }
     }
+    // Boxed, as the login below: a task's future is as large as its largest state, and the
+    // handshake's (a whole rustls connection in the making) or the login's would otherwise be
+    // reserved for every connection's whole life (18 KiB per task before, issue 9).
     let down = match timeout(
         limits.handshake_timeout,
-        accept_tls(tcp, &ctx.listener, &generation),
+        Box::pin(accept_tls(tcp, &ctx.listener, &generation)),
     )
     .await
     {
@@ -520,7 +523,6 @@ struct Preauth<'a, F> {
 
 impl<F: Frontend> Preauth<'_, F> {
     async fn run(mut self) -> Ending {
-        let mut buf = vec![0u8; crate::proto::PREAUTH_READ];
         let mut phase = self.ctx.shared.phase();
         loop {
             if let Err(end) = self.flush(self.write_deadline()).await {
@@ -534,15 +536,16 @@ impl<F: Frontend> Preauth<'_, F> {
                     continue;
                 }
                 Some(FrontendEvent::LoginRequested(request)) => {
-                    match self.login(&request).await {
+                    // Boxed: only a login in progress needs its state (see `drive`).
+                    match Box::pin(self.login(&request)).await {
                         Err(NotAdmitted::Ended(PreauthEnd::Machine(reason))) => {
                             return self.close(reason).await;
                         }
                         Err(NotAdmitted::Ended(end)) => return Ending::Preauth(end),
                         Ok(admitted) => {
-                            // The pre-auth read buffer is not needed for the rest of the session.
-                            drop(std::mem::take(&mut buf));
-                            return self.splice(admitted).await;
+                            // Boxed too: a connection that never logs in need not reserve
+                            // the splice's state.
+                            return Box::pin(self.splice(admitted)).await;
                         }
                         Err(NotAdmitted::Refused(refusal)) => {
                             if refusal.class != ReplyClass::Unavailable {
@@ -565,7 +568,14 @@ impl<F: Frontend> Preauth<'_, F> {
                 Instant::from_std,
             );
             let read = tokio::select! {
-                r = self.down.read(&mut buf) => r,
+                // No read buffer of its own while the client is silent (stream::read_with);
+                // at most PREAUTH_READ bytes per read, as the machine expects.
+                r = crate::stream::read_with(&mut self.down, crate::proto::PREAUTH_READ, |bytes| {
+                    if !bytes.is_empty() {
+                        self.machine.handle_input(bytes);
+                    }
+                    bytes.len()
+                }) => r,
                 () = tokio::time::sleep_until(deadline) => {
                     self.machine.handle_timeout(Instant::now().into_std());
                     continue;
@@ -583,7 +593,7 @@ impl<F: Frontend> Preauth<'_, F> {
             };
             match read {
                 Ok(0) => return Ending::Preauth(PreauthEnd::DownstreamClosed),
-                Ok(n) => self.machine.handle_input(buf.get(..n).unwrap_or_default()),
+                Ok(_) => {}
                 Err(e) => return Ending::Preauth(PreauthEnd::downstream_failed(&e)),
             }
         }
@@ -646,7 +656,7 @@ impl<F: Frontend> Preauth<'_, F> {
             .into_plain()
             .ok_or(PreauthEnd::Error(Side::Downstream))?;
         let limit = self.generation.config.limits.handshake_timeout;
-        match timeout(limit, acceptor.accept(tcp)).await {
+        match timeout(limit, Box::pin(acceptor.accept(tcp))).await {
             Ok(Ok(tls)) => {
                 self.down = MaybeTls::Tls(Box::new(tls));
                 self.machine.tls_established();

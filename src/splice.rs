@@ -19,17 +19,19 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::proto::Protocol;
+use crate::stream;
 
 /// Largest read per wakeup: 16 KiB, the TLS maximum record size, so a full record moves at once.
-const BUFFER: usize = 16 * 1024;
-/// First buffer of each direction: most sessions idle (IDLE, a mail client's NOOP every few
-/// minutes) and move lines, not megabytes; a read that fills it grows it to [`BUFFER`]. This
-/// keeps an idle session's memory small (10,000 IDLE sessions are a target).
-const FIRST_BUFFER: usize = 2 * 1024;
+/// Most sessions idle (IDLE, a mail client's NOOP every few minutes) and move lines, not
+/// megabytes, so a direction holds no buffer while it waits: it reads into the thread's buffer
+/// ([`stream::poll_read_with`]) and keeps a copy of exactly what came until it is written. Only
+/// while a bulk transfer fills whole reads does a direction keep a [`BUFFER`] of its own and
+/// read straight into it, until the transfer pauses.
+const BUFFER: usize = stream::SCRATCH;
 
 /// How long a goodbye line and the closing of both sides may take: a peer that stopped
 /// reading must not hold the task.
@@ -304,17 +306,34 @@ where
         Side::Downstream => Side::Upstream,
         Side::Upstream => Side::Downstream,
     };
-    let mut buf = vec![0u8; FIRST_BUFFER];
+    // Empty while waiting; the bytes of one read until they are written; a whole BUFFER
+    // while a bulk transfer keeps filling it.
+    let mut buf: Vec<u8> = Vec::new();
     loop {
-        let n = match rd.read(&mut buf).await {
+        let read = std::future::poll_fn(|cx| {
+            if buf.len() == BUFFER {
+                let mut rb = tokio::io::ReadBuf::new(&mut buf);
+                match std::pin::Pin::new(&mut *rd).poll_read(cx, &mut rb) {
+                    std::task::Poll::Ready(r) => {
+                        return std::task::Poll::Ready(r.map(|()| rb.filled().len()));
+                    }
+                    // The transfer paused: wait without the buffer.
+                    std::task::Poll::Pending => buf = Vec::new(),
+                }
+                return std::task::Poll::Pending;
+            }
+            stream::poll_read_with(rd, BUFFER, cx, |bytes| {
+                buf.clear();
+                buf.extend_from_slice(bytes);
+                bytes.len()
+            })
+        })
+        .await;
+        let n = match read {
             Ok(n) => n,
             Err(e) if closed_by(from, &e) => 0,
             Err(_) => return Err(from),
         };
-        if n == buf.len() && buf.len() < BUFFER {
-            // Bulk data (a FETCH, an APPEND): grow once; the bytes read stay in place.
-            buf.resize(BUFFER, 0);
-        }
         if n == 0 {
             // A TLS close_notify is a write too: bounded like one.
             let _ = tokio::time::timeout(send, wr.shutdown()).await;
@@ -345,6 +364,10 @@ where
         }
         if let Watch::Responses(tracker, between) = &watch {
             between.store(tracker.between_responses(), Ordering::Relaxed);
+        }
+        if n < BUFFER {
+            // Not a bulk transfer (or its end): nothing is kept while waiting for more.
+            buf = Vec::new();
         }
         activity.touch();
         count.fetch_add(n as u64, Ordering::Relaxed);
@@ -497,7 +520,7 @@ fn literal_announced(line: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::duplex;
+    use tokio::io::{AsyncReadExt, duplex};
 
     const SEND: Duration = Duration::from_secs(60);
 
