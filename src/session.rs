@@ -26,7 +26,8 @@
 //! Before the first box the accept loop has admitted the connection under the caps of
 //! `crate::conn_limit` (see `crate::server`). On a PROXY listener [`run`] first reads the
 //! header, then takes the per-client slots for the client it names (over a cap: refused at
-//! once); the handshake slot is given back once TLS is up.
+//! once); the handshake slot is given back once TLS is up. Until then a newer connection may
+//! evict it at the `max_handshakes` cap (the connection is closed, as at the timeout).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,7 +42,7 @@ use tracing::Instrument as _;
 use crate::audit::{self, Event};
 use crate::auth::{AuthError, VerificationMode, VerifiedToken};
 use crate::config::{Listener, ListenerTls};
-use crate::conn_limit::Admission;
+use crate::conn_limit::{Admission, HandshakeSlot};
 use crate::metrics::{Refused, TokenResult};
 use crate::policy::{self, Attempt, Decision, Identity, Reason, TokenFacts};
 use crate::proto::imap::frontend::ImapFrontend;
@@ -289,6 +290,33 @@ async fn accept_tls(
     }
 }
 
+/// Why a handshake step (PROXY header, implicit TLS) was cut short.
+enum Cut {
+    /// `handshake_timeout`.
+    TimedOut,
+    /// A newer connection took its place at the `max_handshakes` cap (`crate::conn_limit`).
+    Evicted,
+}
+
+/// `step`, bounded by the handshake timeout and by the eviction of the connection's handshake
+/// slot (if it holds one).
+async fn within_handshake<F: std::future::Future>(
+    slot: &mut Option<HandshakeSlot>,
+    limit: Duration,
+    step: F,
+) -> Result<F::Output, Cut> {
+    let evicted = async {
+        match slot {
+            Some(slot) => slot.evicted().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        out = timeout(limit, step) => out.map_err(|_| Cut::TimedOut),
+        () = evicted => Err(Cut::Evicted),
+    }
+}
+
 /// Read a PROXY v1/v2 header without reading one byte past it: the bytes after it are the
 /// client's TLS handshake or first command. v1 is read byte by byte up to its LF (at most 107
 /// bytes); v2 as its 16-byte fixed part, then exactly the length that part announces.
@@ -348,7 +376,13 @@ async fn drive(
         let refused = if !trusted.contains(trail.peer.source.ip()) {
             Some(Refused::ProxyUntrusted)
         } else {
-            match timeout(limits.handshake_timeout, read_proxy_header(&mut tcp)).await {
+            match within_handshake(
+                &mut handshake,
+                limits.handshake_timeout,
+                read_proxy_header(&mut tcp),
+            )
+            .await
+            {
                 Ok(Ok(ProxyHeader::Proxied {
                     source,
                     destination,
@@ -364,7 +398,8 @@ async fn drive(
                 // LOCAL (the balancer's health check) and UNKNOWN: the connection is the
                 // balancer's own.
                 Ok(Ok(ProxyHeader::Local | ProxyHeader::Unknown)) => None,
-                Ok(Err(())) | Err(_) => Some(Refused::ProxyHeader),
+                Err(Cut::Evicted) => Some(Refused::Handshakes),
+                Ok(Err(())) | Err(Cut::TimedOut) => Some(Refused::ProxyHeader),
             }
         };
         if let Some(refused) = refused {
@@ -405,7 +440,8 @@ async fn drive(
     // Boxed, as the login below: a task's future is as large as its largest state, and the
     // handshake's (a whole rustls connection in the making) or the login's would otherwise be
     // reserved for every connection's whole life (18 KiB per task before, issue 9).
-    let down = match timeout(
+    let down = match within_handshake(
+        &mut handshake,
         limits.handshake_timeout,
         Box::pin(accept_tls(tcp, &ctx.listener, &generation)),
     )
@@ -416,8 +452,17 @@ async fn drive(
             tracing::info!(error = %e, "downstream tls handshake failed");
             return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
         }
-        Err(_) => {
+        Err(Cut::TimedOut) => {
             tracing::info!("downstream tls handshake timed out");
+            return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
+        }
+        Err(Cut::Evicted) => {
+            // Debug only, as refusals at accept: a flood must not turn into a log flood.
+            tracing::debug!("downstream tls handshake evicted by a newer one");
+            trail
+                .services
+                .metrics
+                .connection_refused(&ctx.listener.name, Refused::Handshakes);
             return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
         }
     };
