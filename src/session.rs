@@ -255,6 +255,9 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>, adm
 /// connection is just closed. `per_ip`: the client's own address is over its cap.
 pub fn refuse_at_once(tcp: TcpStream, listener: &Listener, per_ip: bool) {
     if listener.tls == ListenerTls::Implicit {
+        // Nothing to send, so nothing to lose: a reset instead of FIN, no TIME_WAIT socket
+        // left in mailgate's kernel for each connection of a flood.
+        let _ = tcp.set_zero_linger();
         return;
     }
     let goodbye: &[u8] = match (listener.protocol, per_ip) {
@@ -284,7 +287,15 @@ async fn accept_tls(
 ) -> std::io::Result<Downstream> {
     match (listener.tls, &generation.acceptor) {
         (ListenerTls::Implicit, Some(acceptor)) => {
-            Ok(MaybeTls::Tls(Box::new(acceptor.accept(tcp).await?)))
+            // A handshake cut short (failed, timed out, evicted) has nothing to say: closed
+            // with a reset, no TIME_WAIT socket per half-open connection of a flood. The
+            // normal close is back once TLS is up (so a goodbye is never cut off).
+            let _ = tcp.set_zero_linger();
+            let tls = acceptor.accept(tcp).await?;
+            #[allow(deprecated)]
+            // Deprecated for blocking closes; `None` is the non-blocking default.
+            tls.get_ref().0.set_linger(None)?;
+            Ok(MaybeTls::Tls(Box::new(tls)))
         }
         _ => Ok(MaybeTls::Plain(tcp)),
     }
