@@ -421,10 +421,10 @@ mod tests {
         // The talker is older but has spoken: the silent one goes.
         silent.evicted().await;
         drop(silent);
-        let _newest = limits.handshake(Some(ip("192.0.2.4")), &c).unwrap();
+        let newest = limits.handshake(Some(ip("192.0.2.4")), &c).unwrap();
         newer.evicted().await;
-        // Only spoken ones (and the newest) left: then the oldest of those.
-        newer.spoke();
+        // Only spoken ones left: then the oldest of those.
+        newest.spoke();
         let _again = limits.handshake(Some(ip("192.0.2.5")), &c).unwrap();
         talker.evicted().await;
     }
