@@ -16,10 +16,7 @@
 //! its allowance, could otherwise hold every handshake slot and shut out every new TLS client
 //! for the whole handshake timeout; a real handshake takes milliseconds, so it completes long
 //! before as many newer connections have pushed it out (the admin listener does the same with
-//! partial requests, `crate::admin`). Handshakes whose client has not sent a byte yet go
-//! first ([`HandshakeSlot::spoke`]): a real client sends its ClientHello at once, so under a
-//! churn of half-open connections (which evict each other in a few hundred milliseconds) a
-//! real handshake slowed by a busy CPU is not cut off.
+//! partial requests, `crate::admin`).
 //!
 //! Memory: an entry exists only while its address holds a slot, so the tables never hold more
 //! keys than there are open connections (at most `max_connections`).
@@ -98,11 +95,9 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 struct Counts {
     connections: HashMap<IpAddr, usize>,
     handshakes: HashMap<IpAddr, usize>,
-    /// Handshakes in progress whose client has not sent a byte, by arrival (the first is the
-    /// oldest), each with the sender that evicts it; evicted first.
-    silent: BTreeMap<u64, oneshot::Sender<()>>,
-    /// The same for handshakes whose client has spoken. Together the total.
-    spoken: BTreeMap<u64, oneshot::Sender<()>>,
+    /// Handshakes in progress by arrival (the first is the oldest), each with the sender that
+    /// evicts it. Its length is the total.
+    waiting: BTreeMap<u64, oneshot::Sender<()>>,
     next: u64,
 }
 
@@ -176,13 +171,9 @@ impl ConnLimits {
             )?;
         }
         if caps.handshakes != 0 {
-            while counts.silent.len() + counts.spoken.len() >= caps.handshakes {
+            while counts.waiting.len() >= caps.handshakes {
                 // Its per-address share is given back when its session drops the slot.
-                let oldest = match counts.silent.pop_first() {
-                    Some(silent) => Some(silent),
-                    None => counts.spoken.pop_first(),
-                };
-                if let Some((_, kick)) = oldest {
+                if let Some((_, kick)) = counts.waiting.pop_first() {
                     let _ = kick.send(());
                 }
             }
@@ -190,7 +181,7 @@ impl ConnLimits {
         let id = counts.next;
         counts.next += 1;
         let (kick, evicted) = oneshot::channel();
-        counts.silent.insert(id, kick);
+        counts.waiting.insert(id, kick);
         Ok(HandshakeSlot {
             counts: self.0.clone(),
             key,
@@ -202,10 +193,7 @@ impl ConnLimits {
     /// Connections and handshakes in progress now (for tests and diagnostics).
     pub fn totals(&self) -> (usize, usize) {
         let counts = lock(&self.0);
-        (
-            counts.connections.values().sum(),
-            counts.silent.len() + counts.spoken.len(),
-        )
+        (counts.connections.values().sum(), counts.waiting.len())
     }
 }
 
@@ -227,44 +215,12 @@ impl HandshakeSlot {
         Ok(())
     }
 
-    /// A handle that marks this handshake as spoken, for the code running it while the slot
-    /// waits on [`HandshakeSlot::evicted`].
-    pub fn speaker(&self) -> Speaker {
-        Speaker {
-            counts: self.counts.clone(),
-            id: self.id,
-        }
-    }
-
-    /// See [`Speaker::spoke`].
-    pub fn spoke(&self) {
-        self.speaker().spoke();
-    }
-
     /// Resolves when a newer handshake has taken this one's place at the total cap: the
     /// session then closes the connection. Pending forever otherwise.
     pub async fn evicted(&mut self) {
         if (&mut self.evicted).await.is_err() {
             // The sender is only dropped unsent when this slot itself goes away.
             std::future::pending::<()>().await;
-        }
-    }
-}
-
-/// Marks one handshake as spoken; see [`HandshakeSlot::speaker`].
-#[derive(Debug)]
-pub struct Speaker {
-    counts: Arc<Mutex<Counts>>,
-    id: u64,
-}
-
-impl Speaker {
-    /// The client has sent its first bytes (its ClientHello): evicted only once no silent
-    /// handshake is left.
-    pub fn spoke(&self) {
-        let mut counts = lock(&self.counts);
-        if let Some(kick) = counts.silent.remove(&self.id) {
-            counts.spoken.insert(self.id, kick);
         }
     }
 }
@@ -279,9 +235,7 @@ impl Drop for HandshakeSlot {
     fn drop(&mut self) {
         let mut counts = lock(&self.counts);
         // Already gone from the table if it was evicted.
-        if counts.silent.remove(&self.id).is_none() {
-            counts.spoken.remove(&self.id);
-        }
+        counts.waiting.remove(&self.id);
         if let Some(key) = self.key {
             release(&mut counts.handshakes, key);
         }
@@ -408,25 +362,6 @@ mod tests {
         let _fourth = limits.handshake(Some(ip("192.0.2.1")), &c).unwrap();
         second.evicted().await;
         assert_eq!(limits.totals().1, 2);
-    }
-
-    #[tokio::test]
-    async fn silent_handshakes_give_way_before_ones_whose_client_spoke() {
-        let limits = ConnLimits::new();
-        let c = caps(0, 2, 0);
-        let mut talker = limits.handshake(Some(ip("192.0.2.1")), &c).unwrap();
-        talker.spoke();
-        let mut silent = limits.handshake(Some(ip("192.0.2.2")), &c).unwrap();
-        let mut newer = limits.handshake(Some(ip("192.0.2.3")), &c).unwrap();
-        // The talker is older but has spoken: the silent one goes.
-        silent.evicted().await;
-        drop(silent);
-        let newest = limits.handshake(Some(ip("192.0.2.4")), &c).unwrap();
-        newer.evicted().await;
-        // Only spoken ones left: then the oldest of those.
-        newest.spoke();
-        let _again = limits.handshake(Some(ip("192.0.2.5")), &c).unwrap();
-        talker.evicted().await;
     }
 
     #[test]

@@ -42,7 +42,7 @@ use tracing::Instrument as _;
 use crate::audit::{self, Event};
 use crate::auth::{AuthError, VerificationMode, VerifiedToken};
 use crate::config::{Listener, ListenerTls};
-use crate::conn_limit::{Admission, HandshakeSlot, Speaker};
+use crate::conn_limit::{Admission, HandshakeSlot};
 use crate::metrics::{Refused, TokenResult};
 use crate::policy::{self, Attempt, Decision, Identity, Reason, TokenFacts};
 use crate::proto::imap::frontend::ImapFrontend;
@@ -292,16 +292,9 @@ async fn accept_tls(
     tcp: TcpStream,
     listener: &Listener,
     generation: &Generation,
-    speaker: Option<Speaker>,
 ) -> std::io::Result<Downstream> {
     match (listener.tls, &generation.acceptor) {
         (ListenerTls::Implicit, Some(acceptor)) => {
-            // A real client sends its ClientHello at once; one that has spoken is evicted at
-            // the `max_handshakes` cap only after every silent one (`crate::conn_limit`).
-            if let Some(speaker) = speaker {
-                tcp.readable().await?;
-                speaker.spoke();
-            }
             // A handshake cut short (failed, timed out, evicted) has nothing to say: closed
             // with a reset, no TIME_WAIT socket per half-open connection of a flood. The
             // normal close is back once TLS is up (so a goodbye is never cut off).
@@ -466,11 +459,10 @@ async fn drive(
     // Boxed, as the login below: a task's future is as large as its largest state, and the
     // handshake's (a whole rustls connection in the making) or the login's would otherwise be
     // reserved for every connection's whole life (18 KiB per task before, issue 9).
-    let speaker = handshake.as_ref().map(HandshakeSlot::speaker);
     let down = match within_handshake(
         &mut handshake,
         limits.handshake_timeout,
-        Box::pin(accept_tls(tcp, &ctx.listener, &generation, speaker)),
+        Box::pin(accept_tls(tcp, &ctx.listener, &generation)),
     )
     .await
     {
