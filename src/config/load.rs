@@ -281,15 +281,12 @@ impl Validator<'_> {
             // host_port already checked the host is a valid server name.
             None => first_host.unwrap_or_default(),
         };
-        let send_id = u.send_id.unwrap_or(false);
-        if send_id && u.protocol != Protocol::Imap {
-            self.invalid(
-                format!("{at}.send_id"),
-                "only IMAP has an ID command (RFC 2971); use send_proxy_protocol for POP3",
-            );
-        }
+        let send_proxy_protocol = u.send_proxy_protocol.unwrap_or(false);
+        // The upstream sees the real client by default (IMAP ID / POP3 XCLIENT); with a PROXY
+        // header it already does, so the ID is not sent twice.
+        let send_id = u.send_id.unwrap_or(!send_proxy_protocol);
         Upstream {
-            send_proxy_protocol: u.send_proxy_protocol.unwrap_or(false),
+            send_proxy_protocol,
             send_id,
             protocol: u.protocol,
             addresses: u.addresses,

@@ -227,6 +227,13 @@ impl Config {
             }
         }
         for (name, up) in &self.upstreams {
+            if !up.send_proxy_protocol && !up.send_id {
+                out.push(format!(
+                    "upstream \"{name}\": neither send_id nor send_proxy_protocol; the upstream \
+                     sees every client as mailgate's own address, so its per-address auth \
+                     penalty (Dovecot: up to 15 s) lands on all users at once"
+                ));
+            }
             if up.send_proxy_protocol && up.send_id {
                 out.push(format!(
                     "upstream \"{name}\".send_id: the PROXY header already carries the client \
@@ -322,9 +329,11 @@ pub struct Upstream {
     /// as the first bytes of each upstream connection. For upstreams that trust mailgate's
     /// address for it (Dovecot `haproxy_trusted_networks`). Default false.
     pub send_proxy_protocol: bool,
-    /// IMAP only: send `ID ("x-originating-ip" "…" "x-originating-port" "…")` before the
-    /// replayed login (Dovecot `login_trusted_networks`). Default false; always false for POP3
-    /// (checked at load).
+    /// Forward the client address in the protocol: IMAP `ID ("x-originating-ip" "…"
+    /// "x-originating-port" "…")` before the replayed login (RFC 2971), POP3 `XCLIENT ADDR=…
+    /// PORT=…` when the greeting offers it. The upstream believes it only from trusted
+    /// addresses (Dovecot `login_trusted_networks`). Default: true unless
+    /// `send_proxy_protocol` (the header already carries the address).
     pub send_id: bool,
 }
 

@@ -13,6 +13,8 @@
 //! - `faults`: upstream and IdP faults through mailgate; no fd or task leaked.
 //! - `ops_e2e`: audit records, session ends, rotation, HAProxy PROXY v2, the client address
 //!   in Dovecot's log, `/metrics` and `/readyz`: the operator surface end to end.
+//! - `spray`: password spraying (issue 10): the client address upstream against Dovecot's
+//!   auth penalty, refusals that take as long as upstream failures, a fleet sharing one Redis.
 //!
 //! Needs `dovecot`, `python3`, `curl` and `node` with `tests/idp/node_modules` (`scripts/install-test-deps` installs them).
 
@@ -39,3 +41,4 @@ mod policy_e2e;
 mod proxy;
 mod reload;
 mod secrets;
+mod spray;

@@ -184,7 +184,7 @@ fn keys(record: &Value) -> Vec<&str> {
 }
 
 /// A TCP connection to `to` from `from` (any loopback address: 127.0.0.0/8 is all local).
-async fn tcp_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+pub(crate) async fn tcp_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("socket");
     socket
         .bind(SocketAddr::from((from, 0)))
@@ -196,7 +196,7 @@ async fn tcp_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
 }
 
 /// A line client to `to` from `from`, and its own address (what the audit record must name).
-async fn client_from(from: [u8; 4], to: SocketAddr) -> (TcpLineClient, SocketAddr) {
+pub(crate) async fn client_from(from: [u8; 4], to: SocketAddr) -> (TcpLineClient, SocketAddr) {
     let tcp = tcp_from(from, to).await;
     let me = tcp.local_addr().expect("local addr");
     (LineClient::new(tcp), me)
@@ -231,7 +231,7 @@ async fn assert_closed_silently(tcp: &mut TcpStream, within: Duration) {
 
 /// The first line of Dovecot's log containing every needle (bounded: Dovecot's log process
 /// writes asynchronously).
-async fn dovecot_line(dovecot: &Dovecot, needles: &[&str]) -> String {
+pub(crate) async fn dovecot_line(dovecot: &Dovecot, needles: &[&str]) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
         let log = dovecot.log();
@@ -247,7 +247,7 @@ async fn dovecot_line(dovecot: &Dovecot, needles: &[&str]) -> String {
 }
 
 /// One HTTP/1.1 `GET` over a fresh connection: status and body.
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let work = async {
         let mut s = TcpStream::connect(addr).await.expect("connect admin");
         let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
@@ -288,7 +288,7 @@ async fn await_status(addr: SocketAddr, path: &str, status: u16) {
 
 /// The sum of every sample of `name` whose labels include all of `labels`, from OpenMetrics
 /// text (0 when there is none: a family without a sample yet).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -975,7 +975,10 @@ async fn dovecot_logs_the_real_client_address_sent_by_id() {
     assert!(line.contains("rip=127.0.0.2"), "{line}");
 
     // Without send_id Dovecot sees only mailgate's address: the check above is not vacuous.
-    let without = Mailgate::builder(&dovecot).start().await;
+    let without = Mailgate::builder(&dovecot)
+        .upstream_options("send_id = false")
+        .start()
+        .await;
     let (mut c, _) = client_from([127, 0, 0, 2], without.addr("imap-plain")).await;
     imap_login_logout(&mut c, "bob@example.com", "bob-secret").await;
     let line = dovecot_line(&dovecot, &["Login: user=<bob@example.com>"]).await;

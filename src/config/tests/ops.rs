@@ -23,13 +23,32 @@ fn ip(s: &str) -> IpAddr {
 }
 
 #[test]
-fn defaults_are_off() {
+fn defaults_forward_the_client_address_by_id() {
     let c = load(BASE).unwrap();
     assert_eq!(c.listeners[0].proxy_protocol, None);
     let up = &c.upstreams["dovecot"];
     assert!(!up.send_proxy_protocol);
-    assert!(!up.send_id);
+    assert!(
+        up.send_id,
+        "issue 10 item 1: the upstream sees the real client by default"
+    );
     assert_eq!(c.admin, None, "no [admin] table, no admin listener");
+    // With a PROXY header the ID is not sent by default, and no warning either way.
+    let c = load(&with_upstream_keys("send_proxy_protocol = true")).unwrap();
+    assert!(!c.upstreams["dovecot"].send_id);
+    assert!(c.warnings().iter().all(|w| !w.contains("send_id")));
+}
+
+#[test]
+fn check_warns_when_the_upstream_sees_only_mailgate() {
+    let c = load(&with_upstream_keys("send_id = false")).unwrap();
+    assert!(
+        c.warnings().iter().any(|w| w.starts_with(
+            "upstream \"dovecot\": neither send_id nor send_proxy_protocol"
+        )),
+        "{:?}",
+        c.warnings()
+    );
 }
 
 #[test]
@@ -145,14 +164,14 @@ fn upstream_client_address_keys() {
 }
 
 #[test]
-fn send_id_is_imap_only() {
+fn send_id_is_xclient_on_pop3() {
     let text = BASE
         .replace("protocol = \"imap\"", "protocol = \"pop3\"")
         .replace(
             "tls = \"starttls\"\n",
             "tls = \"starttls\"\nsend_id = true\n",
         );
-    assert_one(&text, "upstream \"dovecot\".send_id", "only IMAP");
+    assert!(load(&text).unwrap().upstreams["dovecot"].send_id);
     let text = BASE
         .replace("protocol = \"imap\"", "protocol = \"pop3\"")
         .replace(
