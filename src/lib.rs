@@ -19,6 +19,7 @@
 //! - [`splice`]: bidirectional copy after login, byte counts, idle timeout.
 //! - [`stream`]: plaintext-or-TLS stream used on both sides.
 //! - [`throttle`]: per-IP connection caps, failed-login delays and temporary blocks.
+//! - [`pacing`]: refused password logins take as long as the upstream's own refusals.
 //! - [`auth`]: bearer token verification (JWT/JWKS, introspection, tokeninfo), cached.
 //! - [`config`]: TOML model, validation, loading.
 //! - [`metrics`]: Prometheus registry with typed label sets.
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod directory;
 pub mod metrics;
+pub mod pacing;
 pub mod policy;
 pub mod proto;
 pub mod secret;

@@ -154,6 +154,8 @@ pub struct Shared {
     /// Per-IP connection slots and failed-login bookkeeping; sized from the first config
     /// (a reload does not reset who is blocked).
     pub throttle: Throttle,
+    /// Each upstream's observed refusal latencies, which policy refusals replay.
+    pub pacing: crate::pacing::Pacing,
 }
 
 impl Shared {
@@ -167,6 +169,7 @@ impl Shared {
             phase,
             services,
             throttle,
+            pacing: crate::pacing::Pacing::new(),
         }
     }
 

@@ -97,6 +97,7 @@ pub struct LimitsFile {
     pub login_block: Option<String>,
     pub login_failure_delay: Option<String>,
     pub login_failure_delay_max: Option<String>,
+    pub refusal_delay_min: Option<String>,
 }
 
 /// `[log]`.

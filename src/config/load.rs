@@ -24,7 +24,6 @@ use super::{
 };
 use crate::directory::Directory;
 use crate::proto::PreauthLimits;
-use crate::proto::Protocol;
 use crate::throttle::ThrottleConfig;
 
 /// Lowest accepted `max_line`. RFC 7162 section 4 recommends servers accept command lines of at
@@ -537,6 +536,11 @@ impl Validator<'_> {
             ),
             max_connections: usize::try_from(max_connections).unwrap_or(d.max_connections),
             throttle: self.throttle(&l),
+            refusal_delay_min: self.duration_or_zero(
+                "limits.refusal_delay_min",
+                l.refusal_delay_min.as_deref(),
+                d.refusal_delay_min,
+            ),
         }
     }
 

@@ -405,7 +405,14 @@ pub struct Limits {
     pub max_connections: usize,
     /// Per-IP connection cap and failed-login throttling (`crate::throttle`).
     pub throttle: ThrottleConfig,
+    /// The least time a refused password login takes, whoever refused it (`crate::pacing`).
+    /// Default 2 s, as Dovecot's `auth_failure_delay`: before mailgate has seen the upstream
+    /// refuse anything, its own refusals take what the upstream's most likely would.
+    pub refusal_delay_min: Duration,
 }
+
+/// Default of [`Limits::refusal_delay_min`].
+pub const DEFAULT_REFUSAL_DELAY_MIN: Duration = Duration::from_secs(2);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -415,6 +422,7 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(30),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             throttle: ThrottleConfig::default(),
+            refusal_delay_min: DEFAULT_REFUSAL_DELAY_MIN,
         }
     }
 }
