@@ -151,16 +151,16 @@ pub struct Shared {
     changed: watch::Sender<u64>,
     phase: watch::Sender<Phase>,
     pub services: Services,
-    /// Per-IP connection slots and failed-login bookkeeping; sized from the first config
-    /// (a reload does not reset who is blocked).
-    pub throttle: Throttle,
+    /// Per-IP connection slots and failed-login bookkeeping. A reload swaps its settings and
+    /// keeps its counts (who is blocked stays blocked). Shared with the admin listener.
+    pub throttle: Arc<Throttle>,
     /// Each upstream's observed refusal latencies, which policy refusals replay.
     pub pacing: crate::pacing::Pacing,
 }
 
 impl Shared {
     fn new(generation: Generation, services: Services) -> Shared {
-        let throttle = Throttle::new(generation.config.limits.throttle);
+        let throttle = Arc::new(Throttle::new(generation.config.limits.throttle));
         let (changed, _) = watch::channel(generation.number);
         let (phase, _) = watch::channel(Phase::Serving);
         Shared {
@@ -203,6 +203,9 @@ impl Reloader {
         }
         let next = Generation::build(config, old.number + 1)?;
         let number = next.number;
+        self.shared
+            .throttle
+            .reconfigure(next.config.limits.throttle);
         self.shared.current.store(Arc::new(next));
         self.shared.changed.send_replace(number);
         Ok(number)

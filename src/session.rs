@@ -43,7 +43,7 @@ use crate::proto::{
 use crate::server::{Generation, Phase, Services, Shared};
 use crate::splice::{self, End, Interrupt, Side, Totals};
 use crate::stream::{Downstream, MaybeTls};
-use crate::throttle::Verdict;
+use crate::throttle::store::Outcome;
 use crate::upstream::{self, Peer};
 
 /// Longest a TLS handshake may take before the session is dropped: a handshake is a few round
@@ -468,12 +468,8 @@ impl<F: Frontend> Preauth<'_, F> {
                     continue;
                 }
                 Some(FrontendEvent::LoginRequested(request)) => {
-                    let user = request.user().unwrap_or("").to_owned();
-                    let client = self.trail.peer.source.ip();
-                    let throttle = &self.ctx.shared.throttle;
                     match self.login(&request).await {
                         Ok(admitted) => {
-                            throttle.succeeded(&user);
                             // The pre-auth read buffer is not needed for the rest of the session.
                             drop(std::mem::take(&mut buf));
                             return self.splice(admitted).await;
@@ -481,11 +477,9 @@ impl<F: Frontend> Preauth<'_, F> {
                         Err(refusal) => {
                             if refusal.class != ReplyClass::Unavailable {
                                 // fail2ban reads this line (packaging/fail2ban).
+                                let client = self.trail.peer.source.ip();
+                                let user = request.user().unwrap_or("");
                                 tracing::warn!(%client, user, "login failed");
-                                let delay =
-                                    throttle.failed(client, &user, std::time::Instant::now());
-                                // Growing delay before the answer slows password guessing.
-                                tokio::time::sleep(delay).await;
                             }
                             self.machine.handle_outcome(LoginOutcome::Refused(refusal));
                         }
@@ -565,39 +559,74 @@ impl<F: Frontend> Preauth<'_, F> {
         }
     }
 
-    /// Verify the token (OAuth), decide (policy), then replay upstream, in SPEC's decision
-    /// order. `Err` is the refusal to send. Every attempt leaves one `auth` audit record.
+    /// One login attempt: reserve its slot (smart lockout), verify the token (OAuth), decide
+    /// (policy), replay upstream, in SPEC's decision order; then settle the slot with the
+    /// outcome and hold a failure's answer for the growing delay. `Err` is the refusal to
+    /// send. Every attempt leaves one `auth` audit record.
     async fn login(&mut self, request: &LoginRequest) -> Result<Admitted, Refusal> {
         self.generation = self.ctx.shared.current();
-        let generation = self.generation.clone();
-        let config = &generation.config;
-        let protocol = self.ctx.listener.protocol;
-        let mechanism = request.mechanism;
         let mut record = audit::Auth {
             user: request.user().map(str::to_owned),
             ou: None,
-            mechanism,
+            mechanism: request.mechanism,
             client_id: None,
             issuer: None,
             policy_source: None,
             upstream: None,
             reason: Reason::Ok,
         };
-
-        // Blocked addresses and users are refused before anything is checked or replayed.
+        let throttle = self.ctx.shared.throttle.clone();
         let client = self.trail.peer.source.ip();
-        let claimed = request.user().unwrap_or("");
-        if let Verdict::Blocked { .. } =
-            self.ctx
-                .shared
-                .throttle
-                .check(client, claimed, std::time::Instant::now())
-        {
-            tracing::warn!(%client, user = claimed, "login refused: rate limited");
-            record.reason = Reason::RateLimited;
-            self.trail.auth(record);
-            return Err(self.refusal(ReplyClass::Unavailable, policy::refusal::RATE_LIMITED, None));
-        }
+        // Issue 10: the slot is taken before the upstream (or IdP) is asked, so attempts in
+        // flight count against the limit. Password attempts reserve on the user and source
+        // counters; OAuth ones only on the invalid-token counter, so password guessing never
+        // locks out a user's OAuth logins.
+        let reserved = match &request.credentials {
+            Credentials::Password { user, .. } => throttle.reserve_password(client, user).await,
+            Credentials::Bearer { .. } => throttle.reserve_token(client).await,
+        };
+        let ticket = match reserved {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                let user = request.user().unwrap_or("");
+                tracing::warn!(%client, user, scope = ?refused.scope, "login refused: rate limited");
+                record.reason = Reason::RateLimited;
+                self.trail.auth(record);
+                return Err(self.refusal(
+                    ReplyClass::Unavailable,
+                    policy::refusal::RATE_LIMITED,
+                    None,
+                ));
+            }
+        };
+        let result = self.attempt(request, &mut record).await;
+        let outcome = match (record.reason, &request.credentials) {
+            (Reason::Ok, _) => Outcome::Succeeded,
+            (Reason::UpstreamUnavailable | Reason::IdpUnavailable, _) => Outcome::Void,
+            (_, Credentials::Password { user, password, .. }) => {
+                Outcome::Failed(Some(throttle.password_hash(user, password.expose())))
+            }
+            (Reason::InvalidToken, Credentials::Bearer { .. }) => Outcome::Failed(None),
+            // The token was valid; whatever refused the login, it was no guess.
+            (_, Credentials::Bearer { .. }) => Outcome::Succeeded,
+        };
+        let delay = throttle.settle(ticket, outcome).await;
+        self.trail.auth(record);
+        // A growing delay before a failure's answer slows a guesser on one connection.
+        tokio::time::sleep(delay).await;
+        result
+    }
+
+    /// Verify, decide, replay; fills in `record` (its `reason` says how it went).
+    async fn attempt(
+        &mut self,
+        request: &LoginRequest,
+        record: &mut audit::Auth,
+    ) -> Result<Admitted, Refusal> {
+        let generation = self.generation.clone();
+        let config = &generation.config;
+        let protocol = self.ctx.listener.protocol;
+        let mechanism = request.mechanism;
 
         // Step 4's token check comes first: without a verified token there are no facts to
         // decide on. An invalid token and an unreachable IdP are refused here, never let
@@ -643,7 +672,6 @@ impl<F: Frontend> Preauth<'_, F> {
                     };
                     record.reason = reason;
                     record.policy_source = Some("token".to_owned());
-                    self.trail.auth(record);
                     let text = match reason.class() {
                         ReplyClass::Unavailable => TEMPORARY_FAILURE,
                         _ => policy::refusal::GENERIC_FAILURE,
@@ -681,7 +709,6 @@ impl<F: Frontend> Preauth<'_, F> {
                 record.ou = denial.ou.as_deref().map(str::to_owned);
                 record.policy_source = Some(denial.source.clone());
                 record.reason = denial.reason;
-                self.trail.auth(record);
                 let challenge = oauth_challenge(mechanism, denial.reason);
                 self.pace_policy_refusal(&generation, request).await;
                 return Err(self.refusal(reply.class, &reply.text, challenge));
@@ -694,7 +721,6 @@ impl<F: Frontend> Preauth<'_, F> {
                 "listener has no upstream in the current configuration"
             );
             record.reason = Reason::UpstreamUnavailable;
-            self.trail.auth(record);
             return Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None));
         };
         record.upstream = Some(connector.name().to_owned());
@@ -705,7 +731,6 @@ impl<F: Frontend> Preauth<'_, F> {
                 metrics.upstream_connect(protocol, logged.connect_time);
                 metrics.upstream_login(protocol, logged.login_time);
                 tracing::info!(user, mechanism = mechanism.as_str(), upstream = %logged.address, "login allowed");
-                self.trail.auth(record);
                 Ok(Admitted {
                     logged,
                     attempt: (protocol, mechanism, user, token),
@@ -714,7 +739,6 @@ impl<F: Frontend> Preauth<'_, F> {
             Err(upstream::Error::Rejected { text, challenge }) => {
                 tracing::info!(user, "upstream rejected the login");
                 record.reason = Reason::UpstreamRejected;
-                self.trail.auth(record);
                 if is_password(request) {
                     // Learn how long this upstream takes to refuse, and take at least the
                     // floor: policy refusals follow the same schedule (crate::pacing).
@@ -733,7 +757,6 @@ impl<F: Frontend> Preauth<'_, F> {
             Err(upstream::Error::Unsafe(e)) => {
                 tracing::warn!(user, error = %e, "login refused: credential not replayable");
                 record.reason = Reason::UpstreamRejected;
-                self.trail.auth(record);
                 // Refused before any connection: as fast as a policy refusal would be.
                 self.pace_policy_refusal(&generation, request).await;
                 Err(self.refusal(
@@ -745,7 +768,6 @@ impl<F: Frontend> Preauth<'_, F> {
             Err(e) => {
                 tracing::warn!(user, error = %e, "upstream unavailable");
                 record.reason = Reason::UpstreamUnavailable;
-                self.trail.auth(record);
                 Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None))
             }
         }

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::directory::Directory;
 use crate::proto::PreauthLimits;
-use crate::throttle::ThrottleConfig;
+use crate::throttle::{Key, ThrottleConfig};
 
 /// Lowest accepted `max_line`. RFC 7162 section 4 recommends servers accept command lines of at
 /// least 8192 octets; before login commands are short, but below 512 even a modest `ID` or a
@@ -569,10 +569,35 @@ impl Validator<'_> {
             l.login_failures_per_user,
             u64::from(d.failures_per_user),
         );
+        let token_failures = count(
+            self,
+            "limits.token_failures_per_ip",
+            l.token_failures_per_ip,
+            u64::from(d.token_failures_per_ip),
+        );
+        let key = super::secret_ref::resolve(
+            "limits.secret",
+            l.secret.as_deref(),
+            "limits.secret_file",
+            l.secret_file.as_deref(),
+            self.base_dir,
+        )
+        .unwrap_or_else(|(path, message)| {
+            self.invalid(path, message);
+            None
+        })
+        .map(|secret| Key::derive(secret.expose().as_bytes()));
         ThrottleConfig {
             connections_per_ip: usize::try_from(per_ip).unwrap_or(d.connections_per_ip),
             failures_per_ip: u32::try_from(ip_failures).unwrap_or(d.failures_per_ip),
             failures_per_user: u32::try_from(user_failures).unwrap_or(d.failures_per_user),
+            token_failures_per_ip: u32::try_from(token_failures).unwrap_or(d.token_failures_per_ip),
+            familiar_for: self.duration(
+                "limits.familiar_for",
+                l.familiar_for.as_deref(),
+                d.familiar_for,
+            ),
+            key,
             window: self.duration(
                 "limits.login_failure_window",
                 l.login_failure_window.as_deref(),

@@ -41,6 +41,7 @@ pub mod file;
 mod load;
 pub mod oauth;
 pub mod reload;
+mod secret_ref;
 
 pub use cidr::Cidr;
 pub use load::host_port;

@@ -468,54 +468,17 @@ impl V<'_> {
     }
 
     fn secret(&mut self, p: &ProviderFile, base_dir: &Path) -> Option<Secret<String>> {
-        match (&p.client_secret, &p.client_secret_file) {
-            (Some(_), Some(_)) => {
-                self.invalid(
-                    "client_secret",
-                    "give client_secret or client_secret_file, not both",
-                );
-                None
-            }
-            (Some(value), None) => match value.strip_prefix("env:") {
-                Some(name) => match std::env::var(name) {
-                    Ok(s) if !s.is_empty() => Some(Secret::new(s)),
-                    _ => {
-                        self.invalid(
-                            "client_secret",
-                            format!("environment variable {name:?} is unset or empty"),
-                        );
-                        None
-                    }
-                },
-                None => {
-                    // The value is not echoed: it may be the secret itself.
-                    self.invalid(
-                        "client_secret",
-                        "must be \"env:NAME\"; put the secret in the environment or use \
-                         client_secret_file, never in the config file",
-                    );
-                    None
-                }
-            },
-            (None, Some(file)) => {
-                let path = base_dir.join(file);
-                match std::fs::read_to_string(&path) {
-                    Ok(s) if !s.trim().is_empty() => Some(Secret::new(s.trim().to_owned())),
-                    Ok(_) => {
-                        self.invalid("client_secret_file", format!("{} is empty", path.display()));
-                        None
-                    }
-                    Err(e) => {
-                        self.invalid(
-                            "client_secret_file",
-                            format!("cannot read {}: {e}", path.display()),
-                        );
-                        None
-                    }
-                }
-            }
-            (None, None) => None,
-        }
+        let resolved = super::secret_ref::resolve(
+            "client_secret",
+            p.client_secret.as_deref(),
+            "client_secret_file",
+            p.client_secret_file.as_deref(),
+            base_dir,
+        );
+        resolved.unwrap_or_else(|(key, message)| {
+            self.invalid(&key, message);
+            None
+        })
     }
 
     fn duration(

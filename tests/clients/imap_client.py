@@ -35,14 +35,17 @@ def emit(obj):
 class Client(imaplib.IMAP4):
     """imaplib.IMAP4 with implicit TLS or STARTTLS under an explicit SNI/verification name."""
 
-    def __init__(self, host, port, tls, ctx, server_name, timeout):
+    def __init__(self, host, port, tls, ctx, server_name, timeout, source=None):
         self._tls_mode = tls
+        self._source = source
         self._ctx = ctx
         self._server_name = server_name
         super().__init__(host, port, timeout=timeout)
 
     def _create_socket(self, timeout):
-        sock = socket.create_connection((self.host, self.port), timeout)
+        # --source: bind a loopback source address (127.0.0.2 ...) to play another client.
+        source = (self._source, 0) if self._source else None
+        sock = socket.create_connection((self.host, self.port), timeout, source_address=source)
         if self._tls_mode == "implicit":
             return self._ctx.wrap_socket(sock, server_hostname=self._server_name)
         return sock
@@ -66,7 +69,8 @@ def make_ctx(cafile):
 
 def connect(args):
     ctx = make_ctx(args.cafile) if args.tls != "none" else None
-    m = Client(args.host, args.port, args.tls, ctx, args.servername or args.host, args.timeout)
+    m = Client(args.host, args.port, args.tls, ctx, args.servername or args.host, args.timeout,
+               args.source)
     if args.tls == "starttls":
         m.starttls_named()
     return m
@@ -95,7 +99,7 @@ def login(m, args):
         return m.authenticate(args.auth.upper(), respond)
     if args.auth == "login":
         return m.login(args.user, args.password)
-    ir = base64.b64encode(("\0%s\0%s" % (args.user, args.password)).encode()).decode()
+    ir = base64.b64encode(("%s\0%s\0%s" % (args.authzid, args.user, args.password)).encode()).decode()
     if args.auth == "plain":
         return m.authenticate("PLAIN", lambda _challenge: base64.b64decode(ir))
     # plain-ir: SASL-IR (RFC 4959), initial response on the command line.
@@ -176,10 +180,17 @@ def main():
                    default="login")
     p.add_argument("--mode", choices=["fetch", "login", "idle"], default="fetch")
     p.add_argument("--fetch", choices=["rfc822", "body-peek"], default="body-peek")
+    p.add_argument("--authzid", default="", help="SASL PLAIN authorization identity")
+    p.add_argument("--source", help="local address to connect from, e.g. 127.0.0.2")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="log in this many times, one connection each, one after the other; "
+                        "with --expect-fail every one must be refused (reports the refusals)")
     p.add_argument("--expect-fail", action="store_true", help="succeed only if login is refused")
     p.add_argument("--timeout", type=float, default=30.0, help="socket timeout, seconds")
     p.add_argument("--idle-timeout", type=float, default=15.0, help="how long to wait for EXISTS")
     args = p.parse_args()
+    if args.repeat > 1:
+        return repeat(args)
 
     try:
         m = connect(args)
@@ -216,6 +227,30 @@ def main():
         return 1
     emit(dict(result, ok=True))
     return 0
+
+
+def repeat(args):
+    """--repeat N: N logins in a row (a phone retrying a stale password, a guesser)."""
+    refusals = []
+    for _ in range(args.repeat):
+        try:
+            m = connect(args)
+        except Exception as e:  # noqa: BLE001
+            emit({"ok": False, "stage": "connect", "error": str(e), "refusals": refusals})
+            return 2
+        try:
+            login(m, args)
+        except imaplib.IMAP4.error as e:
+            refusals.append(str(e))
+            m.shutdown()
+            continue
+        m.logout()
+        if args.expect_fail:
+            emit({"ok": False, "error": "login unexpectedly succeeded", "refusals": refusals})
+            return 1
+    ok = len(refusals) == args.repeat if args.expect_fail else not refusals
+    emit({"ok": ok, "refusals": refusals})
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ mod abuse;
 mod direct;
 mod faults;
 mod lifecycle;
+mod lockout;
 mod mailgate;
 mod oauth;
 mod oauth_e2e;
