@@ -131,7 +131,7 @@ mod tests {
     #[test]
     fn the_window_keeps_the_latest() {
         let p = Pacing::new();
-        for i in 0..(WINDOW as u64 + 10) {
+        for i in 0..(WINDOW as u32 + 10) {
             p.rejected("up", i * MS);
         }
         let seen = p.observed("up");

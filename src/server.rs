@@ -30,6 +30,7 @@ use crate::config::{Config, Listener, ListenerTls, UpstreamTls};
 use crate::metrics::{Metrics, Refused};
 use crate::session::{self, SessionContext};
 use crate::throttle::Throttle;
+use crate::throttle::store::{RedisStore, Store};
 use crate::upstream::Connector;
 
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +161,22 @@ pub struct Shared {
 
 impl Shared {
     fn new(generation: Generation, services: Services) -> Shared {
-        let throttle = Arc::new(Throttle::new(generation.config.limits.throttle));
+        let store = match &generation.config.counter_store {
+            None => Store::local(),
+            Some(redis) => match RedisStore::new(redis, services.metrics.throttle_store_gauge()) {
+                Ok(store) => Store::Redis(store),
+                // Checked when the config was loaded; should it fail now, counting locally
+                // keeps every limit (per instance) rather than refusing to start.
+                Err(why) => {
+                    tracing::error!(error = %why, "counter store unusable; counting locally");
+                    Store::local()
+                }
+            },
+        };
+        let throttle = Arc::new(Throttle::with_store(
+            generation.config.limits.throttle,
+            store,
+        ));
         let (changed, _) = watch::channel(generation.number);
         let (phase, _) = watch::channel(Phase::Serving);
         Shared {
@@ -200,6 +216,9 @@ impl Reloader {
         let old = self.shared.current();
         if old.config.listeners != config.listeners {
             tracing::warn!("listener changes take effect only after a restart");
+        }
+        if old.config.counter_store != config.counter_store {
+            tracing::warn!("limits.store changes take effect only after a restart");
         }
         let next = Generation::build(config, old.number + 1)?;
         let number = next.number;

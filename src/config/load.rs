@@ -96,6 +96,7 @@ impl Validator<'_> {
                 ),
             );
         }
+        let counter_store = self.counter_store(&f.limits);
         let limits = self.limits(f.limits);
         let filter = f
             .log
@@ -113,6 +114,7 @@ impl Validator<'_> {
             upstreams,
             tls,
             limits,
+            counter_store,
             log: Log { filter },
             admin,
             oauth,
@@ -478,6 +480,52 @@ impl Validator<'_> {
             generate_self_signed: t.generate_self_signed.unwrap_or(false),
             min_version: t.min_version.unwrap_or_default(),
         }
+    }
+
+    /// `[limits] store`, `store_ca_file`, `store_timeout`: where a fleet shares its counts.
+    fn counter_store(&mut self, l: &LimitsFile) -> Option<crate::throttle::store::RedisConfig> {
+        use crate::throttle::store::shared;
+        let timeout = self.duration(
+            "limits.store_timeout",
+            l.store_timeout.as_deref(),
+            shared::DEFAULT_TIMEOUT,
+        );
+        let url = match l.store.as_deref() {
+            None | Some("local") => {
+                for (key, set) in [
+                    ("store_ca_file", l.store_ca_file.is_some()),
+                    ("store_timeout", l.store_timeout.is_some()),
+                ] {
+                    if set {
+                        self.invalid(
+                            format!("limits.{key}"),
+                            "only with store = \"redis://…\" or \"rediss://…\"",
+                        );
+                    }
+                }
+                return None;
+            }
+            Some(url) => url.to_owned(),
+        };
+        let ca_file = l.store_ca_file.as_deref().map(|p| self.path(p));
+        if ca_file.is_some() && !url.starts_with("rediss://") {
+            self.invalid(
+                "limits.store_ca_file",
+                "a CA is for TLS: use a rediss:// store URL",
+            );
+            return None;
+        }
+        let config = crate::throttle::store::RedisConfig {
+            url,
+            ca_file,
+            timeout,
+        };
+        // The URL may carry a password: the message shows it redacted.
+        if let Err(why) = shared::client(&config) {
+            self.invalid("limits.store", why);
+            return None;
+        }
+        Some(config)
     }
 
     fn limits(&mut self, l: LimitsFile) -> Limits {

@@ -56,6 +56,9 @@ pub struct Config {
     /// Present whenever a listener has `tls != none`.
     pub tls: Option<ServerTls>,
     pub limits: Limits,
+    /// `[limits] store`: `None` counts in-process; `Some`: shared by a fleet through Redis.
+    /// Chosen at start (a reload that changes it is warned about and takes a restart).
+    pub counter_store: Option<crate::throttle::store::RedisConfig>,
     pub log: Log,
     /// `None`: no admin HTTP listener (the `[admin]` table is absent).
     pub admin: Option<Admin>,

@@ -3,6 +3,7 @@
 //! - [`dovecot`]: a private Dovecot per test, the real upstream.
 //! - [`pki`]: a test CA and leaf certificates made at test time.
 //! - [`fixtures`]: the messages each harness mailbox starts with.
+//! - [`redis`]: a private `redis-server` per test (the fleet's shared counter store).
 //! - [`util`]: free ports, external clients with timeouts, digests, raw line clients.
 //! - `direct`: the clients against the harness Dovecot with no proxy, proving the harness.
 //! - [`mailgate`]: mailgate in-process on free ports in front of a harness Dovecot.
@@ -27,6 +28,7 @@ mod fake;
 mod fixtures;
 mod idp;
 mod pki;
+mod redis;
 mod util;
 
 mod abuse;

@@ -186,3 +186,226 @@ async fn refusals_take_as_long_as_a_wrong_password() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A fleet shares one memory: three mailgate instances behind a real HAProxy, one Redis.
+// ---------------------------------------------------------------------------------------------
+
+/// A real HAProxy (`tests/haproxy/fleet.cfg.in`) spreading connections round-robin over
+/// `backends` with PROXY v2 headers. Killed when dropped.
+pub(crate) struct FleetProxy {
+    child: std::process::Child,
+    front: u16,
+    dir: tempfile::TempDir,
+}
+
+impl FleetProxy {
+    pub(crate) async fn start(backends: &[std::net::SocketAddr]) -> FleetProxy {
+        let binary = [
+            "/usr/sbin/haproxy",
+            "/usr/local/sbin/haproxy",
+            "/usr/bin/haproxy",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .expect("haproxy not found; run scripts/install-test-deps");
+        let template =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/haproxy/fleet.cfg.in");
+        let front = crate::util::free_port();
+        let servers: Vec<String> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("    server mg{i} {b} send-proxy-v2"))
+            .collect();
+        let text = std::fs::read_to_string(template)
+            .expect("template")
+            .replace("@FRONTEND_PORT@", &front.to_string())
+            .replace("@SERVERS@", &servers.join("\n"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("haproxy.cfg");
+        std::fs::write(&config, text).expect("write haproxy.cfg");
+        let log = std::fs::File::create(dir.path().join("haproxy.log")).expect("log");
+        let child = std::process::Command::new(binary)
+            .arg("-db")
+            .arg("-f")
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn haproxy");
+        let mut proxy = FleetProxy { child, front, dir };
+        // Ready when the frontend accepts. The probe is relayed to one instance, which sees a
+        // session from 127.0.0.1 that never logs in.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", front))
+            .await
+            .is_err()
+        {
+            if let Some(status) = proxy.child.try_wait().expect("try_wait") {
+                panic!("haproxy exited: {status}\n{}", proxy.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "haproxy not listening\n{}",
+                proxy.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        proxy
+    }
+
+    pub(crate) fn front(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.front))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for FleetProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The per-user limit of the fleet tests.
+const FLEET_USER_LIMIT: usize = 5;
+
+/// A mailgate instance of the fleet: a PROXY-protocol IMAP listener for HAProxy, the counts
+/// in `redis`.
+async fn fleet_instance(dovecot: &Dovecot, redis: &crate::redis::Redis) -> Mailgate {
+    Mailgate::builder(dovecot)
+        .listener(
+            "imap-proxied",
+            "imap",
+            "none",
+            "proxy_protocol = true\nproxy_trusted = [\"127.0.0.1/32\"]",
+        )
+        .limits(&format!(
+            "login_failures_per_user = {FLEET_USER_LIMIT}\nlogin_failures_per_ip = 0\n\
+             store = \"{}\"\nstore_timeout = \"200ms\"",
+            redis.url()
+        ))
+        .start()
+        .await
+}
+
+/// Waits (bounded) until every instance says its counter store is `up` (or down).
+async fn await_store(fleet: &[Mailgate], up: bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fleet
+        .iter()
+        .all(|m| m.services.metrics.throttle_store_is_up() == up)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "counter store never went up={up}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One wrong password for `user` through the balancer, from 127.0.0.2 on a fresh connection:
+/// true when it reached the upstream (`AUTHENTICATIONFAILED`), false when mailgate refused it
+/// as rate limited (`UNAVAILABLE`).
+async fn guess(front: std::net::SocketAddr, user: &str, n: usize) -> bool {
+    let (mut c, _) = client_from([127, 0, 0, 2], front).await;
+    let greeting = c.read_line().await;
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    let reply = c
+        .imap("a", &format!("LOGIN {user} wrong-guess-{n}"))
+        .await
+        .tagged;
+    if reply.contains("[AUTHENTICATIONFAILED]") {
+        true
+    } else {
+        assert!(reply.contains("[UNAVAILABLE]"), "{reply}");
+        false
+    }
+}
+
+/// Guesses until the first refusal (at most `bound` guesses): how many reached the upstream.
+async fn guesses_until_blocked(front: std::net::SocketAddr, user: &str, bound: usize) -> usize {
+    for n in 0..bound {
+        if !guess(front, user, n).await {
+            return n;
+        }
+    }
+    panic!("{user}: {bound} guesses and never blocked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_blocks_a_spread_brute_force_at_one_limit_and_survives_redis_going_away() {
+    let dovecot = Dovecot::start();
+    let mut redis = crate::redis::Redis::start();
+    let mut fleet = Vec::new();
+    for _ in 0..3 {
+        fleet.push(fleet_instance(&dovecot, &redis).await);
+    }
+    await_store(&fleet, true).await;
+    let backends: Vec<_> = fleet.iter().map(|m| m.addr("imap-proxied")).collect();
+    let haproxy = FleetProxy::start(&backends).await;
+    let front = haproxy.front();
+
+    // Shared: the guesses go round-robin over three instances, and the user is blocked after
+    // the same count as on one (unshared, it would take 3 × 5).
+    assert_eq!(
+        guesses_until_blocked(front, "alice@example.com", 20).await,
+        FLEET_USER_LIMIT
+    );
+    // Blocked on every instance.
+    for n in 0..3 {
+        assert!(!guess(front, "alice@example.com", 100 + n).await);
+    }
+    assert!(redis.dbsize() > 0, "nothing in Redis");
+
+    // Redis goes away mid-run: every instance keeps serving and limiting on its own counts.
+    redis.stop();
+    let started = Instant::now();
+    let mut reached = 0;
+    let mut last = Vec::new();
+    for n in 0..30 {
+        let through = guess(front, "bob@example.com", n).await;
+        reached += usize::from(through);
+        last.push(through);
+    }
+    await_store(&fleet, false).await;
+    // Each instance allows its own 5: at most 3 × 5 in all, never unlimited, and no login
+    // waited on the missing Redis (30 guesses with a bounded store call each).
+    assert!(
+        (FLEET_USER_LIMIT..=3 * FLEET_USER_LIMIT).contains(&reached),
+        "{reached} guesses reached the upstream with Redis down"
+    );
+    assert!(
+        last[24..].iter().all(|t| !t),
+        "not blocked at the end: {last:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    // The fleet's block on alice was mirrored locally: it holds without Redis.
+    for n in 0..3 {
+        assert!(!guess(front, "alice@example.com", 200 + n).await);
+    }
+    let logs = crate::mailgate::captured_logs();
+    assert!(logs.contains("counter store down"), "no log line");
+
+    // Back (empty): the instances reconnect, push their counts, and share again.
+    redis.restart();
+    await_store(&fleet, true).await;
+    // What they counted alone is now the fleet's: bob stays blocked everywhere.
+    for n in 0..3 {
+        assert!(!guess(front, "bob@example.com", 300 + n).await);
+    }
+    // And a new spread brute force is blocked at one limit again.
+    assert_eq!(
+        guesses_until_blocked(front, "carol@example.com", 20).await,
+        FLEET_USER_LIMIT
+    );
+    assert!(crate::mailgate::captured_logs().contains("counter store up"));
+}

@@ -216,3 +216,51 @@ fn admin_errors() {
         "unknown field `port`",
     );
 }
+
+#[test]
+fn counter_store_keys() {
+    let c = load(BASE).unwrap();
+    assert_eq!(c.counter_store, None, "local by default");
+    let c = load(&format!("{BASE}\n[limits]\nstore = \"local\"\n")).unwrap();
+    assert_eq!(c.counter_store, None);
+    let c = load(&format!(
+        "{BASE}\n[limits]\nstore = \"redis://:s3cret@10.0.0.5:6379/2\"\n"
+    ))
+    .unwrap();
+    let store = c.counter_store.unwrap();
+    assert_eq!(store.timeout, std::time::Duration::from_millis(50));
+    assert_eq!(store.ca_file, None);
+    // The password never shows.
+    assert!(!format!("{store:?}").contains("s3cret"), "{store:?}");
+    let c = load(&format!(
+        "{BASE}\n[limits]\nstore = \"rediss://r.example:6380\"\nstore_ca_file = \"ca.pem\"\n\
+         store_timeout = \"20ms\"\n"
+    ));
+    // The CA file is read at load: a missing one is an error naming it.
+    let all = match c {
+        Ok(_) => panic!("missing CA accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(all.contains("limits.store: /etc/mailgate/ca.pem"), "{all}");
+    assert_one(
+        &format!("{BASE}\n[limits]\nstore = \"memcached://:pw@x:1\"\n"),
+        "limits.store",
+        "not a redis:// or rediss:// URL",
+    );
+    assert!(
+        !errors(&format!(
+            "{BASE}\n[limits]\nstore = \"memcached://:pw@x:1\"\n"
+        ))[0]
+            .contains(":pw@")
+    );
+    assert_one(
+        &format!("{BASE}\n[limits]\nstore = \"redis://x:1\"\nstore_ca_file = \"/ca.pem\"\n"),
+        "limits.store_ca_file",
+        "rediss://",
+    );
+    assert_one(
+        &format!("{BASE}\n[limits]\nstore_timeout = \"1s\"\n"),
+        "limits.store_timeout",
+        "only with store",
+    );
+}
