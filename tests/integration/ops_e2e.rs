@@ -310,7 +310,7 @@ pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// A real HAProxy (`haproxy -db`) from `tests/haproxy/send-proxy.cfg.in`: `front` relays to
 /// `backend` with a PROXY v2 header. Killed when dropped.
-struct HaProxy {
+pub(crate) struct HaProxy {
     child: Child,
     front: u16,
     dir: tempfile::TempDir,
@@ -318,6 +318,25 @@ struct HaProxy {
 
 impl HaProxy {
     async fn start(backend: SocketAddr) -> HaProxy {
+        let front = free_port();
+        HaProxy::from_template(
+            "send-proxy.cfg.in",
+            front,
+            &[
+                ("@FRONTEND_V1_PORT@", free_port().to_string()),
+                ("@BACKEND_PORT@", backend.port().to_string()),
+            ],
+        )
+        .await
+    }
+
+    /// `tests/haproxy/<template>` with `@FRONTEND_PORT@` = `front` and `vars` filled in, run
+    /// until it listens on `front`.
+    pub(crate) async fn from_template(
+        template: &str,
+        front: u16,
+        vars: &[(&str, String)],
+    ) -> HaProxy {
         let binary = [
             "/usr/sbin/haproxy",
             "/usr/local/sbin/haproxy",
@@ -326,14 +345,15 @@ impl HaProxy {
         .into_iter()
         .find(|p| Path::new(p).is_file())
         .expect("haproxy not found; run scripts/install-test-deps");
-        let template =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/haproxy/send-proxy.cfg.in");
-        let front = free_port();
-        let text = std::fs::read_to_string(template)
+        let template = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/haproxy")
+            .join(template);
+        let mut text = std::fs::read_to_string(template)
             .expect("template")
-            .replace("@FRONTEND_PORT@", &front.to_string())
-            .replace("@FRONTEND_V1_PORT@", &free_port().to_string())
-            .replace("@BACKEND_PORT@", &backend.port().to_string());
+            .replace("@FRONTEND_PORT@", &front.to_string());
+        for (name, value) in vars {
+            text = text.replace(name, value);
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("haproxy.cfg");
         std::fs::write(&config, text).expect("write haproxy.cfg");
@@ -365,7 +385,7 @@ impl HaProxy {
         haproxy
     }
 
-    fn front(&self) -> SocketAddr {
+    pub(crate) fn front(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.front))
     }
 

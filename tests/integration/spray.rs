@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::dovecot::{Dovecot, User};
 use crate::mailgate::Mailgate;
-use crate::ops_e2e::{client_from, dovecot_line};
+use crate::ops_e2e::{HaProxy, client_from, dovecot_line};
 use crate::util::{json_output, run_client};
 
 /// Dovecot's per-IP auth penalty (2 s after a failure, doubling to 15 s), which the harness
@@ -193,82 +193,18 @@ async fn refusals_take_as_long_as_a_wrong_password() {
 
 /// A real HAProxy (`tests/haproxy/fleet.cfg.in`) spreading connections round-robin over
 /// `backends` with PROXY v2 headers. Killed when dropped.
-pub(crate) struct FleetProxy {
-    child: std::process::Child,
-    front: u16,
-    dir: tempfile::TempDir,
-}
-
-impl FleetProxy {
-    pub(crate) async fn start(backends: &[std::net::SocketAddr]) -> FleetProxy {
-        let binary = [
-            "/usr/sbin/haproxy",
-            "/usr/local/sbin/haproxy",
-            "/usr/bin/haproxy",
-        ]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).is_file())
-        .expect("haproxy not found; run scripts/install-test-deps");
-        let template =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/haproxy/fleet.cfg.in");
-        let front = crate::util::free_port();
-        let servers: Vec<String> = backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| format!("    server mg{i} {b} send-proxy-v2"))
-            .collect();
-        let text = std::fs::read_to_string(template)
-            .expect("template")
-            .replace("@FRONTEND_PORT@", &front.to_string())
-            .replace("@SERVERS@", &servers.join("\n"));
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("haproxy.cfg");
-        std::fs::write(&config, text).expect("write haproxy.cfg");
-        let log = std::fs::File::create(dir.path().join("haproxy.log")).expect("log");
-        let child = std::process::Command::new(binary)
-            .arg("-db")
-            .arg("-f")
-            .arg(&config)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn haproxy");
-        let mut proxy = FleetProxy { child, front, dir };
-        // Ready when the frontend accepts. The probe is relayed to one instance, which sees a
-        // session from 127.0.0.1 that never logs in.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", front))
-            .await
-            .is_err()
-        {
-            if let Some(status) = proxy.child.try_wait().expect("try_wait") {
-                panic!("haproxy exited: {status}\n{}", proxy.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "haproxy not listening\n{}",
-                proxy.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        proxy
-    }
-
-    pub(crate) fn front(&self) -> std::net::SocketAddr {
-        std::net::SocketAddr::from(([127, 0, 0, 1], self.front))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for FleetProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+pub(crate) async fn fleet_proxy(backends: &[std::net::SocketAddr]) -> HaProxy {
+    let servers: Vec<String> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("    server mg{i} {b} send-proxy-v2"))
+        .collect();
+    HaProxy::from_template(
+        "fleet.cfg.in",
+        crate::util::free_port(),
+        &[("@SERVERS@", servers.join("\n"))],
+    )
+    .await
 }
 
 /// The per-user limit of the fleet tests.
@@ -347,7 +283,7 @@ async fn a_fleet_blocks_a_spread_brute_force_at_one_limit_and_survives_redis_goi
     }
     await_store(&fleet, true).await;
     let backends: Vec<_> = fleet.iter().map(|m| m.addr("imap-proxied")).collect();
-    let haproxy = FleetProxy::start(&backends).await;
+    let haproxy = fleet_proxy(&backends).await;
     let front = haproxy.front();
 
     // Shared: the guesses go round-robin over three instances, and the user is blocked after
