@@ -196,6 +196,7 @@ fn decide_mix(bencher: Bencher) {
                 mechanism: c.mechanism,
                 user: &c.user,
                 token: c.token.as_ref(),
+                authzid: None,
             };
             let _ = black_box(policy::decide(directory, black_box(&attempt)));
         }
@@ -211,6 +212,7 @@ fn explain_one(bencher: Bencher) {
             mechanism: Mechanism::ImapLogin,
             user: black_box("user1234@example.com"),
             token: None,
+            authzid: None,
         };
         black_box(policy::explain(directory, &attempt))
     });

@@ -73,6 +73,45 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Smart lockout for the helpdesk ("I'm locked out"): show or clear the failure counts of
+    /// a user or a source address, through the running mailgate's admin listener (loopback).
+    Throttle {
+        #[command(subcommand)]
+        command: ThrottleCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ThrottleCommand {
+    /// Failures, blocks and familiar sources of a user and/or a source address.
+    #[command(
+        after_help = "Examples:\n  mailgate throttle status --user alice@example.com\n  \
+                            mailgate throttle status --ip 203.0.113.7"
+    )]
+    Status(ThrottleArgs),
+    /// Unlock a user (both sides; familiar sources stay) or a source address.
+    #[command(
+        after_help = "Examples:\n  mailgate throttle clear --user alice@example.com\n  \
+                            mailgate throttle clear --ip 203.0.113.7"
+    )]
+    Clear(ThrottleArgs),
+}
+
+/// `mailgate throttle status|clear`.
+#[derive(Debug, Args)]
+pub struct ThrottleArgs {
+    /// The user as the mail client logs in (any case).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// A client address (an IPv6 address counts as its /64).
+    #[arg(long)]
+    pub ip: Option<std::net::IpAddr>,
+    /// The admin listener to ask. Default: `[admin] bind` of the config, on loopback.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<std::net::SocketAddr>,
+    /// Config file naming the admin listener (used when --admin is not given).
+    #[arg(long, default_value = "config/mailgate.toml")]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

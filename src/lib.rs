@@ -18,7 +18,9 @@
 //! - [`upstream`]: connect to the real mail server, TLS, drive the replay machine.
 //! - [`splice`]: bidirectional copy after login, byte counts, idle timeout.
 //! - [`stream`]: plaintext-or-TLS stream used on both sides.
-//! - [`throttle`]: per-IP connection caps, failed-login delays and temporary blocks.
+//! - [`conn_limit`]: caps at accept: connections per client address, handshakes in progress.
+//! - [`throttle`]: smart lockout of password guessing; its `store` holds the counters
+//!   (in-process, or shared by a fleet).
 //! - [`pacing`]: refused password logins take as long as the upstream's own refusals.
 //! - [`auth`]: bearer token verification (JWT/JWKS, introspection, tokeninfo), cached.
 //! - [`config`]: TOML model, validation, loading.
@@ -30,6 +32,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod conn_limit;
 pub mod directory;
 pub mod metrics;
 pub mod pacing;

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use mailgate::cli::{AuditCommand, Cli, Command, MechanismArg, TailArgs};
+use mailgate::cli::{
+    AuditCommand, Cli, Command, MechanismArg, TailArgs, ThrottleArgs, ThrottleCommand,
+};
 use mailgate::config::Config;
 use mailgate::policy::{self, Attempt, Decision, Identity, TokenFacts};
 use mailgate::proto::{Protocol, ReplyClass};
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Command::Audit {
             command: AuditCommand::Tail(args),
         } => audit_tail(args),
+        Command::Throttle { command } => throttle(command),
     };
     match result {
         Ok(code) => code,
@@ -155,6 +158,7 @@ fn explain(
         mechanism,
         user,
         token: (!mechanism.is_password()).then_some(&token),
+        authzid: None,
     };
     println!("{}", policy::explain(&config.directory, &attempt));
     if let Decision::Deny(denial) = policy::decide(&config.directory, &attempt) {
@@ -251,7 +255,7 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(a.bind)
                 .await
                 .with_context(|| format!("binding the admin listener {}", a.bind))?;
-            tracing::info!(addr = %a.bind, "admin listening (/metrics, /healthz, /readyz)");
+            tracing::info!(addr = %a.bind, "admin listening (/metrics, /healthz, /readyz, /throttle)");
             let metrics = services.metrics.clone();
             let audit = audit.clone();
             let stats = tokio::spawn(async move {
@@ -262,14 +266,12 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             });
-            let serve = admin::serve(
-                listener,
-                services.metrics.clone(),
-                services.readiness.clone(),
-                async {
-                    let _ = admin_stopped.await;
-                },
+            let routes = admin::router(services.metrics.clone(), services.readiness.clone()).merge(
+                admin::throttle::routes(server.reloader().shared().throttle.clone()),
             );
+            let serve = admin::serve_router(listener, routes, *a, async {
+                let _ = admin_stopped.await;
+            });
             Some((tokio::spawn(serve), stats))
         }
         None => None,
@@ -288,6 +290,84 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
     }
     tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mailgate throttle status|clear`: one request to the admin listener's `/throttle` routes.
+fn throttle(command: ThrottleCommand) -> anyhow::Result<ExitCode> {
+    use mailgate::admin::throttle::ADMIN_HEADER;
+
+    let (args, clear) = match command {
+        ThrottleCommand::Status(args) => (args, false),
+        ThrottleCommand::Clear(args) => (args, true),
+    };
+    let ThrottleArgs {
+        user,
+        ip,
+        admin,
+        config,
+    } = args;
+    anyhow::ensure!(
+        user.is_some() || ip.is_some(),
+        "give --user or --ip (or both for status)"
+    );
+    anyhow::ensure!(
+        !(clear && user.is_some() && ip.is_some()),
+        "clear one thing at a time: --user or --ip"
+    );
+    let admin = match admin {
+        Some(a) => a,
+        None => {
+            let loaded =
+                Config::load(&config).map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+            let bind = loaded
+                .admin
+                .map(|a| a.bind)
+                .ok_or_else(|| anyhow::anyhow!("{} has no [admin] listener", config.display()))?;
+            // The routes answer only on loopback: a wildcard bind is reached there (a bind
+            // to one other address cannot serve them; see README "Password guessing").
+            let ip = if bind.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                bind.ip()
+            };
+            std::net::SocketAddr::new(ip, bind.port())
+        }
+    };
+    let mut query = Vec::new();
+    if let Some(user) = &user {
+        query.push(("user", user.clone()));
+    }
+    if let Some(ip) = ip {
+        query.push(("ip", ip.to_string()));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (status, body) = runtime
+        .block_on(async {
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()?;
+            let request = if clear {
+                client
+                    .post(format!("http://{admin}/throttle/clear"))
+                    .header(ADMIN_HEADER, "1")
+            } else {
+                client.get(format!("http://{admin}/throttle"))
+            };
+            let response = request.query(&query).send().await?;
+            let status = response.status();
+            Ok::<_, reqwest::Error>((status, response.text().await?))
+        })
+        .with_context(|| format!("asking the admin listener at {admin}"))?;
+    anyhow::ensure!(
+        status.is_success(),
+        "{admin} answered {status}: {}",
+        body.trim()
+    );
+    print!("{body}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -352,6 +432,7 @@ fn audit_tail(args: TailArgs) -> anyhow::Result<ExitCode> {
 /// Logs go to stderr (journald adds timestamps; RUST_LOG overrides the config filter).
 fn init_tracing(filter: &str) -> anyhow::Result<()> {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
+    let filter = mailgate::config::reload::quiet_backend(&filter);
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .with_context(|| format!("log filter {filter:?}"))?;
     tracing_subscriber::fmt()

@@ -50,8 +50,11 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// Why a connection was closed before any protocol exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Refused {
-    /// `limits.max_connections` reached.
+    /// `limits.max_connections` or `limits.max_connections_per_ip` reached.
     Limit,
+    /// `limits.max_handshakes` or `limits.max_handshakes_per_ip` reached: too many PROXY
+    /// headers or TLS handshakes in progress.
+    Handshakes,
     /// A listener with `proxy_protocol = true` got a missing, malformed or oversize header.
     ProxyHeader,
     /// A listener with `proxy_protocol = true` got a connection from outside `proxy_trusted`.
@@ -63,6 +66,7 @@ impl Refused {
     pub fn as_str(self) -> &'static str {
         match self {
             Refused::Limit => "limit",
+            Refused::Handshakes => "handshakes",
             Refused::ProxyHeader => "proxy_header",
             Refused::ProxyUntrusted => "proxy_untrusted",
         }

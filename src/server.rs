@@ -4,6 +4,26 @@
 //! Inputs: a validated [`Config`], later ones through [`Reloader::reload`]. Output: running
 //! sessions until the shutdown future resolves.
 //!
+//! Admission happens in the accept loop, before any task exists (issue 9: half-open
+//! connections from one address used to fill the global cap for the 10 s TLS timeout):
+//!
+//! | check, in order                          | over the cap                                 |
+//! |------------------------------------------|----------------------------------------------|
+//! | `max_connections` (all listeners)        | refused at once                              |
+//! | `max_connections_per_ip`, held to the end | refused at once ("from your address")       |
+//! | `max_handshakes`, `max_handshakes_per_ip` | refused at once; held until TLS is up       |
+//!
+//! "Refused at once" is one non-blocking write of `* BYE [UNAVAILABLE] …` / `-ERR [SYS/TEMP] …`
+//! on a plaintext or STARTTLS listener, then close; on an implicit-TLS listener just close,
+//! since nothing can be said before a handshake and doing one for a refused connection is the
+//! cost the cap is there to avoid. A refused connection holds no task and no fd after the
+//! accept loop turns to the next one. Handshake caps apply where a handshake comes first: a
+//! PROXY header and/or implicit TLS (STARTTLS handshakes are bounded by `handshake_timeout` and
+//! the per-address connection cap). Behind a PROXY balancer the TCP peer is the balancer, so
+//! the per-address caps are taken by the session once the header names the real client.
+//! Refusals are counted in `mailgate_connections_refused_total` and logged at debug level
+//! only: a flood must not turn into a log flood.
+//!
 //! Everything built from one config (TLS acceptor, upstream connectors) forms a
 //! [`Generation`]. A reload builds the whole next generation aside and swaps it in atomically;
 //! if anything fails to build, the old generation keeps serving. A session reads the current
@@ -18,8 +38,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -27,6 +47,7 @@ use crate::admin::Readiness;
 use crate::audit::Audit;
 use crate::auth::Verifier;
 use crate::config::{Config, Listener, ListenerTls, UpstreamTls};
+use crate::conn_limit::{Admission, ConnLimits, Over};
 use crate::metrics::{Metrics, Refused};
 use crate::session::{self, SessionContext};
 use crate::throttle::Throttle;
@@ -152,11 +173,14 @@ pub struct Shared {
     changed: watch::Sender<u64>,
     phase: watch::Sender<Phase>,
     pub services: Services,
-    /// Per-IP connection slots and failed-login bookkeeping. A reload swaps its settings and
-    /// keeps its counts (who is blocked stays blocked). Shared with the admin listener.
+    /// Smart lockout's counters. A reload swaps its settings and keeps its counts (who is
+    /// blocked stays blocked). Shared with the admin listener.
     pub throttle: Arc<Throttle>,
     /// Each upstream's observed refusal latencies, which policy refusals replay.
     pub pacing: crate::pacing::Pacing,
+    /// Connections per client address and handshakes in progress; the caps are read from the
+    /// current generation at each connection.
+    pub conn_limits: ConnLimits,
 }
 
 impl Shared {
@@ -186,6 +210,7 @@ impl Shared {
             services,
             throttle,
             pacing: crate::pacing::Pacing::new(),
+            conn_limits: ConnLimits::new(),
         }
     }
 
@@ -220,6 +245,16 @@ impl Reloader {
         if old.config.counter_store != config.counter_store {
             tracing::warn!("limits.store changes take effect only after a restart");
         }
+        // Sized or bound once at startup; the per-address and handshake caps apply at once.
+        let (was, now) = (&old.config.limits, &config.limits);
+        if (was.max_connections, was.backlog) != (now.max_connections, now.backlog) {
+            tracing::warn!(
+                "limits.max_connections and limits.backlog take effect only after a restart"
+            );
+        }
+        if old.config.admin != config.admin {
+            tracing::warn!("[admin] changes take effect only after a restart");
+        }
         let next = Generation::build(config, old.number + 1)?;
         let number = next.number;
         self.shared
@@ -250,15 +285,23 @@ impl Server {
     /// Build the first generation and bind every listener. Nothing is accepted yet.
     pub async fn bind_with(config: &Config, services: Services) -> Result<Server, Error> {
         let generation = Generation::build(config.clone(), 1)?;
+        let backlog = config.limits.backlog;
+        if let Some(max) = somaxconn()
+            && max < backlog
+        {
+            tracing::warn!(
+                backlog,
+                somaxconn = max,
+                "limits.backlog is above net.core.somaxconn; the kernel uses somaxconn"
+            );
+        }
         let mut bound = Vec::new();
         for listener in &config.listeners {
-            let tcp = TcpListener::bind(listener.bind)
-                .await
-                .map_err(|source| Error::Bind {
-                    listener: listener.name.clone(),
-                    addr: listener.bind,
-                    source,
-                })?;
+            let tcp = listen(listener.bind, backlog).map_err(|source| Error::Bind {
+                listener: listener.name.clone(),
+                addr: listener.bind,
+                source,
+            })?;
             bound.push((tcp, listener.clone()));
         }
         Ok(Server {
@@ -335,6 +378,34 @@ impl Server {
     }
 }
 
+/// Bind `addr` with the configured listen backlog (std's `TcpListener::bind` uses 128).
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As std's bind does on Unix: a restart may rebind while old connections are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// The kernel's cap on listen backlogs, where it can be read.
+fn somaxconn() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// Why the accept loop turned a connection away.
+#[derive(Debug, Clone, Copy)]
+enum Turned {
+    /// `max_connections`.
+    Global,
+    Cap(Over),
+}
+
 async fn accept_loop(tcp: TcpListener, ctx: Arc<SessionContext>, permits: Arc<Semaphore>) {
     loop {
         let (stream, peer) = match tcp.accept().await {
@@ -346,23 +417,61 @@ async fn accept_loop(tcp: TcpListener, ctx: Arc<SessionContext>, permits: Arc<Se
                 continue;
             }
         };
-        let ctx = ctx.clone();
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => {
+        match admit(&ctx, peer, &permits) {
+            Ok((permit, admission)) => {
+                let ctx = ctx.clone();
                 // Detached: a session outlives the accept loop (drain); its permit tracks it.
                 tokio::spawn(async move {
-                    session::run(stream, peer, ctx).await;
+                    session::run(stream, peer, ctx, admission).await;
                     drop(permit);
                 });
             }
-            Err(_) => {
-                tracing::warn!(%peer, "connection limit reached, refusing");
+            Err(turned) => {
+                tracing::debug!(listener = %ctx.listener.name, %peer, ?turned, "refused at accept");
+                let (reason, per_ip) = match turned {
+                    Turned::Global => (Refused::Limit, false),
+                    Turned::Cap(over) => (over.into(), over.per_ip()),
+                };
                 ctx.shared
                     .services
                     .metrics
-                    .connection_refused(&ctx.listener.name, Refused::Limit);
-                tokio::spawn(session::refuse_busy(stream, ctx));
+                    .connection_refused(&ctx.listener.name, reason);
+                session::refuse_at_once(stream, &ctx.listener, per_ip);
             }
         }
     }
+}
+
+/// Take the global permit and, where the client is known and a handshake comes first, the
+/// per-address and handshake slots (see the module docs). Nothing is taken on `Err`.
+fn admit(
+    ctx: &SessionContext,
+    peer: SocketAddr,
+    permits: &Arc<Semaphore>,
+) -> Result<(OwnedSemaphorePermit, Admission), Turned> {
+    let permit = permits
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Turned::Global)?;
+    let generation = ctx.shared.current();
+    let caps = &generation.config.limits.connections;
+    let limits = &ctx.shared.conn_limits;
+    let proxied = ctx.listener.proxy_protocol.is_some();
+    // Behind a PROXY balancer the peer is the balancer; the session counts the real client.
+    let client = (!proxied).then_some(peer.ip());
+    let connection = client
+        .map(|ip| limits.connection(ip, caps))
+        .transpose()
+        .map_err(Turned::Cap)?;
+    let handshake = (proxied || ctx.listener.tls == ListenerTls::Implicit)
+        .then(|| limits.handshake(client, caps))
+        .transpose()
+        .map_err(Turned::Cap)?;
+    Ok((
+        permit,
+        Admission {
+            connection,
+            handshake,
+        },
+    ))
 }

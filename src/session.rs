@@ -5,6 +5,12 @@
 //! purpose: send what the machine queued, act on its event, otherwise read (bounded by the
 //! machine's deadline) and feed the bytes in.
 //!
+//! Every write is bounded (issue 9): before login by the machine's deadline (`auth_timeout`
+//! from connect; a client that pipelines commands and never reads is closed then), a goodbye
+//! by [`GOODBYE_TIMEOUT`], and from the login answer on by `send_timeout`. While a login is
+//! verified or replayed the downstream is still read: its close ends the login at once, and
+//! what it pipelines meanwhile is kept for the upstream.
+//!
 //! ```text
 //! accept ─▶ [implicit TLS handshake] ─▶ pre-auth loop ──LoginRequested──▶ policy
 //!                 │ fail: close            │  ▲    │                          │ Deny ─▶ Refused ─┐
@@ -16,6 +22,11 @@
 //!                                          ▼                                    ▼
 //!                                   end=client_closed                        splice ─▶ end
 //! ```
+//!
+//! Before the first box the accept loop has admitted the connection under the caps of
+//! `crate::conn_limit` (see `crate::server`). On a PROXY listener [`run`] first reads the
+//! header, then takes the per-client slots for the client it names (over a cap: refused at
+//! once); the handshake slot is given back once TLS is up.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +41,7 @@ use tracing::Instrument as _;
 use crate::audit::{self, Event};
 use crate::auth::{AuthError, VerificationMode, VerifiedToken};
 use crate::config::{Listener, ListenerTls};
+use crate::conn_limit::Admission;
 use crate::metrics::{Refused, TokenResult};
 use crate::pacing::Pacing;
 use crate::policy::{self, Attempt, Decision, Identity, Reason, TokenFacts};
@@ -46,9 +58,11 @@ use crate::stream::{Downstream, MaybeTls};
 use crate::throttle::store::Outcome;
 use crate::upstream::{self, Peer};
 
-/// Longest a TLS handshake may take before the session is dropped: a handshake is a few round
-/// trips, and a client that cannot finish in 10 s is not going to.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the last answer before a close (`* BYE`, `-ERR`) and the close itself (TLS
+/// close_notify) may take once the machine has closed: one short line into a socket a reading
+/// client has long drained. A peer still not reading after this is dropped without it.
+/// (Handshakes have `[limits] handshake_timeout`.)
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What every session on one listener shares: the listener (bound once) and the current
 /// configuration generation (swapped on reload).
@@ -77,6 +91,12 @@ pub enum PreauthEnd {
 
 /// What a session writes down about itself: its id and reference, where the client really is,
 /// and the services it reports to. Exactly one `connect` and one `session_end` record each.
+///
+/// The `connect` record says which TLS version protects the session. On a STARTTLS listener
+/// that is only known after the upgrade, so there it is written after the STARTTLS/STLS
+/// handshake, or, for a session that never upgrades, before its first `auth` record or with
+/// its `session_end` (`tls: null`), whichever comes first. Elsewhere it is written right
+/// after the accept (and the implicit TLS handshake). Its `ts` is when it was written.
 struct Trail {
     id: String,
     reference: String,
@@ -90,6 +110,7 @@ struct Trail {
 }
 
 impl Trail {
+    /// Writes the `connect` record, unless it is written already.
     fn connect(&mut self, down: Option<&Downstream>) {
         if self.connected {
             return;
@@ -141,6 +162,19 @@ impl Trail {
     }
 }
 
+impl PreauthEnd {
+    /// A failed read or write on the downstream before login: a client that went away (closed
+    /// TCP without TLS close_notify, as imaplib, mbsync and getmail do, or reset the
+    /// connection) closed the session; anything else is an error.
+    fn downstream_failed(e: &std::io::Error) -> PreauthEnd {
+        if splice::peer_gone(e) {
+            PreauthEnd::DownstreamClosed
+        } else {
+            PreauthEnd::Error(Side::Downstream)
+        }
+    }
+}
+
 impl Ending {
     /// The splice vocabulary for every ending, so audit and metrics map one way.
     fn as_splice_end(self) -> (End, Totals) {
@@ -167,7 +201,7 @@ impl Ending {
 /// Serve one accepted connection to its end. Never panics and never returns an error: every
 /// failure ends the session with a protocol answer where one can still be sent, and with one
 /// `session_end` audit record.
-pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
+pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>, admission: Admission) {
     let id = uuid::Uuid::now_v7().simple().to_string();
     let span = tracing::info_span!(
         "session",
@@ -196,7 +230,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
             },
             connected: false,
         };
-        let ending = drive(tcp, &ctx, &mut trail).await;
+        let ending = drive(tcp, &ctx, &mut trail, admission).await;
         let ms = started.elapsed().as_millis();
         match ending {
             Ending::Preauth(end) => tracing::info!(?end, duration_ms = ms, "session ended"),
@@ -214,19 +248,25 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
     .await
 }
 
-/// Answer a connection over the global cap with a protocol goodbye, then close.
-pub async fn refuse_busy(tcp: TcpStream, ctx: Arc<SessionContext>) {
-    let goodbye: &[u8] = match ctx.listener.protocol {
-        Protocol::Imap => b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
-        Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+/// Turn a connection away at once: no task, no wait, no TLS handshake (issue 9). On a
+/// plaintext or STARTTLS listener the one-line goodbye goes out first, as one non-blocking write
+/// into the fresh socket's empty send buffer (if it does not fit, it is dropped rather than
+/// waited for); on an implicit-TLS listener nothing can be said before a handshake, so the
+/// connection is just closed. `per_ip`: the client's own address is over its cap.
+pub fn refuse_at_once(tcp: TcpStream, listener: &Listener, per_ip: bool) {
+    if listener.tls == ListenerTls::Implicit {
+        return;
+    }
+    let goodbye: &[u8] = match (listener.protocol, per_ip) {
+        (Protocol::Imap, false) => b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
+        (Protocol::Pop3, false) => b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+        (Protocol::Imap, true) => b"* BYE [UNAVAILABLE] Too many connections from your address\r\n",
+        (Protocol::Pop3, true) => b"-ERR [SYS/TEMP] Too many connections from your address\r\n",
     };
-    let generation = ctx.shared.current();
-    let _ = timeout(HANDSHAKE_TIMEOUT, async {
-        let mut down = accept_tls(tcp, &ctx.listener, &generation).await?;
-        down.write_all(goodbye).await?;
-        down.shutdown().await
-    })
-    .await;
+    // Leaves tokio's reactor; the std socket stays non-blocking, so this write cannot wait.
+    if let Ok(mut tcp) = tcp.into_std() {
+        let _ = std::io::Write::write(&mut tcp, goodbye);
+    }
 }
 
 /// The short reference ending every refusal text: the random tail of the session id, enough to
@@ -287,17 +327,29 @@ async fn read_proxy_header(tcp: &mut TcpStream) -> Result<ProxyHeader, ()> {
     }
 }
 
-async fn drive(mut tcp: TcpStream, ctx: &SessionContext, trail: &mut Trail) -> Ending {
+async fn drive(
+    mut tcp: TcpStream,
+    ctx: &SessionContext,
+    trail: &mut Trail,
+    admission: Admission,
+) -> Ending {
     // TLS and limits come from the generation current at accept; policy and upstream are read
     // again at each login, so a reload applies to the next login even on this connection.
     let generation = ctx.shared.current();
+    let limits = &generation.config.limits;
+    // Held for the whole session; behind a PROXY balancer taken below for the real client.
+    let Admission {
+        connection: mut _slot,
+        mut handshake,
+    } = admission;
     if let Some(trusted) = &ctx.listener.proxy_protocol {
         // Only a trusted load balancer may name another client address; from anyone else, and
         // without a valid header, the connection is closed (nothing else is safe to assume).
+        let mut named = None;
         let refused = if !trusted.contains(trail.peer.source.ip()) {
             Some(Refused::ProxyUntrusted)
         } else {
-            match timeout(HANDSHAKE_TIMEOUT, read_proxy_header(&mut tcp)).await {
+            match timeout(limits.handshake_timeout, read_proxy_header(&mut tcp)).await {
                 Ok(Ok(ProxyHeader::Proxied {
                     source,
                     destination,
@@ -306,6 +358,7 @@ async fn drive(mut tcp: TcpStream, ctx: &SessionContext, trail: &mut Trail) -> E
                         source,
                         destination,
                     };
+                    named = Some(source.ip());
                     tracing::debug!(client = %source, "PROXY header");
                     None
                 }
@@ -323,9 +376,35 @@ async fn drive(mut tcp: TcpStream, ctx: &SessionContext, trail: &mut Trail) -> E
                 .connection_refused(&ctx.listener.name, refused);
             return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
         }
+        // The per-address caps count the client the header named, not the balancer.
+        if let Some(client) = named {
+            let caps = &limits.connections;
+            let admitted = ctx
+                .shared
+                .conn_limits
+                .connection(client, caps)
+                .and_then(|slot| match handshake.as_mut() {
+                    Some(h) if ctx.listener.tls == ListenerTls::Implicit => {
+                        h.attribute(client, caps).map(|()| slot)
+                    }
+                    _ => Ok(slot),
+                });
+            match admitted {
+                Ok(slot) => _slot = Some(slot),
+                Err(over) => {
+                    tracing::info!(%client, ?over, "too many connections from one address");
+                    trail
+                        .services
+                        .metrics
+                        .connection_refused(&ctx.listener.name, over.into());
+                    refuse_at_once(tcp, &ctx.listener, true);
+                    return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
+                }
+            }
+        }
     }
     let down = match timeout(
-        HANDSHAKE_TIMEOUT,
+        limits.handshake_timeout,
         accept_tls(tcp, &ctx.listener, &generation),
     )
     .await
@@ -340,27 +419,10 @@ async fn drive(mut tcp: TcpStream, ctx: &SessionContext, trail: &mut Trail) -> E
             return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
         }
     };
-    trail.connect(Some(&down));
-    // One address may hold only so many connections (a NAT'd office shares one, so the cap
-    // is generous); the slot is held for the whole session.
-    let Some(_slot) = ctx.shared.throttle.connect(trail.peer.source.ip()) else {
-        tracing::warn!(client = %trail.peer.source.ip(), "too many connections from one address");
-        trail
-            .services
-            .metrics
-            .connection_refused(&ctx.listener.name, Refused::Limit);
-        let goodbye: &[u8] = match ctx.listener.protocol {
-            Protocol::Imap => b"* BYE [UNAVAILABLE] Too many connections from your address\r\n",
-            Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections from your address\r\n",
-        };
-        let mut down = down;
-        let _ = timeout(HANDSHAKE_TIMEOUT, async {
-            down.write_all(goodbye).await?;
-            down.shutdown().await
-        })
-        .await;
-        return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
-    };
+    drop(handshake.take());
+    if ctx.listener.tls != ListenerTls::StartTls {
+        trail.connect(Some(&down));
+    }
     let security = match ctx.listener.tls {
         ListenerTls::Implicit => Security::Tls,
         ListenerTls::StartTls => Security::StartTlsOffered,
@@ -447,18 +509,18 @@ struct Preauth<'a, F> {
     ctx: &'a SessionContext,
     /// The generation of the last login attempt (of the accept, before any).
     generation: Arc<Generation>,
-    trail: &'a Trail,
+    trail: &'a mut Trail,
     down: Downstream,
     machine: F,
 }
 
 impl<F: Frontend> Preauth<'_, F> {
     async fn run(mut self) -> Ending {
-        let mut buf = vec![0u8; 4096];
+        let mut buf = vec![0u8; crate::proto::PREAUTH_READ];
         let mut phase = self.ctx.shared.phase();
         loop {
-            if self.flush().await.is_err() {
-                return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
+            if let Err(end) = self.flush(self.write_deadline()).await {
+                return Ending::Preauth(end);
             }
             match self.machine.poll_event() {
                 Some(FrontendEvent::TlsRequested) => {
@@ -469,12 +531,16 @@ impl<F: Frontend> Preauth<'_, F> {
                 }
                 Some(FrontendEvent::LoginRequested(request)) => {
                     match self.login(&request).await {
+                        Err(NotAdmitted::Ended(PreauthEnd::Machine(reason))) => {
+                            return self.close(reason).await;
+                        }
+                        Err(NotAdmitted::Ended(end)) => return Ending::Preauth(end),
                         Ok(admitted) => {
                             // The pre-auth read buffer is not needed for the rest of the session.
                             drop(std::mem::take(&mut buf));
                             return self.splice(admitted).await;
                         }
-                        Err(refusal) => {
+                        Err(NotAdmitted::Refused(refusal)) => {
                             if refusal.class != ReplyClass::Unavailable {
                                 // fail2ban reads this line (packaging/fail2ban).
                                 let client = self.trail.peer.source.ip();
@@ -486,11 +552,7 @@ impl<F: Frontend> Preauth<'_, F> {
                     }
                     continue;
                 }
-                Some(FrontendEvent::Closed(reason)) => {
-                    let _ = self.flush().await;
-                    let _ = timeout(HANDSHAKE_TIMEOUT, self.down.shutdown()).await;
-                    return Ending::Preauth(PreauthEnd::Machine(reason));
-                }
+                Some(FrontendEvent::Closed(reason)) => return self.close(reason).await,
                 None => {}
             }
             // No deadline from the machine means none to keep: a far one keeps the select simple.
@@ -507,7 +569,7 @@ impl<F: Frontend> Preauth<'_, F> {
                 () = async { let _ = phase.wait_for(|p| *p != Phase::Serving).await; } => {
                     // Nobody logs in on a server that is going away.
                     let goodbye = splice::goodbye(self.ctx.listener.protocol, End::Shutdown);
-                    let _ = timeout(HANDSHAKE_TIMEOUT, async {
+                    let _ = timeout(GOODBYE_TIMEOUT, async {
                         self.down.write_all(goodbye.unwrap_or_default()).await?;
                         self.down.shutdown().await
                     })
@@ -518,21 +580,55 @@ impl<F: Frontend> Preauth<'_, F> {
             match read {
                 Ok(0) => return Ending::Preauth(PreauthEnd::DownstreamClosed),
                 Ok(n) => self.machine.handle_input(buf.get(..n).unwrap_or_default()),
-                Err(_) => return Ending::Preauth(PreauthEnd::Error(Side::Downstream)),
+                Err(e) => return Ending::Preauth(PreauthEnd::downstream_failed(&e)),
             }
         }
     }
 
-    async fn flush(&mut self) -> std::io::Result<()> {
-        let mut wrote = false;
-        while let Some(out) = self.machine.poll_transmit() {
-            self.down.write_all(&out).await?;
-            wrote = true;
+    /// Send everything the machine queued, by `until`. A client that pipelines commands and
+    /// never reads the answers fills its receive window and then mailgate's send buffer; without
+    /// a bound the write waits forever, past `auth_timeout`, pinning megabytes of kernel buffer
+    /// per connection (issue 9). The machine stops answering while its output waits, so what
+    /// is queued per read stays small; this bounds how long it may wait.
+    async fn flush(&mut self, until: Instant) -> Result<(), PreauthEnd> {
+        let machine = &mut self.machine;
+        let down = &mut self.down;
+        let io = async {
+            let mut wrote = false;
+            while let Some(out) = machine.poll_transmit() {
+                down.write_all(&out).await?;
+                wrote = true;
+            }
+            if wrote {
+                down.flush().await?;
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        match tokio::time::timeout_at(until, io).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(PreauthEnd::downstream_failed(&e)),
+            Err(_) => {
+                tracing::info!("downstream did not read its answers before the deadline");
+                Err(PreauthEnd::Machine(CloseReason::AuthTimeout))
+            }
         }
-        if wrote {
-            self.down.flush().await?;
+    }
+
+    /// Until when a pre-login write may wait: the machine's deadline (`auth_timeout` from
+    /// connect), and once the machine has closed, a short grace for its goodbye.
+    fn write_deadline(&self) -> Instant {
+        self.machine
+            .poll_timeout()
+            .map_or_else(|| Instant::now() + GOODBYE_TIMEOUT, Instant::from_std)
+    }
+
+    /// The machine closed with its answer queued: send it (briefly), close, end.
+    async fn close(&mut self, reason: CloseReason) -> Ending {
+        let until = Instant::now() + GOODBYE_TIMEOUT;
+        if self.flush(until).await.is_ok() {
+            let _ = tokio::time::timeout_at(until, self.down.shutdown()).await;
         }
-        Ok(())
+        Ending::Preauth(PreauthEnd::Machine(reason))
     }
 
     async fn start_tls(&mut self) -> Result<(), PreauthEnd> {
@@ -545,10 +641,12 @@ impl<F: Frontend> Preauth<'_, F> {
         let tcp = down
             .into_plain()
             .ok_or(PreauthEnd::Error(Side::Downstream))?;
-        match timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        let limit = self.generation.config.limits.handshake_timeout;
+        match timeout(limit, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
                 self.down = MaybeTls::Tls(Box::new(tls));
                 self.machine.tls_established();
+                self.trail.connect(Some(&self.down));
                 Ok(())
             }
             Ok(Err(e)) => {
@@ -562,8 +660,11 @@ impl<F: Frontend> Preauth<'_, F> {
     /// One login attempt: reserve its slot (smart lockout), verify the token (OAuth), decide
     /// (policy), replay upstream, in SPEC's decision order; then settle the slot with the
     /// outcome and hold a failure's answer for the growing delay. `Err` is the refusal to
-    /// send. Every attempt leaves one `auth` audit record.
-    async fn login(&mut self, request: &LoginRequest) -> Result<Admitted, Refusal> {
+    /// send, or the end of a session whose downstream went away meanwhile. Every attempt
+    /// leaves one `auth` audit record.
+    async fn login(&mut self, request: &LoginRequest) -> Result<Admitted, NotAdmitted> {
+        // A STARTTLS session that logs in without upgrading: its `connect` comes first.
+        self.trail.connect(Some(&self.down));
         self.generation = self.ctx.shared.current();
         let mut record = audit::Auth {
             user: request.user().map(str::to_owned),
@@ -585,8 +686,8 @@ impl<F: Frontend> Preauth<'_, F> {
             Credentials::Password { user, .. } => throttle.reserve_password(client, user).await,
             Credentials::Bearer { .. } => throttle.reserve_token(client).await,
         };
-        let ticket = match reserved {
-            Ok(ticket) => ticket,
+        let reservation = match reserved {
+            Ok(reservation) => reservation,
             Err(refused) => {
                 let user = request.user().unwrap_or("");
                 tracing::warn!(%client, user, scope = ?refused.scope, "login refused: rate limited");
@@ -602,7 +703,10 @@ impl<F: Frontend> Preauth<'_, F> {
         let result = self.attempt(request, &mut record).await;
         let outcome = match (record.reason, &request.credentials) {
             (Reason::Ok, _) => Outcome::Succeeded,
-            (Reason::UpstreamUnavailable | Reason::IdpUnavailable, _) => Outcome::Void,
+            // Not the user's doing, or no answer seen: neither a success nor a guess.
+            (Reason::UpstreamUnavailable | Reason::IdpUnavailable | Reason::ClientClosed, _) => {
+                Outcome::Void
+            }
             (_, Credentials::Password { user, password, .. }) => {
                 Outcome::Failed(Some(throttle.password_hash(user, password.expose())))
             }
@@ -610,10 +714,12 @@ impl<F: Frontend> Preauth<'_, F> {
             // The token was valid; whatever refused the login, it was no guess.
             (_, Credentials::Bearer { .. }) => Outcome::Succeeded,
         };
-        let delay = throttle.settle(ticket, outcome).await;
+        let delay = reservation.settle(outcome).await;
         self.trail.auth(record);
-        // A growing delay before a failure's answer slows a guesser on one connection.
-        tokio::time::sleep(delay).await;
+        if let Err(NotAdmitted::Refused(_)) = result {
+            // A growing delay before a failure's answer slows a guesser on one connection.
+            tokio::time::sleep(delay).await;
+        }
         result
     }
 
@@ -622,7 +728,7 @@ impl<F: Frontend> Preauth<'_, F> {
         &mut self,
         request: &LoginRequest,
         record: &mut audit::Auth,
-    ) -> Result<Admitted, Refusal> {
+    ) -> Result<Admitted, NotAdmitted> {
         let generation = self.generation.clone();
         let config = &generation.config;
         let protocol = self.ctx.listener.protocol;
@@ -635,7 +741,11 @@ impl<F: Frontend> Preauth<'_, F> {
         let mut identity = Identity::of(mechanism);
         if let Credentials::Bearer { token: secret, .. } = &request.credentials {
             let started = Instant::now();
-            let verified = generation.verifier.verify(secret).await;
+            let verify = generation.verifier.verify(secret);
+            let verified = match watching(&mut self.down, &mut self.machine, verify).await {
+                Ok(verified) => verified,
+                Err(end) => return Err(Self::abandoned(record, end)),
+            };
             let result = match &verified {
                 Ok(_) => TokenResult::Ok,
                 Err(AuthError::Invalid(_)) => TokenResult::Invalid,
@@ -686,11 +796,16 @@ impl<F: Frontend> Preauth<'_, F> {
         }
 
         let user = record.user.clone().unwrap_or_default();
+        let authzid = match &request.credentials {
+            Credentials::Password { authzid, .. } => authzid.as_deref(),
+            Credentials::Bearer { .. } => None,
+        };
         let attempt = Attempt {
             protocol,
             mechanism,
             user: &user,
             token: token.as_ref(),
+            authzid,
         };
         match policy::decide(&config.directory, &attempt) {
             Decision::Allow(permit) => {
@@ -726,7 +841,12 @@ impl<F: Frontend> Preauth<'_, F> {
         record.upstream = Some(connector.name().to_owned());
         let metrics = &self.trail.services.metrics;
         let asked = Instant::now();
-        match connector.login(request, &self.trail.peer).await {
+        let replay = connector.login(request, &self.trail.peer);
+        let replayed = match watching(&mut self.down, &mut self.machine, replay).await {
+            Ok(replayed) => replayed,
+            Err(end) => return Err(Self::abandoned(record, end)),
+        };
+        match replayed {
             Ok(logged) => {
                 metrics.upstream_connect(protocol, logged.connect_time);
                 metrics.upstream_login(protocol, logged.login_time);
@@ -796,8 +916,8 @@ impl<F: Frontend> Preauth<'_, F> {
     }
 
     /// A refusal whose text ends with the session reference.
-    fn refusal(&self, class: ReplyClass, text: &str, challenge: Option<Bytes>) -> Refusal {
-        Refusal {
+    fn refusal(&self, class: ReplyClass, text: &str, challenge: Option<Bytes>) -> NotAdmitted {
+        NotAdmitted::Refused(Refusal {
             class,
             text: format!(
                 "{} (ref {})",
@@ -805,7 +925,18 @@ impl<F: Frontend> Preauth<'_, F> {
                 self.trail.reference
             ),
             challenge,
-        }
+        })
+    }
+
+    /// The downstream went away (or broke a limit) while its login was in flight: the token
+    /// check or upstream login was dropped unfinished, and the attempt is recorded as such.
+    fn abandoned(record: &mut audit::Auth, end: PreauthEnd) -> NotAdmitted {
+        tracing::info!(
+            ?end,
+            "downstream gone during its login; upstream login abandoned"
+        );
+        record.reason = Reason::ClientClosed;
+        NotAdmitted::Ended(end)
     }
 
     async fn splice(mut self, admitted: Admitted) -> Ending {
@@ -814,8 +945,15 @@ impl<F: Frontend> Preauth<'_, F> {
             untagged: logged.untagged,
             reply: logged.reply,
         });
-        if self.flush().await.is_err() {
-            return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
+        // From the login answer on, writes are bounded by the send timeout, as in the splice.
+        let send = self.generation.config.limits.send_timeout;
+        if let Err(end) = self.flush(Instant::now() + send).await {
+            // Out of time here is the send timeout, not the pre-auth deadline.
+            let end = match end {
+                PreauthEnd::Machine(_) => PreauthEnd::Error(Side::Downstream),
+                end => end,
+            };
+            return Ending::Preauth(end);
         }
         let Preauth {
             mut down,
@@ -828,13 +966,12 @@ impl<F: Frontend> Preauth<'_, F> {
         // Bytes the downstream pipelined after its login go upstream now, in order; bytes the
         // upstream sent after its answer go downstream. Nothing is lost or sent twice.
         let residual = machine.into_residual();
-        if !residual.is_empty()
-            && (up.write_all(&residual).await.is_err() || up.flush().await.is_err())
-        {
+        if splice::send_all(&mut up, &residual, send).await.is_err() {
             return Ending::Spliced(End::Error(Side::Upstream), Totals::default());
         }
-        if !logged.residual.is_empty()
-            && (down.write_all(&logged.residual).await.is_err() || down.flush().await.is_err())
+        if splice::send_all(&mut down, &logged.residual, send)
+            .await
+            .is_err()
         {
             return Ending::Spliced(End::Error(Side::Downstream), Totals::default());
         }
@@ -849,6 +986,7 @@ impl<F: Frontend> Preauth<'_, F> {
                 mechanism,
                 user: &user,
                 token: token.as_ref(),
+                authzid: None,
             };
             matches!(
                 policy::decide(&generation.config.directory, &attempt),
@@ -860,10 +998,53 @@ impl<F: Frontend> Preauth<'_, F> {
             up,
             ctx.listener.protocol,
             generation.config.limits.idle_timeout,
+            send,
             interrupt,
         )
         .await;
         Ending::Spliced(end, totals)
+    }
+}
+
+/// Why a login did not lead to a splice.
+enum NotAdmitted {
+    /// Answer the downstream with this refusal and read its next command.
+    Refused(Refusal),
+    /// The session ended while the login was in flight: the downstream closed or failed, or the
+    /// machine closed on what the downstream sent meanwhile (its answer is queued).
+    Ended(PreauthEnd),
+}
+
+/// Run `work` (a token check, an upstream login) while watching the downstream. Bytes it
+/// pipelines meanwhile go to the machine, which keeps them (bounded) as the residual for the
+/// upstream: they are never lost. Its close or failure ends the work at once: an upstream
+/// login left running for a client that is gone holds two fds and the client's slots for up
+/// to `login_timeout` (issue 9). So does the machine closing on too much pipelined input.
+async fn watching<F: Frontend, T>(
+    down: &mut Downstream,
+    machine: &mut F,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, PreauthEnd> {
+    tokio::pin!(work);
+    // Pipelined input while a login is decided is a few commands at most.
+    let mut buf = [0u8; 1024];
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut work => return Ok(done),
+            // `read` is cancel safe: bytes are either in `buf` or still in the stream.
+            read = down.read(&mut buf) => match read {
+                Ok(0) => return Err(PreauthEnd::DownstreamClosed),
+                Ok(n) => {
+                    machine.handle_input(buf.get(..n).unwrap_or_default());
+                    // While a login is in flight the machine reports nothing but its close.
+                    if let Some(FrontendEvent::Closed(reason)) = machine.poll_event() {
+                        return Err(PreauthEnd::Machine(reason));
+                    }
+                }
+                Err(e) => return Err(PreauthEnd::downstream_failed(&e)),
+            },
+        }
     }
 }
 

@@ -9,6 +9,11 @@
 //! upstream→downstream direction keeps track of where responses end, so that a goodbye line
 //! (`* BYE`, `-ERR`) is only ever inserted between two responses, never inside a line or an
 //! IMAP literal, where it would corrupt what the client is reading.
+//!
+//! Every write is bounded by the send timeout (nginx `send_timeout`): a peer that accepts no
+//! byte for that long (a client that stopped reading in the middle of a large FETCH, an
+//! upstream that stopped reading an APPEND) ends the session as an error on its side, so it
+//! cannot pin its kernel send buffer and both sockets until the idle timeout.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -100,14 +105,37 @@ pub fn goodbye(protocol: Protocol, end: End) -> Option<&'static [u8]> {
     })
 }
 
-/// Copy both ways until both directions have ended, a side fails, nothing moved for `idle`, or
-/// `interrupt` resolves. When mailgate ends the session, a goodbye line goes downstream first
+/// True when `e` only says that the peer went away: it closed TCP without a TLS close_notify
+/// (rustls reports `UnexpectedEof`; imaplib, poplib, mbsync, offlineimap and getmail all do
+/// this after LOGOUT / QUIT), or it reset the connection (a socket closed with unread data,
+/// e.g. our close_notify arriving after the client closed), or a write found it gone. IMAP and
+/// POP3 delimit their own messages, so a missing close_notify truncates nothing a command
+/// depends on: that is a close by the peer, not a failure.
+pub fn peer_gone(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::UnexpectedEof
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+    )
+}
+
+/// Copy both ways until both directions have ended, a side fails (or accepts nothing for
+/// `send`), nothing moved for `idle`, or `interrupt` resolves. When mailgate ends the session,
+/// a goodbye line goes downstream first
 /// (when the downstream stream is between two responses) and then both sides are closed.
+///
+/// The side that closes first names the end, with one exception: when the downstream's last
+/// command was IMAP `LOGOUT` or POP3 `QUIT`, the upstream closing in answer is the client's
+/// doing (`client_closed`).
 pub async fn splice<D, U, I>(
     down: D,
     up: U,
     protocol: Protocol,
     idle: Duration,
+    send: Duration,
     interrupt: I,
 ) -> (End, Totals)
 where
@@ -125,6 +153,7 @@ where
     let bytes_up = AtomicU64::new(0);
     let bytes_down = AtomicU64::new(0);
     let between_responses = AtomicBool::new(true);
+    let farewell = AtomicBool::new(false);
 
     let end = {
         let to_up = pump(
@@ -133,7 +162,8 @@ where
             &activity,
             &bytes_up,
             Side::Downstream,
-            None,
+            send,
+            Watch::Commands(Boundary::new(protocol), &farewell),
         );
         let to_down = pump(
             &mut up_rd,
@@ -141,26 +171,31 @@ where
             &activity,
             &bytes_down,
             Side::Upstream,
-            Some((Boundary::new(protocol), &between_responses)),
+            send,
+            Watch::Responses(Boundary::new(protocol), &between_responses),
         );
         let both = async {
             tokio::pin!(to_up, to_down);
             // The first direction to finish names the end; the other then drains until its own
-            // peer closes (it saw our shutdown), bounded by the idle watch below.
-            let (first, rest, first_end) = tokio::select! {
-                r = &mut to_up => (r, Rest::Down, End::DownstreamClosed),
-                r = &mut to_down => (r, Rest::Up, End::UpstreamClosed),
+            // peer closes (it saw our shutdown), bounded by the idle watch below. How that
+            // drain ends is part of the same close (a peer that already got our shutdown may
+            // reset), so it does not change the end.
+            let (first, rest) = tokio::select! {
+                r = &mut to_up => (r, Rest::Down),
+                r = &mut to_down => (r, Rest::Up),
             };
-            if let Err(side) = first {
-                return End::Error(side);
-            }
-            let second = match rest {
+            let closed = match first {
+                Ok(side) => side,
+                Err(side) => return End::Error(side),
+            };
+            let _ = match rest {
                 Rest::Down => to_down.await,
                 Rest::Up => to_up.await,
             };
-            match second {
-                Ok(()) => first_end,
-                Err(side) => End::Error(side),
+            match closed {
+                Side::Downstream => End::DownstreamClosed,
+                Side::Upstream if farewell.load(Ordering::Relaxed) => End::DownstreamClosed,
+                Side::Upstream => End::UpstreamClosed,
             }
         };
         tokio::select! {
@@ -181,8 +216,14 @@ where
             let _ = down_wr.write_all(line).await;
             let _ = down_wr.flush().await;
         }
-        let _ = down_wr.shutdown().await;
-        let _ = up_wr.shutdown().await;
+        // A side that failed (or stopped reading) gets no TLS close_notify: it would wait for
+        // the same full buffer, and hold the other side's close behind it.
+        if end != End::Error(Side::Downstream) {
+            let _ = down_wr.shutdown().await;
+        }
+        if end != End::Error(Side::Upstream) {
+            let _ = up_wr.shutdown().await;
+        }
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
     let totals = Totals {
@@ -222,17 +263,39 @@ impl Activity {
     }
 }
 
-/// Copy one direction until EOF (then shut the writer down so the peer sees it) or failure.
-/// With a boundary tracker, `between` says after each write whether the bytes sent so far end
-/// exactly between two responses.
+/// What a direction watches in the bytes it copies.
+enum Watch<'a> {
+    /// Upstream → downstream: the flag says after each write whether the bytes sent so far end
+    /// exactly between two responses.
+    Responses(Boundary, &'a AtomicBool),
+    /// Downstream → upstream: the flag says whether the last complete command ends the session
+    /// (IMAP `LOGOUT`, POP3 `QUIT`).
+    Commands(Boundary, &'a AtomicBool),
+}
+
+/// True when `e` on `side`'s stream means that side closed rather than failed. A mail client
+/// leaving without close_notify or with a reset is how clients leave ([`peer_gone`]); an
+/// upstream that resets truncates what it was sending, a fault of the mail server, so there
+/// only a missing close_notify counts as a close.
+fn closed_by(side: Side, e: &std::io::Error) -> bool {
+    match side {
+        Side::Downstream => peer_gone(e),
+        Side::Upstream => e.kind() == std::io::ErrorKind::UnexpectedEof,
+    }
+}
+
+/// Copy one direction until its reader's peer closes (then shut the writer down so the other
+/// peer sees it), its writer's peer is gone, or a failure. `Ok` names the side that closed
+/// (see [`closed_by`]), `Err` the side that failed.
 async fn pump<R, W>(
     rd: &mut R,
     wr: &mut W,
     activity: &Activity,
     count: &AtomicU64,
     from: Side,
-    mut boundary: Option<(Boundary, &AtomicBool)>,
-) -> Result<(), Side>
+    send: Duration,
+    mut watch: Watch<'_>,
+) -> Result<Side, Side>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -245,10 +308,7 @@ where
     loop {
         let n = match rd.read(&mut buf).await {
             Ok(n) => n,
-            // A TLS peer that closed the TCP connection without close_notify, as most mail
-            // clients do after LOGOUT / QUIT (rustls reports it as UnexpectedEof). IMAP and POP3
-            // delimit their own messages, so this is an ordinary close, not a failure.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) if closed_by(from, &e) => 0,
             Err(_) => return Err(from),
         };
         if n == buf.len() && buf.len() < BUFFER {
@@ -256,24 +316,62 @@ where
             buf.resize(BUFFER, 0);
         }
         if n == 0 {
-            let _ = wr.shutdown().await;
-            return Ok(());
+            // A TLS close_notify is a write too: bounded like one.
+            let _ = tokio::time::timeout(send, wr.shutdown()).await;
+            return Ok(from);
         }
         // `read` never returns more than the buffer's length.
         let chunk = buf.get(..n).ok_or(from)?;
-        if let Some((tracker, between)) = boundary.as_mut() {
-            // Not between responses while this chunk is on its way.
-            between.store(false, Ordering::Relaxed);
-            tracker.feed(chunk);
+        match &mut watch {
+            Watch::Responses(tracker, between) => {
+                // Not between responses while this chunk is on its way.
+                between.store(false, Ordering::Relaxed);
+                tracker.feed(chunk);
+            }
+            Watch::Commands(tracker, farewell) => {
+                tracker.feed(chunk);
+                farewell.store(tracker.farewell(), Ordering::Relaxed);
+            }
         }
-        wr.write_all(chunk).await.map_err(|_| to)?;
-        wr.flush().await.map_err(|_| to)?;
-        if let Some((tracker, between)) = boundary.as_ref() {
+        match send_all(wr, chunk, send).await {
+            Ok(()) => {}
+            // A peer that takes nothing for `send` has stopped reading: a failure on its side.
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                tracing::info!(side = ?to, timeout = ?send, "peer accepted no data; ending the session");
+                return Err(to);
+            }
+            Err(e) if closed_by(to, &e) => return Ok(to),
+            Err(_) => return Err(to),
+        }
+        if let Watch::Responses(tracker, between) = &watch {
             between.store(tracker.between_responses(), Ordering::Relaxed);
         }
         activity.touch();
         count.fetch_add(n as u64, Ordering::Relaxed);
     }
+}
+
+/// Write all of `bytes` and flush, failing with `TimedOut` when the peer accepts no byte for
+/// `send`. As nginx's `send_timeout`, the limit is between two successive writes that make
+/// progress, not for the whole chunk: a slow but live reader is not cut off.
+pub async fn send_all<W>(wr: &mut W, mut bytes: &[u8], send: Duration) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    let stalled = || std::io::Error::from(std::io::ErrorKind::TimedOut);
+    while !bytes.is_empty() {
+        let n = tokio::time::timeout(send, wr.write(bytes))
+            .await
+            .map_err(|_| stalled())??;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        bytes = bytes.get(n..).unwrap_or_default();
+    }
+    // A TLS stream holds whole records until they are on the wire.
+    tokio::time::timeout(send, wr.flush())
+        .await
+        .map_err(|_| stalled())?
 }
 
 /// Tracks whether a server→client byte stream stands between two responses: at the start of a
@@ -287,10 +385,16 @@ struct Boundary {
     tail: Vec<u8>,
     /// Literal bytes still to come.
     literal: u64,
+    /// The current line continues a line that announced a literal.
+    continued: bool,
+    /// The last complete line was a command that ends the session: IMAP `tag LOGOUT`, POP3
+    /// `QUIT` (RFC 9051 6.1.3, RFC 1939 6).
+    farewell: bool,
 }
 
-/// `{` + up to 20 digits + `}` + CR: longer tails cannot announce a literal we care about.
-const TAIL: usize = 24;
+/// Bytes kept from the end of each line: `{` + up to 20 digits + `}` + CR announce a literal,
+/// and a `LOGOUT` line with a tag of up to 23 characters fits whole.
+const TAIL: usize = 32;
 
 impl Boundary {
     fn new(protocol: Protocol) -> Boundary {
@@ -299,7 +403,14 @@ impl Boundary {
             line_len: 0,
             tail: Vec::with_capacity(TAIL),
             literal: 0,
+            continued: false,
+            farewell: false,
         }
+    }
+
+    /// True when the last complete line ends the session (on the downstream's side).
+    fn farewell(&self) -> bool {
+        self.farewell
     }
 
     fn between_responses(&self) -> bool {
@@ -320,13 +431,19 @@ impl Boundary {
                 Some(i) => {
                     let (line, rest) = bytes.split_at(i + 1);
                     self.push_tail(line);
+                    let whole = !self.continued && self.line_len + line.len() <= TAIL;
                     self.line_len = 0;
+                    self.continued = false;
+                    self.farewell = false;
                     if self.imap
                         && let Some(n) = literal_announced(&self.tail)
                     {
                         // The response goes on after the literal, in the same line.
                         self.literal = n;
                         self.line_len = 1;
+                        self.continued = true;
+                    } else if whole {
+                        self.farewell = is_farewell(&self.tail, self.imap);
                     }
                     self.tail.clear();
                     bytes = rest;
@@ -349,6 +466,20 @@ impl Boundary {
     }
 }
 
+/// True for a whole command line `tag LOGOUT` (IMAP) or `QUIT` (POP3), any case, CRLF or LF.
+fn is_farewell(line: &[u8], imap: bool) -> bool {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if !imap {
+        return line.eq_ignore_ascii_case(b"QUIT");
+    }
+    let mut words = line.split(|b| *b == b' ');
+    matches!(
+        (words.next(), words.next(), words.next()),
+        (Some(tag), Some(command), None) if !tag.is_empty() && command.eq_ignore_ascii_case(b"LOGOUT")
+    )
+}
+
 /// The literal length a line ending in `{n}\r\n` (or `{n}\n`) announces.
 fn literal_announced(line: &[u8]) -> Option<u64> {
     let line = line.strip_suffix(b"\n")?;
@@ -368,6 +499,23 @@ mod tests {
     use super::*;
     use tokio::io::duplex;
 
+    const SEND: Duration = Duration::from_secs(60);
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// The splice under test, in its own task; the upstream is always an in-memory pipe.
+    fn spawn(
+        down: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        up: tokio::io::DuplexStream,
+        protocol: Protocol,
+        (idle, send): (Duration, Duration),
+        interrupt: impl Future<Output = Interrupt> + Send + 'static,
+    ) -> tokio::task::JoinHandle<(End, Totals)> {
+        tokio::spawn(splice(down, up, protocol, idle, send, interrupt))
+    }
+
     fn never() -> impl Future<Output = Interrupt> {
         std::future::pending()
     }
@@ -376,9 +524,7 @@ mod tests {
     async fn copies_both_ways_and_counts() {
         let (down, mut client) = duplex(64 * 1024);
         let (up, mut server) = duplex(64 * 1024);
-        let task = tokio::spawn(async move {
-            splice(down, up, Protocol::Imap, Duration::from_secs(30), never()).await
-        });
+        let task = spawn(down, up, Protocol::Imap, (secs(30), SEND), never());
         client.write_all(b"a1 NOOP\r\n").await.unwrap();
         let mut buf = [0u8; 9];
         server.read_exact(&mut buf).await.unwrap();
@@ -451,16 +597,13 @@ mod tests {
     async fn a_close_without_close_notify_is_not_an_error() {
         let (down, mut client) = duplex(1024);
         let (up, mut server) = duplex(1024);
-        let task = tokio::spawn(async move {
-            splice(
-                NoCloseNotify(down),
-                up,
-                Protocol::Imap,
-                Duration::from_secs(30),
-                never(),
-            )
-            .await
-        });
+        let task = spawn(
+            NoCloseNotify(down),
+            up,
+            Protocol::Imap,
+            (secs(30), SEND),
+            never(),
+        );
         server
             .write_all(b"* BYE Logging out\r\nb OK Logout completed.\r\n")
             .await
@@ -474,13 +617,146 @@ mod tests {
         assert_eq!(end, End::UpstreamClosed);
     }
 
+    /// The same close after the client's own LOGOUT: the client ended the session.
+    #[tokio::test]
+    async fn an_upstream_close_after_logout_is_a_client_close() {
+        for (protocol, command, answer) in [
+            (
+                Protocol::Imap,
+                &b"c LOGOUT\r\n"[..],
+                &b"* BYE Logging out\r\nc OK Logout completed.\r\n"[..],
+            ),
+            (Protocol::Pop3, b"QUIT\r\n", b"+OK Logging out.\r\n"),
+        ] {
+            let (down, mut client) = duplex(1024);
+            let (up, mut server) = duplex(1024);
+            let task = spawn(NoCloseNotify(down), up, protocol, (secs(30), SEND), never());
+            client.write_all(command).await.unwrap();
+            let mut got = vec![0u8; command.len()];
+            server.read_exact(&mut got).await.unwrap();
+            server.write_all(answer).await.unwrap();
+            drop(server);
+            let mut seen = Vec::new();
+            client.read_to_end(&mut seen).await.unwrap();
+            assert_eq!(seen, answer);
+            drop(client);
+            assert_eq!(task.await.unwrap().0, End::DownstreamClosed, "{protocol:?}");
+        }
+    }
+
+    /// A client that vanishes while the upstream still sends (its socket is gone, writes to it
+    /// fail) closed the session; it did not fail.
+    #[tokio::test]
+    async fn a_client_gone_while_data_flows_down_is_a_client_close() {
+        let (down, client) = duplex(16);
+        let (up, mut server) = duplex(1024);
+        let task = spawn(
+            BrokenPipe(down),
+            up,
+            Protocol::Imap,
+            (secs(30), SEND),
+            never(),
+        );
+        drop(client);
+        let _ = server.write_all(b"* 1 FETCH (FLAGS (\\Seen))\r\n").await;
+        let mut rest = Vec::new();
+        let _ = server.read_to_end(&mut rest).await;
+        drop(server);
+        assert_eq!(task.await.unwrap().0, End::DownstreamClosed);
+    }
+
+    /// A stream whose reads and writes fail as a socket whose peer is gone does: the read with
+    /// `ConnectionReset`, the write with `BrokenPipe`.
+    struct BrokenPipe(tokio::io::DuplexStream);
+
+    impl AsyncRead for BrokenPipe {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let before = buf.filled().len();
+            match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
+                std::task::Poll::Ready(Ok(())) if buf.filled().len() == before => {
+                    std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()))
+                }
+                other => other,
+            }
+        }
+    }
+
+    impl AsyncWrite for BrokenPipe {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            match std::pin::Pin::new(&mut self.0).poll_write(cx, buf) {
+                std::task::Poll::Ready(Err(_)) => {
+                    std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+                }
+                other => other,
+            }
+        }
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    #[test]
+    fn farewell_is_a_whole_logout_or_quit_line_outside_literals() {
+        let imap = |stream: &[u8]| {
+            (0..=stream.len()).all(|split| {
+                let (a, b) = stream.split_at(split);
+                let mut t = Boundary::new(Protocol::Imap);
+                t.feed(a);
+                t.feed(b);
+                t.farewell()
+            })
+        };
+        assert!(imap(b"a1 NOOP\r\nA0002 logout\r\n"));
+        assert!(imap(b"x LOGOUT\n"));
+        assert!(imap(b"a APPEND INBOX {10}\r\nb LOGOUT\r\n\r\nc LOGOUT\r\n"));
+        let none = |stream: &[u8]| {
+            let mut t = Boundary::new(Protocol::Imap);
+            t.feed(stream);
+            !t.farewell()
+        };
+        assert!(none(b"a LOGOUT\r\nb NOOP\r\n"), "a later command");
+        assert!(none(b"a SELECT LOGOUT\r\n"), "a mailbox named LOGOUT");
+        assert!(none(b"LOGOUT\r\n"), "no tag");
+        assert!(
+            none(b"a APPEND INBOX {10}\r\nb LOGOUT\r\n"),
+            "inside a literal"
+        );
+        assert!(
+            none(b"a APPEND INBOX {10}\r\n0123456789 LOGOUT\r\n"),
+            "after a literal"
+        );
+        assert!(none(b"a LOGOUT"), "not complete");
+        let mut t = Boundary::new(Protocol::Pop3);
+        t.feed(b"STAT\r\nqu");
+        assert!(!t.farewell());
+        t.feed(b"it\r\n");
+        assert!(t.farewell());
+        t.feed(b"a LOGOUT\r\n");
+        assert!(!t.farewell(), "POP3 has no LOGOUT");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn idle_timeout_sends_goodbye() {
         let (down, mut client) = duplex(1024);
         let (up, _server) = duplex(1024);
-        let task = tokio::spawn(async move {
-            splice(down, up, Protocol::Imap, Duration::from_secs(60), never()).await
-        });
+        let task = spawn(down, up, Protocol::Imap, (secs(60), SEND), never());
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"* BYE Autologout; idle for too long\r\n");
@@ -491,11 +767,9 @@ mod tests {
     async fn activity_defers_idle_timeout() {
         let (down, mut client) = duplex(1024);
         let (up, mut server) = duplex(1024);
-        let task = tokio::spawn(async move {
-            splice(down, up, Protocol::Pop3, Duration::from_secs(60), never()).await
-        });
+        let task = spawn(down, up, Protocol::Pop3, (secs(60), SEND), never());
         for _ in 0..3 {
-            tokio::time::sleep(Duration::from_secs(40)).await;
+            tokio::time::sleep(secs(40)).await;
             client.write_all(b"x").await.unwrap();
             let mut b = [0u8; 1];
             server.read_exact(&mut b).await.unwrap();
@@ -510,14 +784,54 @@ mod tests {
         assert_eq!(task.await.unwrap().0, End::IdleTimeout);
     }
 
+    /// A client that stops reading while a large FETCH streams down: after `send` with no byte
+    /// accepted the session ends as a downstream error, long before the idle timeout, and the
+    /// upstream side is closed too.
+    #[tokio::test(start_paused = true)]
+    async fn a_downstream_that_stops_reading_hits_the_send_timeout() {
+        let (down, _client) = duplex(1024);
+        let (up, mut server) = duplex(64 * 1024);
+        let task = spawn(down, up, Protocol::Imap, (secs(1800), secs(5)), never());
+        server.write_all(&[b'm'; 32 * 1024]).await.unwrap();
+        let started = Instant::now();
+        let (end, totals) = task.await.unwrap();
+        assert_eq!(end, End::Error(Side::Downstream));
+        assert!(started.elapsed() < secs(30), "{:?}", started.elapsed());
+        assert!(totals.bytes_down < 32 * 1024, "{totals:?}");
+        // The upstream is closed, not left half-open.
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.unwrap();
+    }
+
+    /// A reader that takes a byte at a time, slower than the whole chunk would need, but never
+    /// silent for `send`: it is not cut off (the limit is between writes, as nginx's).
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_live_reader_is_not_cut_off() {
+        let (down, mut client) = duplex(16);
+        let (up, mut server) = duplex(64 * 1024);
+        let task = spawn(down, up, Protocol::Pop3, (secs(1800), secs(5)), never());
+        server.write_all(&[b'm'; 200]).await.unwrap();
+        let mut got = 0;
+        while got < 200 {
+            tokio::time::sleep(secs(2)).await;
+            let mut b = [0u8; 16];
+            got += client.read(&mut b).await.unwrap();
+        }
+        assert!(!task.is_finished(), "a live reader was cut off");
+        drop(server);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        drop(client);
+        assert_eq!(task.await.unwrap().0, End::UpstreamClosed);
+    }
+
     #[tokio::test]
     async fn interrupt_between_responses_sends_goodbye() {
         let (down, mut client) = duplex(1024);
         let (up, mut server) = duplex(1024);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let interrupt = async { rx.await.unwrap_or(Interrupt::Shutdown) };
-            splice(down, up, Protocol::Imap, Duration::from_secs(60), interrupt).await
+        let task = spawn(down, up, Protocol::Imap, (secs(60), SEND), async {
+            rx.await.unwrap_or(Interrupt::Shutdown)
         });
         server.write_all(b"* 3 EXISTS\r\n").await.unwrap();
         let mut line = [0u8; 12];
@@ -534,9 +848,8 @@ mod tests {
         let (down, mut client) = duplex(1024);
         let (up, mut server) = duplex(1024);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let interrupt = async { rx.await.unwrap_or(Interrupt::Shutdown) };
-            splice(down, up, Protocol::Imap, Duration::from_secs(60), interrupt).await
+        let task = spawn(down, up, Protocol::Imap, (secs(60), SEND), async {
+            rx.await.unwrap_or(Interrupt::Shutdown)
         });
         // A FETCH response whose literal has 10 bytes announced and 4 sent.
         let partial = b"* 1 FETCH (BODY[] {10}\r\nabcd";

@@ -48,8 +48,6 @@ pub enum Error {
     },
     #[error("upstream {upstream} did not complete the login within {limit:?}")]
     Timeout { upstream: String, limit: Duration },
-    #[error("upstream {upstream} closed the connection during login")]
-    Closed { upstream: String },
     #[error("upstream {upstream} i/o: {source}")]
     Io { upstream: String, source: io::Error },
 }
@@ -259,13 +257,24 @@ impl Connector {
                 }
                 None => {}
             }
-            let n = stream.read(&mut buf).await.map_err(io_err)?;
-            if n == 0 {
-                return Err(Error::Closed {
-                    upstream: upstream(),
-                });
+            match stream.read(&mut buf).await {
+                Ok(0) => replay.handle_eof(),
+                Ok(n) => replay.handle_input(buf.get(..n).unwrap_or_default()),
+                // A server that closes with our unread bytes in its buffer resets instead; a TLS
+                // server that closes without close_notify is reported as UnexpectedEof. Both are
+                // its close, which after the login command is its answer (a refusal).
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    replay.handle_eof()
+                }
+                Err(e) => return Err(io_err(e)),
             }
-            replay.handle_input(&buf[..n]);
         }
     }
 }
@@ -291,6 +300,9 @@ impl Replay {
     }
     fn tls_established(&mut self) {
         forward!(self, tls_established)
+    }
+    fn handle_eof(&mut self) {
+        forward!(self, handle_eof)
     }
     fn poll_event(&mut self) -> Option<ReplayEvent> {
         forward!(self, poll_event)

@@ -126,3 +126,73 @@ fn run_serves_with_a_config_and_stops_on_sigterm() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// Issue 9 item 7: with `filter = "trace"` and stderr written into the watched config
+/// directory, each log write is a file event in that directory. Logging per event made the log
+/// feed itself (12 MB/s). Idle, the log must stay small; an edit of the config is one reload,
+/// logged once.
+#[test]
+fn trace_logging_into_the_config_directory_does_not_feed_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("mailgate.toml");
+    let text = "[[listener]]\nname = \"imaps\"\nprotocol = \"imap\"\nbind = \"127.0.0.1:0\"\n\
+         tls = \"implicit\"\nupstream = \"up\"\n\n[[upstream]]\nname = \"up\"\nprotocol = \"imap\"\n\
+         addresses = [\"127.0.0.1:9\"]\ntls = \"none\"\n\n[tls]\ncert_file = \"dev/cert.pem\"\n\
+         key_file = \"dev/key.pem\"\ngenerate_self_signed = true\n\n[log]\nfilter = \"trace\"\n";
+    std::fs::write(&config, text).expect("write config");
+    let log = dir.path().join("mailgate.log");
+    let child = mailgate()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn mailgate run");
+    let child = Child(child);
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !read().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log: {} bytes",
+                read().len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("listening");
+
+    // The window measured, not a synchronisation: an idle server writes (almost) nothing.
+    let before = std::fs::metadata(&log).expect("log").len();
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = std::fs::metadata(&log).expect("log").len() - before;
+    assert!(idle < 8 * 1024, "{idle} bytes of log in 2 s of idling");
+
+    // One edit: one reload, logged once.
+    std::fs::write(&config, format!("{text}# edited\n")).expect("edit config");
+    wait_for("configuration reloaded");
+    std::thread::sleep(Duration::from_secs(1));
+    let after = read();
+    assert_eq!(
+        after.matches("configuration reloaded").count(),
+        1,
+        "{after}"
+    );
+    let grown = after.len() as u64 - before;
+    assert!(
+        grown < 64 * 1024,
+        "{grown} bytes of log for idling and one reload"
+    );
+    drop(child);
+}
+
+/// Kills the child when the test ends, passed or failed.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

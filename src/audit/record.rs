@@ -16,6 +16,11 @@
 //! `session` is the session id for the three session events and `null` for `reload`, which
 //! belongs to the process, not to a connection.
 //!
+//! Strings are written as serde_json writes them, except that characters which hide themselves
+//! or break lines ([`is_deceptive`]: bidi overrides, U+2028/9, zero-width characters, C1
+//! controls) are always `\uXXXX` escapes: a line is one record for every JSONL reader, and a
+//! crafted user name cannot display as somebody else's.
+//!
 //! Must not: hold a secret. No field takes a [`crate::secret::Secret`] (it has no `Serialize`
 //! and no `Display` either), so a password or token can only get here by being exposed on
 //! purpose first.
@@ -62,8 +67,9 @@ pub struct Connect {
     pub protocol: Protocol,
     /// The real downstream address (behind a PROXY header, the one it names), as `ip:port`.
     pub client: SocketAddr,
-    /// The TLS version in force when the record is written; `None` (`null`) for plaintext,
-    /// including a STARTTLS listener before the upgrade.
+    /// The TLS version protecting the session; `None` (`null`) for plaintext. On a STARTTLS
+    /// listener the record is written after the upgrade (or, without one, before the first
+    /// `auth` or at the end), so an upgraded session names its version here too.
     pub tls: Option<TlsVersion>,
     /// The server name the client asked for in its TLS ClientHello.
     pub sni: Option<String>,
@@ -102,7 +108,7 @@ impl Auth {
 }
 
 /// Every `auth.reason` code, `ok` first (for `audit tail --reason` and tests).
-pub const REASONS: [Reason; 14] = [
+pub const REASONS: [Reason; 16] = [
     Reason::Ok,
     Reason::UnknownUser,
     Reason::Suspended,
@@ -116,7 +122,9 @@ pub const REASONS: [Reason; 14] = [
     Reason::UpstreamRejected,
     Reason::UpstreamUnavailable,
     Reason::IdpUnavailable,
+    Reason::MailboxNotAssigned,
     Reason::RateLimited,
+    Reason::ClientClosed,
 ];
 
 /// `auth.decision`.
@@ -152,8 +160,11 @@ pub struct SessionEnd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum End {
-    /// The mail client closed (or logged out), before or after login.
+    /// The mail client closed (or logged out), before or after login: its LOGOUT / QUIT, even
+    /// though the upstream closes first in answer, and a close without TLS close_notify or a
+    /// reset, which is how most clients leave.
     ClientClosed,
+    /// The upstream closed on its own (not in answer to LOGOUT / QUIT).
     UpstreamClosed,
     IdleTimeout,
     /// A reload with `revoke_on_reload` would now refuse the user.
@@ -312,15 +323,72 @@ fn line<B: Serialize>(
     session: Option<&str>,
     body: &B,
 ) -> Result<(), serde_json::Error> {
-    serde_json::to_writer(
-        out,
-        &Line {
-            ts,
-            event,
-            session,
-            body,
-        },
+    let mut serializer = serde_json::Serializer::with_formatter(out, Escaping);
+    Line {
+        ts,
+        event,
+        session,
+        body,
+    }
+    .serialize(&mut serializer)
+}
+
+/// True for a character that changes how the text around it is displayed, or where a line
+/// ends, without showing itself: C0 and C1 controls and DEL, the bidi marks, embeddings,
+/// overrides and isolates (U+061C, U+200E/F, U+202A–U+202E, U+2066–U+2069), the zero-width
+/// characters (U+200B–U+200D, U+2060–U+2064, U+FEFF) and the line and paragraph separators
+/// (U+2028/9). A user name is whatever a client sent: `user\u{202e}moc.elpmaxe@` displays as
+/// someone else, and U+2028 ends a line for JavaScript-based JSONL readers.
+pub fn is_deceptive(c: char) -> bool {
+    matches!(
+        c,
+        '\u{0}'..='\u{1f}'
+            | '\u{7f}'..='\u{9f}'
+            | '\u{61c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
     )
+}
+
+/// Writes `text` with every [`is_deceptive`] character from DEL up as a JSON `\uXXXX` escape
+/// (all of them are in the BMP, so one escape each). Below DEL it writes as is: there
+/// serde_json escapes controls inside strings itself, and outside strings (a raw line being
+/// re-printed) TAB, CR and LF are JSON whitespace, not string content. Any other raw
+/// deceptive character in a valid JSON text is inside a string, so escaping it keeps the
+/// meaning.
+pub fn write_json_escaped<W: std::io::Write + ?Sized>(
+    out: &mut W,
+    text: &str,
+) -> std::io::Result<()> {
+    let mut rest = text;
+    while let Some((at, c)) = rest
+        .char_indices()
+        .find(|(_, c)| *c >= '\u{7f}' && is_deceptive(*c))
+    {
+        let (clean, from) = rest.split_at(at);
+        out.write_all(clean.as_bytes())?;
+        write!(out, "\\u{:04x}", u32::from(c))?;
+        rest = from.get(c.len_utf8()..).unwrap_or_default();
+    }
+    out.write_all(rest.as_bytes())
+}
+
+/// serde_json's compact format, but string contents go through [`write_json_escaped`]:
+/// serde_json writes U+2028, U+202E and friends raw, which is valid JSON and still spoofs
+/// (issue 9).
+struct Escaping;
+
+impl serde_json::ser::Formatter for Escaping {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        write_json_escaped(writer, fragment)
+    }
 }
 
 impl Serialize for Auth {

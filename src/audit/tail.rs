@@ -18,9 +18,10 @@
 //! end and switches to the new one from its start; when the file shrinks (`copytruncate`) it
 //! starts again from the top. So no record written across a rotation is missed.
 //!
-//! Must not: trust the file. Lines that are not JSON objects are skipped and counted, and
-//! control characters in values (a user name is whatever a client sent) are escaped in the
-//! table, so a crafted login cannot drive the operator's terminal.
+//! Must not: trust the file. Lines that are not JSON objects are skipped and counted; control,
+//! bidi and invisible characters in values (a user name is whatever a client sent) are escaped
+//! in the table (`\u{202e}`) and in `--json` output (`\u202e`), so a crafted login can neither
+//! drive the operator's terminal nor display as somebody else.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -32,6 +33,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value};
 
 use super::Verdict;
+use super::record::{is_deceptive, write_json_escaped};
 use crate::proto::Protocol;
 
 /// How often `--follow` looks for new data and for rotation: well under a human's notice,
@@ -469,7 +471,10 @@ impl<'a> Printer<'a> {
         self.summary.shown += 1;
         match self.format {
             Format::Json => {
-                self.out.write_all(raw).map_err(Error::Output)?;
+                // The line parsed as JSON, so it is UTF-8; a raw U+2028 or U+202E (a file
+                // written by an older mailgate, or by hand) leaves as a JSON escape.
+                let text = String::from_utf8_lossy(raw);
+                write_json_escaped(&mut *self.out, &text).map_err(Error::Output)?;
                 self.out.write_all(b"\n").map_err(Error::Output)
             }
             Format::Table => {
@@ -588,14 +593,15 @@ fn short_session(id: &str) -> String {
     id.get(start..).unwrap_or(id).to_owned()
 }
 
-/// Control characters (ESC, CR, C1 CSI ...) shown as escapes, never sent to the terminal.
+/// Control characters (ESC, CR, C1 CSI ...), bidi controls and invisible characters shown as
+/// escapes (`\u{1b}`, `\u{202e}`), never sent to the terminal.
 fn escape(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(is_deceptive) {
         return text.to_owned();
     }
     text.chars()
         .map(|c| {
-            if c.is_control() {
+            if is_deceptive(c) {
                 c.escape_default().to_string()
             } else {
                 c.to_string()

@@ -1,11 +1,11 @@
-//! Duration strings in the config: `"500ms"`, `"30s"`, `"5m"`, `"1h"`.
+//! Duration strings in the config: `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"30d"`.
 //!
 //! Grammar (one number, one unit, nothing else, so `"5 minutes"` or `"1m30s"` is an error
 //! rather than a guess):
 //!
 //! ```text
 //! duration = 1*DIGIT unit
-//! unit     = "ms" / "s" / "m" / "h"
+//! unit     = "ms" / "s" / "m" / "h" / "d"   ; d: 24 h (familiar_for = "30d")
 //! ```
 
 use std::time::Duration;
@@ -13,9 +13,9 @@ use std::time::Duration;
 /// Why a duration string was rejected. The caller adds the key path and the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {
-    #[error("expected a number followed by ms, s, m or h, e.g. \"30s\"")]
+    #[error("expected a number followed by ms, s, m, h or d, e.g. \"30s\"")]
     Syntax,
-    #[error("unknown unit, expected ms, s, m or h")]
+    #[error("unknown unit, expected ms, s, m, h or d")]
     Unit,
     #[error("too large")]
     Overflow,
@@ -36,6 +36,7 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
+        "d" => 86_400_000,
         "" => return Err(DurationError::Syntax),
         _ => return Err(DurationError::Unit),
     };
@@ -79,7 +80,8 @@ mod tests {
             ("5 minutes", Err(DurationError::Unit)),
             ("5s ", Err(DurationError::Unit)),
             ("5S", Err(DurationError::Unit)),
-            ("1d", Err(DurationError::Unit)),
+            ("1d", Ok(Duration::from_secs(86_400))),
+            ("1w", Err(DurationError::Unit)),
             ("1m30s", Err(DurationError::Unit)),
             ("5µs", Err(DurationError::Unit)),
             ("99999999999999999999s", Err(DurationError::Overflow)),

@@ -88,9 +88,14 @@ pub struct LimitsFile {
     pub max_auth_attempts: Option<u64>,
     pub auth_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub send_timeout: Option<String>,
     pub drain_timeout: Option<String>,
     pub max_connections: Option<u64>,
     pub max_connections_per_ip: Option<u64>,
+    pub max_handshakes: Option<u64>,
+    pub max_handshakes_per_ip: Option<u64>,
+    pub handshake_timeout: Option<String>,
+    pub backlog: Option<u64>,
     pub login_failures_per_ip: Option<u64>,
     pub login_failures_per_user: Option<u64>,
     pub login_failure_window: Option<String>,
@@ -121,6 +126,9 @@ pub struct LogFile {
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub bind: Option<String>,
+    pub max_connections: Option<u64>,
+    pub header_timeout: Option<String>,
+    pub request_timeout: Option<String>,
 }
 
 /// `[audit]`: exactly one of `file` or `stdout = true`; checked in `load`.

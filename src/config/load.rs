@@ -22,6 +22,7 @@ use super::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, Limits, Listener, ListenerTls, Log,
     PolicyConfig, ServerTls, TrustedProxies, Upstream,
 };
+use crate::conn_limit::Caps;
 use crate::directory::Directory;
 use crate::proto::PreauthLimits;
 use crate::throttle::{Key, ThrottleConfig};
@@ -436,33 +437,60 @@ impl Validator<'_> {
     }
 
     fn admin(&mut self, a: AdminFile, listeners: &[Listener]) -> Option<Admin> {
-        let Some(text) = a.bind else {
-            return Some(Admin::default());
+        let d = Admin::default();
+        let max_connections = self.bounded(
+            "admin.max_connections",
+            a.max_connections,
+            d.max_connections as u64,
+            1,
+            10_000,
+        );
+        let header_timeout = self.duration(
+            "admin.header_timeout",
+            a.header_timeout.as_deref(),
+            d.header_timeout,
+        );
+        let request_timeout = self.duration(
+            "admin.request_timeout",
+            a.request_timeout.as_deref(),
+            d.request_timeout,
+        );
+        let bind = match a.bind {
+            None => d.bind,
+            Some(text) => {
+                let Ok(bind) = text.parse::<SocketAddr>() else {
+                    self.invalid(
+                        "admin.bind",
+                        format!(
+                            "{text:?} is not an IP address and port, e.g. \"127.0.0.1:9925\" \
+                             or \"[::1]:9925\""
+                        ),
+                    );
+                    return None;
+                };
+                if let Some((i, l)) = listeners
+                    .iter()
+                    .enumerate()
+                    .find(|(_, l)| binds_conflict(l.bind, bind))
+                {
+                    self.invalid(
+                        "admin.bind",
+                        format!(
+                            "\"{bind}\" conflicts with listener[{i}] \"{}\" on \"{}\"",
+                            l.name, l.bind
+                        ),
+                    );
+                }
+                bind
+            }
         };
-        let Ok(bind) = text.parse::<SocketAddr>() else {
-            self.invalid(
-                "admin.bind",
-                format!(
-                    "{text:?} is not an IP address and port, e.g. \"127.0.0.1:9925\" or \
-                     \"[::1]:9925\""
-                ),
-            );
-            return None;
-        };
-        if let Some((i, l)) = listeners
-            .iter()
-            .enumerate()
-            .find(|(_, l)| binds_conflict(l.bind, bind))
-        {
-            self.invalid(
-                "admin.bind",
-                format!(
-                    "\"{bind}\" conflicts with listener[{i}] \"{}\" on \"{}\"",
-                    l.name, l.bind
-                ),
-            );
-        }
-        Some(Admin { bind })
+        Some(Admin {
+            bind,
+            // The bound keeps it far inside usize.
+            max_connections: usize::try_from(max_connections).unwrap_or(d.max_connections),
+            header_timeout,
+            request_timeout,
+        })
     }
 
     fn server_tls(&mut self, t: TlsFile) -> ServerTls {
@@ -577,17 +605,61 @@ impl Validator<'_> {
                 l.idle_timeout.as_deref(),
                 d.idle_timeout,
             ),
+            send_timeout: self.duration(
+                "limits.send_timeout",
+                l.send_timeout.as_deref(),
+                d.send_timeout,
+            ),
             drain_timeout: self.duration(
                 "limits.drain_timeout",
                 l.drain_timeout.as_deref(),
                 d.drain_timeout,
             ),
             max_connections: usize::try_from(max_connections).unwrap_or(d.max_connections),
+            connections: self.conn_caps(&l),
+            handshake_timeout: self.duration(
+                "limits.handshake_timeout",
+                l.handshake_timeout.as_deref(),
+                d.handshake_timeout,
+            ),
+            // Linux caps the backlog at somaxconn anyway; below 16 a burst of logins after a
+            // network blip is refused by the kernel.
+            backlog: u32::try_from(self.bounded(
+                "limits.backlog",
+                l.backlog,
+                u64::from(d.backlog),
+                16,
+                65_535,
+            ))
+            .unwrap_or(d.backlog),
             throttle: self.throttle(&l),
             refusal_delay_min: self.duration_or_zero(
                 "limits.refusal_delay_min",
                 l.refusal_delay_min.as_deref(),
                 d.refusal_delay_min,
+            ),
+        }
+    }
+
+    /// Caps across connections (see `crate::conn_limit`); each may be 0 (off).
+    fn conn_caps(&mut self, l: &LimitsFile) -> Caps {
+        let d = Caps::default();
+        let mut count = |path: &str, v: Option<u64>, default: usize| {
+            let n = self.bounded(path, v, default as u64, 0, 1_000_000);
+            // The bound keeps it far inside usize.
+            usize::try_from(n).unwrap_or(default)
+        };
+        Caps {
+            connections_per_ip: count(
+                "limits.max_connections_per_ip",
+                l.max_connections_per_ip,
+                d.connections_per_ip,
+            ),
+            handshakes: count("limits.max_handshakes", l.max_handshakes, d.handshakes),
+            handshakes_per_ip: count(
+                "limits.max_handshakes_per_ip",
+                l.max_handshakes_per_ip,
+                d.handshakes_per_ip,
             ),
         }
     }
@@ -599,12 +671,6 @@ impl Validator<'_> {
         let count = |s: &mut Self, path: &str, v: Option<u64>, default: u64| {
             s.bounded(path, v, default, 0, 1_000_000)
         };
-        let per_ip = count(
-            self,
-            "limits.max_connections_per_ip",
-            l.max_connections_per_ip,
-            d.connections_per_ip as u64,
-        );
         let ip_failures = count(
             self,
             "limits.login_failures_per_ip",
@@ -636,7 +702,6 @@ impl Validator<'_> {
         })
         .map(|secret| Key::derive(secret.expose().as_bytes()));
         ThrottleConfig {
-            connections_per_ip: usize::try_from(per_ip).unwrap_or(d.connections_per_ip),
             failures_per_ip: u32::try_from(ip_failures).unwrap_or(d.failures_per_ip),
             failures_per_user: u32::try_from(user_failures).unwrap_or(d.failures_per_user),
             token_failures_per_ip: u32::try_from(token_failures).unwrap_or(d.token_failures_per_ip),

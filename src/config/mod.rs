@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::conn_limit::Caps;
 use crate::directory::{Compliance, Directory};
 use crate::policy::DiscloseReasons;
 use crate::proto::{PreauthLimits, Protocol};
@@ -380,12 +381,24 @@ pub enum TlsVersion {
 pub struct Admin {
     /// Default `127.0.0.1:9925`. Off loopback it is allowed, with a warning.
     pub bind: SocketAddr,
+    /// Connections served at once. Default 64: a few scrapers and probes need a handful; the
+    /// cap keeps a flood from taking the proxy's file descriptors (issue 9).
+    pub max_connections: usize,
+    /// Longest the request head may take to arrive. Default 5 s: a scrape sends its head in
+    /// one packet; a slowloris client sends it a byte at a time.
+    pub header_timeout: Duration,
+    /// Longest one connection may take in all, head to last byte of the answer. Default 10 s,
+    /// Prometheus's default `scrape_timeout`.
+    pub request_timeout: Duration,
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT)),
+            max_connections: 64,
+            header_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -401,13 +414,28 @@ pub struct Limits {
     /// After login, no byte either way for this long closes the session. Default 30 min, the
     /// RFC 9051 section 5.4 autologout minimum.
     pub idle_timeout: Duration,
+    /// After login, a peer that accepts no byte of a pending write for this long ends the
+    /// session: a client that stops reading in the middle of a large FETCH (or an upstream that
+    /// stops reading an APPEND) must not pin its kernel send buffer and both sockets until the
+    /// idle timeout. Default 60 s, as nginx's `send_timeout`.
+    pub send_timeout: Duration,
     /// On SIGTERM, how long logged-in sessions may go on before they are ended with a goodbye.
     /// Default 30 s: long enough for a fetch in flight, short enough for a service manager's
     /// stop timeout (systemd's default is 90 s).
     pub drain_timeout: Duration,
-    /// Concurrent downstream connections over all listeners. Default 10000.
+    /// Concurrent downstream connections over all listeners. Default 10000. Read once at
+    /// startup (it sizes the server's session tracker).
     pub max_connections: usize,
-    /// Per-IP connection cap and failed-login throttling (`crate::throttle`).
+    /// Per-address connection cap and handshake caps (`crate::conn_limit`), taken at accept.
+    pub connections: Caps,
+    /// Longest a PROXY header plus TLS handshake (implicit or after STARTTLS) may take.
+    /// Default 10 s: a handshake is a few round trips, and a client that cannot finish in 10 s
+    /// is not going to (nginx allows 60 s, but it has no per-address cap on them).
+    pub handshake_timeout: Duration,
+    /// Listen backlog of every listener socket. Default 4096, as Dovecot; the kernel clamps it
+    /// to `net.core.somaxconn`. Applies at bind (a restart).
+    pub backlog: u32,
+    /// Failed-login throttling (`crate::throttle`).
     pub throttle: ThrottleConfig,
     /// The least time a refused password login takes, whoever refused it (`crate::pacing`).
     /// Default 2 s, as Dovecot's `auth_failure_delay`: before mailgate has seen the upstream
@@ -423,8 +451,12 @@ impl Default for Limits {
         Self {
             preauth: PreauthLimits::default(),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
             drain_timeout: Duration::from_secs(30),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            connections: Caps::default(),
+            handshake_timeout: Duration::from_secs(10),
+            backlog: DEFAULT_BACKLOG,
             throttle: ThrottleConfig::default(),
             refusal_delay_min: DEFAULT_REFUSAL_DELAY_MIN,
         }
@@ -503,8 +535,15 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// RFC 9051 section 5.4: "at least 30 minutes".
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// 60 s, as nginx's `send_timeout`: a live client on a bad mobile link stalls for seconds, not a
+/// minute; a client that accepts nothing for a minute has stopped reading.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// 10000: well under a default `ulimit -n` raised for a server, two sockets per session.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Dovecot's `service { client_limit }` sockets listen with 4096; Linux's `somaxconn` default
+/// is 4096 since 5.4, 128 before.
+pub const DEFAULT_BACKLOG: u32 = 4096;
 pub const DEFAULT_LOG_FILTER: &str = "info";
 
 /// One problem in the configuration.

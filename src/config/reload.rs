@@ -23,6 +23,33 @@ use crate::server::Reloader;
 /// write-rename-chmod burst, short enough to feel immediate.
 pub const DEBOUNCE: Duration = Duration::from_millis(250);
 
+/// The log target of the file-watching backend (the `notify` crate, through `tracing-log`).
+const BACKEND_TARGET: &str = "notify";
+
+/// `filter` with the watching backend capped at `info`, unless `filter` names its target.
+///
+/// The backend logs every inotify event at `trace` (and some at `debug`), for every file in a
+/// watched directory, not just the config files. With `filter = "trace"` and stderr written
+/// next to the config (`2> /etc/mailgate/mailgate.log`), each log line was itself an event,
+/// logged in turn: 12 MB/s of log from an idle server (issue 9). The watcher logs what matters
+/// itself, once per debounced reload. An operator debugging the backend names it
+/// (`"info,notify=trace"`) and gets every event, knowingly.
+pub fn quiet_backend(filter: &str) -> String {
+    let named = filter.split(',').any(|directive| {
+        directive
+            .trim()
+            .strip_prefix(BACKEND_TARGET)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['=', ':', '[']))
+    });
+    if named {
+        filter.to_owned()
+    } else if filter.trim().is_empty() {
+        format!("{BACKEND_TARGET}=info")
+    } else {
+        format!("{filter},{BACKEND_TARGET}=info")
+    }
+}
+
 /// What one reload attempt did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -192,6 +219,38 @@ async fn watch_with(
         let outcome = reload_from(&path, &reloader, trigger);
         if let Some(tx) = &outcomes {
             let _ = tx.send(outcome).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watching_backend_is_capped_unless_named() {
+        assert_eq!(quiet_backend("trace"), "trace,notify=info");
+        assert_eq!(
+            quiet_backend("info,mailgate=debug"),
+            "info,mailgate=debug,notify=info"
+        );
+        assert_eq!(quiet_backend(""), "notify=info");
+        for named in [
+            "trace,notify=trace",
+            "notify::inotify=debug",
+            "warn, notify",
+        ] {
+            assert_eq!(quiet_backend(named), named);
+        }
+        // A target that merely starts with the same letters is another crate.
+        assert_eq!(quiet_backend("notifyx=trace"), "notifyx=trace,notify=info");
+        // Whatever it returns is a filter tracing accepts.
+        for filter in ["trace", "", "info,mailgate::session=debug"] {
+            let quiet = quiet_backend(filter);
+            assert!(
+                tracing_subscriber::EnvFilter::try_new(&quiet).is_ok(),
+                "{quiet}"
+            );
         }
     }
 }

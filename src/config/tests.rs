@@ -185,6 +185,7 @@ fn base_loads_with_defaults() {
     assert!(!tls.generate_self_signed);
     assert_eq!(tls.min_version, TlsVersion::Tls12);
     assert_eq!(c.limits.idle_timeout, Duration::from_secs(1800));
+    assert_eq!(c.limits.send_timeout, Duration::from_secs(60));
     assert_eq!(c.limits.max_connections, 10_000);
     assert_eq!(c.limits.preauth, crate::proto::PreauthLimits::default());
     assert_eq!(c.log.filter, "info");
@@ -243,6 +244,7 @@ max_literal = 255
 max_auth_attempts = 1
 auth_timeout = "10s"
 idle_timeout = "1h"
+send_timeout = "15s"
 max_connections = 1
 [log]
 filter = "warn,mailgate=debug"
@@ -268,6 +270,7 @@ filter = "warn,mailgate=debug"
     assert_eq!((p.max_line, p.max_literal, p.max_attempts), (512, 255, 1));
     assert_eq!(p.auth_timeout, Duration::from_secs(10));
     assert_eq!(c.limits.idle_timeout, Duration::from_secs(3600));
+    assert_eq!(c.limits.send_timeout, Duration::from_secs(15));
     assert_eq!(c.limits.max_connections, 1);
     assert_eq!(c.log.filter, "warn,mailgate=debug");
     let w = c.warnings().join("\n");
@@ -529,6 +532,13 @@ fn limits_out_of_range() {
         ("max_auth_attempts = 0", "limits.max_auth_attempts"),
         ("max_auth_attempts = 1000", "limits.max_auth_attempts"),
         ("max_connections = 0", "limits.max_connections"),
+        ("max_handshakes = 2000000", "limits.max_handshakes"),
+        (
+            "max_handshakes_per_ip = 2000000",
+            "limits.max_handshakes_per_ip",
+        ),
+        ("backlog = 8", "limits.backlog"),
+        ("backlog = 70000", "limits.backlog"),
     ];
     for (line, path) in cases {
         assert_one(&format!("{BASE}\n[limits]\n{line}\n"), path, "out of range");
@@ -552,6 +562,32 @@ fn limits_bad_durations() {
         "limits.idle_timeout",
         "must be greater than zero",
     );
+    assert_one(
+        &format!("{BASE}\n[limits]\nhandshake_timeout = \"0s\"\n"),
+        "limits.handshake_timeout",
+        "must be greater than zero",
+    );
+}
+
+#[test]
+fn accept_limits_defaults_and_values() {
+    let accept = |text: &str| {
+        let l = load(text).unwrap().limits;
+        let c = l.connections;
+        (
+            c.connections_per_ip,
+            c.handshakes,
+            c.handshakes_per_ip,
+            l.handshake_timeout.as_secs(),
+            l.backlog,
+        )
+    };
+    assert_eq!(accept(BASE), (100, 1000, 20, 10, 4096));
+    let set = format!(
+        "{BASE}\n[limits]\nmax_connections_per_ip = 0\nmax_handshakes = 5\n\
+         max_handshakes_per_ip = 2\nhandshake_timeout = \"3s\"\nbacklog = 512\n"
+    );
+    assert_eq!(accept(&set), (0, 5, 2, 3, 512));
 }
 
 #[test]
@@ -896,4 +932,33 @@ fn directory_errors_carry_the_file_and_key_path() {
         ]
     );
     assert_eq!(errors.0[0].path(), Some("user[0].ou"));
+}
+
+#[test]
+fn lockout_keys_are_read_and_the_secret_is_a_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("lockout.key"), "s3cret\n").unwrap();
+    let text = format!(
+        "{BASE}[limits]\nlogin_failures_per_user = 4\nlogin_failures_per_ip = 7\n\
+         token_failures_per_ip = 9\nfamiliar_for = \"7d\"\nsecret_file = \"lockout.key\"\n"
+    );
+    let c = Config::from_toml(&text, dir.path()).unwrap();
+    let t = c.limits.throttle;
+    assert_eq!((t.failures_per_user, t.failures_per_ip), (4, 7));
+    assert_eq!(t.token_failures_per_ip, 9);
+    assert_eq!(t.familiar_for, Duration::from_secs(7 * 86_400));
+    assert_eq!(t.key, Some(crate::throttle::Key::derive(b"s3cret")));
+    assert!(!format!("{c:?}").contains("s3cret"));
+    // Without a secret: none, and each process makes its own.
+    assert_eq!(load(BASE).unwrap().limits.throttle.key, None);
+    // A literal secret is refused without being echoed.
+    let text = format!("{BASE}[limits]\nsecret = \"hunter2\"\n");
+    let all = errors(&text);
+    assert!(all[0].starts_with("limits.secret: "), "{all:?}");
+    assert!(!all[0].contains("hunter2"), "{all:?}");
+    assert_one(
+        &format!("{BASE}[limits]\nsecret = \"env:MAILGATE_TEST_UNSET_LOCKOUT\"\n"),
+        "limits.secret",
+        "unset or empty",
+    );
 }

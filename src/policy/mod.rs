@@ -14,6 +14,7 @@
 //! | 2    | protocol off (user switch, group, OU)          | `imap_disabled`/`pop_disabled`|
 //! | 3    | password mechanism, `password_logins` off      | `password_login_disabled`     |
 //! | 3    | password mechanism, IMAP with an allowlist     | `client_not_allowed`          |
+//! | 3    | SASL authzid other than the user               | `mailbox_not_assigned`        |
 //! | 4    | OAuth, no verified token handed in             | `invalid_token`               |
 //! | 4    | OAuth, token user is not the SASL user         | `token_user_mismatch`         |
 //! | 4    | OAuth, IMAP allowlist without the client ID    | `client_not_allowed`          |
@@ -62,6 +63,9 @@ pub struct Attempt<'a> {
     pub user: &'a str,
     /// `Some` with verified facts for XOAUTH2 / OAUTHBEARER; `None` for password mechanisms.
     pub token: Option<&'a TokenFacts>,
+    /// The SASL authorization identity (PLAIN's authzid), when the client sent one: the
+    /// account an upstream that honours it (Dovecot master users) would open.
+    pub authzid: Option<&'a str>,
 }
 
 /// The verdict on one login attempt.
@@ -110,8 +114,15 @@ pub enum Reason {
     UpstreamRejected,
     UpstreamUnavailable,
     IdpUnavailable,
+    /// A SASL authorization identity other than the user (another mailbox) that no shared
+    /// mailbox assignment allows.
+    MailboxNotAssigned,
     /// Too many failed logins from this address or for this user: temporarily blocked.
     RateLimited,
+    /// The downstream closed (or failed, or sent more than a login may have pipelined behind
+    /// it) while its allowed login was being verified or replayed; the upstream login was
+    /// abandoned, and no login answer was sent.
+    ClientClosed,
 }
 
 impl Reason {
@@ -126,11 +137,13 @@ impl Reason {
             | Reason::PasswordLoginDisabled
             | Reason::ClientNotAllowed
             | Reason::TokenUserMismatch
-            | Reason::DelegationNotSupported => ReplyClass::Authorization,
+            | Reason::DelegationNotSupported
+            | Reason::MailboxNotAssigned => ReplyClass::Authorization,
             Reason::InvalidToken | Reason::UpstreamRejected => ReplyClass::Authentication,
-            Reason::UpstreamUnavailable | Reason::IdpUnavailable | Reason::RateLimited => {
-                ReplyClass::Unavailable
-            }
+            Reason::UpstreamUnavailable
+            | Reason::IdpUnavailable
+            | Reason::RateLimited
+            | Reason::ClientClosed => ReplyClass::Unavailable,
         }
     }
 
@@ -149,7 +162,9 @@ impl Reason {
             Reason::UpstreamRejected => "upstream_rejected",
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::IdpUnavailable => "idp_unavailable",
+            Reason::MailboxNotAssigned => "mailbox_not_assigned",
             Reason::RateLimited => "rate_limited",
+            Reason::ClientClosed => "client_closed",
         }
     }
 }
@@ -255,6 +270,14 @@ fn gate(s: &Settings, attempt: &Attempt) -> Result<String, (Reason, String)> {
         // A password carries no client ID, so it can never be on an allowlist.
         if allowlist {
             return Err((Reason::ClientNotAllowed, s.imap_clients.source.to_string()));
+        }
+        // Issue 10 item 5: the upstream would open the authzid's mailbox while everything
+        // above looked at the authcid; until shared mailboxes are assigned (SPEC "Shared
+        // mailboxes"), only the user's own name may be asked for.
+        if let Some(authzid) = attempt.authzid
+            && directory::lowercase(authzid) != directory::lowercase(attempt.user)
+        {
+            return Err((Reason::MailboxNotAssigned, SOURCE_DEFAULT.to_owned()));
         }
     } else {
         // The session hands in verified facts for every OAuth attempt; without them nothing

@@ -115,8 +115,12 @@ pub fn refusal_text(denial: &Denial, protocol: Protocol, contact: &str) -> Strin
     };
     let what = match denial.reason {
         Reason::Ok => return "Logged in".to_owned(),
-        Reason::UpstreamRejected => return GENERIC_FAILURE.to_owned(),
-        Reason::UpstreamUnavailable | Reason::IdpUnavailable => {
+        // SPEC "Shared mailboxes": an unassigned mailbox reads like a wrong password, so the
+        // answer does not confirm that the mailbox exists.
+        Reason::UpstreamRejected | Reason::MailboxNotAssigned => {
+            return GENERIC_FAILURE.to_owned();
+        }
+        Reason::UpstreamUnavailable | Reason::IdpUnavailable | Reason::ClientClosed => {
             return TEMPORARY_FAILURE.to_owned();
         }
         Reason::RateLimited => return RATE_LIMITED.to_owned(),

@@ -104,6 +104,7 @@ fn outcome(
         mechanism,
         user,
         token,
+        authzid: None,
     };
     let decision = decide(d, &attempt);
     // decide and explain are the same evaluation.
@@ -227,6 +228,7 @@ fn default_ou_takes_unknown_users() {
         mechanism: ImapLogin,
         user: "x@y",
         token: None,
+        authzid: None,
     };
     assert_eq!(
         explain(&d, &attempt).standing,
@@ -255,6 +257,7 @@ fn permit_and_denial_carry_the_ou() {
         mechanism: ImapLogin,
         user: "carol@example.com",
         token: None,
+        authzid: None,
     };
     let Decision::Deny(denial) = decide(&d, &attempt) else {
         panic!("deny")
@@ -279,6 +282,7 @@ fn explanation_shows_sources_groups_and_decision() {
         mechanism: XOAuth2,
         user: "frank@example.com",
         token: Some(&t),
+        authzid: None,
     };
     let text = explain(&d, &attempt).to_string();
     for needle in [
@@ -321,6 +325,7 @@ fn password_refusals_are_indistinguishable_by_default() {
             mechanism: ImapLogin,
             user,
             token: None,
+            authzid: None,
         };
         let Decision::Deny(denial) = decide(&d, &attempt) else {
             panic!("{user}")
@@ -507,6 +512,7 @@ fn decisions(d: &Directory, u: &str) -> Vec<(Reason, String)> {
                 mechanism,
                 user: u,
                 token: t.as_ref(),
+                authzid: None,
             };
             match decide(d, &attempt) {
                 Decision::Allow(p) => (Reason::Ok, p.source),
@@ -628,6 +634,7 @@ fn reason_codes_match_serde_names() {
         Reason::UpstreamUnavailable,
         Reason::IdpUnavailable,
         Reason::RateLimited,
+        Reason::ClientClosed,
     ] {
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
@@ -642,4 +649,95 @@ fn temporary_failures_are_unavailable() {
     assert_eq!(Reason::IdpUnavailable.class(), ReplyClass::Unavailable);
     assert_eq!(Reason::UpstreamRejected.class(), ReplyClass::Authentication);
     assert_eq!(Reason::ImapDisabled.class(), ReplyClass::Authorization);
+}
+
+#[test]
+fn a_sasl_authorization_identity_other_than_the_user_is_refused() {
+    // Issue 10 item 5, SPEC step 3: (authcid, authzid) → reason. alice (/Eng) may use
+    // passwords over IMAP and POP; erin is suspended.
+    let d = org();
+    let table: [(Protocol, Mechanism, &str, Option<&str>, &str); 7] = [
+        (Imap, Plain, "alice@example.com", None, "ok"),
+        (
+            Imap,
+            Plain,
+            "alice@example.com",
+            Some("alice@example.com"),
+            "ok",
+        ),
+        (
+            Imap,
+            Plain,
+            "alice@example.com",
+            Some("ALICE@example.com"),
+            "ok",
+        ),
+        (
+            Imap,
+            Plain,
+            "alice@example.com",
+            Some("erin@example.com"),
+            "mailbox_not_assigned",
+        ),
+        (
+            Pop3,
+            Plain,
+            "alice@example.com",
+            Some("dave@example.com"),
+            "mailbox_not_assigned",
+        ),
+        // Earlier steps still decide first: the user's own refusal is the answer.
+        (
+            Imap,
+            Plain,
+            "erin@example.com",
+            Some("alice@example.com"),
+            "suspended",
+        ),
+        (
+            Imap,
+            Plain,
+            "nobody@example.com",
+            Some("alice@example.com"),
+            "unknown_user",
+        ),
+    ];
+    for (protocol, mechanism, user, authzid, want) in table {
+        let attempt = Attempt {
+            protocol,
+            mechanism,
+            user,
+            token: None,
+            authzid,
+        };
+        let got = match decide(&d, &attempt) {
+            Decision::Allow(_) => "ok",
+            Decision::Deny(denial) => denial.reason.as_str(),
+        };
+        assert_eq!(got, want, "{user} as {authzid:?} over {protocol:?}");
+    }
+    // An OAUTHBEARER `a=` naming another account than the token's is refused too (step 4).
+    let t = token("alice@example.com", None, false);
+    assert_eq!(
+        outcome(&d, Imap, OAuthBearer, "root@example.com", Some(&t)).0,
+        "token_user_mismatch"
+    );
+}
+
+#[test]
+fn mailbox_not_assigned_reads_like_a_wrong_password() {
+    let denial = Denial {
+        reason: Reason::MailboxNotAssigned,
+        source: SOURCE_DEFAULT.to_owned(),
+        ou: None,
+    };
+    let reply = reply(
+        &denial,
+        Imap,
+        Identity::Unproven,
+        DiscloseReasons::Never,
+        "",
+    );
+    assert_eq!(reply.class, ReplyClass::Authentication);
+    assert_eq!(reply.text, refusal::GENERIC_FAILURE);
 }

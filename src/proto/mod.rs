@@ -243,15 +243,19 @@ pub enum ReplayEvent {
     /// `LoginOutcome::Accepted { untagged, reply }`, sends the front-end's residual upstream,
     /// the replay's residual downstream, and splices.
     LoggedIn { untagged: Bytes, reply: Bytes },
-    /// The upstream refused the login. The driver answers the front-end with a refusal of class
-    /// `Authentication` carrying `text` and `challenge`.
+    /// The upstream refused the login: a tagged `NO` / `-ERR`, or a `* BYE` or close once the
+    /// login command was sent (Dovecot answers some bad logins, e.g. an oversized user name,
+    /// that way: a failed login, not an outage). The driver answers the front-end with a
+    /// refusal of class `Authentication` carrying `text` (empty after a BYE or close: the
+    /// generic text is sent) and `challenge`.
     Rejected {
         /// The upstream's human text, stripped of its tag and response code.
         text: String,
         /// The decoded SASL challenge the upstream sent before refusing (XOAUTH2 error JSON).
         challenge: Option<Bytes>,
     },
-    /// The upstream broke the protocol or said BYE. The driver refuses with `Unavailable`.
+    /// The upstream broke the protocol, or said BYE or closed before the login command was
+    /// sent. The driver refuses with `Unavailable`.
     Failed(ReplayError),
 }
 
@@ -268,6 +272,8 @@ pub enum ReplayError {
     LineTooLong(usize),
     #[error("upstream said BYE: {0}")]
     Bye(String),
+    #[error("upstream closed the connection before the login was sent")]
+    Closed,
 }
 
 /// A credential cannot be replayed safely: it holds a byte the upstream protocol would read as a
@@ -277,6 +283,17 @@ pub enum ReplayError {
 pub struct UnsafeCredential {
     pub field: &'static str,
 }
+
+/// Answers a front-end machine queues before it stops reading further pipelined commands: 4 KiB,
+/// a few dozen answers. A client that pipelines thousands of `NOOP`s and never reads would
+/// otherwise have each read of its commands multiplied into answers held in memory (issue 9).
+/// The rest of its input waits unparsed until `poll_transmit` has handed the answers out.
+pub const MAX_PENDING_OUTPUT: usize = 4 * 1024;
+
+/// Most bytes the driver hands a front-end machine at once. The driver reads only after it has
+/// sent every queued answer, so input held back behind [`MAX_PENDING_OUTPUT`] is at most one
+/// message plus one read; more means the driver does not drain, and the machine closes.
+pub const PREAUTH_READ: usize = 4 * 1024;
 
 /// Longest upstream line the replay machines accept before login: 64 KiB, as Dovecot's
 /// `imap_max_line_length`; a capability line is far shorter.

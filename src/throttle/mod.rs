@@ -1,20 +1,19 @@
-//! Abuse limits that span connections: per-IP concurrent connections, and smart lockout of
-//! password guessing (issue 10): failures counted per user and per source, familiar sources
-//! kept apart from unfamiliar ones, a repeated wrong password counted once, attempts reserved
-//! before the upstream is asked, growing delays, then blocks; invalid OAuth tokens limited on
-//! their own.
+//! Abuse limits that span connections: smart lockout of password guessing (issue 10). Failures
+//! are counted per user and per source, familiar sources kept apart from unfamiliar ones, a
+//! repeated wrong password counted once, attempts reserved before the upstream is asked,
+//! growing delays, then blocks; invalid OAuth tokens are limited on their own. Concurrent
+//! connections per IP are `crate::conn_limit`'s.
 //!
 //! The counts live in a [`store::Store`] (in-process, or shared by a fleet); this module turns a
 //! login attempt into store keys, hashes the attempted password under a key held in memory
-//! only, and derives the answer delay. Time is passed in; nothing here sleeps. The settings
-//! are swapped on reload ([`Throttle::reconfigure`]) while the counts stay.
+//! only, derives the answer delay, and waits briefly for a slot held by attempts in flight.
+//! The settings are swapped on reload ([`Throttle::reconfigure`]) while the counts stay.
 
 pub mod store;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -25,11 +24,14 @@ use store::{
     Ticket, UserKey,
 };
 
+/// Longest an attempt waits for a slot held by attempts in flight before it is refused as
+/// rate limited: several upstream logins' time (Dovecot answers a good password in
+/// milliseconds, a wrong one after its failure delay of up to 2 s by default).
+pub const SLOT_WAIT: Duration = Duration::from_secs(5);
+
 /// Settings, from `[limits]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottleConfig {
-    /// Concurrent connections from one IP address. 0 = no cap.
-    pub connections_per_ip: usize,
     /// Password failures from one source (IPv4 address, IPv6 /64) within `window`, against
     /// users for whom it is not a familiar source, before the source is blocked.
     pub failures_per_ip: u32,
@@ -53,9 +55,6 @@ pub struct ThrottleConfig {
 impl Default for ThrottleConfig {
     fn default() -> Self {
         Self {
-            // Dovecot's mail_max_userip_connections is 10 per user+IP; a NAT'd office shares
-            // one address, so the per-IP cap is larger.
-            connections_per_ip: 100,
             // Reasons for these in README "Password guessing".
             failures_per_ip: 20,
             failures_per_user: 10,
@@ -166,27 +165,7 @@ pub struct Throttle {
     config: ArcSwap<ThrottleConfig>,
     /// Used when the config names no key; made once, so a reload keeps remembered hashes.
     random_key: Key,
-    connections: Mutex<HashMap<IpAddr, usize>>,
     store: Store,
-}
-
-/// Holds one connection slot of an IP; frees it on drop.
-#[must_use = "dropping the guard frees the connection slot at once"]
-pub struct ConnectionSlot<'a> {
-    throttle: &'a Throttle,
-    ip: IpAddr,
-}
-
-impl Drop for ConnectionSlot<'_> {
-    fn drop(&mut self) {
-        let mut map = lock(&self.throttle.connections);
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
 }
 
 impl Throttle {
@@ -198,7 +177,6 @@ impl Throttle {
         Throttle {
             config: ArcSwap::from_pointee(config),
             random_key: Key::random(),
-            connections: Mutex::new(HashMap::new()),
             store,
         }
     }
@@ -217,38 +195,62 @@ impl Throttle {
         &self.store
     }
 
-    /// Take a connection slot for `ip`, or `None` when the IP is at its cap.
-    pub fn connect(&self, ip: IpAddr) -> Option<ConnectionSlot<'_>> {
-        let cap = self.config.load().connections_per_ip;
-        let mut map = lock(&self.connections);
-        let n = map.entry(ip).or_insert(0);
-        if cap != 0 && *n >= cap {
-            return None;
-        }
-        *n += 1;
-        Some(ConnectionSlot { throttle: self, ip })
-    }
-
     /// Reserve a password attempt by `user` from `ip` before the upstream is asked.
-    pub async fn reserve_password(&self, ip: IpAddr, user: &str) -> Result<Ticket, Refused> {
+    pub async fn reserve_password(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        user: &str,
+    ) -> Result<Reservation, Refused> {
         let attempt = Attempt::Password {
             user: UserKey::of(user),
             source: SourceKey::of(ip),
         };
-        self.reserve(attempt).await
+        self.reservation(attempt).await
     }
 
     /// Reserve an OAuth attempt from `ip` before its token is verified.
-    pub async fn reserve_token(&self, ip: IpAddr) -> Result<Ticket, Refused> {
-        self.reserve(Attempt::Token {
+    pub async fn reserve_token(self: &Arc<Self>, ip: IpAddr) -> Result<Reservation, Refused> {
+        self.reservation(Attempt::Token {
             source: SourceKey::of(ip),
         })
         .await
     }
 
+    async fn reservation(self: &Arc<Self>, attempt: Attempt) -> Result<Reservation, Refused> {
+        let ticket = self.reserve(attempt).await?;
+        Ok(Reservation {
+            throttle: self.clone(),
+            ticket: Some(ticket),
+        })
+    }
+
+    /// Reserve, waiting up to [`SLOT_WAIT`] while the counter is only full of attempts in
+    /// flight: most of them succeed and free their slots within one upstream login, so a
+    /// user's own burst (many devices, a client opening many connections) is served, while
+    /// no more attempts than the limit are ever in flight (issue 10 item 2).
     async fn reserve(&self, attempt: Attempt) -> Result<Ticket, Refused> {
-        let limits = self.config.load().store_limits();
-        match self.store.reserve(attempt, &limits, now_ms()).await {
+        let deadline = tokio::time::Instant::now() + SLOT_WAIT;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let limits = self.config.load().store_limits();
+            match self.store.reserve(attempt, &limits, now_ms()).await {
+                Ok(Admission::Refused { until: None, .. })
+                    if tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                other => return self.admitted(attempt, other),
+            }
+        }
+    }
+
+    fn admitted(
+        &self,
+        attempt: Attempt,
+        admission: Result<Admission, store::Error>,
+    ) -> Result<Ticket, Refused> {
+        match admission {
             Ok(Admission::Proceed(ticket)) => Ok(ticket),
             Ok(Admission::Refused { scope, until }) => Err(Refused { scope, until }),
             // A store that cannot answer keeps its own local fallback (the Redis backend); the
@@ -288,16 +290,45 @@ impl Throttle {
     }
 }
 
+/// A reserved attempt. Settle it with its outcome; dropped unsettled (the session ended
+/// mid-login: the client left, the server stops), its slot is freed without counting.
+#[must_use = "settle the reservation with the attempt's outcome"]
+pub struct Reservation {
+    throttle: Arc<Throttle>,
+    ticket: Option<Ticket>,
+}
+
+impl Reservation {
+    /// Record the outcome; returns how long to wait before answering (see
+    /// [`Throttle::settle`]).
+    pub async fn settle(mut self, outcome: Outcome) -> Duration {
+        match self.ticket.take() {
+            Some(ticket) => self.throttle.settle(ticket, outcome).await,
+            None => Duration::ZERO,
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
+        let throttle = self.throttle.clone();
+        // Without a runtime (process exit) the slot simply expires (store::RESERVATION_TTL).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                throttle.settle(ticket, Outcome::Void).await;
+            });
+        }
+    }
+}
+
 /// The store's clock: wall time, the same on every instance of a fleet.
 pub fn now_ms() -> Millis {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A poisoned lock only means another session panicked mid-update of plain counters.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -342,9 +373,9 @@ mod tests {
 
     #[tokio::test]
     async fn reconfigure_applies_new_limits_and_keeps_counts() {
-        let t = Throttle::new(ThrottleConfig::default());
-        let ticket = t.reserve_password(ip(1), "a@x").await.unwrap();
-        t.settle(ticket, Outcome::Failed(None)).await;
+        let t = Arc::new(Throttle::new(ThrottleConfig::default()));
+        let reservation = t.reserve_password(ip(1), "a@x").await.unwrap();
+        reservation.settle(Outcome::Failed(None)).await;
         t.reconfigure(ThrottleConfig {
             failures_per_user: 1,
             ..Default::default()
@@ -354,17 +385,27 @@ mod tests {
         assert!(t.reserve_password(ip(2), "b@x").await.is_ok());
     }
 
-    #[test]
-    fn connection_cap_per_ip() {
-        let t = Throttle::new(ThrottleConfig {
-            connections_per_ip: 2,
+    #[tokio::test]
+    async fn a_reservation_dropped_unsettled_frees_its_slot() {
+        let t = Arc::new(Throttle::new(ThrottleConfig {
+            failures_per_user: 1,
             ..Default::default()
-        });
-        let a = t.connect(ip(1)).expect("first");
-        let _b = t.connect(ip(1)).expect("second");
-        assert!(t.connect(ip(1)).is_none());
-        assert!(t.connect(ip(2)).is_some());
-        drop(a);
-        assert!(t.connect(ip(1)).is_some());
+        }));
+        let held = t.reserve_password(ip(1), "a@x").await.unwrap();
+        drop(held);
+        // The release runs on a spawned task; the next reservation waits for the slot.
+        let again = t.reserve_password(ip(1), "a@x").await;
+        assert!(again.is_ok());
+        let status = t
+            .store()
+            .status(
+                Some(UserKey::of("a@x")),
+                None,
+                &t.config().store_limits(),
+                now_ms(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status.user.unwrap().unfamiliar.failures, 0);
     }
 }

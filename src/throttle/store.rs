@@ -23,7 +23,7 @@
 //! secret). `S` is [`SourceKey`]: an IPv4 address, or an IPv6 /64 prefix (`2001:db8:1:2::/64`;
 //! one IPv6 host owns a whole /64, so per-address counting would be free to evade); an
 //! IPv4-mapped IPv6 address counts as its IPv4 address. Password hashes are [`PasswordHash`]:
-//! HMAC-SHA256 of the attempted secret under the process key (see `throttle::Keyed`),
+//! HMAC-SHA256 of the user and attempted secret under the process key (see `throttle::Key`),
 //! truncated to 16 bytes; the secret itself never reaches the store.
 //!
 //! # A counter
@@ -58,7 +58,9 @@
 //!    Token attempt (source S): the one counter `t:{S}` (`limits.token_failures`).
 //! 2. Refresh the counters. If any is refusing, change nothing and answer
 //!    [`Admission::Refused`] with the refusing counter (source before user) and its
-//!    `blocked_until` (`None` when only full).
+//!    `blocked_until` (`None` when only full; the caller, `Throttle::reserve`, then retries
+//!    for up to `throttle::SLOT_WAIT` before refusing the login, so a user's own burst is
+//!    served while no more than `T` attempts are ever in flight).
 //! 3. Otherwise add one reservation (a fresh ticket id, expiry `now + RESERVATION_TTL`) to each
 //!    counter whose threshold is not 0 and answer [`Admission::Proceed`] with a [`Ticket`]
 //!    naming the counters, the side, and the id.
@@ -91,14 +93,25 @@
 //! `u:{U}:u`, `p:{U}` (familiar sources stay: they are the user's, not the attacker's). A
 //! source: deletes `s:{S}` and `t:{S}`. Answers whether anything was there.
 //!
+//! # Notes for a shared (Redis) backend
+//!
+//! - Ticket ids must be unique across the fleet (`INCR` of one key, or 64 random bits); id 0
+//!   is [`Ticket::unreserved`]: settling it removes nothing and records the outcome.
+//! - `now` is the caller's wall clock; a script may use the server's `TIME` instead, so that
+//!   skewed instances agree. Keep every stored time in milliseconds since the epoch.
+//! - A reservation zset member is the ticket id, its score the expiry; `ZREMRANGEBYSCORE
+//!   key -inf now` is the refresh step, `ZCARD` the reservation count.
+//! - An unavailable store must not refuse everyone: `Store` methods answer `Err` only when no
+//!   local fallback can answer either, and then the caller lets the attempt through unreserved.
+//!
 //! # Bounds
 //!
 //! Local backend: each table holds at most [`MAX_ENTRIES`] keys; beyond that, entries with no
 //! failures, block or reservation go first, then the stalest tenth. Redis: key expiry.
 
+use core::net::IpAddr;
 use std::collections::HashMap;
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -196,7 +209,7 @@ impl fmt::Debug for SourceKey {
     }
 }
 
-/// A keyed hash of an attempted password (see `throttle::Keyed`); comparable, never reversible.
+/// A keyed hash of an attempted password (see `throttle::Key`); comparable, never reversible.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PasswordHash(pub [u8; 16]);
 

@@ -185,6 +185,8 @@ def main():
     p.add_argument("--repeat", type=int, default=1,
                    help="log in this many times, one connection each, one after the other; "
                         "with --expect-fail every one must be refused (reports the refusals)")
+    p.add_argument("--vary-password", action="store_true",
+                   help="with --repeat: append the attempt number to the password (a guesser)")
     p.add_argument("--expect-fail", action="store_true", help="succeed only if login is refused")
     p.add_argument("--timeout", type=float, default=30.0, help="socket timeout, seconds")
     p.add_argument("--idle-timeout", type=float, default=15.0, help="how long to wait for EXISTS")
@@ -232,7 +234,10 @@ def main():
 def repeat(args):
     """--repeat N: N logins in a row (a phone retrying a stale password, a guesser)."""
     refusals = []
-    for _ in range(args.repeat):
+    password = args.password
+    for n in range(args.repeat):
+        if args.vary_password:
+            args.password = "%s%d" % (password, n)
         try:
             m = connect(args)
         except Exception as e:  # noqa: BLE001

@@ -43,7 +43,7 @@ async fn repeated_failures_block_the_user_even_with_the_right_password() {
         let mut imap = TcpLineClient::connect(mailgate.addr("imap-plain")).await;
         imap.read_line().await;
         let reply = imap
-            .command(&format!("a{n} LOGIN bob@example.com wrong"))
+            .command(&format!("a{n} LOGIN bob@example.com wrong{n}"))
             .await;
         assert!(reply.contains("[AUTHENTICATIONFAILED]"), "{reply}");
     }
@@ -90,7 +90,7 @@ async fn failed_logins_are_answered_after_a_growing_delay() {
     for n in 0..2 {
         let started = Instant::now();
         let reply = imap
-            .command(&format!("a{n} LOGIN alice@example.com wrong"))
+            .command(&format!("a{n} LOGIN alice@example.com wrong{n}"))
             .await;
         took.push(started.elapsed());
         assert!(reply.contains("[AUTHENTICATIONFAILED]"), "{reply}");

@@ -195,6 +195,7 @@ enum Step {
     AnswerTagged(String),
     Reset,
     Stall,
+    Pause(Duration),
 }
 
 /// A scripted mail server: the same script for every connection, run step by step.
@@ -273,6 +274,12 @@ impl UpstreamBuilder {
         self.step(Step::Stall)
     }
 
+    /// Waits `delay` before the next step: a slow upstream (e.g. a password check that takes
+    /// a second), not a synchronisation.
+    pub fn pause(self, delay: Duration) -> Self {
+        self.step(Step::Pause(delay))
+    }
+
     pub async fn run(self) -> Fake {
         let steps: Arc<[Step]> = self.steps.into();
         spawn(Arc::new(move |tcp, seen| {
@@ -313,6 +320,7 @@ async fn script(mut tcp: TcpStream, steps: Arc<[Step]>, seen: Arc<Mutex<Vec<Stri
                     return;
                 }
             }
+            Step::Pause(delay) => tokio::time::sleep(*delay).await,
             Step::Reset => return reset(tcp),
             Step::Stall => return hold(&mut tcp).await,
         }

@@ -1,6 +1,8 @@
 //! Fault tests: mailgate in front of the hand-written fakes of [`crate::fake`] (a real Dovecot or
 //! IdP will not fail on demand). Every upstream fault before the login completes is a temporary
-//! failure (IMAP `NO [UNAVAILABLE]`, POP3 `-ERR [SYS/TEMP]`); after the login the splice ends and
+//! failure (IMAP `NO [UNAVAILABLE]`, POP3 `-ERR [SYS/TEMP]`), except a close once the login
+//! command is out: that is the upstream's answer to the login, a failed login (issue 9,
+//! `upstream_rejected`, `NO [AUTHENTICATIONFAILED]` / `-ERR [AUTH]`); after the login the splice ends and
 //! the client sees the connection close; every IdP fault is a temporary failure too, never an
 //! allow and never the XOAUTH2 challenge. Each attempt leaves exactly one `auth` audit record,
 //! each connection one `connect` and one `session_end`; nothing panics; and the whole suite,
@@ -102,6 +104,7 @@ impl Fault {
     fn reason(self) -> &'static str {
         match self {
             Fault::UpstreamResetMidSplice => "ok",
+            Fault::UpstreamResetMidLogin => "upstream_rejected",
             f if f.is_idp() => "idp_unavailable",
             _ => "upstream_unavailable",
         }
@@ -111,9 +114,8 @@ impl Fault {
     fn logged(self, proto: Proto) -> &'static str {
         match self {
             Fault::UpstreamGarbage if proto == Proto::Pop3 => "unexpected upstream answer",
-            Fault::UpstreamResetMidGreeting | Fault::UpstreamResetMidLogin => {
-                "upstream unavailable"
-            }
+            Fault::UpstreamResetMidGreeting => "upstream unavailable",
+            Fault::UpstreamResetMidLogin => "upstream rejected the login",
             Fault::UpstreamResetMidSplice => "login allowed",
             Fault::UpstreamSilent | Fault::UpstreamSilentAfterLogin => {
                 "did not complete the login within 1s"
@@ -221,7 +223,9 @@ impl Rig {
         };
         let mut builder: MailgateBuilder =
             Mailgate::builder_for(plain(imap_up.addr), plain(pop3_up.addr))
-                .login_timeout(if fault.stalls() { "1s" } else { "8s" });
+                .login_timeout(if fault.stalls() { "1s" } else { "8s" })
+                // The fd suite's rounds of failed logins from 127.0.0.1 must not be blocked.
+                .limits("login_failures_per_ip = 0\nlogin_failures_per_user = 0");
         let secret = builder.files().join("client-secret");
         std::fs::write(&secret, "mailgate-secret").expect("write secret");
         if fault.is_idp() {
@@ -486,9 +490,11 @@ async fn attempt(addr: SocketAddr, fault: Fault, proto: Proto) -> Option<String>
         );
         return None;
     }
-    let expected = match proto {
-        Proto::Imap => "a NO [UNAVAILABLE] ",
-        Proto::Pop3 => "-ERR [SYS/TEMP] ",
+    let expected = match (proto, fault) {
+        (Proto::Imap, Fault::UpstreamResetMidLogin) => "a NO [AUTHENTICATIONFAILED] ",
+        (Proto::Pop3, Fault::UpstreamResetMidLogin) => "-ERR [AUTH] ",
+        (Proto::Imap, _) => "a NO [UNAVAILABLE] ",
+        (Proto::Pop3, _) => "-ERR [SYS/TEMP] ",
     };
     assert!(
         reply.starts_with(expected),
@@ -594,7 +600,7 @@ async fn upstream_reset_mid_greeting_is_a_temporary_failure() {
 }
 
 #[tokio::test]
-async fn upstream_reset_mid_login_is_a_temporary_failure() {
+async fn upstream_reset_after_the_login_command_is_a_failed_login() {
     check(Fault::UpstreamResetMidLogin).await;
 }
 

@@ -121,11 +121,39 @@ async fn concurrent_wrong_passwords_reach_the_upstream_at_most_the_limit() {
     let reasons = rig.reasons().await;
     assert_eq!(reasons.len(), 100, "{reasons:?}");
     let reached = count(&reasons, "upstream_rejected");
+    eprintln!("100 concurrent wrong passwords: {reached} reached Dovecot");
     assert!(
         reached <= 10,
         "{reached} attempts reached Dovecot: {reasons:?}"
     );
     assert_eq!(count(&reasons, "rate_limited"), 100 - reached);
+}
+
+#[tokio::test]
+async fn a_burst_of_correct_logins_above_the_limit_is_served() {
+    // Reservations must not turn a user's own burst (several devices, a client opening many
+    // connections) into refusals: an attempt waits for a slot held by attempts in flight.
+    let dovecot = Dovecot::start();
+    let rig =
+        Audited::start(Mailgate::builder(&dovecot).limits("login_failures_per_user = 5")).await;
+    let addr = rig.mailgate.addr("imap-plain");
+    let mut clients = Vec::new();
+    for _ in 0..30 {
+        let mut c = TcpLineClient::connect(addr).await;
+        c.read_line().await;
+        clients.push(c);
+    }
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move { c.command("a LOGIN alice@example.com alice-secret").await })
+        })
+        .collect();
+    for t in tasks {
+        let reply = t.await.expect("task");
+        assert!(reply.starts_with("a OK"), "{reply}");
+    }
+    assert_eq!(count(&rig.reasons().await, "ok"), 30);
 }
 
 #[tokio::test]
@@ -144,6 +172,7 @@ async fn an_attacker_elsewhere_does_not_lock_out_the_users_usual_address() {
             &alice.name,
             "--password",
             "guess",
+            "--vary-password",
             "--repeat",
             "50",
             "--expect-fail",
@@ -246,8 +275,8 @@ async fn oauth_logins_are_not_locked_by_password_failures() {
         .start()
         .await;
     let alice = "alice@example.com";
-    for _ in 0..2 {
-        assert!(!login_ok(&mailgate, FAMILIAR, alice, "wrong").await);
+    for wrong in ["wrong1", "wrong2"] {
+        assert!(!login_ok(&mailgate, FAMILIAR, alice, wrong).await);
     }
     // The password side is blocked now, even with the right password...
     let blocked = imap(
@@ -388,9 +417,12 @@ async fn a_sasl_authorization_identity_is_refused_before_the_upstream() {
         ],
     )
     .await;
-    assert_eq!(out["ok"], true, "{out}");
+    assert_eq!(out["refused"], true, "{out}");
+    // The generic answer of a wrong password: it does not confirm that alice exists.
     assert!(
-        out["error"].as_str().is_some_and(|e| e.contains("NO")),
+        out["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("[AUTHENTICATIONFAILED] Authentication failed")),
         "{out}"
     );
     // The same identity twice is no request for another mailbox.
@@ -413,4 +445,143 @@ async fn a_sasl_authorization_identity_is_refused_before_the_upstream() {
     let reasons = rig.reasons().await;
     assert_eq!(reasons, ["mailbox_not_assigned", "ok"], "{reasons:?}");
     assert!(!dovecot.log().contains("alice"), "{}", dovecot.log());
+}
+
+/// `mailgate throttle …` against the running binary; its stdout (exit 0 asserted).
+async fn throttle_cli(config: &std::path::Path, args: &[&str]) -> String {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mailgate"));
+    cmd.arg("throttle").args(args).arg("--config").arg(config);
+    let out = crate::util::run_client(cmd, Duration::from_secs(15)).await;
+    assert!(
+        out.status.success(),
+        "mailgate throttle {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_helpdesk_sees_and_clears_a_lockout_through_the_admin_listener() {
+    use std::io::BufRead as _;
+
+    use crate::reload::{KillOnDrop, wait_for};
+    use crate::util::{free_port, run_curl};
+
+    let dovecot = Dovecot::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("mailgate.toml");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let toml = Mailgate::builder(&dovecot)
+        .limits("login_failures_per_user = 3")
+        .extra(&format!("[admin]\nbind = \"{admin}\"\n"))
+        .toml();
+    std::fs::write(&config, toml).expect("write config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mailgate"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn mailgate");
+    let guard = KillOnDrop(child.id());
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let listening = wait_for(&mut lines, "listener=imap-plain").await;
+    let port = listening
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no port in {listening:?}"))
+        .to_owned();
+    let login = |source: &'static str, password: &'static str, port: String| async move {
+        let out = run_python(
+            "imap_client.py",
+            &[
+                "--port",
+                &port,
+                "--tls",
+                "none",
+                "--source",
+                source,
+                "--mode",
+                "login",
+                "--user",
+                "alice@example.com",
+                "--password",
+                password,
+            ],
+        )
+        .await;
+        json_output(&out)["ok"] == true
+    };
+    assert!(login(FAMILIAR, "alice-secret", port.clone()).await);
+    for guess in ["a", "b", "c"] {
+        assert!(!login(ATTACKER, guess, port.clone()).await);
+    }
+    assert!(!login(ATTACKER, "alice-secret", port.clone()).await);
+
+    let status: serde_json::Value = serde_json::from_str(
+        &throttle_cli(
+            &config,
+            &["status", "--user", "ALICE@example.com", "--ip", ATTACKER],
+        )
+        .await,
+    )
+    .expect("status is JSON");
+    let user = &status["user"];
+    assert!(
+        user["unfamiliar"]["blocked_until"].is_string(),
+        "{status:#}"
+    );
+    assert!(user["familiar"]["blocked_until"].is_null(), "{status:#}");
+    assert_eq!(
+        user["familiar_sources"][0]["source"], FAMILIAR,
+        "{status:#}"
+    );
+    assert_eq!(user["remembered_wrong_passwords"], 3, "{status:#}");
+    assert_eq!(status["source"]["password"]["failures"], 3, "{status:#}");
+
+    let cleared = throttle_cli(&config, &["clear", "--user", "alice@example.com"]).await;
+    assert!(cleared.contains("\"cleared\": true"), "{cleared}");
+    assert!(login(ATTACKER, "alice-secret", port.clone()).await);
+
+    // Only from loopback, with a loopback Host, and a POST only with the header.
+    let url = format!("http://{admin}/throttle?user=alice%40example.com");
+    let forged = run_curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: evil.example",
+        &url,
+    ])
+    .await;
+    assert_eq!(String::from_utf8_lossy(&forged.stdout), "403");
+    let clear = format!("http://{admin}/throttle/clear?ip=127.0.0.2");
+    let post = run_curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        &clear,
+    ])
+    .await;
+    assert_eq!(String::from_utf8_lossy(&post.stdout), "403");
+    let no_secret = run_curl(&["-s", &url]).await;
+    assert!(!String::from_utf8_lossy(&no_secret.stdout).contains("alice-secret"));
+    drop(guard);
+    let _ = child.wait();
 }

@@ -12,6 +12,8 @@
 //! - `proxy`: every login exchange, refusal and the splice, through mailgate.
 //! - [`fake`]: small scripted upstreams and IdPs for faults a real server will not produce.
 //! - `faults`: upstream and IdP faults through mailgate; no fd or task leaked.
+//! - `accept`: half-open floods, the global and per-address caps, PROXY, the listen backlog,
+//!   the admin listener under a flood.
 //! - `ops_e2e`: audit records, session ends, rotation, HAProxy PROXY v2, the client address
 //!   in Dovecot's log, `/metrics` and `/readyz`: the operator surface end to end.
 //! - `spray`: password spraying (issue 10): the client address upstream against Dovecot's
@@ -32,6 +34,8 @@ mod redis;
 mod util;
 
 mod abuse;
+mod accept;
+mod audit_e2e;
 mod direct;
 mod faults;
 mod lifecycle;
@@ -45,3 +49,4 @@ mod proxy;
 mod reload;
 mod secrets;
 mod spray;
+mod stalls;

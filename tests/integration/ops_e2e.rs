@@ -37,7 +37,7 @@ const POLL: Duration = Duration::from_millis(20);
 // ---------------------------------------------------------------------------------------------
 
 /// Default services whose audit records go to `path`; the writer runs as a task.
-fn audit_to(path: &Path) -> Services {
+pub(crate) fn audit_to(path: &Path) -> Services {
     let (audit, writer) = Audit::to_file(path, 4096).expect("audit file");
     tokio::spawn(writer.run());
     Services {
@@ -55,7 +55,11 @@ fn records(path: &Path) -> Vec<Value> {
 }
 
 /// Flushes the sink and re-reads `path` until `done` holds (bounded by [`WAIT`]).
-async fn await_records(audit: &Audit, path: &Path, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+pub(crate) async fn await_records(
+    audit: &Audit,
+    path: &Path,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
     let deadline = Instant::now() + WAIT;
     loop {
         timeout(WAIT, audit.flush())
@@ -74,7 +78,7 @@ async fn await_records(audit: &Audit, path: &Path, done: impl Fn(&[Value]) -> bo
     }
 }
 
-fn pretty(records: &[Value]) -> String {
+pub(crate) fn pretty(records: &[Value]) -> String {
     records
         .iter()
         .map(Value::to_string)
@@ -83,7 +87,7 @@ fn pretty(records: &[Value]) -> String {
 }
 
 /// The session id of the `connect` record whose client is `client`, if any.
-fn session_of(records: &[Value], client: SocketAddr) -> Option<String> {
+pub(crate) fn session_of(records: &[Value], client: SocketAddr) -> Option<String> {
     records
         .iter()
         .find(|r| r["event"] == "connect" && r["client"] == client.to_string())
@@ -91,7 +95,7 @@ fn session_of(records: &[Value], client: SocketAddr) -> Option<String> {
 }
 
 /// True once the session of `client` has its `session_end`.
-fn ended(records: &[Value], client: SocketAddr) -> bool {
+pub(crate) fn ended(records: &[Value], client: SocketAddr) -> bool {
     session_of(records, client).is_some_and(|id| {
         records
             .iter()
@@ -100,12 +104,12 @@ fn ended(records: &[Value], client: SocketAddr) -> bool {
 }
 
 /// The records of one session, in file order.
-fn of_session<'a>(records: &'a [Value], id: &str) -> Vec<&'a Value> {
+pub(crate) fn of_session<'a>(records: &'a [Value], id: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| r["session"] == id).collect()
 }
 
 /// The one record of `event` in `session` (fails unless there is exactly one).
-fn one<'a>(records: &'a [Value], id: &str, event: &str) -> &'a Value {
+pub(crate) fn one<'a>(records: &'a [Value], id: &str, event: &str) -> &'a Value {
     let found: Vec<_> = of_session(records, id)
         .into_iter()
         .filter(|r| r["event"] == event)
@@ -121,7 +125,7 @@ fn one<'a>(records: &'a [Value], id: &str, event: &str) -> &'a Value {
 
 /// Every session in `records` has exactly one `connect`, first, and exactly one `session_end`,
 /// last; every record's `ts` is RFC 3339 UTC with milliseconds. Returns the session ids.
-fn assert_well_formed(records: &[Value]) -> BTreeSet<String> {
+pub(crate) fn assert_well_formed(records: &[Value]) -> BTreeSet<String> {
     let mut sessions: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
     for r in records {
         assert_ts(r);
@@ -514,8 +518,8 @@ async fn audit_records_of_real_sessions() {
             "ts"
         ]
     );
-    // LOGOUT: Dovecot closed first.
-    assert_eq!(end["end"], "upstream_closed", "{end}");
+    // LOGOUT: Dovecot closed first, in answer to the client's LOGOUT: the client's doing.
+    assert_eq!(end["end"], "client_closed", "{end}");
     // SELECT and LOGOUT went up, their answers came down.
     assert!(end["bytes_up"].as_u64().unwrap() > 0, "{end}");
     assert!(end["bytes_down"].as_u64().unwrap() > 0, "{end}");
@@ -609,11 +613,33 @@ async fn every_end_path_writes_exactly_one_session_end() {
     drop(c);
     expected.push((me, "client_closed", "logged in, client closed"));
 
-    // Upstream closes (LOGOUT).
+    // LOGOUT after login: Dovecot closes in answer, the client ended the session.
     let (mut c, me) = client_from([127, 0, 0, 1], draining.addr("imap-plain")).await;
     imap_login_logout(&mut c, "alice@example.com", "alice-secret").await;
     drop(c);
-    expected.push((me, "upstream_closed", "LOGOUT after login"));
+    expected.push((me, "client_closed", "LOGOUT after login"));
+
+    // Upstream closes on its own: Dovecot's limit of 20 invalid commands in a row.
+    let (mut c, me) = client_from([127, 0, 0, 1], draining.addr("imap-plain")).await;
+    c.read_line().await;
+    assert!(
+        c.imap("a", "LOGIN alice@example.com alice-secret")
+            .await
+            .tagged
+            .starts_with("a OK")
+    );
+    let mut bye = String::new();
+    for _ in 0..30 {
+        c.send_line("x BOGUS").await;
+        bye = c.read_line().await;
+        if bye.starts_with("* BYE") {
+            break;
+        }
+    }
+    assert!(bye.starts_with("* BYE"), "{bye}");
+    c.expect_eof().await;
+    drop(c);
+    expected.push((me, "upstream_closed", "the upstream's own BYE"));
 
     // Pre-auth: POP3 QUIT, and a client that just goes away.
     let (mut c, me) = client_from([127, 0, 0, 1], draining.addr("pop3-plain")).await;
@@ -950,7 +976,7 @@ async fn haproxy_proxy_v2_names_the_real_client_and_others_are_refused() {
     assert_eq!(connect["client"], me.to_string());
     assert_eq!(connect["listener"], "imap-proxied");
     assert_eq!(one(&all, &id, "auth")["decision"], "allow");
-    assert_eq!(one(&all, &id, "session_end")["end"], "upstream_closed");
+    assert_eq!(one(&all, &id, "session_end")["end"], "client_closed");
     // Every non-probe session on the proxied listener from HAProxy: none names 127.0.0.2
     // except ours, and the spoofed address appears nowhere.
     let text = std::fs::read_to_string(&path).expect("audit");
@@ -1057,6 +1083,7 @@ async fn metrics_move_with_logins_and_readyz_follows_the_drain() {
         listener,
         services.metrics.clone(),
         services.readiness.clone(),
+        mailgate::config::Admin::default(),
         async {
             let _ = stopped.await;
         },
@@ -1132,9 +1159,10 @@ async fn metrics_move_with_logins_and_readyz_follows_the_drain() {
     assert_eq!(
         delta(
             "mailgate_sessions_ended_total",
-            &[("protocol", "imap"), ("end", "upstream_closed")]
+            &[("protocol", "imap"), ("end", "client_closed")]
         ),
-        1.0
+        2.0,
+        "LOGOUT after login and LOGOUT before it: {after}"
     );
     assert!(
         metric(

@@ -158,7 +158,9 @@ fn reasons_list_is_complete() {
             Reason::UpstreamRejected => 10,
             Reason::UpstreamUnavailable => 11,
             Reason::IdpUnavailable => 12,
-            Reason::RateLimited => 13,
+            Reason::MailboxNotAssigned => 13,
+            Reason::RateLimited => 14,
+            Reason::ClientClosed => 15,
         }
     }
     for (i, r) in REASONS.iter().enumerate() {
@@ -313,4 +315,44 @@ fn hostile_strings_stay_inside_their_field() {
     let m = round_trip(&rec(Some("s"), Event::Auth(evil.clone())));
     assert_eq!(m["user"].as_str(), evil.user.as_deref());
     assert_eq!(m["decision"], "deny");
+}
+
+/// Bidi overrides and isolates, zero-width characters, line and paragraph separators, the BOM,
+/// DEL and C1 controls: none is written raw (issue 9: a U+202E in a user name turned the
+/// operator's terminal line around; U+2028 ends a line for some JSONL readers), and the record
+/// still reads back as the very name the client sent.
+#[test]
+fn invisible_and_line_breaking_characters_are_escaped() {
+    let hidden: String = [
+        '\u{7f}', '\u{85}', '\u{9b}', '\u{61c}', '\u{200b}', '\u{200e}', '\u{200f}', '\u{2028}',
+        '\u{2029}', '\u{202a}', '\u{202e}', '\u{2060}', '\u{2066}', '\u{2069}', '\u{feff}',
+    ]
+    .into_iter()
+    .collect();
+    let user = format!("mallory{hidden}@example.com");
+    let record = rec(
+        Some("s"),
+        Event::Auth(Auth {
+            user: Some(user.clone()),
+            ..auth(Reason::Suspended, Mechanism::ImapLogin)
+        }),
+    );
+    let json = record.to_json().unwrap();
+    for c in hidden.chars() {
+        assert!(!json.contains(c), "raw U+{:04X} in {json:?}", u32::from(c));
+    }
+    assert!(
+        json.contains(r#""user":"mallory\u007f\u0085\u009b\u061c\u200b\u200e\u200f\u2028\u2029\u202a\u202e\u2060\u2066\u2069\ufeff@example.com""#),
+        "{json}"
+    );
+    assert_eq!(round_trip(&record)["user"].as_str(), Some(user.as_str()));
+    // Ordinary non-ASCII stays as it is: only what hides or breaks lines is escaped.
+    let plain = rec(
+        Some("s"),
+        Event::Auth(Auth {
+            user: Some("jürgen@bücher.example".to_owned()),
+            ..auth(Reason::Ok, Mechanism::ImapLogin)
+        }),
+    );
+    assert!(plain.to_json().unwrap().contains("jürgen@bücher.example"));
 }

@@ -255,6 +255,60 @@ fn table_is_aligned_and_escapes_control_characters() {
     assert!(lines[1].contains("client=192.0.2.1:40000"), "{text}");
 }
 
+/// A user name with a right-to-left override, a line separator and invisible characters: the
+/// table shows each as a visible escape, `--json` writes them as JSON escapes, even when the
+/// file holds them raw (written by an older mailgate), and the JSON still means the same.
+#[test]
+fn bidi_controls_and_line_separators_are_escaped_in_table_and_json() {
+    let user = "ev\u{202e}lin\u{2028}x\u{2029}\u{200b}\u{feff}\u{2066}\u{85}@example.com";
+    let raw = format!(
+        "{{\"ts\":\"2026-11-25T17:02:28.123Z\",\"event\":\"auth\",\"session\":\"s1\",\
+         \"user\":\"{user}\",\"decision\":\"deny\",\"reason\":\"suspended\"}}\n"
+    );
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(raw.as_bytes()).unwrap();
+    let render = |format| {
+        let options = Options {
+            file: file.path().to_owned(),
+            follow: false,
+            filter: Filter::default(),
+            format,
+            poll: POLL,
+        };
+        let mut out = Vec::new();
+        run(&options, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    let hidden = [
+        '\u{202e}', '\u{2028}', '\u{2029}', '\u{200b}', '\u{feff}', '\u{2066}', '\u{85}',
+    ];
+
+    let table = render(Format::Table);
+    for c in hidden {
+        assert!(
+            !table.contains(c),
+            "raw U+{:04X} in {table:?}",
+            u32::from(c)
+        );
+    }
+    assert!(
+        table.contains(r"ev\u{202e}lin\u{2028}x\u{2029}\u{200b}\u{feff}\u{2066}\u{85}@example.com"),
+        "{table}"
+    );
+
+    let json = render(Format::Json);
+    for c in hidden {
+        assert!(!json.contains(c), "raw U+{:04X} in {json:?}", u32::from(c));
+    }
+    assert_eq!(json.lines().count(), 1, "{json:?}");
+    assert!(
+        json.contains(r"ev\u202elin\u2028x\u2029\u200b\ufeff\u2066\u0085@example.com"),
+        "{json}"
+    );
+    let back: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(back["user"], user);
+}
+
 #[test]
 fn since_accepts_durations_days_and_timestamps() {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);

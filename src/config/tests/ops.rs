@@ -215,6 +215,35 @@ fn admin_errors() {
         "admin",
         "unknown field `port`",
     );
+    assert_one(
+        &format!("{BASE}\n[admin]\nmax_connections = 0\n"),
+        "admin.max_connections",
+        "out of range",
+    );
+    assert_one(
+        &format!("{BASE}\n[admin]\nheader_timeout = \"0s\"\n"),
+        "admin.header_timeout",
+        "must be greater than zero",
+    );
+}
+
+#[test]
+fn admin_bounds() {
+    let c = load(&format!("{BASE}\n[admin]\n")).unwrap();
+    let a = c.admin.unwrap();
+    assert_eq!(
+        (a.max_connections, a.header_timeout, a.request_timeout),
+        (64, Duration::from_secs(5), Duration::from_secs(10))
+    );
+    let c = load(&format!(
+        "{BASE}\n[admin]\nmax_connections = 8\nheader_timeout = \"1s\"\nrequest_timeout = \"2s\"\n"
+    ))
+    .unwrap();
+    let a = c.admin.unwrap();
+    assert_eq!(
+        (a.max_connections, a.header_timeout, a.request_timeout),
+        (8, Duration::from_secs(1), Duration::from_secs(2))
+    );
 }
 
 #[test]

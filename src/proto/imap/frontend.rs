@@ -37,6 +37,8 @@
 //! | `ExpectChallengeAck` | any line (empty, `AQ==`, `*`)           | `tag NO [code] text` (+ BYE when exhausted)    | `ExpectCommand` / `Closed` |
 //! | any pre-login state  | line over `max_line`                    | (`tag BAD` +) `* BYE Line too long`, `Closed(ProtocolViolation)` | `Closed` |
 //! |                      | deadline passed                         | `* BYE Autologout`, `Closed(AuthTimeout)`      | `Closed`             |
+//! |                      | `MAX_PENDING_OUTPUT` of answers queued  | nothing: input waits until `poll_transmit`     | same                 |
+//! |                      | input held back past a message + a read | `* BYE Too much input`, `Closed(ProtocolViolation)` | `Closed`        |
 //! | `LoggedIn`, `Closed` | anything                                | nothing                                        | same                 |
 //!
 //! Every close queues its protocol answer before `Closed` is reported: no silent close.
@@ -51,8 +53,8 @@ use crate::proto::imap::parse::{
 };
 use crate::proto::sasl;
 use crate::proto::{
-    CloseReason, Credentials, FrontendEvent, LoginOutcome, LoginRequest, Mechanism, PreauthLimits,
-    Refusal, ReplyClass, Security,
+    CloseReason, Credentials, FrontendEvent, LoginOutcome, LoginRequest, MAX_PENDING_OUTPUT,
+    Mechanism, PREAUTH_READ, PreauthLimits, Refusal, ReplyClass, Security,
 };
 
 /// Capabilities in every state (RFC 9051 7.2.2; SASL-IR RFC 4959, LITERAL+ RFC 7888, ID RFC 2971).
@@ -207,15 +209,27 @@ impl ImapFrontend {
         self.limit_pipelined();
     }
 
-    /// Input pipelined behind a login is kept for the upstream, but not without bound.
+    /// Input pipelined behind a login is kept for the upstream, but not without bound; nor is
+    /// input held back while answers wait to be sent (more than one message and one read of it
+    /// means nobody is draining the answers).
     fn limit_pipelined(&mut self) {
-        if matches!(self.state, State::ExpectOutcome { .. })
-            && self.input.len() > self.max_message()
-        {
+        let limit = if matches!(self.state, State::ExpectOutcome { .. }) {
+            self.max_message()
+        } else if self.holding() {
+            self.max_message().saturating_add(PREAUTH_READ)
+        } else {
+            return;
+        };
+        if self.input.len() > limit {
             self.input.clear();
             self.send(b"* BYE Too much input before the login completed\r\n");
             self.close(CloseReason::ProtocolViolation);
         }
+    }
+
+    /// Too many answers wait to be sent: read no further command until they are.
+    fn holding(&self) -> bool {
+        self.out.len() >= MAX_PENDING_OUTPUT
     }
 
     /// The driver's answer to [`FrontendEvent::LoginRequested`]. Ignored in any other state.
@@ -291,8 +305,16 @@ impl ImapFrontend {
         self.events.pop_front()
     }
 
+    /// Bytes for the downstream, in order. Handing them out lets the machine answer the
+    /// commands it held back behind [`MAX_PENDING_OUTPUT`]; their answers come with the next
+    /// call, so a driver that sends each chunk before it polls again never holds more than two.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        (!self.out.is_empty()).then(|| self.out.split().freeze())
+        if self.out.is_empty() {
+            return None;
+        }
+        let out = self.out.split().freeze();
+        self.process();
+        Some(out)
     }
 
     /// Input the client sent after its login, for the upstream. Only meaningful once logged in.
@@ -346,6 +368,9 @@ impl ImapFrontend {
     /// are needed.
     fn process(&mut self) {
         loop {
+            if self.holding() {
+                return;
+            }
             let literals = match self.state {
                 State::ExpectCommand | State::ExpectLiteral { .. } => LiteralMode::Client,
                 State::ExpectSaslResponse { .. } | State::ExpectChallengeAck { .. } => {

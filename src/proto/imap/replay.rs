@@ -27,7 +27,9 @@
 //! |                       | `* ...` (not BYE)                          | kept as `untagged`                               | same                  |
 //! |                       | tagged `OK`                                | `LoggedIn { untagged, reply }`                   | `LoggedIn` (input kept as residual) |
 //! |                       | tagged `NO`                                | `Rejected { text, challenge }`                   | `Done`                |
-//! | any                   | `* BYE`                                    | `Failed(Bye)`                                    | `Done`                |
+//! |                       | `* BYE`, or the connection closes          | `Rejected { text: "" }` (a failed login)         | `Done`                |
+//! | any other             | `* BYE`                                    | `Failed(Bye)`                                    | `Done`                |
+//! |                       | the connection closes (`handle_eof`)       | `Failed(Closed)`                                 | `Done`                |
 //! |                       | tagged `BAD`, foreign tag, garbage         | `Failed(Unexpected)`                             | `Done`                |
 //! |                       | line over `MAX_UPSTREAM_LINE`              | `Failed(LineTooLong)`                            | `Done`                |
 
@@ -208,6 +210,16 @@ impl ImapReplay {
         }
     }
 
+    /// The upstream closed the connection (EOF or reset). Once the login command is out, that
+    /// is its answer to the login, a refusal; before, the upstream is unavailable.
+    pub fn handle_eof(&mut self) {
+        match self.state {
+            State::LoggedIn | State::Done => {}
+            State::ExpectLoginAnswer { .. } => self.rejected_by_close(),
+            _ => self.fail(ReplayError::Closed),
+        }
+    }
+
     /// The driver finished the TLS handshake [`ReplayEvent::TlsRequested`] asked for.
     pub fn tls_established(&mut self) {
         if matches!(self.state, State::ExpectTlsHandshake) {
@@ -271,6 +283,9 @@ impl ImapReplay {
             ..
         } = &response
         {
+            if matches!(self.state, State::ExpectLoginAnswer { .. }) {
+                return self.rejected_by_close();
+            }
             return self.fail(ReplayError::Bye(text.clone()));
         }
         match std::mem::replace(&mut self.state, State::Done) {
@@ -508,6 +523,20 @@ impl ImapReplay {
         self.out.extend_from_slice(command);
         self.out.extend_from_slice(b"\r\n");
         tag
+    }
+
+    /// A `* BYE` or close in answer to the login command: a failed login, not an outage. Its
+    /// text is not relayed: an upstream may echo the command it got (the password) in it.
+    fn rejected_by_close(&mut self) {
+        let challenge = match std::mem::replace(&mut self.state, State::Done) {
+            State::ExpectLoginAnswer { challenge, .. } => challenge,
+            _ => None,
+        };
+        self.input.clear();
+        self.events.push_back(ReplayEvent::Rejected {
+            text: String::new(),
+            challenge,
+        });
     }
 
     fn fail(&mut self, error: ReplayError) {

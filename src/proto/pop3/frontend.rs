@@ -56,7 +56,9 @@
 //!
 //! Pipelining (RFC 2449 6.6): every complete line in one `handle_input` is answered in order;
 //! once a login is reported, reading stops and the rest waits in the buffer, so bytes pipelined
-//! after `PASS` reach the upstream exactly once, through `into_residual()`.
+//! after `PASS` reach the upstream exactly once, through `into_residual()`. Once
+//! [`MAX_PENDING_OUTPUT`] of answers wait, no further line is read until `poll_transmit` hands
+//! them out (a client that pipelines and never reads gets no more answers queued, issue 9).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -67,8 +69,8 @@ use bytes::{Bytes, BytesMut};
 use crate::proto::pop3::parse::{self, Command, InitialResponse, SaslResponse, Split};
 use crate::proto::sasl;
 use crate::proto::{
-    CloseReason, Credentials, FrontendEvent, LoginOutcome, LoginRequest, Mechanism, PreauthLimits,
-    Refusal, ReplyClass, Security,
+    CloseReason, Credentials, FrontendEvent, LoginOutcome, LoginRequest, MAX_PENDING_OUTPUT,
+    Mechanism, PREAUTH_READ, PreauthLimits, Refusal, ReplyClass, Security,
 };
 use crate::secret::Secret;
 
@@ -228,8 +230,16 @@ impl Pop3Frontend {
 
     /// Bytes for the downstream, in order. Send them all before acting on `Closed` or
     /// `TlsRequested`.
+    ///
+    /// Handing them out lets the machine answer the lines it held back behind
+    /// [`MAX_PENDING_OUTPUT`]; their answers come with the next call.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        (!self.output.is_empty()).then(|| self.output.split().freeze())
+        if self.output.is_empty() {
+            return None;
+        }
+        let out = self.output.split().freeze();
+        self.process();
+        Some(out)
     }
 
     /// The downstream bytes not read by the machine: after `LoggedIn`, everything that followed
@@ -251,6 +261,15 @@ impl Pop3Frontend {
                     return;
                 }
                 _ => {}
+            }
+            if self.output.len() >= MAX_PENDING_OUTPUT {
+                // Answers wait to be sent: no further line is read until they are (RFC 2449 6.6
+                // pipelining does not oblige a server to buffer without bound). The driver reads
+                // only after sending them, so more than a line and a read means it does not.
+                if self.input.len() > self.limits.max_line.saturating_add(PREAUTH_READ) {
+                    self.line_too_long();
+                }
+                return;
             }
             match parse::split_line(&self.input, self.limits.max_line) {
                 Split::Incomplete => return,

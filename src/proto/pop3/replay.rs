@@ -29,6 +29,8 @@
 //! | | `+ base64` (XOAUTH2, OAUTHBEARER) | empty line / `AQ==` | `ExpectFinalError` |
 //! | `ExpectFinalError` | `-ERR` | `Rejected { challenge: Some }` | `Finished` |
 //! | any login state | `-ERR` | `Rejected { text }` | `Finished` |
+//! | any login state | connection closed (`handle_eof`) | `Rejected { text: "" }` (a failed login) | `Finished` |
+//! | before the login | connection closed | `Failed(Closed)` | `Finished` |
 //! | any | anything else | `Failed(Unexpected)` | `Finished` |
 //! | any | line over `MAX_UPSTREAM_LINE` | `Failed(LineTooLong)` | `Finished` |
 //! | `LoggedIn` | bytes | kept for `into_residual()` | same |
@@ -219,6 +221,28 @@ impl Pop3Replay {
                 self.input.extend_from_slice(bytes);
                 self.process();
             }
+        }
+    }
+
+    /// The upstream closed the connection (EOF or reset). Once the login is under way (`USER`
+    /// or `AUTH` sent) that is its answer to the login, a refusal: Dovecot closes on some bad
+    /// logins. Before, the upstream is unavailable.
+    pub fn handle_eof(&mut self) {
+        match std::mem::replace(&mut self.state, State::Finished) {
+            State::LoggedIn => self.state = State::LoggedIn,
+            State::Finished => {}
+            // No credential was sent before XCLIENT's answer: the upstream is unavailable.
+            State::ExpectGreeting
+            | State::ExpectStlsOk
+            | State::ExpectTlsHandshake
+            | State::ExpectXclientOk => self.fail(ReplayError::Closed),
+            State::ExpectFinalError { challenge } => self.reject(b"", challenge),
+            State::ExpectUserOk
+            | State::ExpectPassOk
+            | State::ExpectContinue
+            | State::ExpectLoginPrompt
+            | State::ExpectPasswordPrompt
+            | State::ExpectAuthResult => self.reject(b"", None),
         }
     }
 

@@ -870,3 +870,63 @@ proptest! {
         prop_assert_eq!(m.into_residual(), residual);
     }
 }
+
+/// Issue 9: a client that pipelines commands and never reads. One read of `NOOP`s and
+/// `CAPABILITY`s queues at most [`MAX_PENDING_OUTPUT`] (plus one answer) of answers; the rest
+/// waits unparsed and is answered, in order, as `poll_transmit` hands the answers out.
+#[test]
+fn answers_queued_per_read_are_capped_and_none_is_lost() {
+    let mut m = ImapFrontend::new(Security::Tls, PreauthLimits::default(), t0());
+    let _greeting = m.poll_transmit();
+    let mut input = Vec::new();
+    let mut n = 0;
+    while input.len() < PREAUTH_READ - 40 {
+        input.extend_from_slice(format!("a{n} CAPABILITY\r\nb{n} NOOP\r\n").as_bytes());
+        n += 1;
+    }
+    m.handle_input(&input);
+    assert!(
+        m.out.len() < MAX_PENDING_OUTPUT + 200,
+        "{} bytes of answers queued for one read",
+        m.out.len()
+    );
+    assert!(!m.input.is_empty(), "the rest waits unparsed");
+    let mut answers = Vec::new();
+    while let Some(out) = m.poll_transmit() {
+        assert!(out.len() < MAX_PENDING_OUTPUT + 200, "{}", out.len());
+        answers.extend_from_slice(&out);
+    }
+    let answers = String::from_utf8(answers).unwrap();
+    let tagged: Vec<&str> = answers
+        .lines()
+        .filter(|l| !l.starts_with('*'))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..n)
+        .flat_map(|i| [format!("a{i}"), format!("b{i}")])
+        .collect();
+    assert_eq!(tagged, expected);
+    assert!(m.input.is_empty());
+    assert_eq!(m.poll_event(), None);
+}
+
+/// A driver that keeps feeding input without sending the answers: what is held back is bounded
+/// (one message and one read), then the machine closes with a BYE.
+#[test]
+fn input_held_back_behind_unsent_answers_is_bounded() {
+    let mut m = ImapFrontend::new(Security::Tls, PreauthLimits::default(), t0());
+    let limit = m.max_message() + PREAUTH_READ;
+    let chunk = b"a CAPABILITY\r\n".repeat(PREAUTH_READ / 14);
+    let mut fed = 0;
+    while m.poll_event().is_none() {
+        m.handle_input(&chunk);
+        fed += chunk.len();
+        assert!(m.input.len() <= limit, "{} bytes held", m.input.len());
+        assert!(fed < 10 * limit, "never closed");
+    }
+    let mut answers = Vec::new();
+    while let Some(out) = m.poll_transmit() {
+        answers.extend_from_slice(&out);
+    }
+    assert!(answers.ends_with(b"* BYE Too much input before the login completed\r\n"));
+}

@@ -23,9 +23,11 @@ enum Step {
     /// Upstream bytes.
     U(Vec<u8>),
     Tls,
+    /// The upstream closed the connection.
+    Eof,
 }
 
-use Step::Tls;
+use Step::{Eof, Tls};
 
 fn u(bytes: impl AsRef<[u8]>) -> Step {
     Step::U(bytes.as_ref().to_vec())
@@ -70,6 +72,7 @@ fn run(request: &LoginRequest, starttls: bool, steps: &[Step], chunk: usize) -> 
                 }
             }
             Tls => m.tls_established(),
+            Eof => m.handle_eof(),
         }
         drain(&mut m, &mut items);
     }
@@ -416,17 +419,96 @@ fn bad_greetings() {
     );
 }
 
+/// Issue 9: Dovecot answers some bad logins (an oversized user name) with `* BYE` or by
+/// closing. Once the login command is out that is a failed login, not an outage; the BYE text
+/// is not relayed (an upstream may echo the command, password included).
 #[test]
-fn bye_bad_and_garbage_during_login() {
+fn bye_or_close_after_the_login_command_is_a_rejection() {
     let request = password(Mechanism::ImapLogin, "alice", b"s3cret");
+    let rejected = || {
+        E(ReplayEvent::Rejected {
+            text: String::new(),
+            challenge: None,
+        })
+    };
     check(
         &request,
-        &[u(GREETING_FULL), u("* BYE Server shutting down.\r\n")],
         &[
-            c("mg1 LOGIN \"alice\" \"s3cret\"\r\n"),
+            u(GREETING_FULL),
+            u("* BYE Error in IMAP command: \"alice\" \"s3cret\"\r\n"),
+        ],
+        &[c("mg1 LOGIN \"alice\" \"s3cret\"\r\n"), rejected()],
+    );
+    check(
+        &request,
+        &[u(GREETING_FULL), Eof],
+        &[c("mg1 LOGIN \"alice\" \"s3cret\"\r\n"), rejected()],
+    );
+    // SASL LOGIN: the close comes after the first piece, still the login command.
+    check(
+        &password(Mechanism::Login, "alice", b"s3cret"),
+        &[u(GREETING_FULL), u("+ VXNlcm5hbWU6\r\n"), Eof],
+        &[c("mg1 AUTHENTICATE LOGIN\r\nYWxpY2U=\r\n"), rejected()],
+    );
+    // An OAuth error challenge seen before the BYE is kept for the downstream.
+    check(
+        &bearer(Mechanism::XOAuth2, "ya29.tok"),
+        &[
+            u(GREETING_FULL),
+            u(format!("+ {CHALLENGE_B64}\r\n")),
+            u("* BYE Disconnected\r\n"),
+        ],
+        &[
+            c(format!("mg1 AUTHENTICATE XOAUTH2 {XOAUTH2_IR}\r\n\r\n")),
+            E(ReplayEvent::Rejected {
+                text: String::new(),
+                challenge: Some(Bytes::from_static(CHALLENGE.as_bytes())),
+            }),
+        ],
+    );
+}
+
+/// Before the login command, a BYE or close is the upstream being unavailable.
+#[test]
+fn bye_or_close_before_the_login_command_is_a_failure() {
+    let request = password(Mechanism::ImapLogin, "alice", b"s3cret");
+    check(&request, &[Eof], &[failed(ReplayError::Closed)]);
+    check(
+        &request,
+        &[u(GREETING_BARE), Eof],
+        &[c("mg1 CAPABILITY\r\n"), failed(ReplayError::Closed)],
+    );
+    check(
+        &request,
+        &[u(GREETING_BARE), u("* BYE Server shutting down.\r\n")],
+        &[
+            c("mg1 CAPABILITY\r\n"),
             failed(ReplayError::Bye("Server shutting down.".into())),
         ],
     );
+    // With ID sent first (send_id), a close answering the ID is still before the login.
+    let mut m = ImapReplay::new(&request, false)
+        .unwrap()
+        .with_client_address("192.0.2.7:4321".parse().unwrap());
+    m.handle_input(GREETING_FULL.as_bytes());
+    assert!(m.poll_transmit().unwrap().starts_with(b"mg1 ID "));
+    m.handle_eof();
+    assert_eq!(
+        m.poll_event(),
+        Some(ReplayEvent::Failed(ReplayError::Closed))
+    );
+    // After the login completed, a close is the splice's business, not the replay's.
+    let mut m = ImapReplay::new(&request, false).unwrap();
+    m.handle_input(GREETING_FULL.as_bytes());
+    m.handle_input(format!("mg1 {LOGGED_IN}").as_bytes());
+    assert!(matches!(m.poll_event(), Some(ReplayEvent::LoggedIn { .. })));
+    m.handle_eof();
+    assert_eq!(m.poll_event(), None);
+}
+
+#[test]
+fn bad_and_garbage_during_login() {
+    let request = password(Mechanism::ImapLogin, "alice", b"s3cret");
     check(
         &request,
         &[u(GREETING_FULL), u("mg1 BAD Error in IMAP command\r\n")],

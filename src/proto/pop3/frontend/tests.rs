@@ -1033,3 +1033,50 @@ proptest! {
         }
     }
 }
+
+/// Issue 9: a client that pipelines `CAPA`s and `NOOP`s and never reads. One read queues at
+/// most [`MAX_PENDING_OUTPUT`] (plus one answer) of answers; the rest is answered, in order, as
+/// `poll_transmit` hands the answers out.
+#[test]
+fn answers_queued_per_read_are_capped_and_none_is_lost() {
+    let mut m = Pop3Frontend::new(Security::Tls, PreauthLimits::default(), t0());
+    let _greeting = m.poll_transmit();
+    let commands = b"CAPA\r\nNOOP\r\n".repeat(PREAUTH_READ / 12);
+    m.handle_input(&commands);
+    assert!(
+        m.output.len() < MAX_PENDING_OUTPUT + 200,
+        "{} bytes of answers queued for one read",
+        m.output.len()
+    );
+    let mut answers = Vec::new();
+    while let Some(out) = m.poll_transmit() {
+        answers.extend_from_slice(&out);
+    }
+    let answers = String::from_utf8(answers).unwrap();
+    let capas = answers.matches("+OK Capability list follows\r\n").count();
+    let noops = answers.matches("\r\n.\r\n+OK\r\n").count();
+    assert_eq!((capas, noops), (PREAUTH_READ / 12, PREAUTH_READ / 12));
+    assert!(m.input.is_empty());
+    assert!(m.poll_event().is_none());
+}
+
+/// A driver that keeps feeding input without sending the answers: what is held back is bounded
+/// (a line and a read), then the machine closes.
+#[test]
+fn input_held_back_behind_unsent_answers_is_bounded() {
+    let limits = PreauthLimits::default();
+    let mut m = Pop3Frontend::new(Security::Tls, limits, t0());
+    let chunk = b"CAPA\r\n".repeat(PREAUTH_READ / 6);
+    let mut fed = 0;
+    while m.poll_event().is_none() {
+        m.handle_input(&chunk);
+        fed += chunk.len();
+        assert!(m.input.len() <= limits.max_line + PREAUTH_READ);
+        assert!(fed < 100 * PREAUTH_READ, "never closed");
+    }
+    let mut answers = Vec::new();
+    while let Some(out) = m.poll_transmit() {
+        answers.extend_from_slice(&out);
+    }
+    assert!(answers.ends_with(LINE_TOO_LONG));
+}

@@ -14,6 +14,8 @@ enum Step {
     /// The replay must have reported this event next.
     E(ReplayEvent),
     Tls,
+    /// The upstream closes the connection.
+    Eof,
     Residual(Vec<u8>),
 }
 use Step::*;
@@ -67,6 +69,10 @@ fn run_from(new: impl Fn() -> Pop3Replay, steps: &[Step]) {
                 E(want) => assert_eq!(events.pop_front().as_ref(), Some(want), "{ctx}"),
                 Tls => {
                     r.tls_established();
+                    drain(r, &mut out, &mut events);
+                }
+                Eof => {
+                    r.handle_eof();
                     drain(r, &mut out, &mut events);
                 }
                 Residual(want) => {
@@ -287,6 +293,80 @@ fn user_pass_rejected() {
             sent("USER alice\r\n"),
             u("-ERR\r\n"),
             rejected("", None),
+        ],
+    );
+}
+
+/// Issue 9: an upstream that closes once the login is under way (Dovecot does on some bad
+/// logins) refused the login: a failed login, not an outage. Before it, the upstream is
+/// unavailable.
+#[test]
+fn close_after_the_login_started_is_a_rejection() {
+    for steps in [
+        vec![u(GREETING), sent("USER alice\r\n"), Eof, rejected("", None)],
+        vec![
+            u(GREETING),
+            sent("USER alice\r\n"),
+            u("+OK\r\n"),
+            sent("PASS pw\r\n"),
+            Eof,
+            rejected("", None),
+            // A close is final: nothing after it counts.
+            u("+OK\r\n"),
+            Eof,
+            Residual(vec![]),
+        ],
+    ] {
+        run(&user_pass("alice", b"pw"), false, &steps);
+    }
+    let json = br#"{"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}"#;
+    run(
+        &xoauth2("alice@example.com", "expired"),
+        false,
+        &[
+            u(GREETING),
+            sent(format!(
+                "AUTH XOAUTH2 {}\r\n",
+                b64("user=alice@example.com\x01auth=Bearer expired\x01\x01")
+            )),
+            u(format!("+ {}\r\n", b64(json))),
+            sent("\r\n"),
+            Eof,
+            rejected("", Some(json)),
+        ],
+    );
+}
+
+#[test]
+fn close_before_the_login_is_a_failure() {
+    run(
+        &user_pass("alice", b"pw"),
+        false,
+        &[Eof, failed(ReplayError::Closed)],
+    );
+    run(
+        &user_pass("alice", b"pw"),
+        true,
+        &[
+            u(GREETING),
+            sent("STLS\r\n"),
+            Eof,
+            failed(ReplayError::Closed),
+        ],
+    );
+    // After the login, a close belongs to the splice; the replay reports nothing more.
+    run(
+        &user_pass("alice", b"pw"),
+        false,
+        &[
+            u(GREETING),
+            sent("USER alice\r\n"),
+            u("+OK\r\n"),
+            sent("PASS pw\r\n"),
+            u("+OK Logged in.\r\n"),
+            logged_in("+OK Logged in.\r\n"),
+            Eof,
+            Residual(vec![]),
         ],
     );
 }

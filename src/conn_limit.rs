@@ -1,0 +1,341 @@
+//! Caps on connections that span sessions: concurrent connections per client address, and
+//! handshakes in progress (PROXY header, implicit TLS) per client address and in total.
+//!
+//! Input: a client address and the current [`Caps`] (read from the generation at each call, so
+//! a reload applies to the next connection). Output: an owned slot that frees itself on drop, or
+//! [`Over`] when a cap is reached. Pure bookkeeping under one mutex: no I/O, no clock.
+//!
+//! Why handshakes have caps of their own (issue 9): a connection that never sends its
+//! ClientHello costs nothing to open and held a global slot for the whole handshake timeout, so
+//! one address could fill `max_connections` and shut everyone out. Bounding handshakes in
+//! progress per address keeps one source to a small share; the total bounds many sources.
+//!
+//! Memory: an entry exists only while its address holds a slot, so the tables never hold more
+//! keys than there are open connections (at most `max_connections`).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
+
+use crate::metrics::Refused;
+
+/// Settings, from `[limits]`. 0 switches a cap off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Concurrent connections from one client address (IPv6: one /64), held for the whole
+    /// session.
+    pub connections_per_ip: usize,
+    /// Handshakes in progress over all listeners.
+    pub handshakes: usize,
+    /// Handshakes in progress from one client address (IPv6: one /64).
+    pub handshakes_per_ip: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Self {
+            // Dovecot's mail_max_userip_connections is 10 per user+IP; a NAT'd office shares
+            // one address, so the per-IP cap is larger.
+            connections_per_ip: 100,
+            // A handshake takes a few round trips (milliseconds); a thousand at once is a burst
+            // of ~100k connections/s or a flood. A tenth of the default `max_connections`, so a
+            // flood of half-open connections from many addresses leaves 90% of it to sessions.
+            handshakes: 1000,
+            // Enough for a NAT'd office reconnecting at once over slow links; one address
+            // holding more half-open connections than this is not a mail client.
+            handshakes_per_ip: 20,
+        }
+    }
+}
+
+/// Which cap refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Over {
+    /// `max_connections_per_ip`.
+    ConnectionsPerIp,
+    /// `max_handshakes`.
+    Handshakes,
+    /// `max_handshakes_per_ip`.
+    HandshakesPerIp,
+}
+
+impl Over {
+    /// Whether the client's own address is at fault (the goodbye says so).
+    pub fn per_ip(self) -> bool {
+        matches!(self, Over::ConnectionsPerIp | Over::HandshakesPerIp)
+    }
+}
+
+impl From<Over> for Refused {
+    /// The `reason` label of `mailgate_connections_refused_total`.
+    fn from(over: Over) -> Refused {
+        match over {
+            Over::ConnectionsPerIp => Refused::Limit,
+            Over::Handshakes | Over::HandshakesPerIp => Refused::Handshakes,
+        }
+    }
+}
+
+/// The address a cap counts. IPv4 (and IPv4-mapped IPv6) as is. IPv6 by its /64: one
+/// subscriber line or host is normally given a whole /64 (RFC 6177), so counting single
+/// addresses would let one host rotate through 2^64 of them. The cost: hosts sharing a /64
+/// share a cap, as hosts behind one NAT'd IPv4 address do.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    connections: HashMap<IpAddr, usize>,
+    handshakes: HashMap<IpAddr, usize>,
+    handshakes_total: usize,
+}
+
+/// Shared by every listener. Cheap to clone; clones share the counts.
+#[derive(Debug, Clone, Default)]
+pub struct ConnLimits(Arc<Mutex<Counts>>);
+
+/// The slots a connection was admitted with at accept, handed to its session.
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// `None` behind a PROXY balancer: the session takes it once the header names the client.
+    pub connection: Option<ConnectionSlot>,
+    /// `Some` while a PROXY header or implicit TLS handshake is to come; the session drops it
+    /// when the handshake ends.
+    pub handshake: Option<HandshakeSlot>,
+}
+
+/// One connection slot of a client address; freed on drop.
+#[must_use = "dropping the slot frees it at once"]
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    counts: Arc<Mutex<Counts>>,
+    key: IpAddr,
+}
+
+/// One handshake in progress: a share of the total, and of its client address once that is
+/// known (at accept, or after the PROXY header). Freed on drop, i.e. when the handshake ends.
+#[must_use = "dropping the slot ends the handshake's accounting at once"]
+#[derive(Debug)]
+pub struct HandshakeSlot {
+    counts: Arc<Mutex<Counts>>,
+    key: Option<IpAddr>,
+}
+
+impl ConnLimits {
+    pub fn new() -> ConnLimits {
+        ConnLimits::default()
+    }
+
+    /// Take a connection slot for `ip`.
+    pub fn connection(&self, ip: IpAddr, caps: &Caps) -> Result<ConnectionSlot, Over> {
+        let key = client_key(ip);
+        let mut counts = lock(&self.0);
+        take(
+            &mut counts.connections,
+            key,
+            caps.connections_per_ip,
+            Over::ConnectionsPerIp,
+        )?;
+        Ok(ConnectionSlot {
+            counts: self.0.clone(),
+            key,
+        })
+    }
+
+    /// Take a handshake slot, counted for `ip` too when it is known (`None` behind a PROXY
+    /// balancer until the header names the client: see [`HandshakeSlot::attribute`]).
+    pub fn handshake(&self, ip: Option<IpAddr>, caps: &Caps) -> Result<HandshakeSlot, Over> {
+        let mut counts = lock(&self.0);
+        if caps.handshakes != 0 && counts.handshakes_total >= caps.handshakes {
+            return Err(Over::Handshakes);
+        }
+        let key = ip.map(client_key);
+        if let Some(key) = key {
+            take(
+                &mut counts.handshakes,
+                key,
+                caps.handshakes_per_ip,
+                Over::HandshakesPerIp,
+            )?;
+        }
+        counts.handshakes_total += 1;
+        Ok(HandshakeSlot {
+            counts: self.0.clone(),
+            key,
+        })
+    }
+
+    /// Connections and handshakes in progress now (for tests and diagnostics).
+    pub fn totals(&self) -> (usize, usize) {
+        let counts = lock(&self.0);
+        (counts.connections.values().sum(), counts.handshakes_total)
+    }
+}
+
+impl HandshakeSlot {
+    /// Count this handshake against `ip` as well, once the PROXY header has named the client.
+    /// On `Err` the slot is unchanged (and frees its share of the total on drop).
+    pub fn attribute(&mut self, ip: IpAddr, caps: &Caps) -> Result<(), Over> {
+        if self.key.is_some() {
+            return Ok(());
+        }
+        let key = client_key(ip);
+        take(
+            &mut lock(&self.counts).handshakes,
+            key,
+            caps.handshakes_per_ip,
+            Over::HandshakesPerIp,
+        )?;
+        self.key = Some(key);
+        Ok(())
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        release(&mut lock(&self.counts).connections, self.key);
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.counts);
+        counts.handshakes_total = counts.handshakes_total.saturating_sub(1);
+        if let Some(key) = self.key {
+            release(&mut counts.handshakes, key);
+        }
+    }
+}
+
+fn lock(m: &Mutex<Counts>) -> std::sync::MutexGuard<'_, Counts> {
+    // A poisoned lock only means another session panicked mid-update of plain counters.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn take(map: &mut HashMap<IpAddr, usize>, key: IpAddr, cap: usize, over: Over) -> Result<(), Over> {
+    let n = map.entry(key).or_insert(0);
+    if cap != 0 && *n >= cap {
+        if *n == 0 {
+            map.remove(&key);
+        }
+        return Err(over);
+    }
+    *n += 1;
+    Ok(())
+}
+
+fn release(map: &mut HashMap<IpAddr, usize>, key: IpAddr) {
+    if let Some(n) = map.get_mut(&key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn caps(connections_per_ip: usize, handshakes: usize, handshakes_per_ip: usize) -> Caps {
+        Caps {
+            connections_per_ip,
+            handshakes,
+            handshakes_per_ip,
+        }
+    }
+
+    #[test]
+    fn connections_are_capped_per_address_and_freed_on_drop() {
+        let limits = ConnLimits::new();
+        let c = caps(2, 0, 0);
+        let a = limits.connection(ip("192.0.2.1"), &c).unwrap();
+        let _b = limits.connection(ip("192.0.2.1"), &c).unwrap();
+        assert_eq!(
+            limits.connection(ip("192.0.2.1"), &c).unwrap_err(),
+            Over::ConnectionsPerIp
+        );
+        // Another address is not affected; the mapped form is the same address.
+        let _other = limits.connection(ip("192.0.2.2"), &c).unwrap();
+        assert!(limits.connection(ip("::ffff:192.0.2.1"), &c).is_err());
+        drop(a);
+        let _again = limits.connection(ip("::ffff:192.0.2.1"), &c).unwrap();
+        assert_eq!(limits.totals().0, 3);
+    }
+
+    #[test]
+    fn ipv6_counts_by_slash_64() {
+        let limits = ConnLimits::new();
+        let c = caps(1, 0, 0);
+        let _a = limits.connection(ip("2001:db8:1:2::1"), &c).unwrap();
+        assert!(limits.connection(ip("2001:db8:1:2:ffff::9"), &c).is_err());
+        let _b = limits.connection(ip("2001:db8:1:3::1"), &c).unwrap();
+        assert_eq!(client_key(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+    }
+
+    #[test]
+    fn zero_switches_a_cap_off() {
+        let limits = ConnLimits::new();
+        let c = caps(0, 0, 0);
+        let held: Vec<_> = (0..1000)
+            .map(|_| limits.connection(ip("192.0.2.1"), &c).unwrap())
+            .collect();
+        let hs: Vec<_> = (0..1000)
+            .map(|_| limits.handshake(Some(ip("192.0.2.1")), &c).unwrap())
+            .collect();
+        assert_eq!(limits.totals(), (held.len(), hs.len()));
+    }
+
+    #[test]
+    fn handshakes_are_capped_per_address_and_in_total() {
+        let limits = ConnLimits::new();
+        let c = caps(0, 3, 2);
+        let a = ip("192.0.2.1");
+        let h1 = limits.handshake(Some(a), &c).unwrap();
+        let _h2 = limits.handshake(Some(a), &c).unwrap();
+        assert_eq!(
+            limits.handshake(Some(a), &c).unwrap_err(),
+            Over::HandshakesPerIp
+        );
+        let _h3 = limits.handshake(Some(ip("192.0.2.2")), &c).unwrap();
+        assert_eq!(
+            limits.handshake(Some(ip("192.0.2.3")), &c).unwrap_err(),
+            Over::Handshakes
+        );
+        // A refused attempt took nothing; a finished handshake frees both shares.
+        drop(h1);
+        let _h4 = limits.handshake(Some(a), &c).unwrap();
+        assert_eq!(limits.totals().1, 3);
+    }
+
+    #[test]
+    fn a_proxied_handshake_is_attributed_once_the_client_is_known() {
+        let limits = ConnLimits::new();
+        let c = caps(0, 10, 1);
+        let client = ip("192.0.2.7");
+        let mut first = limits.handshake(None, &c).unwrap();
+        let mut second = limits.handshake(None, &c).unwrap();
+        first.attribute(client, &c).unwrap();
+        assert_eq!(
+            second.attribute(client, &c).unwrap_err(),
+            Over::HandshakesPerIp
+        );
+        second.attribute(ip("192.0.2.8"), &c).unwrap();
+        drop(first);
+        drop(second);
+        assert_eq!(limits.totals(), (0, 0));
+        let mut third = limits.handshake(None, &c).unwrap();
+        third.attribute(client, &c).unwrap();
+    }
+}
