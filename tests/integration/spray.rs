@@ -177,11 +177,11 @@ async fn refusals_take_as_long_as_a_wrong_password() {
     for class in ["unknown", "suspended", "imap_off"] {
         let t = &report["tests"][class];
         let (ks, mw) = (t["ks_p"].as_f64().unwrap(), t["mw_p"].as_f64().unwrap());
-        // Under the null (same distribution) each p is uniform on [0, 1]: 0.001 fails a
-        // correct build once in a thousand runs per class; an unpaced refusal (a few ms
-        // against 1-2 s) gives p < 1e-50.
+        // Under the null (same distribution) each p is uniform on [0, 1], so 1e-4 fails a
+        // correct build once in 10,000 runs per class (a loaded machine drifts a little more);
+        // an unpaced refusal (a few ms against 1-2 s) gives p < 1e-50.
         assert!(
-            ks > 0.001 && mw > 0.001,
+            ks > 1e-4 && mw > 1e-4,
             "{class} refusals are distinguishable from a wrong password: {t} in {report}"
         );
     }
