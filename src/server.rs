@@ -256,6 +256,13 @@ impl Reloader {
             tracing::warn!("[admin] changes take effect only after a restart");
         }
         let next = Generation::build(config, old.number + 1)?;
+        // What the old generation learnt of an upstream holds until the new probe answers.
+        for (name, connector) in &next.connectors {
+            if let Some(earlier) = old.connectors.get(name) {
+                connector.inherit_capabilities(earlier);
+            }
+            connector.spawn_probe();
+        }
         let number = next.number;
         self.shared
             .throttle
@@ -294,6 +301,9 @@ impl Server {
                 somaxconn = max,
                 "limits.backlog is above net.core.somaxconn; the kernel uses somaxconn"
             );
+        }
+        for connector in generation.connectors.values() {
+            connector.spawn_probe();
         }
         let mut bound = Vec::new();
         for listener in &config.listeners {

@@ -430,9 +430,14 @@ async fn drive(
     };
     let limits = generation.config.limits.preauth;
     let now = Instant::now().into_std();
+    // What the upstream offers, as last learnt, so the pre-login list holds after login.
+    let upstream = generation
+        .connector(&ctx.listener)
+        .map(|connector| connector.capabilities())
+        .unwrap_or_default();
     match ctx.listener.protocol {
         Protocol::Imap => {
-            let machine = ImapFrontend::new(security, limits, now);
+            let machine = ImapFrontend::with_upstream(security, limits, now, &upstream);
             Preauth {
                 ctx,
                 generation: generation.clone(),
@@ -444,7 +449,7 @@ async fn drive(
             .await
         }
         Protocol::Pop3 => {
-            let machine = Pop3Frontend::new(security, limits, now);
+            let machine = Pop3Frontend::with_upstream(security, limits, now, &upstream);
             Preauth {
                 ctx,
                 generation: generation.clone(),

@@ -5,11 +5,21 @@
 //! [`LoggedIn`] (stream plus the upstream's answer to relay) or an [`Error`] whose variant says
 //! whether the credentials were refused (relay as authentication failure) or the upstream was
 //! unreachable or broken (temporary failure, never an allow). Errors never carry credentials.
+//!
+//! Each [`Connector`] also keeps the upstream's last-learnt pre-login capabilities, so the
+//! front-end can advertise what the upstream really offers (issue 9 items 9, 10): mailgate
+//! greets the downstream before it connects upstream, so the list comes from a probe
+//! connection at startup and reload ([`Connector::probe`], bounded by the upstream's timeouts)
+//! and, for IMAP, refreshed by every login replay, which sees the greeting anyway (a POP3 login
+//! never asks `CAPA`). Until then it is empty, and the front-end advertises only its safe base
+//! set.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use rustls::pki_types::ServerName;
@@ -82,6 +92,16 @@ pub struct LoggedIn {
 pub struct Connector {
     config: Arc<Upstream>,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// The upstream's pre-login capabilities (after STARTTLS / STLS), as last learnt; empty
+    /// until then. IMAP: capability names, upper-cased; POP3: whole `CAPA` lines.
+    capabilities: ArcSwap<Vec<String>>,
+}
+
+/// How a replay exchange ended without an error.
+enum Ended {
+    LoggedIn(LoggedIn),
+    /// The capability probe is done.
+    Probed,
 }
 
 impl Connector {
@@ -92,7 +112,70 @@ impl Connector {
                 Some(crate::tls::upstream_connector(&config)?)
             }
         };
-        Ok(Self { config, tls })
+        Ok(Self {
+            config,
+            tls,
+            capabilities: ArcSwap::default(),
+        })
+    }
+
+    /// The upstream's pre-login capabilities as last learnt (empty: not known yet).
+    pub fn capabilities(&self) -> Arc<Vec<String>> {
+        self.capabilities.load_full()
+    }
+
+    /// Start from what an earlier connector to the same upstream learnt (on reload), until
+    /// this one's own probe or login says otherwise.
+    pub fn inherit_capabilities(&self, earlier: &Connector) {
+        if self.capabilities.load().is_empty() {
+            self.capabilities.store(earlier.capabilities());
+        }
+    }
+
+    fn learn(&self, capabilities: Option<&[String]>) {
+        if let Some(capabilities) = capabilities
+            && capabilities != self.capabilities.load().as_slice()
+        {
+            tracing::debug!(upstream = %self.config.name, capabilities = capabilities.join(" "), "upstream capabilities learnt");
+            self.capabilities.store(Arc::new(capabilities.to_vec()));
+        }
+    }
+
+    /// Connect without logging in, learn the pre-login capabilities (after STARTTLS / STLS
+    /// when configured: IMAP `CAPABILITY`, POP3 `CAPA`), log out. Bounded by
+    /// `connect_timeout` plus `login_timeout`; a failure only leaves the list as it was
+    /// (logged at debug: the logins will say more).
+    pub async fn probe(&self) {
+        let starttls = self.config.tls == UpstreamTls::StartTls;
+        let limit = self
+            .config
+            .connect_timeout
+            .saturating_add(self.config.login_timeout);
+        let exchange = async {
+            let (stream, _) = self.connect(None).await?;
+            let replay = match self.config.protocol {
+                Protocol::Imap => Replay::Imap(ImapReplay::probe(starttls)),
+                Protocol::Pop3 => Replay::Pop3(Pop3Replay::probe(starttls)),
+            };
+            self.replay(stream, replay).await
+        };
+        match timeout(limit, exchange).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(upstream = %self.config.name, error = %e, "capability probe failed");
+            }
+            Err(_) => {
+                tracing::debug!(upstream = %self.config.name, "capability probe timed out");
+            }
+        }
+    }
+
+    /// Run [`Connector::probe`] in the background, when there is a runtime to run it on.
+    pub fn spawn_probe(self: &Arc<Self>) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let connector = self.clone();
+            runtime.spawn(async move { connector.probe().await });
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -127,16 +210,21 @@ impl Connector {
             }
         };
         let started = tokio::time::Instant::now();
-        let (stream, address) = self.connect(peer).await?;
+        let (stream, address) = self.connect(Some(peer)).await?;
         let connect_time = started.elapsed();
         let limit = self.config.login_timeout;
         match timeout(limit, self.replay(stream, replay)).await {
-            Ok(result) => result.map(|mut logged| {
+            Ok(Ok(Ended::LoggedIn(mut logged))) => {
                 logged.address = address;
                 logged.connect_time = connect_time;
                 logged.login_time = started.elapsed().saturating_sub(connect_time);
-                logged
+                Ok(logged)
+            }
+            Ok(Ok(Ended::Probed)) => Err(Error::Protocol {
+                upstream: self.config.name.clone(),
+                source: ReplayError::Unexpected("probe instead of login".into()),
             }),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::Timeout {
                 upstream: self.config.name.clone(),
                 limit,
@@ -145,8 +233,9 @@ impl Connector {
     }
 
     /// Try every configured address in order, each bounded by `connect_timeout` (TCP connect
-    /// plus, for implicit TLS, the handshake).
-    async fn connect(&self, peer: &Peer) -> Result<(UpstreamStream, String), Error> {
+    /// plus, for implicit TLS, the handshake). `peer`: the downstream a PROXY header names;
+    /// `None` (the probe) names mailgate's own connection.
+    async fn connect(&self, peer: Option<&Peer>) -> Result<(UpstreamStream, String), Error> {
         let mut last = None;
         for address in &self.config.addresses {
             let attempt = async {
@@ -163,7 +252,22 @@ impl Connector {
                 let _ = tcp.set_nodelay(true);
                 if self.config.send_proxy_protocol {
                     // PROXY v2 goes first, before any TLS byte (haproxy proxy-protocol.txt 2.2).
-                    let header = encode_v2(peer.source, peer.destination);
+                    let header = match peer {
+                        Some(peer) => encode_v2(peer.source, peer.destination),
+                        None => {
+                            let local = tcp.local_addr();
+                            let remote = tcp.peer_addr();
+                            match (local, remote) {
+                                (Ok(local), Ok(remote)) => encode_v2(local, remote),
+                                (Err(e), _) | (_, Err(e)) => {
+                                    return Err(Error::Connect {
+                                        upstream: self.config.name.clone(),
+                                        detail: format!("{address}: {e}"),
+                                    });
+                                }
+                            }
+                        }
+                    };
                     tcp.write_all(&header).await.map_err(|e| Error::Connect {
                         upstream: self.config.name.clone(),
                         detail: format!("{address}: sending the PROXY header: {e}"),
@@ -209,11 +313,7 @@ impl Connector {
         Ok(MaybeTls::Tls(Box::new(tls)))
     }
 
-    async fn replay(
-        &self,
-        mut stream: UpstreamStream,
-        mut replay: Replay,
-    ) -> Result<LoggedIn, Error> {
+    async fn replay(&self, mut stream: UpstreamStream, mut replay: Replay) -> Result<Ended, Error> {
         let upstream = || self.config.name.clone();
         let io_err = |source| Error::Io {
             upstream: upstream(),
@@ -225,7 +325,19 @@ impl Connector {
                 stream.write_all(&out).await.map_err(io_err)?;
             }
             stream.flush().await.map_err(io_err)?;
-            match replay.poll_event() {
+            let event = replay.poll_event();
+            if matches!(
+                event,
+                Some(
+                    ReplayEvent::LoggedIn { .. }
+                        | ReplayEvent::Rejected { .. }
+                        | ReplayEvent::Probed
+                )
+            ) {
+                // The greeting (or post-STARTTLS CAPABILITY) the replay saw anyway.
+                self.learn(replay.capabilities());
+            }
+            match event {
                 Some(ReplayEvent::TlsRequested) => {
                     let tcp = stream.into_plain().ok_or_else(|| Error::Protocol {
                         upstream: upstream(),
@@ -235,8 +347,12 @@ impl Connector {
                     replay.tls_established();
                     continue;
                 }
+                Some(ReplayEvent::Probed) => {
+                    let _ = timeout(Duration::from_secs(1), stream.shutdown()).await;
+                    return Ok(Ended::Probed);
+                }
                 Some(ReplayEvent::LoggedIn { untagged, reply }) => {
-                    return Ok(LoggedIn {
+                    return Ok(Ended::LoggedIn(LoggedIn {
                         stream,
                         address: String::new(),
                         untagged,
@@ -244,7 +360,7 @@ impl Connector {
                         residual: replay.into_residual(),
                         connect_time: Duration::ZERO,
                         login_time: Duration::ZERO,
-                    });
+                    }));
                 }
                 Some(ReplayEvent::Rejected { text, challenge }) => {
                     return Err(Error::Rejected { text, challenge });
@@ -312,5 +428,11 @@ impl Replay {
     }
     fn into_residual(self) -> Bytes {
         forward!(self, into_residual)
+    }
+    fn capabilities(&self) -> Option<&[String]> {
+        match self {
+            Replay::Imap(r) => r.capabilities(),
+            Replay::Pop3(r) => r.capabilities(),
+        }
     }
 }

@@ -37,6 +37,10 @@ const MAX_PREAUTH_BUFFER: u64 = 1024 * 1024;
 /// Lowest accepted `max_literal`: RFC 4616 section 2 expects at least 255 octets for the
 /// authentication identity and password.
 const MIN_MAX_LITERAL: u64 = 255;
+/// Bounds of `max_username`: below 64 (an RFC 5321 local part) real addresses would be
+/// refused; above 64 KiB a name is no address at all and only fills logs.
+const MIN_MAX_USERNAME: u64 = 64;
+const MAX_MAX_USERNAME: u64 = 64 * 1024;
 /// More failed logins than this per connection only helps password guessing.
 const MAX_AUTH_ATTEMPTS: u64 = 100;
 /// Upper bound for `[policy] contact`: it goes into a one-line protocol answer.
@@ -580,6 +584,13 @@ impl Validator<'_> {
             1,
             MAX_AUTH_ATTEMPTS,
         );
+        let max_username = self.bounded(
+            "limits.max_username",
+            l.max_username,
+            p.max_username as u64,
+            MIN_MAX_USERNAME,
+            MAX_MAX_USERNAME,
+        );
         let max_connections = self.bounded(
             "limits.max_connections",
             l.max_connections,
@@ -594,6 +605,7 @@ impl Validator<'_> {
                 max_line: usize::try_from(max_line).unwrap_or(p.max_line),
                 max_literal: usize::try_from(max_literal).unwrap_or(p.max_literal),
                 max_attempts: u32::try_from(max_attempts).unwrap_or(p.max_attempts),
+                max_username: usize::try_from(max_username).unwrap_or(p.max_username),
                 auth_timeout: self.duration(
                     "limits.auth_timeout",
                     l.auth_timeout.as_deref(),

@@ -242,6 +242,7 @@ min_version = "1.3"
 max_line = 512
 max_literal = 255
 max_auth_attempts = 1
+max_username = 100
 auth_timeout = "10s"
 idle_timeout = "1h"
 send_timeout = "15s"
@@ -268,6 +269,7 @@ filter = "warn,mailgate=debug"
     assert_eq!(tls.min_version, TlsVersion::Tls13);
     let p = c.limits.preauth;
     assert_eq!((p.max_line, p.max_literal, p.max_attempts), (512, 255, 1));
+    assert_eq!(p.max_username, 100);
     assert_eq!(p.auth_timeout, Duration::from_secs(10));
     assert_eq!(c.limits.idle_timeout, Duration::from_secs(3600));
     assert_eq!(c.limits.send_timeout, Duration::from_secs(15));
@@ -529,6 +531,8 @@ fn limits_out_of_range() {
         ("max_line = 100", "limits.max_line"),
         ("max_line = 2000000", "limits.max_line"),
         ("max_literal = 10", "limits.max_literal"),
+        ("max_username = 10", "limits.max_username"),
+        ("max_username = 100000", "limits.max_username"),
         ("max_auth_attempts = 0", "limits.max_auth_attempts"),
         ("max_auth_attempts = 1000", "limits.max_auth_attempts"),
         ("max_connections = 0", "limits.max_connections"),

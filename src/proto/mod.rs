@@ -110,6 +110,17 @@ pub struct LoginRequest {
 }
 
 impl LoginRequest {
+    /// Whether every identity the request names (user, SASL authzid, bearer `user=`) fits in
+    /// `max` octets.
+    pub fn names_fit(&self, max: usize) -> bool {
+        match &self.credentials {
+            Credentials::Password { authzid, user, .. } => {
+                user.len() <= max && authzid.as_ref().is_none_or(|a| a.len() <= max)
+            }
+            Credentials::Bearer { user, .. } => user.as_ref().is_none_or(|u| u.len() <= max),
+        }
+    }
+
     /// The claimed user, when the mechanism carries one.
     pub fn user(&self) -> Option<&str> {
         match &self.credentials {
@@ -141,6 +152,18 @@ pub struct Refusal {
     /// The machine then waits for the downstream's (empty or `AQ==`) response line before it
     /// sends the refusal.
     pub challenge: Option<Bytes>,
+}
+
+impl Refusal {
+    /// A user name over `max_username`: the generic credentials failure, as for a wrong
+    /// password, so the answer says nothing about limits or accounts.
+    pub fn name_too_long() -> Self {
+        Self {
+            class: ReplyClass::Authentication,
+            text: "Authentication failed".to_owned(),
+            challenge: None,
+        }
+    }
 }
 
 /// The driver's answer to `Event::LoginRequested`.
@@ -184,6 +207,10 @@ pub struct PreauthLimits {
     pub max_literal: usize,
     /// Failed logins allowed on one connection, as Dovecot's default of 3.
     pub max_attempts: u32,
+    /// Longest user name (and SASL authorization identity, XOAUTH2/OAUTHBEARER `user=`) in
+    /// octets. 320: RFC 5321 4.5.3.1 local-part (64) + `@` + domain (255). A longer name is
+    /// refused in the front-end as a credentials failure, never replayed, logged or audited.
+    pub max_username: usize,
     /// Time from connect to a completed login.
     pub auth_timeout: Duration,
 }
@@ -194,6 +221,7 @@ impl Default for PreauthLimits {
             max_line: 16 * 1024,
             max_literal: 8 * 1024,
             max_attempts: 3,
+            max_username: 320,
             auth_timeout: Duration::from_secs(60),
         }
     }
@@ -254,6 +282,10 @@ pub enum ReplayEvent {
         /// The decoded SASL challenge the upstream sent before refusing (XOAUTH2 error JSON).
         challenge: Option<Bytes>,
     },
+    /// A capability probe ([`imap::ImapReplay::probe`]) learnt the upstream's capabilities and
+    /// queued `LOGOUT`. The driver reads them with `capabilities()`, sends the pending transmit
+    /// and closes.
+    Probed,
     /// The upstream broke the protocol, or said BYE or closed before the login command was
     /// sent. The driver refuses with `Unavailable`.
     Failed(ReplayError),

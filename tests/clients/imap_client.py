@@ -9,6 +9,8 @@ Modes:
   login  login and logout only
   idle   login, SELECT INBOX, IDLE; prints "IDLING" (flushed) once the server accepted
          IDLE, waits (bounded) for an untagged EXISTS, then DONE and LOGOUT
+  enable login, then imaplib's enable(--enable) (which checks the capabilities imaplib kept
+         from before login), report its answer, LOGOUT
 
 Examples:
   imap_client.py --port 993 --cafile ca.pem --user alice@example.com --auth xoauth2 --token T
@@ -178,7 +180,8 @@ def main():
     p.add_argument("--token", default="", help="OAuth bearer token for --auth xoauth2/oauthbearer")
     p.add_argument("--auth", choices=["login", "plain", "plain-ir", "xoauth2", "oauthbearer"],
                    default="login")
-    p.add_argument("--mode", choices=["fetch", "login", "idle"], default="fetch")
+    p.add_argument("--mode", choices=["fetch", "login", "idle", "enable"], default="fetch")
+    p.add_argument("--enable", default="UTF8=ACCEPT", help="capability for --mode enable")
     p.add_argument("--fetch", choices=["rfc822", "body-peek"], default="body-peek")
     p.add_argument("--authzid", default="", help="SASL PLAIN authorization identity")
     p.add_argument("--source", help="local address to connect from, e.g. 127.0.0.2")
@@ -223,6 +226,9 @@ def main():
         elif args.mode == "idle":
             before, exists, seen = idle(m, args)
             result.update(before=before, exists=exists, untagged=seen)
+        elif args.mode == "enable":
+            typ, dat = m.enable(args.enable)
+            result.update(enable=typ, enabled=[d.decode("utf-8", "replace") for d in dat if d])
         m.logout()
     except Exception as e:  # noqa: BLE001
         emit(dict(result, ok=False, stage=args.mode, error="%s: %s" % (type(e).__name__, e)))

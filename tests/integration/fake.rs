@@ -9,6 +9,9 @@
 //! let idp = fake::idp().status(500).run().await;
 //! ```
 //!
+//! A POP3 `CAPA` line (mailgate's capability probe) is answered `-ERR` and the connection
+//! closed, whatever the script says: the fakes are CAPA-less servers.
+//!
 //! Loopback only, and bounded: each connection's script is cut off after [`CONN_LIMIT`], a
 //! stalled connection ends as soon as its peer closes, and a fake stops (listener and every
 //! connection) when dropped; [`Fake::stop`] does the same and waits until it has.
@@ -193,6 +196,11 @@ enum Step {
     ReadLine,
     Answer(Vec<u8>),
     AnswerTagged(String),
+    /// Answer with `prefix` and the line just read (IMAP: after the line's tag).
+    Echo {
+        prefix: String,
+        tagged: bool,
+    },
     Reset,
     Stall,
     Pause(Duration),
@@ -251,6 +259,23 @@ impl UpstreamBuilder {
         self.step(Step::AnswerTagged(text.to_string()))
     }
 
+    /// Waits for one IMAP command and answers `<its tag> <prefix><the whole line>`, as some
+    /// servers do for a command they cannot parse (`BAD Error in command: ...`).
+    pub fn echo_tagged(self, prefix: &str) -> Self {
+        self.step(Step::Echo {
+            prefix: prefix.to_string(),
+            tagged: true,
+        })
+    }
+
+    /// Waits for one line and answers `<prefix><the whole line>` (POP3).
+    pub fn echo(self, prefix: &str) -> Self {
+        self.step(Step::Echo {
+            prefix: prefix.to_string(),
+            tagged: false,
+        })
+    }
+
     /// IMAP: a greeting with capabilities, then `OK` to the LOGIN.
     pub fn imap_logged_in(self) -> Self {
         self.greet(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] fake ready\r\n")
@@ -299,11 +324,18 @@ async fn script(mut tcp: TcpStream, steps: Arc<[Step]>, seen: Arc<Mutex<Vec<Stri
                     return;
                 }
             }
-            Step::ReadLine | Step::Answer(_) | Step::AnswerTagged(_) => {
+            Step::ReadLine | Step::Answer(_) | Step::AnswerTagged(_) | Step::Echo { .. } => {
                 let Some(line) = read_line(&mut tcp, &mut pending).await else {
                     return;
                 };
                 note(&seen, &line);
+                if line.trim_ascii_end().eq_ignore_ascii_case(b"CAPA") {
+                    // Only mailgate's capability probe sends CAPA (a login never does): answer
+                    // as a server without CAPA would, so every script stays a login script.
+                    let _ = tcp.write_all(b"-ERR no CAPA here\r\n").await;
+                    let _ = tcp.shutdown().await;
+                    return;
+                }
                 let reply = match step {
                     Step::Answer(bytes) => bytes.clone(),
                     Step::AnswerTagged(text) => {
@@ -311,6 +343,21 @@ async fn script(mut tcp: TcpStream, steps: Arc<[Step]>, seen: Arc<Mutex<Vec<Stri
                         let mut reply = tag.to_vec();
                         reply.push(b' ');
                         reply.extend_from_slice(text.as_bytes());
+                        reply.extend_from_slice(b"\r\n");
+                        reply
+                    }
+                    Step::Echo { prefix, tagged } => {
+                        let got = line.strip_suffix(b"\n").unwrap_or(&line);
+                        let got = got.strip_suffix(b"\r").unwrap_or(got);
+                        let mut reply = Vec::new();
+                        if *tagged {
+                            reply.extend_from_slice(
+                                got.split(|&b| b == b' ').next().unwrap_or_default(),
+                            );
+                            reply.push(b' ');
+                        }
+                        reply.extend_from_slice(prefix.as_bytes());
+                        reply.extend_from_slice(got);
                         reply.extend_from_slice(b"\r\n");
                         reply
                     }

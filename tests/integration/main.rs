@@ -14,6 +14,9 @@
 //! - `faults`: upstream and IdP faults through mailgate; no fd or task leaked.
 //! - `accept`: half-open floods, the global and per-address caps, PROXY, the listen backlog,
 //!   the admin listener under a flood.
+//! - `capabilities`: the upstream's capabilities before and after login, through mailgate
+//!   (imaplib against Dovecot, a Courier-like fake).
+//! - `names`: over-long user names stop at mailgate's front-end.
 //! - `ops_e2e`: audit records, session ends, rotation, HAProxy PROXY v2, the client address
 //!   in Dovecot's log, `/metrics` and `/readyz`: the operator surface end to end.
 //! - `spray`: password spraying (issue 10): the client address upstream against Dovecot's
@@ -36,11 +39,13 @@ mod util;
 mod abuse;
 mod accept;
 mod audit_e2e;
+mod capabilities;
 mod direct;
 mod faults;
 mod lifecycle;
 mod lockout;
 mod mailgate;
+mod names;
 mod oauth;
 mod oauth_e2e;
 mod ops_e2e;

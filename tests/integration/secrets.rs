@@ -101,3 +101,84 @@ async fn passwords_and_tokens_never_reach_the_log() {
         "a secret fragment reached the log"
     );
 }
+
+/// Issue 9 item 6. Some servers answer a command they cannot parse with the line they got
+/// (`BAD Error in command: a LOGIN "user" "password"`); mailgate logs why an upstream login
+/// failed, so that echo would put the password into its WARN log. Once the credentials went
+/// out, no upstream text reaches an error, log line or audit record.
+///
+/// Hand-written fake upstream (fake.rs): Dovecot does not echo credentials on demand.
+#[tokio::test]
+async fn an_upstream_echoing_the_login_line_leaks_nothing() {
+    const ECHO_USER: &str = "echo@example.com";
+    const ECHO_PASSWORD: &str = "Pw-echo-4d1f-never-logged";
+    let imap_up = crate::fake::upstream()
+        .greet(b"* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN] echo ready\r\n")
+        .echo_tagged("BAD Error in command: ")
+        .run()
+        .await;
+    let pop3_up = crate::fake::upstream()
+        .greet(b"+OK echo ready\r\n")
+        .answer(b"+OK\r\n")
+        .echo("-ERR Error in command: ")
+        .run()
+        .await;
+    let plain = |addr: std::net::SocketAddr| crate::mailgate::UpstreamSpec {
+        addresses: vec![addr.to_string()],
+        tls: "none",
+        ca_file: Mailgate::ca_pem(),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit_path = dir.path().join("audit.log");
+    let (audit, writer) = mailgate::audit::Audit::to_file(&audit_path, 4096).expect("audit");
+    tokio::spawn(writer.run());
+    let services = mailgate::server::Services {
+        audit: audit.clone(),
+        ..Default::default()
+    };
+    let mailgate = Mailgate::builder_for(plain(imap_up.addr), plain(pop3_up.addr))
+        .start_with(services)
+        .await;
+    let plain_ir = b64(format!("\0{ECHO_USER}\0{ECHO_PASSWORD}").as_bytes());
+
+    let mut imap = TcpLineClient::connect(mailgate.addr("imap-plain")).await;
+    imap.read_line().await;
+    let answer = imap
+        .command(&format!("a LOGIN \"{ECHO_USER}\" \"{ECHO_PASSWORD}\""))
+        .await;
+    assert!(answer.starts_with("a NO [UNAVAILABLE]"), "{answer}");
+    let answer = imap
+        .command(&format!("b AUTHENTICATE PLAIN {plain_ir}"))
+        .await;
+    assert!(answer.starts_with("b NO [UNAVAILABLE]"), "{answer}");
+    let mut pop3 = TcpLineClient::connect(mailgate.addr("pop3-plain")).await;
+    pop3.read_line().await;
+    pop3.command(&format!("USER {ECHO_USER}")).await;
+    let answer = pop3.command(&format!("PASS {ECHO_PASSWORD}")).await;
+    assert!(answer.starts_with("-ERR [AUTH]"), "{answer}");
+    // The fakes did receive (and echo) the credentials: the test exercises the echo.
+    assert!(
+        imap_up.seen().iter().any(|l| l.contains(ECHO_PASSWORD)),
+        "{:?}",
+        imap_up.seen()
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(10), audit.flush())
+        .await
+        .expect("audit flush");
+    drop(mailgate);
+
+    let logs = captured_logs();
+    assert!(
+        logs.contains("upstream unavailable") && logs.contains("text withheld"),
+        "the failed logins were not logged"
+    );
+    let audit_text = std::fs::read_to_string(&audit_path).expect("audit file");
+    assert!(audit_text.contains(ECHO_USER), "{audit_text}");
+    for secret in [ECHO_PASSWORD.to_string(), plain_ir] {
+        assert!(!logs.contains(&secret), "secret in the log: {secret}");
+        assert!(
+            !audit_text.contains(&secret),
+            "secret in the audit: {secret}"
+        );
+    }
+}

@@ -17,6 +17,7 @@
 //! |                      | `STARTTLS` (not offered)                | `tag BAD`                                      | `ExpectCommand`      |
 //! |                      | `LOGIN`/`AUTHENTICATE` before STARTTLS  | `tag NO [PRIVACYREQUIRED]`                     | `ExpectCommand`      |
 //! |                      | `LOGIN u p`, `AUTHENTICATE m <ir>`      | nothing, `LoginRequested`                      | `ExpectOutcome`      |
+//! |                      | ... with a name over `max_username`     | `tag NO [AUTHENTICATIONFAILED]`, counted       | `ExpectCommand` / `Closed` |
 //! |                      | `AUTHENTICATE m` (no initial response)  | `+ ` / `+ VXNlcm5hbWU6`                        | `ExpectSaslResponse` |
 //! |                      | sync literal `{n}` in LOGIN / ID        | `+ Ready for literal data`                     | `ExpectLiteral`      |
 //! |                      | sync literal elsewhere                  | `tag BAD` / `tag NO` (client skips the data)   | `ExpectCommand`      |
@@ -41,6 +42,16 @@
 //! |                      | input held back past a message + a read | `* BYE Too much input`, `Closed(ProtocolViolation)` | `Closed`        |
 //! | `LoggedIn`, `Closed` | anything                                | nothing                                        | same                 |
 //!
+//! A login whose user name (or SASL authzid, or bearer `user=`) is over `max_username` is not
+//! reported: it is answered `tag NO [AUTHENTICATIONFAILED]` and counted like a refusal (closing
+//! when attempts are exhausted), so it never reaches the upstream, the log or the audit.
+//!
+//! The greeting and `CAPABILITY` list mailgate's own capabilities plus what the upstream offers
+//! before login (last learnt by the driver, [`ImapFrontend::with_upstream`]), minus what
+//! mailgate handles itself. Clients keep that list after login unless the login's OK says
+//! otherwise, so nothing is listed that only mailgate honours (`LITERAL+` only when the
+//! upstream has it).
+//!
 //! Every close queues its protocol answer before `Closed` is reported: no silent close.
 
 use std::collections::VecDeque;
@@ -57,8 +68,10 @@ use crate::proto::{
     Mechanism, PREAUTH_READ, PreauthLimits, Refusal, ReplyClass, Security,
 };
 
-/// Capabilities in every state (RFC 9051 7.2.2; SASL-IR RFC 4959, LITERAL+ RFC 7888, ID RFC 2971).
-const BASE_CAPABILITIES: &str = "IMAP4rev1 SASL-IR LITERAL+ ID";
+/// Capabilities mailgate itself offers in every state (RFC 9051 7.2.2; SASL-IR RFC 4959, ID
+/// RFC 2971). No `LITERAL+`: a client keeps the pre-login list after login unless told otherwise,
+/// so only an upstream that offers it may have it advertised (see [`upstream_extras`]).
+const BASE_CAPABILITIES: &str = "IMAP4rev1 SASL-IR ID";
 /// Before STARTTLS no mechanism is offered and LOGIN is disabled (RFC 9051 6.2.1, 6.2.3).
 const STARTTLS_CAPABILITIES: &str = "STARTTLS LOGINDISABLED";
 const AUTH_CAPABILITIES: &str = "AUTH=PLAIN AUTH=LOGIN AUTH=XOAUTH2 AUTH=OAUTHBEARER";
@@ -154,6 +167,9 @@ pub struct ImapFrontend {
     events: VecDeque<FrontendEvent>,
     failures: u32,
     id_params: Option<Vec<(String, Option<String>)>>,
+    /// What the upstream offers beyond mailgate's own list (see [`upstream_extras`]), with a
+    /// leading space, or empty.
+    extras: String,
 }
 
 impl std::fmt::Debug for ImapFrontend {
@@ -169,8 +185,21 @@ impl std::fmt::Debug for ImapFrontend {
 }
 
 impl ImapFrontend {
-    /// A new connection; the greeting is queued.
+    /// A new connection; the greeting is queued. Advertises mailgate's own capabilities only,
+    /// as before the upstream's are known.
     pub fn new(security: Security, limits: PreauthLimits, now: Instant) -> Self {
+        Self::with_upstream(security, limits, now, &[])
+    }
+
+    /// A new connection whose greeting and `CAPABILITY` answer also list what the upstream
+    /// offers (`upstream`: its last-learned pre-login list), minus what mailgate handles itself
+    /// before login. Empty: the upstream is not known yet, only the safe base set is sent.
+    pub fn with_upstream(
+        security: Security,
+        limits: PreauthLimits,
+        now: Instant,
+        upstream: &[String],
+    ) -> Self {
         let mut machine = Self {
             state: State::ExpectCommand,
             security,
@@ -182,10 +211,11 @@ impl ImapFrontend {
             events: VecDeque::new(),
             failures: 0,
             id_params: None,
+            extras: upstream_extras(upstream),
         };
         let greeting = format!(
             "* OK [CAPABILITY {}] mailgate ready\r\n",
-            capabilities(security)
+            machine.capabilities()
         );
         machine.send(greeting.as_bytes());
         machine
@@ -344,6 +374,16 @@ impl ImapFrontend {
         self.security
     }
 
+    /// The list for the greeting and `CAPABILITY`: mailgate's own, then the upstream's extras,
+    /// then what this security state allows for logging in.
+    fn capabilities(&self) -> String {
+        let login = match self.security {
+            Security::StartTlsOffered => STARTTLS_CAPABILITIES,
+            Security::Tls | Security::Plaintext => AUTH_CAPABILITIES,
+        };
+        format!("{BASE_CAPABILITIES}{} {login}", self.extras)
+    }
+
     fn logged_in_or_closed(&self) -> bool {
         matches!(self.state, State::LoggedIn | State::Closed)
     }
@@ -479,7 +519,7 @@ impl ImapFrontend {
         let tag = command.tag;
         match command.body {
             CommandBody::Capability => {
-                let line = format!("* CAPABILITY {}\r\n", capabilities(self.security));
+                let line = format!("* CAPABILITY {}\r\n", self.capabilities());
                 self.send(line.as_bytes());
                 self.send_tagged(tag, "OK CAPABILITY completed");
             }
@@ -609,13 +649,20 @@ impl ImapFrontend {
         }
     }
 
+    /// Report the login, unless a name in it is over `max_username`: that one is refused here
+    /// as a credentials failure and counted as an attempt, and never reaches the driver (so
+    /// neither the upstream, nor the log, nor the audit sees any of it).
     fn login_requested(&mut self, tag: String, mechanism: Mechanism, credentials: Credentials) {
+        let request = LoginRequest {
+            mechanism,
+            credentials,
+        };
+        if !request.names_fit(self.limits.max_username) {
+            return self.refuse(&tag, &Refusal::name_too_long());
+        }
         self.state = State::ExpectOutcome { tag, mechanism };
         self.events
-            .push_back(FrontendEvent::LoginRequested(LoginRequest {
-                mechanism,
-                credentials,
-            }));
+            .push_back(FrontendEvent::LoginRequested(request));
     }
 
     /// Send the refusal, count it, close when attempts are exhausted.
@@ -668,11 +715,31 @@ impl ImapFrontend {
     }
 }
 
-fn capabilities(security: Security) -> String {
-    match security {
-        Security::StartTlsOffered => format!("{BASE_CAPABILITIES} {STARTTLS_CAPABILITIES}"),
-        Security::Tls | Security::Plaintext => format!("{BASE_CAPABILITIES} {AUTH_CAPABILITIES}"),
+/// The upstream's pre-login capabilities a client may rely on through mailgate, each with a
+/// leading space: everything but what mailgate answers itself before login (`AUTH=`, `SASL-IR`,
+/// `STARTTLS`, `LOGINDISABLED`, `ID`, and `IMAP4rev1`, already listed). `LITERAL+` / `LITERAL-`
+/// stay only here: mailgate's front-end reads non-synchronising literals anyway, but a client
+/// keeps this list after login, where only the upstream's support counts (a literal sent `{n+}`
+/// to a server without LITERAL+ is read as commands). Tokens that are not IMAP atoms
+/// (RFC 9051 9 `capability`) are dropped: they would break the `[CAPABILITY ...]` code.
+fn upstream_extras(upstream: &[String]) -> String {
+    let mut extras = String::new();
+    let mut seen: Vec<String> = Vec::new();
+    for capability in upstream {
+        let upper = capability.to_ascii_uppercase();
+        let handled = upper.starts_with("AUTH=")
+            || matches!(
+                upper.as_str(),
+                "IMAP4REV1" | "SASL-IR" | "STARTTLS" | "LOGINDISABLED" | "ID"
+            );
+        if handled || !parse::is_atom(capability.as_bytes()) || seen.contains(&upper) {
+            continue;
+        }
+        extras.push(' ');
+        extras.push_str(capability);
+        seen.push(upper);
     }
+    extras
 }
 
 /// RFC 5530 3: "the operation is not permitted due to a lack of privacy".

@@ -542,6 +542,11 @@ fn atom(i: &[u8]) -> Res<'_, &[u8]> {
     take_while1(is_atom_char).parse(i)
 }
 
+/// Whether `bytes` is one `atom` (RFC 9051 9), as a capability name must be.
+pub fn is_atom(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && bytes.iter().all(|&b| is_atom_char(b))
+}
+
 /// ```text
 /// ATOM-CHAR       = <any CHAR except atom-specials>
 /// atom-specials   = "(" / ")" / "{" / SP / CTL / list-wildcards /

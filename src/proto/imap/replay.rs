@@ -21,17 +21,31 @@
 //! |                       | tagged `NO` / `BAD`                        | `Failed(StartTlsRefused)`                        | `Done`                |
 //! | `ExpectTlsHandshake`  | `tls_established()`                        | `CAPABILITY` (RFC 9051 6.2.1: forget old ones)   | `ExpectCapability`    |
 //! | `ExpectCapability`    | `* CAPABILITY ...`, tagged `OK`            | login command (or first `ID`, when configured)   | `ExpectLoginAnswer` / `ExpectIdAnswer` |
+//! | (probe) capabilities known | instead of `ID` / the login           | `LOGOUT`, `Probed`                               | `Done`                |
 //! | `ExpectIdAnswer`      | tagged `OK` / `NO` / `BAD` to the `ID`     | login command                                    | `ExpectLoginAnswer`   |
 //! | `ExpectLoginAnswer`   | `+` (with or without text), more to send   | next piece (literal, SASL response, LOGIN step)  | same                  |
 //! |                       | `+ base64json` after the last piece (OAuth)| record challenge, `""` (XOAUTH2) / `AQ==`        | same                  |
 //! |                       | `* ...` (not BYE)                          | kept as `untagged`                               | same                  |
-//! |                       | tagged `OK`                                | `LoggedIn { untagged, reply }`                   | `LoggedIn` (input kept as residual) |
+//! |                       | tagged `OK [CAPABILITY ...]`, or `OK` after an untagged `* CAPABILITY` | `LoggedIn { untagged, reply }` | `LoggedIn` (input kept as residual) |
+//! |                       | tagged `OK` without a capability list      | `CAPABILITY`                                     | `ExpectPostLoginCapability` |
 //! |                       | tagged `NO`                                | `Rejected { text, challenge }`                   | `Done`                |
 //! |                       | `* BYE`, or the connection closes          | `Rejected { text: "" }` (a failed login)         | `Done`                |
+//! | `ExpectPostLoginCapability` | `* CAPABILITY ...`                   | list kept                                        | same                  |
+//! |                       | other untagged                             | kept as `untagged`                               | same                  |
+//! |                       | tagged (`OK`, or `NO`/`BAD`: still logged in) | `LoggedIn`, the list as the reply's `[CAPABILITY ...]` code (as an untagged line when the OK has another code) | `LoggedIn` |
 //! | any other             | `* BYE`                                    | `Failed(Bye)`                                    | `Done`                |
 //! |                       | the connection closes (`handle_eof`)       | `Failed(Closed)`                                 | `Done`                |
 //! |                       | tagged `BAD`, foreign tag, garbage         | `Failed(Unexpected)`                             | `Done`                |
 //! |                       | line over `MAX_UPSTREAM_LINE`              | `Failed(LineTooLong)`                            | `Done`                |
+//!
+//! Once the login command went out, a `Failed` error names only the kind, status and response
+//! code of the upstream's answer (`tagged BAD [PARSE] (text withheld)`), never its text: some
+//! servers echo the command line they got, password included (issue 9 item 6).
+//!
+//! The login's `OK` must tell the downstream the post-login capabilities: a client that sees
+//! none keeps mailgate's pre-login list (RFC 9051 7.1), and Courier's `OK` carries none. So,
+//! as Dovecot's proxy does, the replay asks with `CAPABILITY` and writes the answer into the
+//! `OK` it reports.
 
 use std::collections::VecDeque;
 
@@ -72,6 +86,8 @@ enum Prepared {
         user: Vec<u8>,
         password: Secret<Vec<u8>>,
     },
+    /// No login: learn the capabilities, then `LOGOUT` (the startup / reload probe).
+    Probe,
 }
 
 /// What the machine waits for.
@@ -99,6 +115,17 @@ enum State {
         /// The decoded SASL error challenge, when the upstream sent one.
         challenge: Option<Bytes>,
     },
+    /// The login succeeded without a `[CAPABILITY ...]` code; `CAPABILITY` was sent so the
+    /// downstream learns the post-login list (as Dovecot's proxy does).
+    ExpectPostLoginCapability {
+        tag: String,
+        /// Untagged lines from the login, plus any (but `* CAPABILITY`) since.
+        untagged: BytesMut,
+        /// The upstream's tagged OK to the login, without its tag.
+        reply: Bytes,
+        /// The post-login capability list, once the upstream sent it.
+        list: Option<String>,
+    },
     /// `LoggedIn` is queued; input is kept as residual.
     LoggedIn,
     /// `Rejected` or `Failed` is queued; input is ignored.
@@ -120,6 +147,11 @@ pub struct ImapReplay {
     framer: Framer,
     out: BytesMut,
     events: VecDeque<ReplayEvent>,
+    /// The login command went out: from here on the upstream may echo a credential, so no
+    /// upstream text goes into an error (issue 9 item 6), only [`Response::summary`].
+    credentials_sent: bool,
+    /// [`Response::summary`] of the last upstream response.
+    last: String,
 }
 
 // Hand-written: `out` and `pending` carry credentials.
@@ -178,7 +210,29 @@ impl ImapReplay {
             framer: Framer::default(),
             out: BytesMut::new(),
             events: VecDeque::new(),
+            credentials_sent: false,
+            last: String::new(),
         })
+    }
+
+    /// A connection that only learns the upstream's pre-login capabilities (after STARTTLS
+    /// when `starttls`), then sends `LOGOUT` and reports [`ReplayEvent::Probed`]. No credential
+    /// is involved.
+    pub fn probe(starttls: bool) -> Self {
+        Self {
+            state: State::ExpectGreeting,
+            login: Prepared::Probe,
+            starttls,
+            capabilities: None,
+            next_tag: 0,
+            id: None,
+            input: BytesMut::new(),
+            framer: Framer::default(),
+            out: BytesMut::new(),
+            events: VecDeque::new(),
+            credentials_sent: false,
+            last: String::new(),
+        }
     }
 
     /// Send `ID ("x-originating-ip" IP "x-originating-port" PORT)` before the login, so an
@@ -277,6 +331,7 @@ impl ImapReplay {
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
         let response = Response::parse(text);
+        self.last = response.summary();
         if let Response::Untagged {
             status: Some(Status::Bye),
             text,
@@ -309,10 +364,9 @@ impl ImapReplay {
                 other => self.fail(other.unexpected()),
             },
             State::ExpectCapability { tag } => match response {
-                Response::Untagged {
-                    status: None, text, ..
-                } => {
-                    if let Some(list) = strip_prefix_ci(text.as_bytes(), b"CAPABILITY ") {
+                Response::Untagged { status: None, .. } => {
+                    // From the raw line: `text` is cut short for error messages.
+                    if let Some(list) = untagged_capability(&line) {
                         self.capabilities = Some(capability_list(list));
                     }
                     self.state = State::ExpectCapability { tag };
@@ -342,6 +396,36 @@ impl ImapReplay {
                 untagged,
                 challenge,
             } => self.login_answer(tag, pending, untagged, challenge, response, &line),
+            State::ExpectPostLoginCapability {
+                tag,
+                mut untagged,
+                reply,
+                mut list,
+            } => match response {
+                Response::Untagged { status: None, .. } if untagged_capability(&line).is_some() => {
+                    list = untagged_capability(&line).map(|l| capability_tokens(l).join(" "));
+                    self.state = State::ExpectPostLoginCapability {
+                        tag,
+                        untagged,
+                        reply,
+                        list,
+                    };
+                }
+                Response::Untagged { .. } => {
+                    untagged.extend_from_slice(&line);
+                    self.state = State::ExpectPostLoginCapability {
+                        tag,
+                        untagged,
+                        reply,
+                        list,
+                    };
+                }
+                // Logged in either way; a refused CAPABILITY only means no list to add.
+                Response::Tagged { tag: got, .. } if got == tag => {
+                    self.logged_in(untagged, reply, list)
+                }
+                other => self.fail(other.unexpected()),
+            },
             State::ExpectTlsHandshake | State::LoggedIn | State::Done => {}
         }
     }
@@ -425,16 +509,31 @@ impl ImapReplay {
             Response::Tagged {
                 tag: got,
                 status,
+                code,
                 text,
-                ..
             } if got == tag => match status {
                 Status::Ok => {
-                    self.state = State::LoggedIn;
                     let reply = raw.get(tag.len().saturating_add(1)..).unwrap_or_default();
-                    self.events.push_back(ReplayEvent::LoggedIn {
-                        untagged: untagged.freeze(),
-                        reply: Bytes::copy_from_slice(reply),
-                    });
+                    let reply = Bytes::copy_from_slice(reply);
+                    let told = code.as_deref().and_then(capability_code).is_some()
+                        || untagged
+                            .as_ref()
+                            .split(|b: &u8| *b == b'\n')
+                            .any(|l| untagged_capability(l).is_some());
+                    if told || matches!(self.login, Prepared::Probe) {
+                        self.logged_in(untagged, reply, None);
+                    } else {
+                        // RFC 9051 7.1: the OK may carry the new list, and a client that
+                        // sees none keeps the pre-login one. Courier's OK carries none, so
+                        // ask, and hand the answer down in the OK (as Dovecot's proxy does).
+                        let tag = self.send_command(b"CAPABILITY");
+                        self.state = State::ExpectPostLoginCapability {
+                            tag,
+                            untagged,
+                            reply,
+                            list: None,
+                        };
+                    }
                 }
                 Status::No => {
                     self.events
@@ -447,8 +546,44 @@ impl ImapReplay {
         }
     }
 
+    /// Report the login: `reply` as the upstream sent it, with `list` (the post-login
+    /// capabilities learnt by asking) added as its `[CAPABILITY ...]` code, or as an untagged
+    /// `* CAPABILITY` line when the OK already carries another code.
+    fn logged_in(&mut self, mut untagged: BytesMut, reply: Bytes, list: Option<String>) {
+        self.state = State::LoggedIn;
+        let reply = match list {
+            None => reply,
+            Some(list) => match reply.strip_prefix(b"OK") {
+                Some(rest) if !rest.trim_ascii_start().starts_with(b"[") => {
+                    let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+                    let mut coded = BytesMut::with_capacity(reply.len() + list.len() + 16);
+                    coded.extend_from_slice(b"OK [CAPABILITY ");
+                    coded.extend_from_slice(list.as_bytes());
+                    coded.extend_from_slice(b"] ");
+                    coded.extend_from_slice(rest);
+                    coded.freeze()
+                }
+                _ => {
+                    untagged.extend_from_slice(format!("* CAPABILITY {list}\r\n").as_bytes());
+                    reply
+                }
+            },
+        };
+        self.events.push_back(ReplayEvent::LoggedIn {
+            untagged: untagged.freeze(),
+            reply,
+        });
+    }
+
     /// Send the login command (first piece) and wait for its answer.
     fn send_login(&mut self) {
+        if matches!(self.login, Prepared::Probe) {
+            self.send_command(b"LOGOUT");
+            self.state = State::Done;
+            self.input.clear();
+            self.events.push_back(ReplayEvent::Probed);
+            return;
+        }
         if let Some(id) = self.id.take() {
             let tag = self.send_command(format!("ID {id}").as_bytes());
             self.state = State::ExpectIdAnswer { tag };
@@ -483,6 +618,7 @@ impl ImapReplay {
                     piece.extend_from_slice(b"\r\n");
                 }
             }
+            Prepared::Probe => {}
             Prepared::SaslLogin { user, password } => {
                 piece.extend_from_slice(b" AUTHENTICATE LOGIN\r\n");
                 pieces.push_back(piece.split().freeze());
@@ -497,6 +633,7 @@ impl ImapReplay {
         if let Some(first) = pieces.pop_front() {
             self.out.extend_from_slice(&first);
         }
+        self.credentials_sent = true;
         self.state = State::ExpectLoginAnswer {
             tag,
             pending: Secret::new(pieces),
@@ -540,6 +677,16 @@ impl ImapReplay {
     }
 
     fn fail(&mut self, error: ReplayError) {
+        let error = if self.credentials_sent {
+            // An upstream may echo the line it got (`BAD Error in command: a LOGIN u p`).
+            match error {
+                ReplayError::LineTooLong(limit) => ReplayError::LineTooLong(limit),
+                ReplayError::Bye(_) => ReplayError::Bye(self.last.clone()),
+                _ => ReplayError::Unexpected(self.last.clone()),
+            }
+        } else {
+            error
+        };
         self.state = State::Done;
         self.input.clear();
         self.events.push_back(ReplayEvent::Failed(error));
@@ -577,6 +724,18 @@ enum Status {
     Bad,
     Bye,
     PreAuth,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::No => "NO",
+            Status::Bad => "BAD",
+            Status::Bye => "BYE",
+            Status::PreAuth => "PREAUTH",
+        }
+    }
 }
 
 /// The parts of an upstream response the replay needs. Hand-parsed: only the first line's
@@ -672,6 +831,33 @@ impl Response {
         }
     }
 
+    /// What kind of response this was, its status and its response code's name, without any
+    /// of its text: safe for an error once a credential may be echoed back.
+    fn summary(&self) -> String {
+        let (kind, status, code) = match self {
+            Response::Continuation { .. } => return "continuation (text withheld)".into(),
+            Response::Garbage(_) => return "garbage (text withheld)".into(),
+            Response::Untagged { status, code, .. } => ("untagged", *status, code),
+            Response::Tagged { status, code, .. } => ("tagged", Some(*status), code),
+        };
+        let mut summary = kind.to_owned();
+        if let Some(status) = status {
+            summary.push(' ');
+            summary.push_str(status.as_str());
+        }
+        let name = code
+            .as_deref()
+            .and_then(|c| c.split_ascii_whitespace().next())
+            .filter(|n| n.len() <= 32 && super::parse::is_atom(n.as_bytes()));
+        if let Some(name) = name {
+            summary.push_str(" [");
+            summary.push_str(name);
+            summary.push(']');
+        }
+        summary.push_str(" (text withheld)");
+        summary
+    }
+
     fn unexpected(&self) -> ReplayError {
         let what = match self {
             Response::Continuation { .. } => "continuation",
@@ -708,6 +894,23 @@ fn capability_list(list: &[u8]) -> Vec<String> {
         .split_ascii_whitespace()
         .map(str::to_ascii_uppercase)
         .collect()
+}
+
+/// The capabilities of a list as the upstream spelled them, keeping only atoms (RFC 9051 9),
+/// so the list can stand in a `[CAPABILITY ...]` code.
+fn capability_tokens(list: &[u8]) -> Vec<&str> {
+    std::str::from_utf8(list)
+        .unwrap_or_default()
+        .split_ascii_whitespace()
+        .filter(|c| super::parse::is_atom(c.as_bytes()))
+        .collect()
+}
+
+/// The list of a raw `* CAPABILITY a b c` line (CRLF or not), else `None`.
+fn untagged_capability(line: &[u8]) -> Option<&[u8]> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    strip_prefix_ci(line, b"* CAPABILITY ")
 }
 
 fn strip_prefix_ci<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {

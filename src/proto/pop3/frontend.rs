@@ -29,6 +29,7 @@
 //! | | unknown mechanism, bad base64, malformed | `-ERR` | same |
 //! | | STAT, LIST, RETR, ... / unknown | `-ERR` | same |
 //! | `ExpectPass` | `PASS pw` | `LoginRequested` | `ExpectOutcome` |
+//! | any login edge above | a name over `max_username` (USER, authcid, authzid, `user=`) | `-ERR [AUTH] Authentication failed`, counted as a refusal, not reported | `ExpectCommand` / `Closed(TooManyAttempts)` |
 //! | | `USER name` / `CAPA` / `NOOP` | as above | same |
 //! | | anything else | as in `ExpectCommand` (user forgotten) | |
 //! | `ExpectSaslResponse` | `*` | `-ERR Authentication cancelled.` | `ExpectCommand` |
@@ -97,6 +98,8 @@ pub struct Pop3Frontend {
     input: BytesMut,
     output: BytesMut,
     events: VecDeque<FrontendEvent>,
+    /// The upstream's extra `CAPA` lines (see [`upstream_extras`]), CRLF-terminated.
+    extras: String,
 }
 
 /// What the machine waits for. Holds no secret: a password goes straight into the event.
@@ -137,8 +140,21 @@ enum SaslStep {
 }
 
 impl Pop3Frontend {
-    /// A machine for a freshly accepted connection; the greeting is queued.
+    /// A machine for a freshly accepted connection; the greeting is queued. `CAPA` lists
+    /// mailgate's own capabilities only, as before the upstream's are known.
     pub fn new(security: Security, limits: PreauthLimits, now: Instant) -> Self {
+        Self::with_upstream(security, limits, now, &[])
+    }
+
+    /// As [`Pop3Frontend::new`], with `CAPA` also listing the upstream's own capabilities
+    /// (`upstream`: its last-learnt `CAPA` lines: `TOP`, `UIDL`, `EXPIRE 30`, ...) minus those
+    /// mailgate handles before login.
+    pub fn with_upstream(
+        security: Security,
+        limits: PreauthLimits,
+        now: Instant,
+        upstream: &[String],
+    ) -> Self {
         let mut frontend = Self {
             state: State::ExpectCommand,
             security,
@@ -153,6 +169,7 @@ impl Pop3Frontend {
             input: BytesMut::new(),
             output: BytesMut::new(),
             events: VecDeque::new(),
+            extras: upstream_extras(upstream),
         };
         frontend.send(GREETING);
         frontend
@@ -384,6 +401,7 @@ impl Pop3Frontend {
         if self.security.logins_allowed() {
             self.send(b"USER\r\nSASL PLAIN LOGIN XOAUTH2 OAUTHBEARER\r\n");
         }
+        self.output.extend_from_slice(self.extras.as_bytes());
         self.send(
             b"RESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nIMPLEMENTATION mailgate\r\n.\r\n",
         );
@@ -471,13 +489,20 @@ impl Pop3Frontend {
         }
     }
 
+    /// Report the login, unless a name in it is over `max_username`: refused here as a
+    /// credentials failure (`-ERR [AUTH]`) and counted as an attempt, never reported (so it
+    /// reaches neither the upstream nor the log nor the audit).
     fn login(&mut self, mechanism: Mechanism, credentials: Credentials) {
+        let request = LoginRequest {
+            mechanism,
+            credentials,
+        };
+        if !request.names_fit(self.limits.max_username) {
+            return self.refuse(&Refusal::name_too_long());
+        }
         self.state = State::ExpectOutcome { mechanism };
         self.events
-            .push_back(FrontendEvent::LoginRequested(LoginRequest {
-                mechanism,
-                credentials,
-            }));
+            .push_back(FrontendEvent::LoginRequested(request));
     }
 
     /// RFC 3206: `[AUTH]` for policy and credential refusals, `[SYS/TEMP]` for temporary
@@ -514,6 +539,44 @@ impl Pop3Frontend {
     fn send(&mut self, bytes: &[u8]) {
         self.output.extend_from_slice(bytes);
     }
+}
+
+/// The upstream's `CAPA` lines a client may rely on through mailgate, each ending CRLF: all but
+/// those mailgate answers itself before login (`CAPA`, `USER`, `SASL`, `STLS`, and its own
+/// `RESP-CODES`, `AUTH-RESP-CODE`, `PIPELINING`, `IMPLEMENTATION`) and `UTF8` / `LANG`, whose
+/// commands are valid before login (RFC 6856 2, 3) but not answered by mailgate. A line that is
+/// not printable ASCII, or `.`, is dropped (it would end or corrupt the list).
+fn upstream_extras(upstream: &[String]) -> String {
+    let mut extras = String::new();
+    let mut seen: Vec<String> = Vec::new();
+    for line in upstream {
+        let tag = line
+            .split_ascii_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        let handled = matches!(
+            tag.as_str(),
+            "" | "."
+                | "CAPA"
+                | "USER"
+                | "SASL"
+                | "STLS"
+                | "RESP-CODES"
+                | "AUTH-RESP-CODE"
+                | "PIPELINING"
+                | "IMPLEMENTATION"
+                | "UTF8"
+                | "LANG"
+        );
+        if handled || seen.contains(&tag) || !line.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            continue;
+        }
+        extras.push_str(line);
+        extras.push_str("\r\n");
+        seen.push(tag);
+    }
+    extras
 }
 
 /// Never prints buffered input: it may hold a password pipelined after `PASS`.

@@ -34,6 +34,11 @@
 //! | any | anything else | `Failed(Unexpected)` | `Finished` |
 //! | any | line over `MAX_UPSTREAM_LINE` | `Failed(LineTooLong)` | `Finished` |
 //! | `LoggedIn` | bytes | kept for `into_residual()` | same |
+//! | (probe) instead of the first login line | | `CAPA` | `ExpectCapaOk` |
+//! | `ExpectCapaOk` | `+OK` | | `ExpectCapaLines` |
+//! | | `-ERR` | `QUIT`, `Probed` (nothing learnt) | `Finished` |
+//! | `ExpectCapaLines` | a capability line | kept | same |
+//! | | `.` | `QUIT`, `Probed` | `Finished` |
 //! | `Finished` | bytes | ignored | same |
 //!
 //! An `Unexpected` error names the state, never the upstream line once a credential was sent,
@@ -62,6 +67,8 @@ pub struct Pop3Replay {
     state: State,
     plan: Plan,
     starttls: bool,
+    /// Probe: the upstream's `CAPA` lines (while `ExpectCapaLines`, those so far).
+    capabilities: Option<Vec<String>>,
     /// Unparsed upstream bytes.
     input: BytesMut,
     /// Bytes for the upstream; hold credentials, so never printed.
@@ -86,7 +93,13 @@ enum State {
     ExpectLoginPrompt,
     ExpectPasswordPrompt,
     ExpectAuthResult,
-    ExpectFinalError { challenge: Option<Bytes> },
+    ExpectFinalError {
+        challenge: Option<Bytes>,
+    },
+    /// Probe: the answer to `CAPA` (RFC 2449 5).
+    ExpectCapaOk,
+    /// Probe: the capability lines, up to the terminating `.`.
+    ExpectCapaLines,
     LoggedIn,
     Finished,
 }
@@ -106,6 +119,7 @@ impl State {
             State::ExpectPasswordPrompt => "AUTH LOGIN password prompt",
             State::ExpectAuthResult => "AUTH",
             State::ExpectFinalError { .. } => "AUTH challenge",
+            State::ExpectCapaOk | State::ExpectCapaLines => "CAPA",
             State::LoggedIn | State::Finished => "post-login",
         }
     }
@@ -129,6 +143,8 @@ enum Plan {
         user: Secret<String>,
         password: Secret<String>,
     },
+    /// No login: learn the capabilities with `CAPA`, then `QUIT` (the startup probe).
+    Probe,
 }
 
 impl Pop3Replay {
@@ -186,16 +202,32 @@ impl Pop3Replay {
             }
             _ => return Err(UnsafeCredential { field: "mechanism" }),
         };
-        Ok(Self {
+        Ok(Self::with_plan(plan, starttls))
+    }
+
+    /// A connection that only learns the upstream's pre-login `CAPA` list (after STLS when
+    /// `starttls`), then sends `QUIT` and reports [`ReplayEvent::Probed`].
+    pub fn probe(starttls: bool) -> Self {
+        Self::with_plan(Plan::Probe, starttls)
+    }
+
+    fn with_plan(plan: Plan, starttls: bool) -> Self {
+        Self {
             state: State::ExpectGreeting,
             plan,
             starttls,
+            capabilities: None,
             input: BytesMut::new(),
             output: BytesMut::new(),
             events: VecDeque::new(),
             xclient: None,
             xclient_offered: false,
-        })
+        }
+    }
+
+    /// Probe: the capability lines of the upstream's `CAPA` answer, once complete.
+    pub fn capabilities(&self) -> Option<&[String]> {
+        self.capabilities.as_deref()
     }
 
     /// Send `XCLIENT ADDR=<ip> PORT=<port>` before the login when the upstream's greeting
@@ -231,11 +263,13 @@ impl Pop3Replay {
         match std::mem::replace(&mut self.state, State::Finished) {
             State::LoggedIn => self.state = State::LoggedIn,
             State::Finished => {}
-            // No credential was sent before XCLIENT's answer: the upstream is unavailable.
+            // No credential was sent before these answers: the upstream is unavailable.
             State::ExpectGreeting
             | State::ExpectStlsOk
             | State::ExpectTlsHandshake
-            | State::ExpectXclientOk => self.fail(ReplayError::Closed),
+            | State::ExpectXclientOk
+            | State::ExpectCapaOk
+            | State::ExpectCapaLines => self.fail(ReplayError::Closed),
             State::ExpectFinalError { challenge } => self.reject(b"", challenge),
             State::ExpectUserOk
             | State::ExpectPassOk
@@ -391,6 +425,25 @@ impl Pop3Replay {
                     challenge: (!challenge.is_empty()).then(|| Bytes::from(challenge)),
                 };
             }
+            (State::ExpectCapaOk, Status::Ok) => {
+                self.capabilities = Some(Vec::new());
+                self.state = State::ExpectCapaLines;
+            }
+            (State::ExpectCapaOk, Status::Err(_)) => self.probed(),
+            (State::ExpectCapaLines, _) => {
+                if line == b"." {
+                    return self.probed();
+                }
+                // RFC 2449 5: `capability = capa-tag *(SP param) CRLF`, printable ASCII.
+                if let (Some(list), Ok(text)) =
+                    (self.capabilities.as_mut(), std::str::from_utf8(line))
+                    && !text.is_empty()
+                    && text.bytes().all(|b| (0x20..0x7f).contains(&b))
+                {
+                    list.push(text.to_owned());
+                }
+                self.state = State::ExpectCapaLines;
+            }
             (State::ExpectFinalError { challenge }, Status::Err(text)) => {
                 self.reject(text, challenge)
             }
@@ -410,6 +463,14 @@ impl Pop3Replay {
         }
     }
 
+    /// Probe done: `QUIT` and report.
+    fn probed(&mut self) {
+        self.send(b"QUIT\r\n");
+        self.state = State::Finished;
+        self.input.clear();
+        self.events.push_back(ReplayEvent::Probed);
+    }
+
     /// After the greeting, or after STLS: the client address first when the upstream takes
     /// it, then the login.
     fn start_login(&mut self) {
@@ -425,6 +486,10 @@ impl Pop3Replay {
     /// Send the first line of the login.
     fn send_login(&mut self) {
         match &self.plan {
+            Plan::Probe => {
+                self.send(b"CAPA\r\n");
+                self.state = State::ExpectCapaOk;
+            }
             Plan::UserPass { user, .. } => {
                 let line = format!("USER {user}\r\n");
                 self.send(line.as_bytes());

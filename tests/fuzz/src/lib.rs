@@ -100,6 +100,7 @@ impl LimitsChoice {
                 max_literal: usize::from(max_literal).max(255),
                 max_attempts: u32::from(max_attempts % 101).max(1),
                 auth_timeout: Duration::from_millis(auth_timeout_ms.max(1)),
+                ..PreauthLimits::default()
             },
         }
     }
@@ -779,6 +780,7 @@ pub fn run_replay<R: Replay>(data: &[u8]) {
                     logged_in = true;
                 }
                 ReplayEvent::Rejected { .. } | ReplayEvent::Failed(_) => finished = true,
+                ReplayEvent::Probed => panic!("a login replay reported Probed"),
             }
         }
         secrets.assert_absent("the machine", || format!("{machine:?}"));

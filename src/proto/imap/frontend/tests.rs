@@ -15,9 +15,8 @@ const OAUTHBEARER_IR: &str = "bixhPWFsaWNlQGV4YW1wbGUuY29tLAFhdXRoPUJlYXJlciB5YT
 const CHALLENGE: &str = r#"{"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}"#;
 const CHALLENGE_B64: &str = "eyJzdGF0dXMiOiI0MDAiLCJzY2hlbWVzIjoiQmVhcmVyIiwic2NvcGUiOiJodHRwczovL21haWwuZ29vZ2xlLmNvbS8ifQ==";
 
-const CAPS_TLS: &str =
-    "IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN AUTH=LOGIN AUTH=XOAUTH2 AUTH=OAUTHBEARER";
-const CAPS_STARTTLS: &str = "IMAP4rev1 SASL-IR LITERAL+ ID STARTTLS LOGINDISABLED";
+const CAPS_TLS: &str = "IMAP4rev1 SASL-IR ID AUTH=PLAIN AUTH=LOGIN AUTH=XOAUTH2 AUTH=OAUTHBEARER";
+const CAPS_STARTTLS: &str = "IMAP4rev1 SASL-IR ID STARTTLS LOGINDISABLED";
 
 /// The one clock read of these tests: an arbitrary base point every other time is relative to.
 /// (The machine itself never reads the clock.)
@@ -396,6 +395,181 @@ fn login_rejects_nul_and_bad_user_names() {
              c BAD Invalid user name\r\n\
              d BAD Invalid user name\r\n\
              e BAD Invalid command syntax\r\n")],
+    );
+}
+
+/// Issue 9 item 4: a name over `max_username`, in any place a mechanism carries one, is
+/// refused here with the generic credentials failure and counted as an attempt; the driver
+/// never hears of it (no `LoginRequested`), so it reaches neither upstream nor log nor audit.
+#[test]
+fn oversized_user_names_are_refused_in_the_front_end() {
+    let b64 = |raw: &[u8]| sasl::encode_base64(raw);
+    let long = "u".repeat(321);
+    let fits = "u".repeat(320);
+    let refused = |tag: &str| {
+        s(format!(
+            "{tag} NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
+        ))
+    };
+    let table: Vec<(String, Vec<Item>)> = vec![
+        // IMAP LOGIN: atom, quoted, literal.
+        (format!("a LOGIN {long} pw\r\n"), vec![refused("a")]),
+        (format!("a LOGIN \"{long}\" pw\r\n"), vec![refused("a")]),
+        (
+            format!("a LOGIN {{{}+}}\r\n{long} pw\r\n", long.len()),
+            vec![refused("a")],
+        ),
+        // AUTHENTICATE PLAIN: authcid, and authzid.
+        (
+            format!(
+                "a AUTHENTICATE PLAIN {}\r\n",
+                b64(format!("\0{long}\0pw").as_bytes())
+            ),
+            vec![refused("a")],
+        ),
+        (
+            format!(
+                "a AUTHENTICATE PLAIN {}\r\n",
+                b64(format!("{long}\0alice\0pw").as_bytes())
+            ),
+            vec![refused("a")],
+        ),
+        // SASL LOGIN: refused after the password step, like any failed login.
+        (
+            format!(
+                "a AUTHENTICATE LOGIN {}\r\n{}\r\n",
+                b64(long.as_bytes()),
+                b64(b"pw")
+            ),
+            vec![s("+ UGFzc3dvcmQ6\r\n"), refused("a")],
+        ),
+        // XOAUTH2 `user=` and OAUTHBEARER `a=`.
+        (
+            format!(
+                "a AUTHENTICATE XOAUTH2 {}\r\n",
+                b64(format!("user={long}\x01auth=Bearer t\x01\x01").as_bytes())
+            ),
+            vec![refused("a")],
+        ),
+        (
+            format!(
+                "a AUTHENTICATE OAUTHBEARER {}\r\n",
+                b64(format!("n,a={long},\x01auth=Bearer t\x01\x01").as_bytes())
+            ),
+            vec![refused("a")],
+        ),
+        // At the limit: reported as usual.
+        (
+            format!("a LOGIN {fits} pw\r\n"),
+            vec![E(password(&fits, b"pw", Mechanism::ImapLogin))],
+        ),
+    ];
+    for (input, expected) in table {
+        // Transcripts merge consecutive server text: join a prompt with the refusal.
+        let expected = match expected.as_slice() {
+            [Item::S(a), Item::S(b)] => vec![s(format!("{a}{b}"))],
+            _ => expected,
+        };
+        check(&[c(&input)], &expected);
+    }
+}
+
+#[test]
+fn oversized_user_names_count_as_attempts() {
+    let long = "u".repeat(400);
+    let limits = PreauthLimits {
+        max_attempts: 2,
+        max_username: 320,
+        ..PreauthLimits::default()
+    };
+    check_with(
+        Security::Tls,
+        limits,
+        &[c(format!(
+            "a LOGIN {long} pw\r\nb LOGIN {long} pw\r\nc NOOP\r\n"
+        ))],
+        &[
+            s("a NO [AUTHENTICATIONFAILED] Authentication failed\r\n\
+               b NO [AUTHENTICATIONFAILED] Authentication failed\r\n\
+               * BYE Too many invalid authentication attempts\r\n"),
+            E(FrontendEvent::Closed(CloseReason::TooManyAttempts)),
+        ],
+    );
+    // A configured limit applies.
+    let limits = PreauthLimits {
+        max_username: 64,
+        ..PreauthLimits::default()
+    };
+    check_with(
+        Security::Tls,
+        limits,
+        &[c(format!("a LOGIN {} pw\r\n", "u".repeat(65)))],
+        &[s("a NO [AUTHENTICATIONFAILED] Authentication failed\r\n")],
+    );
+}
+
+// ----- upstream capabilities (issue 9 items 9, 10) --------------------------------------------
+
+fn greeting_with(security: Security, upstream: &[&str]) -> String {
+    let upstream: Vec<String> = upstream.iter().map(|c| (*c).to_owned()).collect();
+    let mut m = ImapFrontend::with_upstream(security, PreauthLimits::default(), t0(), &upstream);
+    String::from_utf8(m.poll_transmit().unwrap().to_vec()).unwrap()
+}
+
+#[test]
+fn greeting_lists_what_the_upstream_offers_minus_what_mailgate_handles() {
+    // Dovecot 2.3's pre-login list, as the replay learns it (upper-cased).
+    let dovecot = [
+        "IMAP4REV1",
+        "SASL-IR",
+        "LOGIN-REFERRALS",
+        "ID",
+        "ENABLE",
+        "IDLE",
+        "LITERAL+",
+        "STARTTLS",
+        "AUTH=PLAIN",
+        "AUTH=CRAM-MD5",
+        "LOGINDISABLED",
+    ];
+    assert_eq!(
+        greeting_with(Security::Tls, &dovecot),
+        "* OK [CAPABILITY IMAP4rev1 SASL-IR ID LOGIN-REFERRALS ENABLE IDLE LITERAL+ \
+         AUTH=PLAIN AUTH=LOGIN AUTH=XOAUTH2 AUTH=OAUTHBEARER] mailgate ready\r\n"
+    );
+    assert_eq!(
+        greeting_with(Security::StartTlsOffered, &dovecot),
+        "* OK [CAPABILITY IMAP4rev1 SASL-IR ID LOGIN-REFERRALS ENABLE IDLE LITERAL+ \
+         STARTTLS LOGINDISABLED] mailgate ready\r\n"
+    );
+    // Courier: no LITERAL+, so none is advertised; duplicates and non-atoms are dropped.
+    assert_eq!(
+        greeting_with(
+            Security::Plaintext,
+            &["IMAP4rev1", "UIDPLUS", "IDLE", "idle", "X]Y", "CHILDREN"]
+        ),
+        "* OK [CAPABILITY IMAP4rev1 SASL-IR ID UIDPLUS IDLE CHILDREN \
+         AUTH=PLAIN AUTH=LOGIN AUTH=XOAUTH2 AUTH=OAUTHBEARER] mailgate ready\r\n"
+    );
+    // Not learnt yet: the safe base set, without LITERAL+.
+    assert_eq!(
+        greeting_with(Security::Tls, &[]),
+        format!("* OK [CAPABILITY {CAPS_TLS}] mailgate ready\r\n")
+    );
+    assert!(!CAPS_TLS.contains("LITERAL"));
+}
+
+#[test]
+fn capability_command_lists_the_same_as_the_greeting() {
+    let upstream = vec!["ENABLE".to_owned(), "LITERAL-".to_owned()];
+    let mut m =
+        ImapFrontend::with_upstream(Security::Tls, PreauthLimits::default(), t0(), &upstream);
+    let _ = m.poll_transmit();
+    m.handle_input(b"a CAPABILITY\r\n");
+    assert_eq!(
+        String::from_utf8(m.poll_transmit().unwrap().to_vec()).unwrap(),
+        "* CAPABILITY IMAP4rev1 SASL-IR ID ENABLE LITERAL- AUTH=PLAIN AUTH=LOGIN AUTH=XOAUTH2 \
+         AUTH=OAUTHBEARER\r\na OK CAPABILITY completed\r\n"
     );
 }
 

@@ -344,7 +344,7 @@ fn unexpected_continuation_for_plain_fails() {
         &[
             c(format!("mg1 AUTHENTICATE PLAIN {PLAIN_IR}\r\n")),
             failed(ReplayError::Unexpected(
-                "continuation after the complete login".into(),
+                "continuation (text withheld)".into(),
             )),
         ],
     );
@@ -514,7 +514,7 @@ fn bad_and_garbage_during_login() {
         &[u(GREETING_FULL), u("mg1 BAD Error in IMAP command\r\n")],
         &[
             c("mg1 LOGIN \"alice\" \"s3cret\"\r\n"),
-            failed(ReplayError::Unexpected("BAD Error in IMAP command".into())),
+            failed(ReplayError::Unexpected("tagged BAD (text withheld)".into())),
         ],
     );
     check(
@@ -522,7 +522,7 @@ fn bad_and_garbage_during_login() {
         &[u(GREETING_FULL), u("\x00\x01garbage\r\n")],
         &[
             c("mg1 LOGIN \"alice\" \"s3cret\"\r\n"),
-            failed(ReplayError::Unexpected("garbage: garbage".into())),
+            failed(ReplayError::Unexpected("garbage (text withheld)".into())),
         ],
     );
     check(
@@ -530,9 +530,275 @@ fn bad_and_garbage_during_login() {
         &[u(GREETING_FULL), u("mg7 OK wrong tag\r\n")],
         &[
             c("mg1 LOGIN \"alice\" \"s3cret\"\r\n"),
-            failed(ReplayError::Unexpected("tagged: wrong tag".into())),
+            failed(ReplayError::Unexpected("tagged OK (text withheld)".into())),
         ],
     );
+}
+
+/// Issue 9 item 6: an upstream that echoes the command line it got puts the password into
+/// its answer; once the login went out, no upstream text reaches an error (which is logged).
+#[test]
+fn errors_after_the_login_carry_no_upstream_text() {
+    let request = password(Mechanism::ImapLogin, "alice", b"s3cret");
+    let table: &[(&str, ReplayError)] = &[
+        (
+            "mg1 BAD Error in IMAP command: mg1 LOGIN \"alice\" \"s3cret\"\r\n",
+            ReplayError::Unexpected("tagged BAD (text withheld)".into()),
+        ),
+        (
+            "mg1 BAD [PARSE] s3cret\r\n",
+            ReplayError::Unexpected("tagged BAD [PARSE] (text withheld)".into()),
+        ),
+        (
+            "+ s3cret\r\n",
+            ReplayError::Unexpected("continuation (text withheld)".into()),
+        ),
+        (
+            "s3cret\r\n",
+            ReplayError::Unexpected("garbage (text withheld)".into()),
+        ),
+        (
+            "mg9 NO s3cret\r\n",
+            ReplayError::Unexpected("tagged NO (text withheld)".into()),
+        ),
+    ];
+    for (answer, error) in table {
+        check(
+            &request,
+            &[u(GREETING_FULL), u(answer)],
+            &[
+                c("mg1 LOGIN \"alice\" \"s3cret\"\r\n"),
+                failed(error.clone()),
+            ],
+        );
+    }
+    // A BYE answering the login is a failed login whose text is not relayed either (see
+    // `bye_or_close_after_the_login_command_is_a_rejection`); one after the login's OK, while
+    // the post-login list is asked for, is a failure named by its code only.
+    check(
+        &request,
+        &[
+            u(GREETING_FULL),
+            u("* BYE [UNAVAILABLE] \"alice\" \"s3cret\"\r\n"),
+        ],
+        &[
+            c("mg1 LOGIN \"alice\" \"s3cret\"\r\n"),
+            E(ReplayEvent::Rejected {
+                text: String::new(),
+                challenge: None,
+            }),
+        ],
+    );
+    check(
+        &request,
+        &[
+            u(GREETING_FULL),
+            u("mg1 OK Logged in\r\n* BYE [UNAVAILABLE] s3cret\r\n"),
+        ],
+        &[
+            c("mg1 LOGIN \"alice\" \"s3cret\"\r\nmg2 CAPABILITY\r\n"),
+            failed(ReplayError::Bye(
+                "untagged BYE [UNAVAILABLE] (text withheld)".into(),
+            )),
+        ],
+    );
+    // Before the login went out the upstream saw no credential: its text may be named.
+    check(
+        &request,
+        &[u("* BYE Too many connections\r\n")],
+        &[failed(ReplayError::Bye("Too many connections".into()))],
+    );
+}
+
+/// A code that names the secret itself is still only a code: the summary keeps the code's
+/// first word only when it is a short atom.
+#[test]
+fn summary_drops_long_or_odd_codes() {
+    let request = password(Mechanism::ImapLogin, "alice", b"s3cret");
+    check(
+        &request,
+        &[
+            u(GREETING_FULL),
+            u("mg1 BAD [BADCHARSET s3cret] s3cret\r\n"),
+        ],
+        &[
+            c("mg1 LOGIN \"alice\" \"s3cret\"\r\n"),
+            failed(ReplayError::Unexpected(
+                "tagged BAD [BADCHARSET] (text withheld)".into(),
+            )),
+        ],
+    );
+}
+
+// ----- post-login capabilities (issue 9 item 10) ----------------------------------------------
+
+const COURIER_GREETING: &str = "* OK [CAPABILITY IMAP4rev1 UIDPLUS CHILDREN NAMESPACE \
+                                THREAD=ORDEREDSUBJECT SORT QUOTA IDLE AUTH=PLAIN] Courier-IMAP \
+                                ready.\r\n";
+
+/// Courier answers LOGIN with a bare `OK LOGIN Ok.`; the replay asks for the post-login list
+/// and puts it into the OK the downstream gets.
+#[test]
+fn ok_without_capabilities_asks_and_codes_the_reply() {
+    let residual = check(
+        &password(Mechanism::ImapLogin, "alice", b"s3cret"),
+        &[
+            u(COURIER_GREETING),
+            u("mg1 OK LOGIN Ok.\r\n"),
+            u("* CAPABILITY IMAP4rev1 UIDPLUS CHILDREN IDLE ACL ACL2=UNION\r\n"),
+            u("mg2 OK CAPABILITY completed\r\n* 1 EXISTS\r\n"),
+        ],
+        &[
+            c("mg1 LOGIN \"alice\" \"s3cret\"\r\nmg2 CAPABILITY\r\n"),
+            E(ReplayEvent::LoggedIn {
+                untagged: Bytes::new(),
+                reply: Bytes::from_static(
+                    b"OK [CAPABILITY IMAP4rev1 UIDPLUS CHILDREN IDLE ACL ACL2=UNION] LOGIN Ok.\r\n",
+                ),
+            }),
+        ],
+    );
+    assert_eq!(residual, Bytes::from_static(b"* 1 EXISTS\r\n"));
+}
+
+#[test]
+fn post_login_capability_variants() {
+    let request = password(Mechanism::ImapLogin, "alice", b"s3cret");
+    // The OK holds another code: the list comes as an untagged line before it.
+    check(
+        &request,
+        &[
+            u(COURIER_GREETING),
+            u("* OK [ALERT] Mailbox almost full\r\nmg1 OK [ALERT] Logged in\r\n"),
+            u("* CAPABILITY IMAP4rev1 IDLE\r\nmg2 OK done\r\n"),
+        ],
+        &[
+            c("mg1 LOGIN \"alice\" \"s3cret\"\r\nmg2 CAPABILITY\r\n"),
+            E(ReplayEvent::LoggedIn {
+                untagged: Bytes::from_static(
+                    b"* OK [ALERT] Mailbox almost full\r\n* CAPABILITY IMAP4rev1 IDLE\r\n",
+                ),
+                reply: Bytes::from_static(b"OK [ALERT] Logged in\r\n"),
+            }),
+        ],
+    );
+    // An untagged CAPABILITY during the login already told the downstream: nothing to ask.
+    check(
+        &request,
+        &[
+            u(COURIER_GREETING),
+            u("* CAPABILITY IMAP4rev1 IDLE\r\nmg1 OK Logged in\r\n"),
+        ],
+        &[
+            c("mg1 LOGIN \"alice\" \"s3cret\"\r\n"),
+            E(ReplayEvent::LoggedIn {
+                untagged: Bytes::from_static(b"* CAPABILITY IMAP4rev1 IDLE\r\n"),
+                reply: Bytes::from_static(b"OK Logged in\r\n"),
+            }),
+        ],
+    );
+    // A refused CAPABILITY does not undo the login; the OK goes down as it came. An `OK` with
+    // no text at all gets the code and nothing after it.
+    check(
+        &request,
+        &[u(COURIER_GREETING), u("mg1 OK\r\nmg2 BAD no\r\n")],
+        &[
+            c("mg1 LOGIN \"alice\" \"s3cret\"\r\nmg2 CAPABILITY\r\n"),
+            E(ReplayEvent::LoggedIn {
+                untagged: Bytes::new(),
+                reply: Bytes::from_static(b"OK\r\n"),
+            }),
+        ],
+    );
+    check(
+        &request,
+        &[
+            u(COURIER_GREETING),
+            u("mg1 OK\r\n* CAPABILITY IMAP4rev1 X]Y IDLE\r\nmg2 OK\r\n"),
+        ],
+        &[
+            c("mg1 LOGIN \"alice\" \"s3cret\"\r\nmg2 CAPABILITY\r\n"),
+            E(ReplayEvent::LoggedIn {
+                untagged: Bytes::new(),
+                // `X]Y` is no atom: it would end the code early.
+                reply: Bytes::from_static(b"OK [CAPABILITY IMAP4rev1 IDLE] \r\n"),
+            }),
+        ],
+    );
+}
+
+// ----- capability probe ---------------------------------------------------------------------
+
+fn probe(starttls: bool, steps: &[Step]) -> (Vec<Item>, Option<Vec<String>>) {
+    let mut m = ImapReplay::probe(starttls);
+    let mut items = Vec::new();
+    for step in steps {
+        match step {
+            Step::U(bytes) => m.handle_input(bytes),
+            Tls => m.tls_established(),
+            Step::Eof => m.handle_eof(),
+        }
+        drain(&mut m, &mut items);
+    }
+    (items, m.capabilities().map(<[String]>::to_vec))
+}
+
+#[test]
+fn probe_learns_capabilities_and_logs_out() {
+    let (items, caps) = probe(false, &[u(GREETING_FULL)]);
+    assert_eq!(items, [c("mg1 LOGOUT\r\n"), E(ReplayEvent::Probed)]);
+    assert!(caps.unwrap().contains(&"IDLE".to_owned()));
+
+    let (items, caps) = probe(
+        false,
+        &[
+            u(GREETING_BARE),
+            u("* CAPABILITY IMAP4rev1 IDLE\r\nmg1 OK done\r\n"),
+        ],
+    );
+    assert_eq!(
+        items,
+        [
+            c("mg1 CAPABILITY\r\nmg2 LOGOUT\r\n"),
+            E(ReplayEvent::Probed)
+        ]
+    );
+    assert_eq!(caps.unwrap(), ["IMAP4REV1", "IDLE"]);
+
+    // STARTTLS: what the greeting said before TLS is void (RFC 9051 6.2.1).
+    let (items, caps) = probe(
+        true,
+        &[
+            u("* OK [CAPABILITY IMAP4rev1 STARTTLS LITERAL+] hi\r\n"),
+            u("mg1 OK go\r\n"),
+            Tls,
+            u("* CAPABILITY IMAP4rev1 IDLE AUTH=PLAIN\r\nmg2 OK done\r\n"),
+        ],
+    );
+    assert_eq!(
+        items,
+        [
+            c("mg1 STARTTLS\r\n"),
+            E(ReplayEvent::TlsRequested),
+            c("mg2 CAPABILITY\r\nmg3 LOGOUT\r\n"),
+            E(ReplayEvent::Probed),
+        ]
+    );
+    assert_eq!(caps.unwrap(), ["IMAP4REV1", "IDLE", "AUTH=PLAIN"]);
+}
+
+/// A capability line longer than the 200 characters an error may quote is learnt whole.
+#[test]
+fn long_capability_lines_are_learnt_whole() {
+    let many: Vec<String> = (0..60).map(|i| format!("X-CAP{i}")).collect();
+    let line = format!(
+        "* CAPABILITY IMAP4rev1 {} IDLE\r\nmg1 OK\r\n",
+        many.join(" ")
+    );
+    let (_, caps) = probe(false, &[u(GREETING_BARE), u(line)]);
+    let caps = caps.unwrap();
+    assert_eq!(caps.len(), 62);
+    assert_eq!(caps.last().map(String::as_str), Some("IDLE"));
 }
 
 #[test]

@@ -1034,6 +1034,123 @@ proptest! {
     }
 }
 
+/// Issue 9 item 4: a name over `max_username` (USER, AUTH PLAIN authcid and authzid, AUTH
+/// LOGIN, XOAUTH2 `user=`, OAUTHBEARER `a=`) gets `-ERR [AUTH]` from the front-end, counts as
+/// an attempt, and is never reported to the driver (so never replayed, logged or audited).
+#[test]
+fn oversized_user_names_are_refused_in_the_front_end() {
+    let b64 = |raw: &[u8]| sasl::encode_base64(raw);
+    let long = "u".repeat(321);
+    let fits = "u".repeat(320);
+    const REFUSED: &str = "-ERR [AUTH] Authentication failed\r\n";
+    let table: Vec<Vec<Step>> = vec![
+        vec![
+            c(format!("USER {long}\r\nPASS pw\r\n")),
+            s("+OK\r\n"),
+            s(REFUSED),
+        ],
+        vec![
+            c(format!(
+                "AUTH PLAIN {}\r\n",
+                b64(format!("\0{long}\0pw").as_bytes())
+            )),
+            s(REFUSED),
+        ],
+        vec![
+            c(format!(
+                "AUTH PLAIN {}\r\n",
+                b64(format!("{long}\0alice\0pw").as_bytes())
+            )),
+            s(REFUSED),
+        ],
+        vec![
+            c(format!(
+                "AUTH LOGIN {}\r\n{}\r\n",
+                b64(long.as_bytes()),
+                b64(b"pw")
+            )),
+            s("+ UGFzc3dvcmQ6\r\n"),
+            s(REFUSED),
+        ],
+        vec![
+            c(format!(
+                "AUTH XOAUTH2 {}\r\n",
+                b64(format!("user={long}\x01auth=Bearer t\x01\x01").as_bytes())
+            )),
+            s(REFUSED),
+        ],
+        vec![
+            c(format!(
+                "AUTH OAUTHBEARER {}\r\n",
+                b64(format!("n,a={long},\x01auth=Bearer t\x01\x01").as_bytes())
+            )),
+            s(REFUSED),
+        ],
+        vec![
+            c(format!("USER {fits}\r\nPASS pw\r\n")),
+            s("+OK\r\n"),
+            E(FrontendEvent::LoginRequested(LoginRequest {
+                mechanism: Mechanism::UserPass,
+                credentials: password(&fits, b"pw"),
+            })),
+        ],
+    ];
+    for steps in table {
+        run(Security::Tls, limits(), &steps);
+    }
+    // Counted as attempts: the last one closes.
+    let two = PreauthLimits {
+        max_attempts: 2,
+        ..limits()
+    };
+    run(
+        Security::Tls,
+        two,
+        &[
+            c(format!(
+                "USER {long}\r\nPASS a\r\nUSER {long}\r\nPASS b\r\nNOOP\r\n"
+            )),
+            s(format!("+OK\r\n{REFUSED}+OK\r\n{REFUSED}")),
+            s(TOO_MANY_ATTEMPTS),
+            E(FrontendEvent::Closed(CloseReason::TooManyAttempts)),
+        ],
+    );
+}
+
+/// Issue 9 item 10 (POP3): `CAPA` before login adds the upstream's own capabilities (TOP, UIDL,
+/// EXPIRE, ...) to mailgate's, without those mailgate answers itself.
+#[test]
+fn capa_lists_what_the_upstream_offers_minus_what_mailgate_handles() {
+    let upstream: Vec<String> = [
+        "CAPA",
+        "TOP",
+        "UIDL",
+        "RESP-CODES",
+        "PIPELINING",
+        "AUTH-RESP-CODE",
+        "STLS",
+        "USER",
+        "SASL PLAIN LOGIN",
+        "IMPLEMENTATION Dovecot",
+        "EXPIRE NEVER",
+        "UTF8",
+        "top",
+        "X\u{e9}",
+    ]
+    .iter()
+    .map(|l| (*l).to_owned())
+    .collect();
+    let mut fe = Pop3Frontend::with_upstream(Security::Tls, limits(), t0(), &upstream);
+    let _greeting = fe.poll_transmit();
+    fe.handle_input(b"CAPA\r\n");
+    assert_eq!(
+        String::from_utf8(fe.poll_transmit().unwrap().to_vec()).unwrap(),
+        "+OK Capability list follows\r\nCAPA\r\nUSER\r\nSASL PLAIN LOGIN XOAUTH2 OAUTHBEARER\r\n\
+         TOP\r\nUIDL\r\nEXPIRE NEVER\r\n\
+         RESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nIMPLEMENTATION mailgate\r\n.\r\n"
+    );
+}
+
 /// Issue 9: a client that pipelines `CAPA`s and `NOOP`s and never reads. One read queues at
 /// most [`MAX_PENDING_OUTPUT`] (plus one answer) of answers; the rest is answered, in order, as
 /// `poll_transmit` hands the answers out.

@@ -726,3 +726,55 @@ proptest! {
         }
     }
 }
+
+/// The startup probe: `CAPA` (after STLS when asked), the lines kept, `QUIT`, `Probed`.
+#[test]
+fn probe_learns_capa_and_quits() {
+    for chunking in chunkings() {
+        for starttls in [false, true] {
+            let mut replay = Pop3Replay::probe(starttls);
+            let mut out = Vec::new();
+            let mut events = Vec::new();
+            let mut feed = |r: &mut Pop3Replay, bytes: &[u8]| {
+                split(bytes, chunking, &mut |chunk| r.handle_input(chunk));
+                while let Some(b) = r.poll_transmit() {
+                    out.extend_from_slice(&b);
+                }
+                while let Some(e) = r.poll_event() {
+                    events.push(e);
+                }
+            };
+            feed(&mut replay, b"+OK Dovecot ready.\r\n");
+            if starttls {
+                feed(&mut replay, b"+OK Begin TLS negotiation now.\r\n");
+                replay.tls_established();
+            }
+            feed(
+                &mut replay,
+                b"+OK\r\nCAPA\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nSASL PLAIN\r\n.\r\n",
+            );
+            let want = if starttls {
+                "STLS\r\nCAPA\r\nQUIT\r\n"
+            } else {
+                "CAPA\r\nQUIT\r\n"
+            };
+            assert_eq!(String::from_utf8_lossy(&out), want, "{chunking:?}");
+            let tls = usize::from(starttls);
+            assert_eq!(events.len(), tls + 1, "{events:?}");
+            assert_eq!(events.last(), Some(&ReplayEvent::Probed));
+            assert_eq!(
+                replay.capabilities().unwrap(),
+                ["CAPA", "TOP", "UIDL", "RESP-CODES", "SASL PLAIN"]
+            );
+        }
+    }
+    // An upstream without CAPA: nothing learnt, still a clean QUIT.
+    let mut replay = Pop3Replay::probe(false);
+    replay.handle_input(b"+OK hi\r\n-ERR unknown command\r\n");
+    assert_eq!(
+        replay.poll_transmit().unwrap(),
+        "CAPA\r\nQUIT\r\n".as_bytes()
+    );
+    assert_eq!(replay.poll_event(), Some(ReplayEvent::Probed));
+    assert_eq!(replay.capabilities(), None);
+}
