@@ -29,8 +29,14 @@
 //!   the kernel's TCP memory (`/proc/net/sockstat`) per session and the watched descriptors.
 //! - `attack-halfopen|preauth|pipeline|slowloris|bigname|junk`: the soak's attackers (see
 //!   [`run_attack`]); `--sessions` connections until `--seconds` or SIGTERM.
+//! - `spray`: an open-loop password spray (`--rate` wrong passwords per minute from
+//!   `--sources` addresses over `--users` users, `{i}` in `--source` / `--user`), counting how
+//!   each guess was answered; run next to a `login` run (`--source 127.0.1.{i}`, `--user
+//!   user{i}@…`: each worker one user at its own familiar address) by `scripts/bench --spray`.
 //!
-//! `--source A,B,...` connects from those local addresses, round-robin.
+//! `--source A,B,...` connects from those local addresses, round-robin; a `--source` with
+//! `{i}` in it is a template filled per worker instead.
+//!
 //! `--addr` may list several addresses, comma-separated: connections go to them round-robin
 //! (used when one process cannot hold all sessions under the file-descriptor limit).
 //! The program raises its own RLIMIT_NOFILE to the hard limit. Every loop is bounded by
@@ -77,6 +83,13 @@ struct Args {
     /// loopback source address and destination port allow ~28,000 connections (the ephemeral
     /// port range), and the soak's attackers must not share the legitimate clients' address.
     sources: Vec<std::net::IpAddr>,
+    /// `--source` with `{i}`: a per-worker source address template (`127.0.1.{i}`: a
+    /// familiar address per legitimate user); filled into `sources` by `for_worker`.
+    source: Option<String>,
+    /// `spray`: guesses per minute, distinct source addresses, distinct users.
+    rate: u64,
+    spray_sources: usize,
+    users: usize,
 }
 
 fn parse_args() -> Args {
@@ -97,6 +110,10 @@ fn parse_args() -> Args {
         hold: 60,
         watch_pids: Vec::new(),
         sources: Vec::new(),
+        source: None,
+        rate: 1000,
+        spray_sources: 50,
+        users: 100,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -120,13 +137,103 @@ fn parse_args() -> Args {
                 a.watch_pids = v().split(',').filter_map(|p| p.parse().ok()).collect();
             }
             "--source" => {
-                a.sources = v().split(',').filter_map(|p| p.parse().ok()).collect();
+                let v = v();
+                if v.contains("{i}") {
+                    a.source = Some(v);
+                } else {
+                    a.sources = v.split(',').filter_map(|p| p.parse().ok()).collect();
+                }
             }
+            "--rate" => a.rate = v().parse().unwrap_or(1000),
+            "--sources" => a.spray_sources = v().parse().unwrap_or(50),
+            "--users" => a.users = v().parse().unwrap_or(100),
             "--bench" => {}
             other => eprintln!("ignoring argument {other}"),
         }
     }
     a
+}
+
+impl Args {
+    /// This worker's user, password and source address (`{i}` → `n`).
+    fn for_worker(&self, n: usize) -> Args {
+        let fill = |s: &str| s.replace("{i}", &n.to_string());
+        Args {
+            user: fill(&self.user),
+            pass: fill(&self.pass),
+            sources: match &self.source {
+                Some(template) => fill(template).parse().into_iter().collect(),
+                None => self.sources.clone(),
+            },
+            ..self.clone()
+        }
+    }
+}
+
+/// `spray`: an open-loop password spray. `--rate` guesses per minute for `--seconds`, each on
+/// a fresh connection from source `k % --sources + 1` (filling `{i}` in `--source`) for user
+/// `k % --users + 1` (filling `{i}` in `--user`), each with a new wrong password. Reports how
+/// the guesses were answered: `rejected` (AUTHENTICATIONFAILED: the upstream said no),
+/// `limited` (UNAVAILABLE: mailgate refused without asking), `accepted`, `errors`.
+async fn run_spray(args: Arc<Args>, tls: tokio_rustls::TlsConnector) {
+    let every = Duration::from_secs_f64(60.0 / args.rate.max(1) as f64);
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let counts = Arc::new([
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    ]);
+    let mut tasks = Vec::new();
+    let mut tick = tokio::time::interval(every);
+    let mut k = 0usize;
+    while Instant::now() < deadline {
+        tick.tick().await;
+        let mut a = args.for_worker(k % args.spray_sources.max(1) + 1);
+        a.user = args
+            .user
+            .replace("{i}", &(k % args.users.max(1) + 1).to_string());
+        a.pass = format!("spray-guess-{k}");
+        let addr = args.addrs[k % args.addrs.len()].clone();
+        let (tls, counts) = (tls.clone(), counts.clone());
+        tasks.push(tokio::spawn(async move {
+            let guess = async {
+                let mut conn = connect(&addr, &a, &tls).await?;
+                send(
+                    &mut conn,
+                    &format!("a LOGIN \"{}\" \"{}\"\r\n", a.user, a.pass),
+                )
+                .await?;
+                let mut last = Vec::new();
+                read_until(&mut conn, |l| {
+                    last = l.to_vec();
+                    l.starts_with(b"a ")
+                })
+                .await?;
+                Ok::<_, std::io::Error>(last)
+            };
+            let slot = match tokio::time::timeout(OP_TIMEOUT, guess).await {
+                Ok(Ok(l)) if l.starts_with(b"a OK") => 2,
+                Ok(Ok(l)) if l.windows(13).any(|w| w == b"[UNAVAILABLE]") => 1,
+                Ok(Ok(l)) if l.starts_with(b"a NO") => 0,
+                _ => 3,
+            };
+            counts[slot].fetch_add(1, Ordering::Relaxed);
+        }));
+        k += 1;
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let get = |i: usize| counts[i].load(Ordering::Relaxed);
+    println!(
+        "addr={} mode=spray guesses={k} rejected={} limited={} accepted={} errors={}",
+        args.addrs.join(","),
+        get(0),
+        get(1),
+        get(2),
+        get(3)
+    );
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -1043,16 +1150,20 @@ async fn main() {
         return;
     }
     assert!(
-        ["login", "xoauth2", "fetch", "fetch-each"].contains(&args.mode.as_str()),
-        "--mode {}: use login, xoauth2, fetch, fetch-each or idle",
+        ["login", "xoauth2", "fetch", "fetch-each", "spray"].contains(&args.mode.as_str()),
+        "--mode {}: use login, xoauth2, fetch, fetch-each, spray or idle",
         args.mode
     );
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
+    if args.mode == "spray" {
+        run_spray(args, tls).await;
+        return;
+    }
     for i in 0..args.concurrency {
         let addr = args.addrs[i % args.addrs.len()].clone();
-        let (args, tls) = (args.clone(), tls.clone());
+        let (args, tls) = (Arc::new(args.for_worker(i + 1)), tls.clone());
         tasks.push(tokio::spawn(async move {
             if args.mode == "fetch-each" {
                 fetch_each_worker(addr, args, tls, deadline).await

@@ -5,7 +5,7 @@
 //! |------------|-------------------------------------------------------------------------|
 //! | `/metrics` | 200, OpenMetrics text of every `mailgate_*` family                      |
 //! | `/healthz` | 200 while the process runs (liveness: restart me only if this fails)    |
-//! | `/readyz`  | 200 when ready, 503 before the first config and while draining          |
+//! | `/readyz`  | 200 when ready, 503 before the first config and while draining; the body also says whether the counter store answers |
 //! | `/throttle`| smart lockout status and unlock, loopback only ([`throttle`])           |
 //! | other      | 404                                                                     |
 //!
@@ -271,10 +271,22 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.readiness.is_ready() {
-        (StatusCode::OK, "ready\n").into_response()
+    // A shared counter store that is away does not make this instance unready: it keeps
+    // serving with local limits (taking it out of the balancer would refuse everyone); the
+    // detail line says so for the operator.
+    let store = if state.metrics.throttle_store_is_up() {
+        "counter store: up\n"
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+        "counter store: down (limits count on this instance only)\n"
+    };
+    if state.readiness.is_ready() {
+        (StatusCode::OK, format!("ready\n{store}")).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{store}"),
+        )
+            .into_response()
     }
 }
 
@@ -331,10 +343,13 @@ mod tests {
         assert_eq!((status, body.as_str()), (200, "ok\n"));
 
         let (status, _, body) = get(addr, "/readyz").await;
-        assert_eq!((status, body.as_str()), (503, "not ready\n"));
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "not ready\ncounter store: up\n")
+        );
         readiness.set_ready(true);
         let (status, _, body) = get(addr, "/readyz").await;
-        assert_eq!((status, body.as_str()), (200, "ready\n"));
+        assert_eq!((status, body.as_str()), (200, "ready\ncounter store: up\n"));
         // Draining.
         readiness.set_ready(false);
         assert_eq!(get(addr, "/readyz").await.0, 503);

@@ -21,6 +21,7 @@
 //! - [`conn_limit`]: caps at accept: connections per client address, handshakes in progress.
 //! - [`throttle`]: smart lockout of password guessing; its `store` holds the counters
 //!   (in-process, or shared by a fleet).
+//! - [`pacing`]: refused password logins take as long as the upstream's own refusals.
 //! - [`auth`]: bearer token verification (JWT/JWKS, introspection, tokeninfo), cached.
 //! - [`config`]: TOML model, validation, loading.
 //! - [`metrics`]: Prometheus registry with typed label sets.
@@ -34,6 +35,7 @@ pub mod config;
 pub mod conn_limit;
 pub mod directory;
 pub mod metrics;
+pub mod pacing;
 pub mod policy;
 pub mod proto;
 pub mod secret;

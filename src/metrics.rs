@@ -278,6 +278,7 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     audit_dropped: Counter,
     audit_errors: Counter,
+    throttle_store_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -369,8 +370,18 @@ impl Metrics {
             "Audit sink write or reopen errors",
             audit_errors.clone(),
         );
+        let throttle_store_up = Gauge::default();
+        // 1 from the start: the local store always answers; a Redis store sets it itself.
+        throttle_store_up.set(1);
+        registry.register(
+            "mailgate_throttle_store_up",
+            "1 while the login-failure counter store answers (local: always; Redis: while \
+             reachable); 0 while this instance counts alone",
+            throttle_store_up.clone(),
+        );
         Self {
             registry,
+            throttle_store_up,
             connections_active,
             connections,
             connections_refused,
@@ -384,6 +395,16 @@ impl Metrics {
             audit_dropped,
             audit_errors,
         }
+    }
+
+    /// The `mailgate_throttle_store_up` gauge, for the counter store to keep current.
+    pub fn throttle_store_gauge(&self) -> Gauge {
+        self.throttle_store_up.clone()
+    }
+
+    /// Whether the counter store answers (see [`Metrics::throttle_store_gauge`]).
+    pub fn throttle_store_is_up(&self) -> bool {
+        self.throttle_store_up.get() != 0
     }
 
     /// A downstream connection was accepted on `listener` (a config listener name). Counts it

@@ -52,6 +52,7 @@ use crate::conn_limit::{Admission, ConnLimits, Over};
 use crate::metrics::{Metrics, Refused};
 use crate::session::{self, SessionContext};
 use crate::throttle::Throttle;
+use crate::throttle::store::{RedisStore, Store};
 use crate::upstream::Connector;
 
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +177,8 @@ pub struct Shared {
     /// Smart lockout's counters. A reload swaps its settings and keeps its counts (who is
     /// blocked stays blocked). Shared with the admin listener.
     pub throttle: Arc<Throttle>,
+    /// Each upstream's observed refusal latencies, which policy refusals replay.
+    pub pacing: crate::pacing::Pacing,
     /// Connections per client address and handshakes in progress; the caps are read from the
     /// current generation at each connection.
     pub conn_limits: ConnLimits,
@@ -183,7 +186,22 @@ pub struct Shared {
 
 impl Shared {
     fn new(generation: Generation, services: Services) -> Shared {
-        let throttle = Arc::new(Throttle::new(generation.config.limits.throttle));
+        let store = match &generation.config.counter_store {
+            None => Store::local(),
+            Some(redis) => match RedisStore::new(redis, services.metrics.throttle_store_gauge()) {
+                Ok(store) => Store::Redis(store),
+                // Checked when the config was loaded; should it fail now, counting locally
+                // keeps every limit (per instance) rather than refusing to start.
+                Err(why) => {
+                    tracing::error!(error = %why, "counter store unusable; counting locally");
+                    Store::local()
+                }
+            },
+        };
+        let throttle = Arc::new(Throttle::with_store(
+            generation.config.limits.throttle,
+            store,
+        ));
         let (changed, _) = watch::channel(generation.number);
         let (phase, _) = watch::channel(Phase::Serving);
         Shared {
@@ -192,6 +210,7 @@ impl Shared {
             phase,
             services,
             throttle,
+            pacing: crate::pacing::Pacing::new(),
             conn_limits: ConnLimits::new(),
         }
     }
@@ -223,6 +242,9 @@ impl Reloader {
         let old = self.shared.current();
         if old.config.listeners != config.listeners {
             tracing::warn!("listener changes take effect only after a restart");
+        }
+        if old.config.counter_store != config.counter_store {
+            tracing::warn!("limits.store changes take effect only after a restart");
         }
         // Sized or bound once at startup; the per-address and handshake caps apply at once.
         let (was, now) = (&old.config.limits, &config.limits);

@@ -44,6 +44,7 @@ use crate::auth::{AuthError, VerificationMode, VerifiedToken};
 use crate::config::{Listener, ListenerTls};
 use crate::conn_limit::{Admission, HandshakeSlot};
 use crate::metrics::{Refused, TokenResult};
+use crate::pacing::Pacing;
 use crate::policy::{self, Attempt, Decision, Identity, Reason, TokenFacts};
 use crate::proto::imap::frontend::ImapFrontend;
 use crate::proto::pop3::frontend::Pop3Frontend;
@@ -903,6 +904,7 @@ impl<F: Frontend> Preauth<'_, F> {
                 record.policy_source = Some(denial.source.clone());
                 record.reason = denial.reason;
                 let challenge = oauth_challenge(mechanism, denial.reason);
+                self.pace_policy_refusal(&generation, request).await;
                 return Err(self.refusal(reply.class, &reply.text, challenge));
             }
         }
@@ -917,6 +919,7 @@ impl<F: Frontend> Preauth<'_, F> {
         };
         record.upstream = Some(connector.name().to_owned());
         let metrics = &self.trail.services.metrics;
+        let asked = Instant::now();
         let replay = connector.login(request, &self.trail.peer);
         let replayed = match watching(&mut self.down, &mut self.machine, replay).await {
             Ok(replayed) => replayed,
@@ -935,6 +938,14 @@ impl<F: Frontend> Preauth<'_, F> {
             Err(upstream::Error::Rejected { text, challenge }) => {
                 tracing::info!(user, "upstream rejected the login");
                 record.reason = Reason::UpstreamRejected;
+                if is_password(request) {
+                    // Learn how long this upstream takes to refuse, and take at least the
+                    // floor: policy refusals follow the same schedule (crate::pacing).
+                    let took = asked.elapsed();
+                    self.ctx.shared.pacing.rejected(connector.name(), took);
+                    let floor = config.limits.refusal_delay_min;
+                    tokio::time::sleep(Pacing::upstream_refusal(floor, took)).await;
+                }
                 let text = if text.trim().is_empty() {
                     policy::refusal::GENERIC_FAILURE.to_owned()
                 } else {
@@ -945,6 +956,8 @@ impl<F: Frontend> Preauth<'_, F> {
             Err(upstream::Error::Unsafe(e)) => {
                 tracing::warn!(user, error = %e, "login refused: credential not replayable");
                 record.reason = Reason::UpstreamRejected;
+                // Refused before any connection: as fast as a policy refusal would be.
+                self.pace_policy_refusal(&generation, request).await;
                 Err(self.refusal(
                     ReplyClass::Authentication,
                     policy::refusal::GENERIC_FAILURE,
@@ -957,6 +970,28 @@ impl<F: Frontend> Preauth<'_, F> {
                 Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None))
             }
         }
+    }
+
+    /// Before answering a password login mailgate refused itself, wait as long as the
+    /// upstream would have taken to refuse it (`crate::pacing`): unknown, suspended and
+    /// not-allowed accounts must not answer faster than a wrong password (issue 10, item 4).
+    /// Only a timer is held; no upstream connection. Bearer logins are not paced: a token
+    /// refusal says nothing about which accounts exist.
+    async fn pace_policy_refusal(&self, generation: &Generation, request: &LoginRequest) {
+        if !is_password(request) {
+            return;
+        }
+        let floor = generation.config.limits.refusal_delay_min;
+        let delay = match generation.connector(&self.ctx.listener) {
+            Some(c) => {
+                self.ctx
+                    .shared
+                    .pacing
+                    .policy_refusal(c.name(), floor, crate::pacing::random())
+            }
+            None => floor,
+        };
+        tokio::time::sleep(delay).await;
     }
 
     /// A refusal whose text ends with the session reference.
@@ -1134,6 +1169,11 @@ fn facts(v: VerifiedToken) -> TokenFacts {
         issuer: v.issuer,
         delegated: v.delegated,
     }
+}
+
+/// A login with a password (any mechanism but the bearer-token ones).
+fn is_password(request: &LoginRequest) -> bool {
+    !matches!(request.credentials, Credentials::Bearer { .. })
 }
 
 /// The error challenge an OAuth refusal sends before the final `NO` / `-ERR`, as the big

@@ -200,7 +200,14 @@ impl Connector {
                     replay
                 })
             }
-            Protocol::Pop3 => Replay::Pop3(Pop3Replay::new(request, starttls)?),
+            Protocol::Pop3 => {
+                let replay = Pop3Replay::new(request, starttls)?;
+                Replay::Pop3(if self.config.send_id {
+                    replay.with_client_address(peer.source)
+                } else {
+                    replay
+                })
+            }
         };
         let started = tokio::time::Instant::now();
         let (stream, address) = self.connect(Some(peer)).await?;

@@ -103,6 +103,11 @@ pub struct LimitsFile {
     pub login_block: Option<String>,
     pub login_failure_delay: Option<String>,
     pub login_failure_delay_max: Option<String>,
+    pub refusal_delay_min: Option<String>,
+    /// `"local"` (default) or a `redis://` / `rediss://` URL.
+    pub store: Option<String>,
+    pub store_ca_file: Option<String>,
+    pub store_timeout: Option<String>,
     pub token_failures_per_ip: Option<u64>,
     pub familiar_for: Option<String>,
     /// `"env:NAME"`: the key for hashing attempted passwords, shared by a fleet.

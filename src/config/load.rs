@@ -25,7 +25,6 @@ use super::{
 use crate::conn_limit::Caps;
 use crate::directory::Directory;
 use crate::proto::PreauthLimits;
-use crate::proto::Protocol;
 use crate::throttle::{Key, ThrottleConfig};
 
 /// Lowest accepted `max_line`. RFC 7162 section 4 recommends servers accept command lines of at
@@ -102,6 +101,7 @@ impl Validator<'_> {
                 ),
             );
         }
+        let counter_store = self.counter_store(&f.limits);
         let limits = self.limits(f.limits);
         let filter = f
             .log
@@ -119,6 +119,7 @@ impl Validator<'_> {
             upstreams,
             tls,
             limits,
+            counter_store,
             log: Log { filter },
             admin,
             oauth,
@@ -286,15 +287,12 @@ impl Validator<'_> {
             // host_port already checked the host is a valid server name.
             None => first_host.unwrap_or_default(),
         };
-        let send_id = u.send_id.unwrap_or(false);
-        if send_id && u.protocol != Protocol::Imap {
-            self.invalid(
-                format!("{at}.send_id"),
-                "only IMAP has an ID command (RFC 2971); use send_proxy_protocol for POP3",
-            );
-        }
+        let send_proxy_protocol = u.send_proxy_protocol.unwrap_or(false);
+        // The upstream sees the real client by default (IMAP ID / POP3 XCLIENT); with a PROXY
+        // header it already does, so the ID is not sent twice.
+        let send_id = u.send_id.unwrap_or(!send_proxy_protocol);
         Upstream {
-            send_proxy_protocol: u.send_proxy_protocol.unwrap_or(false),
+            send_proxy_protocol,
             send_id,
             protocol: u.protocol,
             addresses: u.addresses,
@@ -516,6 +514,52 @@ impl Validator<'_> {
         }
     }
 
+    /// `[limits] store`, `store_ca_file`, `store_timeout`: where a fleet shares its counts.
+    fn counter_store(&mut self, l: &LimitsFile) -> Option<crate::throttle::store::RedisConfig> {
+        use crate::throttle::store::shared;
+        let timeout = self.duration(
+            "limits.store_timeout",
+            l.store_timeout.as_deref(),
+            shared::DEFAULT_TIMEOUT,
+        );
+        let url = match l.store.as_deref() {
+            None | Some("local") => {
+                for (key, set) in [
+                    ("store_ca_file", l.store_ca_file.is_some()),
+                    ("store_timeout", l.store_timeout.is_some()),
+                ] {
+                    if set {
+                        self.invalid(
+                            format!("limits.{key}"),
+                            "only with store = \"redis://…\" or \"rediss://…\"",
+                        );
+                    }
+                }
+                return None;
+            }
+            Some(url) => url.to_owned(),
+        };
+        let ca_file = l.store_ca_file.as_deref().map(|p| self.path(p));
+        if ca_file.is_some() && !url.starts_with("rediss://") {
+            self.invalid(
+                "limits.store_ca_file",
+                "a CA is for TLS: use a rediss:// store URL",
+            );
+            return None;
+        }
+        let config = crate::throttle::store::RedisConfig {
+            url,
+            ca_file,
+            timeout,
+        };
+        // The URL may carry a password: the message shows it redacted.
+        if let Err(why) = shared::client(&config) {
+            self.invalid("limits.store", why);
+            return None;
+        }
+        Some(config)
+    }
+
     fn limits(&mut self, l: LimitsFile) -> Limits {
         let d = Limits::default();
         let p = PreauthLimits::default();
@@ -601,6 +645,11 @@ impl Validator<'_> {
             ))
             .unwrap_or(d.backlog),
             throttle: self.throttle(&l),
+            refusal_delay_min: self.duration_or_zero(
+                "limits.refusal_delay_min",
+                l.refusal_delay_min.as_deref(),
+                d.refusal_delay_min,
+            ),
         }
     }
 

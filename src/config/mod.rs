@@ -57,6 +57,9 @@ pub struct Config {
     /// Present whenever a listener has `tls != none`.
     pub tls: Option<ServerTls>,
     pub limits: Limits,
+    /// `[limits] store`: `None` counts in-process; `Some`: shared by a fleet through Redis.
+    /// Chosen at start (a reload that changes it is warned about and takes a restart).
+    pub counter_store: Option<crate::throttle::store::RedisConfig>,
     pub log: Log,
     /// `None`: no admin HTTP listener (the `[admin]` table is absent).
     pub admin: Option<Admin>,
@@ -229,6 +232,13 @@ impl Config {
             }
         }
         for (name, up) in &self.upstreams {
+            if !up.send_proxy_protocol && !up.send_id {
+                out.push(format!(
+                    "upstream \"{name}\": neither send_id nor send_proxy_protocol; the upstream \
+                     sees every client as mailgate's own address, so its per-address auth \
+                     penalty (Dovecot: up to 15 s) lands on all users at once"
+                ));
+            }
             if up.send_proxy_protocol && up.send_id {
                 out.push(format!(
                     "upstream \"{name}\".send_id: the PROXY header already carries the client \
@@ -324,9 +334,11 @@ pub struct Upstream {
     /// as the first bytes of each upstream connection. For upstreams that trust mailgate's
     /// address for it (Dovecot `haproxy_trusted_networks`). Default false.
     pub send_proxy_protocol: bool,
-    /// IMAP only: send `ID ("x-originating-ip" "…" "x-originating-port" "…")` before the
-    /// replayed login (Dovecot `login_trusted_networks`). Default false; always false for POP3
-    /// (checked at load).
+    /// Forward the client address in the protocol: IMAP `ID ("x-originating-ip" "…"
+    /// "x-originating-port" "…")` before the replayed login (RFC 2971), POP3 `XCLIENT ADDR=…
+    /// PORT=…` when the greeting offers it. The upstream believes it only from trusted
+    /// addresses (Dovecot `login_trusted_networks`). Default: true unless
+    /// `send_proxy_protocol` (the header already carries the address).
     pub send_id: bool,
 }
 
@@ -425,7 +437,14 @@ pub struct Limits {
     pub backlog: u32,
     /// Failed-login throttling (`crate::throttle`).
     pub throttle: ThrottleConfig,
+    /// The least time a refused password login takes, whoever refused it (`crate::pacing`).
+    /// Default 2 s, as Dovecot's `auth_failure_delay`: before mailgate has seen the upstream
+    /// refuse anything, its own refusals take what the upstream's most likely would.
+    pub refusal_delay_min: Duration,
 }
+
+/// Default of [`Limits::refusal_delay_min`].
+pub const DEFAULT_REFUSAL_DELAY_MIN: Duration = Duration::from_secs(2);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -439,6 +458,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             backlog: DEFAULT_BACKLOG,
             throttle: ThrottleConfig::default(),
+            refusal_delay_min: DEFAULT_REFUSAL_DELAY_MIN,
         }
     }
 }

@@ -345,11 +345,22 @@ pub enum Error {
 /// The counter store: in-process by default; a Redis backend shares it across a fleet.
 pub enum Store {
     Local(LocalStore),
+    /// Redis, falling back on local counters while it is away ([`shared`]).
+    Redis(RedisStore),
 }
 
 impl Store {
     pub fn local() -> Store {
         Store::Local(LocalStore::default())
+    }
+
+    /// Whether the counts are where they should be: always for the local store; for Redis,
+    /// whether it answers (else this instance counts alone).
+    pub fn is_up(&self) -> bool {
+        match self {
+            Store::Local(_) => true,
+            Store::Redis(s) => s.is_up(),
+        }
     }
 
     pub async fn reserve(
@@ -360,6 +371,7 @@ impl Store {
     ) -> Result<Admission, Error> {
         match self {
             Store::Local(s) => Ok(s.reserve(attempt, limits, now)),
+            Store::Redis(s) => Ok(s.reserve(attempt, limits, now).await),
         }
     }
 
@@ -372,6 +384,7 @@ impl Store {
     ) -> Result<Settled, Error> {
         match self {
             Store::Local(s) => Ok(s.settle(ticket, outcome, limits, now)),
+            Store::Redis(s) => Ok(s.settle(ticket, outcome, limits, now).await),
         }
     }
 
@@ -384,12 +397,14 @@ impl Store {
     ) -> Result<Status, Error> {
         match self {
             Store::Local(s) => Ok(s.status(user, source, limits, now)),
+            Store::Redis(s) => s.status(user, source, limits, now).await,
         }
     }
 
     pub async fn clear(&self, target: Target) -> Result<bool, Error> {
         match self {
             Store::Local(s) => Ok(s.clear(target)),
+            Store::Redis(s) => s.clear(target).await,
         }
     }
 }
@@ -775,6 +790,9 @@ fn ms(d: Duration) -> Millis {
 fn hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
     bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
 }
+
+pub mod shared;
+pub use shared::{RedisConfig, RedisStore};
 
 #[cfg(test)]
 mod tests;

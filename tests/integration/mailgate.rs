@@ -162,12 +162,15 @@ impl MailgateBuilder {
         t += &format!(
             "[tls]\ncert_file = \"{repo}/certs/localhost.pem\"\nkey_file = \"{repo}/certs/localhost.key\"\n\n"
         );
-        // Tests make many failed logins from 127.0.0.1: no tarpit unless a test asks for one.
-        let delay = if self.limits.contains("login_failure_delay") {
-            ""
-        } else {
-            "login_failure_delay = \"0s\"\n"
-        };
+        // Tests make many failed logins from 127.0.0.1: no tarpit unless a test asks for one,
+        // and refusals not held to a floor (issue 10 pacing) unless a test asks for one.
+        let mut delay = String::new();
+        if !self.limits.contains("login_failure_delay") {
+            delay += "login_failure_delay = \"0s\"\n";
+        }
+        if !self.limits.contains("refusal_delay_min") {
+            delay += "refusal_delay_min = \"0s\"\n";
+        }
         t += &format!(
             "[limits]\n{delay}{}\n[log]\nfilter = \"debug\"\n",
             self.limits

@@ -3,6 +3,7 @@
 //! - [`dovecot`]: a private Dovecot per test, the real upstream.
 //! - [`pki`]: a test CA and leaf certificates made at test time.
 //! - [`fixtures`]: the messages each harness mailbox starts with.
+//! - [`redis`]: a private `redis-server` per test (the fleet's shared counter store).
 //! - [`util`]: free ports, external clients with timeouts, digests, raw line clients.
 //! - `direct`: the clients against the harness Dovecot with no proxy, proving the harness.
 //! - [`mailgate`]: mailgate in-process on free ports in front of a harness Dovecot.
@@ -18,6 +19,8 @@
 //! - `names`: over-long user names stop at mailgate's front-end.
 //! - `ops_e2e`: audit records, session ends, rotation, HAProxy PROXY v2, the client address
 //!   in Dovecot's log, `/metrics` and `/readyz`: the operator surface end to end.
+//! - `spray`: password spraying (issue 10): the client address upstream against Dovecot's
+//!   auth penalty, refusals that take as long as upstream failures, a fleet sharing one Redis.
 //!
 //! Needs `dovecot`, `python3`, `curl` and `node` with `tests/idp/node_modules` (`scripts/install-test-deps` installs them).
 
@@ -30,6 +33,7 @@ mod fake;
 mod fixtures;
 mod idp;
 mod pki;
+mod redis;
 mod util;
 
 mod abuse;
@@ -49,4 +53,5 @@ mod policy_e2e;
 mod proxy;
 mod reload;
 mod secrets;
+mod spray;
 mod stalls;

@@ -188,7 +188,7 @@ fn keys(record: &Value) -> Vec<&str> {
 }
 
 /// A TCP connection to `to` from `from` (any loopback address: 127.0.0.0/8 is all local).
-async fn tcp_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+pub(crate) async fn tcp_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("socket");
     socket
         .bind(SocketAddr::from((from, 0)))
@@ -200,7 +200,7 @@ async fn tcp_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
 }
 
 /// A line client to `to` from `from`, and its own address (what the audit record must name).
-async fn client_from(from: [u8; 4], to: SocketAddr) -> (TcpLineClient, SocketAddr) {
+pub(crate) async fn client_from(from: [u8; 4], to: SocketAddr) -> (TcpLineClient, SocketAddr) {
     let tcp = tcp_from(from, to).await;
     let me = tcp.local_addr().expect("local addr");
     (LineClient::new(tcp), me)
@@ -235,7 +235,7 @@ async fn assert_closed_silently(tcp: &mut TcpStream, within: Duration) {
 
 /// The first line of Dovecot's log containing every needle (bounded: Dovecot's log process
 /// writes asynchronously).
-async fn dovecot_line(dovecot: &Dovecot, needles: &[&str]) -> String {
+pub(crate) async fn dovecot_line(dovecot: &Dovecot, needles: &[&str]) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
         let log = dovecot.log();
@@ -251,7 +251,7 @@ async fn dovecot_line(dovecot: &Dovecot, needles: &[&str]) -> String {
 }
 
 /// One HTTP/1.1 `GET` over a fresh connection: status and body.
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let work = async {
         let mut s = TcpStream::connect(addr).await.expect("connect admin");
         let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
@@ -292,7 +292,7 @@ async fn await_status(addr: SocketAddr, path: &str, status: u16) {
 
 /// The sum of every sample of `name` whose labels include all of `labels`, from OpenMetrics
 /// text (0 when there is none: a family without a sample yet).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -314,7 +314,7 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// A real HAProxy (`haproxy -db`) from `tests/haproxy/send-proxy.cfg.in`: `front` relays to
 /// `backend` with a PROXY v2 header. Killed when dropped.
-struct HaProxy {
+pub(crate) struct HaProxy {
     child: Child,
     front: u16,
     dir: tempfile::TempDir,
@@ -322,6 +322,25 @@ struct HaProxy {
 
 impl HaProxy {
     async fn start(backend: SocketAddr) -> HaProxy {
+        let front = free_port();
+        HaProxy::from_template(
+            "send-proxy.cfg.in",
+            front,
+            &[
+                ("@FRONTEND_V1_PORT@", free_port().to_string()),
+                ("@BACKEND_PORT@", backend.port().to_string()),
+            ],
+        )
+        .await
+    }
+
+    /// `tests/haproxy/<template>` with `@FRONTEND_PORT@` = `front` and `vars` filled in, run
+    /// until it listens on `front`.
+    pub(crate) async fn from_template(
+        template: &str,
+        front: u16,
+        vars: &[(&str, String)],
+    ) -> HaProxy {
         let binary = [
             "/usr/sbin/haproxy",
             "/usr/local/sbin/haproxy",
@@ -330,14 +349,15 @@ impl HaProxy {
         .into_iter()
         .find(|p| Path::new(p).is_file())
         .expect("haproxy not found; run scripts/install-test-deps");
-        let template =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/haproxy/send-proxy.cfg.in");
-        let front = free_port();
-        let text = std::fs::read_to_string(template)
+        let template = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/haproxy")
+            .join(template);
+        let mut text = std::fs::read_to_string(template)
             .expect("template")
-            .replace("@FRONTEND_PORT@", &front.to_string())
-            .replace("@FRONTEND_V1_PORT@", &free_port().to_string())
-            .replace("@BACKEND_PORT@", &backend.port().to_string());
+            .replace("@FRONTEND_PORT@", &front.to_string());
+        for (name, value) in vars {
+            text = text.replace(name, value);
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("haproxy.cfg");
         std::fs::write(&config, text).expect("write haproxy.cfg");
@@ -369,7 +389,7 @@ impl HaProxy {
         haproxy
     }
 
-    fn front(&self) -> SocketAddr {
+    pub(crate) fn front(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.front))
     }
 
@@ -1001,7 +1021,10 @@ async fn dovecot_logs_the_real_client_address_sent_by_id() {
     assert!(line.contains("rip=127.0.0.2"), "{line}");
 
     // Without send_id Dovecot sees only mailgate's address: the check above is not vacuous.
-    let without = Mailgate::builder(&dovecot).start().await;
+    let without = Mailgate::builder(&dovecot)
+        .upstream_options("send_id = false")
+        .start()
+        .await;
     let (mut c, _) = client_from([127, 0, 0, 2], without.addr("imap-plain")).await;
     imap_login_logout(&mut c, "bob@example.com", "bob-secret").await;
     let line = dovecot_line(&dovecot, &["Login: user=<bob@example.com>"]).await;

@@ -23,13 +23,32 @@ fn ip(s: &str) -> IpAddr {
 }
 
 #[test]
-fn defaults_are_off() {
+fn defaults_forward_the_client_address_by_id() {
     let c = load(BASE).unwrap();
     assert_eq!(c.listeners[0].proxy_protocol, None);
     let up = &c.upstreams["dovecot"];
     assert!(!up.send_proxy_protocol);
-    assert!(!up.send_id);
+    assert!(
+        up.send_id,
+        "issue 10 item 1: the upstream sees the real client by default"
+    );
     assert_eq!(c.admin, None, "no [admin] table, no admin listener");
+    // With a PROXY header the ID is not sent by default, and no warning either way.
+    let c = load(&with_upstream_keys("send_proxy_protocol = true")).unwrap();
+    assert!(!c.upstreams["dovecot"].send_id);
+    assert!(c.warnings().iter().all(|w| !w.contains("send_id")));
+}
+
+#[test]
+fn check_warns_when_the_upstream_sees_only_mailgate() {
+    let c = load(&with_upstream_keys("send_id = false")).unwrap();
+    assert!(
+        c.warnings().iter().any(|w| w.starts_with(
+            "upstream \"dovecot\": neither send_id nor send_proxy_protocol"
+        )),
+        "{:?}",
+        c.warnings()
+    );
 }
 
 #[test]
@@ -145,14 +164,14 @@ fn upstream_client_address_keys() {
 }
 
 #[test]
-fn send_id_is_imap_only() {
+fn send_id_is_xclient_on_pop3() {
     let text = BASE
         .replace("protocol = \"imap\"", "protocol = \"pop3\"")
         .replace(
             "tls = \"starttls\"\n",
             "tls = \"starttls\"\nsend_id = true\n",
         );
-    assert_one(&text, "upstream \"dovecot\".send_id", "only IMAP");
+    assert!(load(&text).unwrap().upstreams["dovecot"].send_id);
     let text = BASE
         .replace("protocol = \"imap\"", "protocol = \"pop3\"")
         .replace(
@@ -224,5 +243,53 @@ fn admin_bounds() {
     assert_eq!(
         (a.max_connections, a.header_timeout, a.request_timeout),
         (8, Duration::from_secs(1), Duration::from_secs(2))
+    );
+}
+
+#[test]
+fn counter_store_keys() {
+    let c = load(BASE).unwrap();
+    assert_eq!(c.counter_store, None, "local by default");
+    let c = load(&format!("{BASE}\n[limits]\nstore = \"local\"\n")).unwrap();
+    assert_eq!(c.counter_store, None);
+    let c = load(&format!(
+        "{BASE}\n[limits]\nstore = \"redis://:s3cret@10.0.0.5:6379/2\"\n"
+    ))
+    .unwrap();
+    let store = c.counter_store.unwrap();
+    assert_eq!(store.timeout, std::time::Duration::from_millis(50));
+    assert_eq!(store.ca_file, None);
+    // The password never shows.
+    assert!(!format!("{store:?}").contains("s3cret"), "{store:?}");
+    let c = load(&format!(
+        "{BASE}\n[limits]\nstore = \"rediss://r.example:6380\"\nstore_ca_file = \"ca.pem\"\n\
+         store_timeout = \"20ms\"\n"
+    ));
+    // The CA file is read at load: a missing one is an error naming it.
+    let all = match c {
+        Ok(_) => panic!("missing CA accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(all.contains("limits.store: /etc/mailgate/ca.pem"), "{all}");
+    assert_one(
+        &format!("{BASE}\n[limits]\nstore = \"memcached://:pw@x:1\"\n"),
+        "limits.store",
+        "not a redis:// or rediss:// URL",
+    );
+    assert!(
+        !errors(&format!(
+            "{BASE}\n[limits]\nstore = \"memcached://:pw@x:1\"\n"
+        ))[0]
+            .contains(":pw@")
+    );
+    assert_one(
+        &format!("{BASE}\n[limits]\nstore = \"redis://x:1\"\nstore_ca_file = \"/ca.pem\"\n"),
+        "limits.store_ca_file",
+        "rediss://",
+    );
+    assert_one(
+        &format!("{BASE}\n[limits]\nstore_timeout = \"1s\"\n"),
+        "limits.store_timeout",
+        "only with store",
     );
 }

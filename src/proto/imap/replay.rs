@@ -584,7 +584,11 @@ impl ImapReplay {
             self.events.push_back(ReplayEvent::Probed);
             return;
         }
-        if let Some(id) = self.id.take() {
+        // RFC 2971 3.1: ID only to an upstream that lists it (Dovecot does; Courier does
+        // not, and would take the ID command's answer for the login's).
+        if let Some(id) = self.id.take()
+            && self.has_capability("ID")
+        {
             let tag = self.send_command(format!("ID {id}").as_bytes());
             self.state = State::ExpectIdAnswer { tag };
             return;

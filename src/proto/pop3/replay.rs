@@ -18,6 +18,8 @@
 //! | | `-ERR` | `Failed(StartTlsRefused)` | `Finished` |
 //! | `ExpectTlsHandshake` | bytes | dropped (CVE-2011-0411, upstream side) | same |
 //! | | `tls_established()` | first login line | per mechanism |
+//! | (before the first login line, when the greeting offered `[XCLIENT]` and a client address was given) | | `XCLIENT ADDR=… PORT=…` | `ExpectXclientOk` |
+//! | `ExpectXclientOk` | `+OK` / `-ERR` | first login line (a refusal only loses the address) | per mechanism |
 //! | `ExpectUserOk` (after `USER u`) | `+OK` | `PASS p` | `ExpectPassOk` |
 //! | `ExpectPassOk` | `+OK` | `LoggedIn` | `LoggedIn` |
 //! | `ExpectContinue` (after `AUTH M`, IR > 255) | `+ ...` | base64 response | `ExpectAuthResult` |
@@ -72,6 +74,11 @@ pub struct Pop3Replay {
     /// Bytes for the upstream; hold credentials, so never printed.
     output: BytesMut,
     events: VecDeque<ReplayEvent>,
+    /// `XCLIENT ADDR=… PORT=…` to send before the login, when the greeting offers it.
+    xclient: Option<String>,
+    /// The greeting carried the `[XCLIENT]` response code: Dovecot offers it only to
+    /// `login_trusted_networks`, and anyone else would answer `-ERR`.
+    xclient_offered: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +86,7 @@ enum State {
     ExpectGreeting,
     ExpectStlsOk,
     ExpectTlsHandshake,
+    ExpectXclientOk,
     ExpectUserOk,
     ExpectPassOk,
     ExpectContinue,
@@ -103,6 +111,7 @@ impl State {
             State::ExpectGreeting => "greeting",
             State::ExpectStlsOk => "STLS",
             State::ExpectTlsHandshake => "TLS handshake",
+            State::ExpectXclientOk => "XCLIENT",
             State::ExpectUserOk => "USER",
             State::ExpectPassOk => "PASS",
             State::ExpectContinue => "AUTH continuation",
@@ -211,12 +220,28 @@ impl Pop3Replay {
             input: BytesMut::new(),
             output: BytesMut::new(),
             events: VecDeque::new(),
+            xclient: None,
+            xclient_offered: false,
         }
     }
 
     /// Probe: the capability lines of the upstream's `CAPA` answer, once complete.
     pub fn capabilities(&self) -> Option<&[String]> {
         self.capabilities.as_deref()
+    }
+
+    /// Send `XCLIENT ADDR=<ip> PORT=<port>` before the login when the upstream's greeting
+    /// offers it (Dovecot does to `login_trusted_networks`), so it logs and rate-limits by the
+    /// real client address (Postfix XCLIENT syntax, as Dovecot's pop3-login takes it). POP3 has
+    /// no ID command; this is its equivalent of IMAP `ID x-originating-ip`.
+    pub fn with_client_address(mut self, client: core::net::SocketAddr) -> Self {
+        // An IP address and a port are printable ASCII without spaces: nothing to escape.
+        self.xclient = Some(format!(
+            "XCLIENT ADDR={} PORT={}\r\n",
+            client.ip(),
+            client.port()
+        ));
+        self
     }
 
     /// Bytes read from the upstream.
@@ -238,9 +263,11 @@ impl Pop3Replay {
         match std::mem::replace(&mut self.state, State::Finished) {
             State::LoggedIn => self.state = State::LoggedIn,
             State::Finished => {}
+            // No credential was sent before these answers: the upstream is unavailable.
             State::ExpectGreeting
             | State::ExpectStlsOk
             | State::ExpectTlsHandshake
+            | State::ExpectXclientOk
             | State::ExpectCapaOk
             | State::ExpectCapaLines => self.fail(ReplayError::Closed),
             State::ExpectFinalError { challenge } => self.reject(b"", challenge),
@@ -301,6 +328,9 @@ impl Pop3Replay {
         let status = parse::status(line);
         match (std::mem::replace(&mut self.state, State::Finished), status) {
             (State::ExpectGreeting, Status::Ok) => {
+                self.xclient_offered = line
+                    .windows(b"[XCLIENT]".len())
+                    .any(|w| w.eq_ignore_ascii_case(b"[XCLIENT]"));
                 if self.starttls {
                     // RFC 2595 4.
                     self.send(b"STLS\r\n");
@@ -329,6 +359,8 @@ impl Pop3Replay {
             (State::ExpectStlsOk, Status::Err(text)) => {
                 self.fail(ReplayError::StartTlsRefused(printable(text)))
             }
+            // Either answer goes on to the login: a refused XCLIENT only loses the address.
+            (State::ExpectXclientOk, Status::Ok | Status::Err(_)) => self.send_login(),
             (State::ExpectUserOk, Status::Ok) => {
                 if let Plan::UserPass { password, .. } = &self.plan {
                     let mut line = Vec::with_capacity(password.expose().len() + 7);
@@ -439,8 +471,20 @@ impl Pop3Replay {
         self.events.push_back(ReplayEvent::Probed);
     }
 
-    /// Send the first line of the login (after the greeting, or after STLS).
+    /// After the greeting, or after STLS: the client address first when the upstream takes
+    /// it, then the login.
     fn start_login(&mut self) {
+        match self.xclient.take() {
+            Some(line) if self.xclient_offered => {
+                self.send(line.as_bytes());
+                self.state = State::ExpectXclientOk;
+            }
+            _ => self.send_login(),
+        }
+    }
+
+    /// Send the first line of the login.
+    fn send_login(&mut self) {
         match &self.plan {
             Plan::Probe => {
                 self.send(b"CAPA\r\n");

@@ -955,3 +955,16 @@ fn client_address_goes_in_an_id_before_the_login() {
         matches!(&items[..], [Item::C(sent)] if sent.ends_with("mg2 LOGIN \"alice\" \"s3cret\"\r\n"))
     );
 }
+
+/// RFC 2971 3.1: an upstream that does not list ID (Courier) gets no ID command, or it would
+/// take the ID's answer for the login's; the login goes out at once.
+#[test]
+fn no_id_to_an_upstream_that_does_not_list_it() {
+    let request = password(Mechanism::ImapLogin, "alice", b"s3cret");
+    let mut m = ImapReplay::new(&request, false)
+        .unwrap()
+        .with_client_address("192.0.2.7:4321".parse().unwrap());
+    m.handle_input(GREETING_MINIMAL.as_bytes());
+    let sent = m.poll_transmit().unwrap();
+    assert_eq!(&sent[..], b"mg1 LOGIN \"alice\" \"s3cret\"\r\n");
+}

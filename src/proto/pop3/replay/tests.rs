@@ -29,8 +29,15 @@ fn sent(bytes: impl AsRef<[u8]>) -> Step {
 }
 
 fn run(request: &LoginRequest, starttls: bool, steps: &[Step]) {
+    run_from(
+        || Pop3Replay::new(request, starttls).expect("safe request"),
+        steps,
+    )
+}
+
+fn run_from(new: impl Fn() -> Pop3Replay, steps: &[Step]) {
     for chunking in chunkings() {
-        let mut replay = Some(Pop3Replay::new(request, starttls).expect("safe request"));
+        let mut replay = Some(new());
         let mut out = Vec::new();
         let mut events = VecDeque::new();
         let drain = |r: &mut Pop3Replay, out: &mut Vec<u8>, events: &mut VecDeque<_>| {
@@ -139,6 +146,62 @@ fn b64(bytes: impl AsRef<[u8]>) -> String {
 }
 
 const GREETING: &str = "+OK Dovecot ready.\r\n";
+
+#[test]
+fn client_address_goes_in_xclient_when_the_greeting_offers_it() {
+    let client: core::net::SocketAddr = "[2001:db8::7]:40123".parse().unwrap();
+    let request = &user_pass("alice", b"s3cret");
+    let new = |starttls| {
+        move || {
+            Pop3Replay::new(request, starttls)
+                .expect("safe")
+                .with_client_address(client)
+        }
+    };
+    // Dovecot offers XCLIENT to login_trusted_networks in its greeting (2.3 pop3-login).
+    run_from(
+        new(false),
+        &[
+            u("+OK [XCLIENT] Dovecot (Debian) ready.\r\n"),
+            sent("XCLIENT ADDR=2001:db8::7 PORT=40123\r\n"),
+            u("+OK Updated\r\n"),
+            sent("USER alice\r\n"),
+            u("+OK\r\n"),
+            sent("PASS s3cret\r\n"),
+            u("+OK Logged in.\r\n"),
+            logged_in("+OK Logged in.\r\n"),
+            Residual(vec![]),
+        ],
+    );
+    // After STLS too (the offer came with the greeting), and a refusal only loses the address.
+    run_from(
+        new(true),
+        &[
+            u("+OK [XCLIENT] Dovecot ready.\r\n"),
+            sent("STLS\r\n"),
+            u("+OK Begin TLS negotiation now.\r\n"),
+            E(ReplayEvent::TlsRequested),
+            Tls,
+            sent("XCLIENT ADDR=2001:db8::7 PORT=40123\r\n"),
+            u("-ERR You aren't allowed to use XCLIENT\r\n"),
+            sent("USER alice\r\n"),
+            u("-ERR [AUTH] Authentication failed.\r\n"),
+            rejected("Authentication failed.", None),
+        ],
+    );
+    // Not offered (an untrusted proxy, another server): nothing extra is sent.
+    run_from(
+        new(false),
+        &[
+            u(GREETING),
+            sent("USER alice\r\n"),
+            u("+OK\r\n"),
+            sent("PASS s3cret\r\n"),
+            u("+OK Logged in.\r\n"),
+            logged_in("+OK Logged in.\r\n"),
+        ],
+    );
+}
 
 #[test]
 fn user_pass_plain_connection() {
