@@ -264,9 +264,8 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>, adm
 /// connection is just closed. `per_ip`: the client's own address is over its cap.
 pub fn refuse_at_once(tcp: TcpStream, listener: &Listener, per_ip: bool) {
     if listener.tls == ListenerTls::Implicit {
-        // Nothing to send, so nothing to lose: a reset instead of FIN, no TIME_WAIT socket
-        // left in mailgate's kernel for each connection of a flood.
-        let _ = tcp.set_zero_linger();
+        // A plain close (FIN), not a reset: a reset here reaches a client whose connect() has
+        // not returned yet as a failed connect rather than as a refusal.
         return;
     }
     let goodbye: &[u8] = match (listener.protocol, per_ip) {
