@@ -885,6 +885,9 @@ async fn run_idle(args: Arc<Args>, tls: tokio_rustls::TlsConnector) {
     );
 }
 
+/// How long a closed attacker connection waits before it comes back (± half, uniformly).
+const BACKOFF: Duration = Duration::from_secs(1);
+
 /// Counters of one attacker run.
 #[derive(Default)]
 struct AttackStats {
@@ -900,7 +903,9 @@ struct AttackStats {
 
 /// Attacker modes for the soak (`scripts/bench --soak`): `--sessions` connections from the
 /// `--source` addresses, each repeating its abuse until `--seconds` have passed and coming back
-/// when mailgate closes it. Prints `ready` on stderr once every attacker has opened its first
+/// when mailgate closes it, after [`BACKOFF`] with jitter (as a client across the internet
+/// would: a round trip, a resolver, a retry timer; a 100 ms loop made the half-open attacker a
+/// connection-churn flood of ~16,000 connections/s instead of the hold the issue describes). Prints `ready` on stderr once every attacker has opened its first
 /// connection (or failed to), and one summary line at the end.
 ///
 /// - `halfopen`: TCP connect, never a byte (no ClientHello); held.
@@ -932,6 +937,8 @@ async fn run_attack(kind: &str, args: Arc<Args>, tls: tokio_rustls::TlsConnector
         let kind = kind.to_owned();
         tasks.push(tokio::spawn(async move {
             let mut first = true;
+            // Per-attacker xorshift for the jitter: attackers closed together come back spread.
+            let mut x = 0x9E37_79B9_7F4A_7C15_u64 ^ (i as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             while tokio::time::Instant::now() < deadline {
                 let once = attack_once(&kind, &addr, &args, &tls, &stats, &ramp, &mut first);
                 match tokio::time::timeout_at(deadline, once).await {
@@ -946,8 +953,14 @@ async fn run_attack(kind: &str, args: Arc<Args>, tls: tokio_rustls::TlsConnector
                         }
                     }
                 }
-                // Back after a short pause: a refused connection must not become a busy loop.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Back after BACKOFF ± half of it: a closed connection must not become a busy
+                // loop.
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let half = BACKOFF.as_millis() as u64 / 2;
+                let pause = Duration::from_millis(half + x % (2 * half + 1));
+                tokio::time::sleep(pause).await;
             }
         }));
     }

@@ -3,19 +3,29 @@
 //!
 //! Input: a client address and the current [`Caps`] (read from the generation at each call, so
 //! a reload applies to the next connection). Output: an owned slot that frees itself on drop, or
-//! [`Over`] when a cap is reached. Pure bookkeeping under one mutex: no I/O, no clock.
+//! [`Over`] when a per-address cap is reached. Bookkeeping under one mutex: no I/O, no clock.
 //!
 //! Why handshakes have caps of their own (issue 9): a connection that never sends its
 //! ClientHello costs nothing to open and held a global slot for the whole handshake timeout, so
 //! one address could fill `max_connections` and shut everyone out. Bounding handshakes in
-//! progress per address keeps one source to a small share; the total bounds many sources.
+//! progress per address keeps one source to a small share.
+//!
+//! The total (`max_handshakes`) evicts instead of refusing: at the cap, a new handshake takes
+//! the place of the one that has waited longest, whose [`HandshakeSlot::evicted`] then
+//! resolves and its session closes the connection. Attackers from many addresses, each under
+//! its allowance, could otherwise hold every handshake slot and shut out every new TLS client
+//! for the whole handshake timeout; a real handshake takes milliseconds, so it completes long
+//! before as many newer connections have pushed it out (the admin listener does the same with
+//! partial requests, `crate::admin`).
 //!
 //! Memory: an entry exists only while its address holds a slot, so the tables never hold more
 //! keys than there are open connections (at most `max_connections`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
 
 use crate::metrics::Refused;
 
@@ -53,17 +63,8 @@ impl Default for Caps {
 pub enum Over {
     /// `max_connections_per_ip`.
     ConnectionsPerIp,
-    /// `max_handshakes`.
-    Handshakes,
     /// `max_handshakes_per_ip`.
     HandshakesPerIp,
-}
-
-impl Over {
-    /// Whether the client's own address is at fault (the goodbye says so).
-    pub fn per_ip(self) -> bool {
-        matches!(self, Over::ConnectionsPerIp | Over::HandshakesPerIp)
-    }
 }
 
 impl From<Over> for Refused {
@@ -71,7 +72,7 @@ impl From<Over> for Refused {
     fn from(over: Over) -> Refused {
         match over {
             Over::ConnectionsPerIp => Refused::Limit,
-            Over::Handshakes | Over::HandshakesPerIp => Refused::Handshakes,
+            Over::HandshakesPerIp => Refused::Handshakes,
         }
     }
 }
@@ -94,7 +95,10 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 struct Counts {
     connections: HashMap<IpAddr, usize>,
     handshakes: HashMap<IpAddr, usize>,
-    handshakes_total: usize,
+    /// Handshakes in progress by arrival (the first is the oldest), each with the sender that
+    /// evicts it. Its length is the total.
+    waiting: BTreeMap<u64, oneshot::Sender<()>>,
+    next: u64,
 }
 
 /// Shared by every listener. Cheap to clone; clones share the counts.
@@ -126,6 +130,8 @@ pub struct ConnectionSlot {
 pub struct HandshakeSlot {
     counts: Arc<Mutex<Counts>>,
     key: Option<IpAddr>,
+    id: u64,
+    evicted: oneshot::Receiver<()>,
 }
 
 impl ConnLimits {
@@ -150,12 +156,11 @@ impl ConnLimits {
     }
 
     /// Take a handshake slot, counted for `ip` too when it is known (`None` behind a PROXY
-    /// balancer until the header names the client: see [`HandshakeSlot::attribute`]).
+    /// balancer until the header names the client: see [`HandshakeSlot::attribute`]). At the
+    /// total cap the oldest handshake in progress is evicted to make room (module docs); only
+    /// the per-address cap refuses.
     pub fn handshake(&self, ip: Option<IpAddr>, caps: &Caps) -> Result<HandshakeSlot, Over> {
         let mut counts = lock(&self.0);
-        if caps.handshakes != 0 && counts.handshakes_total >= caps.handshakes {
-            return Err(Over::Handshakes);
-        }
         let key = ip.map(client_key);
         if let Some(key) = key {
             take(
@@ -165,17 +170,30 @@ impl ConnLimits {
                 Over::HandshakesPerIp,
             )?;
         }
-        counts.handshakes_total += 1;
+        if caps.handshakes != 0 {
+            while counts.waiting.len() >= caps.handshakes {
+                // Its per-address share is given back when its session drops the slot.
+                if let Some((_, kick)) = counts.waiting.pop_first() {
+                    let _ = kick.send(());
+                }
+            }
+        }
+        let id = counts.next;
+        counts.next += 1;
+        let (kick, evicted) = oneshot::channel();
+        counts.waiting.insert(id, kick);
         Ok(HandshakeSlot {
             counts: self.0.clone(),
             key,
+            id,
+            evicted,
         })
     }
 
     /// Connections and handshakes in progress now (for tests and diagnostics).
     pub fn totals(&self) -> (usize, usize) {
         let counts = lock(&self.0);
-        (counts.connections.values().sum(), counts.handshakes_total)
+        (counts.connections.values().sum(), counts.waiting.len())
     }
 }
 
@@ -196,6 +214,15 @@ impl HandshakeSlot {
         self.key = Some(key);
         Ok(())
     }
+
+    /// Resolves when a newer handshake has taken this one's place at the total cap: the
+    /// session then closes the connection. Pending forever otherwise.
+    pub async fn evicted(&mut self) {
+        if (&mut self.evicted).await.is_err() {
+            // The sender is only dropped unsent when this slot itself goes away.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 impl Drop for ConnectionSlot {
@@ -207,7 +234,8 @@ impl Drop for ConnectionSlot {
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
         let mut counts = lock(&self.counts);
-        counts.handshakes_total = counts.handshakes_total.saturating_sub(1);
+        // Already gone from the table if it was evicted.
+        counts.waiting.remove(&self.id);
         if let Some(key) = self.key {
             release(&mut counts.handshakes, key);
         }
@@ -308,15 +336,32 @@ mod tests {
             limits.handshake(Some(a), &c).unwrap_err(),
             Over::HandshakesPerIp
         );
-        let _h3 = limits.handshake(Some(ip("192.0.2.2")), &c).unwrap();
-        assert_eq!(
-            limits.handshake(Some(ip("192.0.2.3")), &c).unwrap_err(),
-            Over::Handshakes
-        );
+        let h3 = limits.handshake(Some(ip("192.0.2.2")), &c).unwrap();
         // A refused attempt took nothing; a finished handshake frees both shares.
         drop(h1);
         let _h4 = limits.handshake(Some(a), &c).unwrap();
         assert_eq!(limits.totals().1, 3);
+        drop(h3);
+    }
+
+    #[tokio::test]
+    async fn at_the_total_cap_the_oldest_handshake_gives_way() {
+        let limits = ConnLimits::new();
+        let c = caps(0, 2, 1);
+        let mut first = limits.handshake(Some(ip("192.0.2.1")), &c).unwrap();
+        let mut second = limits.handshake(Some(ip("192.0.2.2")), &c).unwrap();
+        let _third = limits.handshake(Some(ip("192.0.2.3")), &c).unwrap();
+        first.evicted().await;
+        assert_eq!(limits.totals().1, 2);
+        // The evicted one still holds its address's share until its session drops it.
+        assert_eq!(
+            limits.handshake(Some(ip("192.0.2.1")), &c).unwrap_err(),
+            Over::HandshakesPerIp
+        );
+        drop(first);
+        let _fourth = limits.handshake(Some(ip("192.0.2.1")), &c).unwrap();
+        second.evicted().await;
+        assert_eq!(limits.totals().1, 2);
     }
 
     #[test]

@@ -52,8 +52,8 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 pub enum Refused {
     /// `limits.max_connections` or `limits.max_connections_per_ip` reached.
     Limit,
-    /// `limits.max_handshakes` or `limits.max_handshakes_per_ip` reached: too many PROXY
-    /// headers or TLS handshakes in progress.
+    /// `limits.max_handshakes_per_ip` reached, or evicted at `limits.max_handshakes`: too many
+    /// PROXY headers or TLS handshakes in progress.
     Handshakes,
     /// A listener with `proxy_protocol = true` got a missing, malformed or oversize header.
     ProxyHeader,

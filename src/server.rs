@@ -11,7 +11,8 @@
 //! |------------------------------------------|----------------------------------------------|
 //! | `max_connections` (all listeners)        | refused at once                              |
 //! | `max_connections_per_ip`, held to the end | refused at once ("from your address")       |
-//! | `max_handshakes`, `max_handshakes_per_ip` | refused at once; held until TLS is up       |
+//! | `max_handshakes_per_ip`                  | refused at once; held until TLS is up        |
+//! | `max_handshakes` (all listeners)          | the oldest handshake in progress is evicted |
 //!
 //! "Refused at once" is one non-blocking write of `* BYE [UNAVAILABLE] …` / `-ERR [SYS/TEMP] …`
 //! on a plaintext or STARTTLS listener, then close; on an implicit-TLS listener just close,
@@ -446,7 +447,7 @@ async fn accept_loop(tcp: TcpListener, ctx: Arc<SessionContext>, permits: Arc<Se
                 tracing::debug!(listener = %ctx.listener.name, %peer, ?turned, "refused at accept");
                 let (reason, per_ip) = match turned {
                     Turned::Global => (Refused::Limit, false),
-                    Turned::Cap(over) => (over.into(), over.per_ip()),
+                    Turned::Cap(over) => (over.into(), true),
                 };
                 ctx.shared
                     .services

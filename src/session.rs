@@ -26,7 +26,8 @@
 //! Before the first box the accept loop has admitted the connection under the caps of
 //! `crate::conn_limit` (see `crate::server`). On a PROXY listener [`run`] first reads the
 //! header, then takes the per-client slots for the client it names (over a cap: refused at
-//! once); the handshake slot is given back once TLS is up.
+//! once); the handshake slot is given back once TLS is up. Until then a newer connection may
+//! evict it at the `max_handshakes` cap (the connection is closed, as at the timeout).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,7 +42,7 @@ use tracing::Instrument as _;
 use crate::audit::{self, Event};
 use crate::auth::{AuthError, VerificationMode, VerifiedToken};
 use crate::config::{Listener, ListenerTls};
-use crate::conn_limit::Admission;
+use crate::conn_limit::{Admission, HandshakeSlot};
 use crate::metrics::{Refused, TokenResult};
 use crate::pacing::Pacing;
 use crate::policy::{self, Attempt, Decision, Identity, Reason, TokenFacts};
@@ -87,6 +88,10 @@ pub enum PreauthEnd {
     /// The server began to drain before this session logged in.
     Shutdown,
     Error(Side),
+    /// A newer connection took this one's handshake slot at `max_handshakes`: as a refusal at
+    /// accept, no log line and no audit record (a flood must not become an audit flood: one
+    /// per evicted half-open connection was ~4,000 records/s in the soak).
+    Evicted,
 }
 
 /// What a session writes down about itself: its id and reference, where the client really is,
@@ -191,6 +196,7 @@ impl Ending {
                     ) => End::Error(Side::Downstream),
                     PreauthEnd::Shutdown => End::Shutdown,
                     PreauthEnd::Error(side) => End::Error(side),
+                    PreauthEnd::Evicted => End::Error(Side::Downstream),
                 };
                 (end, Totals::default())
             }
@@ -231,6 +237,9 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>, adm
             connected: false,
         };
         let ending = drive(tcp, &ctx, &mut trail, admission).await;
+        if matches!(ending, Ending::Preauth(PreauthEnd::Evicted)) {
+            return;
+        }
         let ms = started.elapsed().as_millis();
         match ending {
             Ending::Preauth(end) => tracing::info!(?end, duration_ms = ms, "session ended"),
@@ -255,6 +264,8 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>, adm
 /// connection is just closed. `per_ip`: the client's own address is over its cap.
 pub fn refuse_at_once(tcp: TcpStream, listener: &Listener, per_ip: bool) {
     if listener.tls == ListenerTls::Implicit {
+        // A plain close (FIN), not a reset: a reset here reaches a client whose connect() has
+        // not returned yet as a failed connect rather than as a refusal.
         return;
     }
     let goodbye: &[u8] = match (listener.protocol, per_ip) {
@@ -284,9 +295,44 @@ async fn accept_tls(
 ) -> std::io::Result<Downstream> {
     match (listener.tls, &generation.acceptor) {
         (ListenerTls::Implicit, Some(acceptor)) => {
-            Ok(MaybeTls::Tls(Box::new(acceptor.accept(tcp).await?)))
+            // A handshake cut short (failed, timed out, evicted) has nothing to say: closed
+            // with a reset, no TIME_WAIT socket per half-open connection of a flood. The
+            // normal close is back once TLS is up (so a goodbye is never cut off).
+            let _ = tcp.set_zero_linger();
+            let tls = acceptor.accept(tcp).await?;
+            #[allow(deprecated)]
+            // Deprecated for blocking closes; `None` is the non-blocking default.
+            tls.get_ref().0.set_linger(None)?;
+            Ok(MaybeTls::Tls(Box::new(tls)))
         }
         _ => Ok(MaybeTls::Plain(tcp)),
+    }
+}
+
+/// Why a handshake step (PROXY header, implicit TLS) was cut short.
+enum Cut {
+    /// `handshake_timeout`.
+    TimedOut,
+    /// A newer connection took its place at the `max_handshakes` cap (`crate::conn_limit`).
+    Evicted,
+}
+
+/// `step`, bounded by the handshake timeout and by the eviction of the connection's handshake
+/// slot (if it holds one).
+async fn within_handshake<F: std::future::Future>(
+    slot: &mut Option<HandshakeSlot>,
+    limit: Duration,
+    step: F,
+) -> Result<F::Output, Cut> {
+    let evicted = async {
+        match slot {
+            Some(slot) => slot.evicted().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        out = timeout(limit, step) => out.map_err(|_| Cut::TimedOut),
+        () = evicted => Err(Cut::Evicted),
     }
 }
 
@@ -349,7 +395,13 @@ async fn drive(
         let refused = if !trusted.contains(trail.peer.source.ip()) {
             Some(Refused::ProxyUntrusted)
         } else {
-            match timeout(limits.handshake_timeout, read_proxy_header(&mut tcp)).await {
+            match within_handshake(
+                &mut handshake,
+                limits.handshake_timeout,
+                read_proxy_header(&mut tcp),
+            )
+            .await
+            {
                 Ok(Ok(ProxyHeader::Proxied {
                     source,
                     destination,
@@ -365,7 +417,8 @@ async fn drive(
                 // LOCAL (the balancer's health check) and UNKNOWN: the connection is the
                 // balancer's own.
                 Ok(Ok(ProxyHeader::Local | ProxyHeader::Unknown)) => None,
-                Ok(Err(())) | Err(_) => Some(Refused::ProxyHeader),
+                Err(Cut::Evicted) => Some(Refused::Handshakes),
+                Ok(Err(())) | Err(Cut::TimedOut) => Some(Refused::ProxyHeader),
             }
         };
         if let Some(refused) = refused {
@@ -406,7 +459,8 @@ async fn drive(
     // Boxed, as the login below: a task's future is as large as its largest state, and the
     // handshake's (a whole rustls connection in the making) or the login's would otherwise be
     // reserved for every connection's whole life (18 KiB per task before, issue 9).
-    let down = match timeout(
+    let down = match within_handshake(
+        &mut handshake,
         limits.handshake_timeout,
         Box::pin(accept_tls(tcp, &ctx.listener, &generation)),
     )
@@ -417,9 +471,18 @@ async fn drive(
             tracing::info!(error = %e, "downstream tls handshake failed");
             return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
         }
-        Err(_) => {
+        Err(Cut::TimedOut) => {
             tracing::info!("downstream tls handshake timed out");
             return Ending::Preauth(PreauthEnd::Error(Side::Downstream));
+        }
+        Err(Cut::Evicted) => {
+            // Debug only, as refusals at accept: a flood must not turn into a log flood.
+            tracing::debug!("downstream tls handshake evicted by a newer one");
+            trail
+                .services
+                .metrics
+                .connection_refused(&ctx.listener.name, Refused::Handshakes);
+            return Ending::Preauth(PreauthEnd::Evicted);
         }
     };
     drop(handshake.take());

@@ -157,6 +157,40 @@ async fn half_open_tls_flood_from_one_address_does_not_shut_out_another() {
     );
 }
 
+/// Half-open connections from many addresses, each under its per-address allowance, fill
+/// `max_handshakes` together: a new connection then evicts the handshake that has waited
+/// longest, so a real client (whose handshake takes milliseconds) still gets in at once rather
+/// than after the attackers' handshake timeouts.
+#[tokio::test]
+async fn half_open_flood_from_many_addresses_gives_way_to_a_real_client() {
+    let dovecot = Dovecot::start();
+    let mailgate = Mailgate::builder(&dovecot)
+        .limits(
+            "max_handshakes = 100
+max_handshakes_per_ip = 5
+handshake_timeout = \"20s\"",
+        )
+        .start()
+        .await;
+    let imaps = mailgate.addr("imaps");
+    // 60 addresses x 3 half-open connections: 180 > 100 in total, 3 < 5 per address.
+    let mut flood = Vec::new();
+    for i in 0..180u16 {
+        flood.push(connect_from(loopback(2, 0, (i % 60) as u8 + 1), imaps).await);
+    }
+    for _ in 0..3 {
+        let took = imaplib_tls_login(imaps.port()).await;
+        assert!(took < Duration::from_secs(5), "login took {took:?}");
+    }
+    // Never more than the cap held: the newest ones, the oldest gave way.
+    let (closed, open) = count_closed(flood, AT_ONCE).await;
+    assert!(
+        open.len() <= 100 && closed >= 80,
+        "{closed} closed, {} kept",
+        open.len()
+    );
+}
+
 #[tokio::test]
 async fn connections_over_the_global_cap_are_closed_at_once_and_hold_no_fd() {
     let dovecot = Dovecot::start();
