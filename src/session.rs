@@ -1104,17 +1104,21 @@ async fn watching<F: Frontend, T>(
     work: impl std::future::Future<Output = T>,
 ) -> Result<T, PreauthEnd> {
     tokio::pin!(work);
-    // Pipelined input while a login is decided is a few commands at most.
-    let mut buf = [0u8; 1024];
     loop {
         tokio::select! {
             biased;
             done = &mut work => return Ok(done),
-            // `read` is cancel safe: bytes are either in `buf` or still in the stream.
-            read = down.read(&mut buf) => match read {
+            // No buffer of its own while the login waits (stream::read_with); cancel safe:
+            // bytes reach the machine in the poll that reads them, or stay in the stream.
+            // Pipelined input while a login is decided is a few commands at most.
+            read = crate::stream::read_with(down, 1024, |bytes| {
+                if !bytes.is_empty() {
+                    machine.handle_input(bytes);
+                }
+                bytes.len()
+            }) => match read {
                 Ok(0) => return Err(PreauthEnd::DownstreamClosed),
-                Ok(n) => {
-                    machine.handle_input(buf.get(..n).unwrap_or_default());
+                Ok(_) => {
                     // While a login is in flight the machine reports nothing but its close.
                     if let Some(FrontendEvent::Closed(reason)) = machine.poll_event() {
                         return Err(PreauthEnd::Machine(reason));

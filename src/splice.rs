@@ -572,45 +572,80 @@ mod tests {
         );
     }
 
-    /// A stream whose EOF is reported as `UnexpectedEof`, as rustls reports a TLS peer that
-    /// closed without close_notify.
-    struct NoCloseNotify(tokio::io::DuplexStream);
+    /// A stream whose peer leaving shows as an error, as on a real socket: an EOF read as
+    /// `eof` (rustls reports a TLS peer that closed without close_notify as `UnexpectedEof`, a
+    /// socket whose peer is gone a read as `ConnectionReset`), and with `write` set, a failed
+    /// write as that kind (`BrokenPipe`).
+    struct Gone {
+        inner: tokio::io::DuplexStream,
+        eof: std::io::ErrorKind,
+        write: Option<std::io::ErrorKind>,
+    }
 
-    impl AsyncRead for NoCloseNotify {
+    /// A TLS peer that closes without close_notify.
+    fn no_close_notify(inner: tokio::io::DuplexStream) -> Gone {
+        Gone {
+            inner,
+            eof: std::io::ErrorKind::UnexpectedEof,
+            write: None,
+        }
+    }
+
+    /// A socket whose peer is gone: reads fail with `ConnectionReset`, writes with
+    /// `BrokenPipe`.
+    fn broken_pipe(inner: tokio::io::DuplexStream) -> Gone {
+        Gone {
+            inner,
+            eof: std::io::ErrorKind::ConnectionReset,
+            write: Some(std::io::ErrorKind::BrokenPipe),
+        }
+    }
+
+    impl AsyncRead for Gone {
         fn poll_read(
             mut self: std::pin::Pin<&mut Self>,
             cx: &mut std::task::Context<'_>,
             buf: &mut tokio::io::ReadBuf<'_>,
         ) -> std::task::Poll<std::io::Result<()>> {
             let before = buf.filled().len();
-            match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
+            let eof = self.eof;
+            match std::pin::Pin::new(&mut self.inner).poll_read(cx, buf) {
                 std::task::Poll::Ready(Ok(())) if buf.filled().len() == before => {
-                    std::task::Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into()))
+                    std::task::Poll::Ready(Err(eof.into()))
                 }
                 other => other,
             }
         }
     }
 
-    impl AsyncWrite for NoCloseNotify {
+    impl AsyncWrite for Gone {
         fn poll_write(
             mut self: std::pin::Pin<&mut Self>,
             cx: &mut std::task::Context<'_>,
             buf: &[u8],
         ) -> std::task::Poll<std::io::Result<usize>> {
-            std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+            let write = self.write;
+            match (
+                std::pin::Pin::new(&mut self.inner).poll_write(cx, buf),
+                write,
+            ) {
+                (std::task::Poll::Ready(Err(_)), Some(kind)) => {
+                    std::task::Poll::Ready(Err(kind.into()))
+                }
+                (other, _) => other,
+            }
         }
         fn poll_flush(
             mut self: std::pin::Pin<&mut Self>,
             cx: &mut std::task::Context<'_>,
         ) -> std::task::Poll<std::io::Result<()>> {
-            std::pin::Pin::new(&mut self.0).poll_flush(cx)
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
         }
         fn poll_shutdown(
             mut self: std::pin::Pin<&mut Self>,
             cx: &mut std::task::Context<'_>,
         ) -> std::task::Poll<std::io::Result<()>> {
-            std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
         }
     }
 
@@ -621,7 +656,7 @@ mod tests {
         let (down, mut client) = duplex(1024);
         let (up, mut server) = duplex(1024);
         let task = spawn(
-            NoCloseNotify(down),
+            no_close_notify(down),
             up,
             Protocol::Imap,
             (secs(30), SEND),
@@ -653,7 +688,13 @@ mod tests {
         ] {
             let (down, mut client) = duplex(1024);
             let (up, mut server) = duplex(1024);
-            let task = spawn(NoCloseNotify(down), up, protocol, (secs(30), SEND), never());
+            let task = spawn(
+                no_close_notify(down),
+                up,
+                protocol,
+                (secs(30), SEND),
+                never(),
+            );
             client.write_all(command).await.unwrap();
             let mut got = vec![0u8; command.len()];
             server.read_exact(&mut got).await.unwrap();
@@ -674,7 +715,7 @@ mod tests {
         let (down, client) = duplex(16);
         let (up, mut server) = duplex(1024);
         let task = spawn(
-            BrokenPipe(down),
+            broken_pipe(down),
             up,
             Protocol::Imap,
             (secs(30), SEND),
@@ -686,53 +727,6 @@ mod tests {
         let _ = server.read_to_end(&mut rest).await;
         drop(server);
         assert_eq!(task.await.unwrap().0, End::DownstreamClosed);
-    }
-
-    /// A stream whose reads and writes fail as a socket whose peer is gone does: the read with
-    /// `ConnectionReset`, the write with `BrokenPipe`.
-    struct BrokenPipe(tokio::io::DuplexStream);
-
-    impl AsyncRead for BrokenPipe {
-        fn poll_read(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            let before = buf.filled().len();
-            match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
-                std::task::Poll::Ready(Ok(())) if buf.filled().len() == before => {
-                    std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()))
-                }
-                other => other,
-            }
-        }
-    }
-
-    impl AsyncWrite for BrokenPipe {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            match std::pin::Pin::new(&mut self.0).poll_write(cx, buf) {
-                std::task::Poll::Ready(Err(_)) => {
-                    std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
-                }
-                other => other,
-            }
-        }
-        fn poll_flush(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::pin::Pin::new(&mut self.0).poll_flush(cx)
-        }
-        fn poll_shutdown(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
-        }
     }
 
     #[test]
