@@ -199,3 +199,62 @@ fn json_response(v: &Value) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_queries_are_refused() {
+        for (raw, why) in [
+            (None, "give user= or ip="),
+            (Some(""), "give user= or ip="),
+            // An empty user= is not a user: refused like an unknown key.
+            (Some("user="), "expected user= and/or ip="),
+            (Some("ip=10.0.0.300"), "ip= is not an IP address"),
+            (Some("user=a&ip="), "ip= is not an IP address"),
+            (Some("user=a&password=x"), "expected user= and/or ip="),
+        ] {
+            assert_eq!(query(raw).err(), Some(why), "{raw:?}");
+        }
+        let q = query(Some("user=alice%40example.com&ip=%3A%3A1")).unwrap();
+        assert_eq!(q.user.as_deref(), Some("alice@example.com"));
+        assert_eq!(q.ip, Some(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])));
+    }
+
+    #[test]
+    fn only_loopback_peers_naming_a_loopback_host_get_through() {
+        let with_host = |host: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, host.parse().unwrap());
+            headers
+        };
+        let v4: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let v6: SocketAddr = "[::1]:40000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:40000".parse().unwrap();
+        for host in [
+            "localhost",
+            "localhost:9925",
+            "127.0.0.1:9925",
+            "[::1]:9925",
+            "[::1]",
+        ] {
+            for peer in [v4, v6, mapped] {
+                assert!(refused(peer, &with_host(host)).is_none(), "{peer} {host}");
+            }
+        }
+        for host in [
+            "evil.example",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example:9925",
+            "[::2]:9925",
+            "",
+        ] {
+            let no = refused(v4, &with_host(host)).map(|r| r.status());
+            assert_eq!(no, Some(StatusCode::FORBIDDEN), "{host:?}");
+        }
+        assert!(refused(v4, &HeaderMap::new()).is_some(), "no Host");
+        let outside: SocketAddr = "192.0.2.1:40000".parse().unwrap();
+        assert!(refused(outside, &with_host("localhost")).is_some());
+    }
+}

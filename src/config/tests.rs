@@ -965,4 +965,21 @@ fn lockout_keys_are_read_and_the_secret_is_a_reference() {
         "limits.secret",
         "unset or empty",
     );
+    assert_one(
+        &format!("{BASE}[limits]\nsecret = \"env:X\"\nsecret_file = \"k\"\n"),
+        "limits.secret",
+        "not both",
+    );
+    // An empty or unreadable key file is refused, naming the file.
+    std::fs::write(dir.path().join("empty.key"), " \n").unwrap();
+    for (file, why) in [("empty.key", "is empty"), ("missing.key", "cannot read")] {
+        let text = format!("{BASE}[limits]\nsecret_file = \"{file}\"\n");
+        let all = match Config::from_toml(&text, dir.path()) {
+            Ok(_) => panic!("{file} accepted"),
+            Err(e) => e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        };
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert!(all[0].starts_with("limits.secret_file: "), "{all:?}");
+        assert!(all[0].contains(file) && all[0].contains(why), "{all:?}");
+    }
 }

@@ -118,12 +118,15 @@ impl Key {
     /// mixed in so that one password used by two accounts gives two unrelated hashes.
     pub fn hash(&self, user: &str, password: &[u8]) -> PasswordHash {
         let user = user.to_lowercase();
-        let mut message = Vec::with_capacity(8 + user.len() + password.len());
-        message.extend_from_slice(&(user.len() as u64).to_be_bytes());
-        message.extend_from_slice(user.as_bytes());
-        message.extend_from_slice(password);
-        let mac = hmac_sha256(&self.0, &message);
-        message.fill(0);
+        // Fed in pieces: the password is never copied into a buffer of our own.
+        let mac = hmac_sha256(
+            &self.0,
+            &[
+                &(user.len() as u64).to_be_bytes(),
+                user.as_bytes(),
+                password,
+            ],
+        );
         let mut out = [0u8; 16];
         out.copy_from_slice(mac.get(..16).unwrap_or(&[0; 16]));
         PasswordHash(out)
@@ -136,15 +139,16 @@ impl fmt::Debug for Key {
     }
 }
 
-/// RFC 2104 with SHA-256 (block size 64).
-fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
+/// RFC 2104 with SHA-256 (block size 64); the message is the concatenation of `message`.
+fn hmac_sha256(key: &[u8; 32], message: &[&[u8]]) -> [u8; 32] {
     let mut block = [0u8; 64];
     block[..32].copy_from_slice(key);
     let pad = |byte: u8| block.map(|b| b ^ byte);
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(message)
-        .finalize();
+    let mut inner = Sha256::new().chain_update(pad(0x36));
+    for part in message {
+        inner.update(part);
+    }
+    let inner = inner.finalize();
     Sha256::new()
         .chain_update(pad(0x5c))
         .chain_update(inner)
@@ -352,7 +356,7 @@ mod tests {
         // so "Jefe" padded with zeros to 32 bytes gives the same MAC.
         let mut key = [0u8; 32];
         key[..4].copy_from_slice(b"Jefe");
-        let mac = hmac_sha256(&key, b"what do ya want for nothing?");
+        let mac = hmac_sha256(&key, &[b"what do ya want ", b"for nothing?"]);
         let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             hex,

@@ -282,6 +282,13 @@ fn counter_store_keys() {
         ))[0]
             .contains(":pw@")
     );
+    // Without a scheme (or with one after the user info) the password is not echoed either.
+    for store in ["user:pw@x:1", ":pw@x:1", "u:pw@redis://x:1"] {
+        let errors = errors(&format!("{BASE}\n[limits]\nstore = \"{store}\"\n"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("limits.store"), "{errors:?}");
+        assert!(!errors[0].contains("pw"), "{errors:?}");
+    }
     assert_one(
         &format!("{BASE}\n[limits]\nstore = \"redis://x:1\"\nstore_ca_file = \"/ca.pem\"\n"),
         "limits.store_ca_file",

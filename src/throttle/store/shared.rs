@@ -74,10 +74,16 @@ impl std::fmt::Debug for RedisConfig {
 }
 
 /// The URL without user info (`redis://:secret@host` → `redis://host`), for logs and errors.
+/// Also when the scheme is missing or misplaced (`:secret@host`, a mistyped store): those are
+/// echoed in the config error, and everything before the last `@` may be a password.
 pub fn redacted(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &url[at + 1..]),
-        _ => url.to_owned(),
+    let Some(at) = url.rfind('@') else {
+        return url.to_owned();
+    };
+    let host = &url[at + 1..];
+    match url.split_once("://") {
+        Some((scheme, _)) if !scheme.contains('@') => format!("{scheme}://{host}"),
+        _ => host.to_owned(),
     }
 }
 
