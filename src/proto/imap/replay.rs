@@ -199,29 +199,20 @@ impl ImapReplay {
             }
             _ => return Err(UnsafeCredential { field: "mechanism" }),
         };
-        Ok(Self {
-            state: State::ExpectGreeting,
-            login,
-            starttls,
-            capabilities: None,
-            next_tag: 0,
-            id: None,
-            input: BytesMut::new(),
-            framer: Framer::default(),
-            out: BytesMut::new(),
-            events: VecDeque::new(),
-            credentials_sent: false,
-            last: String::new(),
-        })
+        Ok(Self::with_login(login, starttls))
     }
 
     /// A connection that only learns the upstream's pre-login capabilities (after STARTTLS
     /// when `starttls`), then sends `LOGOUT` and reports [`ReplayEvent::Probed`]. No credential
     /// is involved.
     pub fn probe(starttls: bool) -> Self {
+        Self::with_login(Prepared::Probe, starttls)
+    }
+
+    fn with_login(login: Prepared, starttls: bool) -> Self {
         Self {
             state: State::ExpectGreeting,
-            login: Prepared::Probe,
+            login,
             starttls,
             capabilities: None,
             next_tag: 0,
