@@ -150,7 +150,7 @@ pub struct ImapReplay {
     /// The login command went out: from here on the upstream may echo a credential, so no
     /// upstream text goes into an error (issue 9 item 6), only [`Response::summary`].
     credentials_sent: bool,
-    /// [`Response::summary`] of the last upstream response.
+    /// [`Response::summary`] of the last upstream response since `credentials_sent`.
     last: String,
 }
 
@@ -322,7 +322,10 @@ impl ImapReplay {
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
         let response = Response::parse(text);
-        self.last = response.summary();
+        if self.credentials_sent {
+            // Only read by `fail` once the login went out; before, errors carry the text.
+            self.last = response.summary();
+        }
         if let Response::Untagged {
             status: Some(Status::Bye),
             text,
