@@ -18,10 +18,10 @@ use crate::proto::{Mechanism, Protocol, ReplyClass};
 
 /// The generic credentials failure, identical to what a wrong password earns. The session adds
 /// " (ref …)", as it does to an upstream rejection.
+pub use crate::proto::GENERIC_FAILURE;
+
 /// The refusal while an address or user is blocked after repeated failures.
 pub const RATE_LIMITED: &str = "Too many failed logins; try again later";
-
-pub const GENERIC_FAILURE: &str = "Authentication failed";
 
 /// Temporary failures, shown to everyone: they say nothing about the account.
 pub const TEMPORARY_FAILURE: &str = "Mail service temporarily unavailable, try again later";

@@ -154,13 +154,18 @@ pub struct Refusal {
     pub challenge: Option<Bytes>,
 }
 
+/// The generic credentials failure, identical to what a wrong password earns. Also
+/// `policy::refusal::GENERIC_FAILURE`; defined here so the front-ends' own refusals use the same
+/// words as the policy's.
+pub const GENERIC_FAILURE: &str = "Authentication failed";
+
 impl Refusal {
     /// A user name over `max_username`: the generic credentials failure, as for a wrong
     /// password, so the answer says nothing about limits or accounts.
     pub fn name_too_long() -> Self {
         Self {
             class: ReplyClass::Authentication,
-            text: "Authentication failed".to_owned(),
+            text: GENERIC_FAILURE.to_owned(),
             challenge: None,
         }
     }

@@ -64,8 +64,8 @@ use crate::proto::imap::parse::{
 };
 use crate::proto::sasl;
 use crate::proto::{
-    CloseReason, Credentials, FrontendEvent, LoginOutcome, LoginRequest, MAX_PENDING_OUTPUT,
-    Mechanism, PREAUTH_READ, PreauthLimits, Refusal, ReplyClass, Security,
+    CloseReason, Credentials, FrontendEvent, GENERIC_FAILURE, LoginOutcome, LoginRequest,
+    MAX_PENDING_OUTPUT, Mechanism, PREAUTH_READ, PreauthLimits, Refusal, ReplyClass, Security,
 };
 
 /// Capabilities mailgate itself offers in every state (RFC 9051 7.2.2; SASL-IR RFC 4959, ID
@@ -674,7 +674,7 @@ impl ImapFrontend {
         };
         let text: String = refusal.text.chars().filter(|c| !c.is_control()).collect();
         let text = match text.trim() {
-            "" => "Authentication failed",
+            "" => GENERIC_FAILURE,
             text => text,
         };
         self.send_tagged(tag, &format!("NO [{code}] {text}"));

@@ -150,7 +150,7 @@ pub struct ImapReplay {
     /// The login command went out: from here on the upstream may echo a credential, so no
     /// upstream text goes into an error (issue 9 item 6), only [`Response::summary`].
     credentials_sent: bool,
-    /// [`Response::summary`] of the last upstream response.
+    /// [`Response::summary`] of the last upstream response since `credentials_sent`.
     last: String,
 }
 
@@ -199,29 +199,20 @@ impl ImapReplay {
             }
             _ => return Err(UnsafeCredential { field: "mechanism" }),
         };
-        Ok(Self {
-            state: State::ExpectGreeting,
-            login,
-            starttls,
-            capabilities: None,
-            next_tag: 0,
-            id: None,
-            input: BytesMut::new(),
-            framer: Framer::default(),
-            out: BytesMut::new(),
-            events: VecDeque::new(),
-            credentials_sent: false,
-            last: String::new(),
-        })
+        Ok(Self::with_login(login, starttls))
     }
 
     /// A connection that only learns the upstream's pre-login capabilities (after STARTTLS
     /// when `starttls`), then sends `LOGOUT` and reports [`ReplayEvent::Probed`]. No credential
     /// is involved.
     pub fn probe(starttls: bool) -> Self {
+        Self::with_login(Prepared::Probe, starttls)
+    }
+
+    fn with_login(login: Prepared, starttls: bool) -> Self {
         Self {
             state: State::ExpectGreeting,
-            login: Prepared::Probe,
+            login,
             starttls,
             capabilities: None,
             next_tag: 0,
@@ -331,7 +322,10 @@ impl ImapReplay {
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
         let response = Response::parse(text);
-        self.last = response.summary();
+        if self.credentials_sent {
+            // Only read by `fail` once the login went out; before, errors carry the text.
+            self.last = response.summary();
+        }
         if let Response::Untagged {
             status: Some(Status::Bye),
             text,
