@@ -11,17 +11,21 @@
 //! progress per address keeps one source to a small share.
 //!
 //! The total (`max_handshakes`) evicts instead of refusing: at the cap, a new handshake takes
-//! the place of the one that has waited longest, whose [`HandshakeSlot::evicted`] then
-//! resolves and its session closes the connection. Attackers from many addresses, each under
-//! its allowance, could otherwise hold every handshake slot and shut out every new TLS client
-//! for the whole handshake timeout; a real handshake takes milliseconds, so it completes long
-//! before as many newer connections have pushed it out (the admin listener does the same with
-//! partial requests, `crate::admin`).
+//! the place of the one that has waited longest *from the address holding the most handshakes
+//! in progress*, whose [`HandshakeSlot::evicted`] then resolves and its session closes the
+//! connection. Attackers from many addresses, each under its allowance, could otherwise hold
+//! every handshake slot and shut out every new TLS client for the whole handshake timeout.
+//! Evicting from the biggest holder first means a client with a few handshakes in flight is
+//! never pushed out while a flooding address holds more (plain oldest-first lost legitimate
+//! handshakes in the soak once a flood of half-open connections churned through the cap
+//! faster than a handshake under load completes); the admin listener does the same with
+//! partial requests, `crate::admin`.
 //!
 //! Memory: an entry exists only while its address holds a slot, so the tables never hold more
 //! keys than there are open connections (at most `max_connections`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
@@ -94,11 +98,74 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 #[derive(Debug, Default)]
 struct Counts {
     connections: HashMap<IpAddr, usize>,
+    /// Per-address handshake shares, evicted ones included until their sessions drop them
+    /// (the per-address cap counts what the address still holds).
     handshakes: HashMap<IpAddr, usize>,
-    /// Handshakes in progress by arrival (the first is the oldest), each with the sender that
-    /// evicts it. Its length is the total.
-    waiting: BTreeMap<u64, oneshot::Sender<()>>,
+    /// Handshakes in progress and not yet evicted.
+    waiting: Waiting,
     next: u64,
+}
+
+/// Handshakes in progress grouped by client address (`None`: behind a PROXY balancer, not yet
+/// named), each group by arrival with the sender that evicts it, plus an index of the groups
+/// by (size, age of their oldest) so the eviction victim is found in O(log n).
+#[derive(Debug, Default)]
+struct Waiting {
+    groups: HashMap<Option<IpAddr>, BTreeMap<u64, oneshot::Sender<()>>>,
+    /// (handshakes in the group, oldest id reversed, address): the last entry is the biggest
+    /// group, and among equals the one whose oldest handshake came first.
+    by_size: BTreeSet<(usize, Reverse<u64>, Option<IpAddr>)>,
+    total: usize,
+}
+
+impl Waiting {
+    fn index_entry(&self, key: Option<IpAddr>) -> Option<(usize, Reverse<u64>, Option<IpAddr>)> {
+        let group = self.groups.get(&key)?;
+        let (&oldest, _) = group.first_key_value()?;
+        Some((group.len(), Reverse(oldest), key))
+    }
+
+    /// Apply `change` to `key`'s group, keeping the index and the total in step.
+    fn update<R>(
+        &mut self,
+        key: Option<IpAddr>,
+        change: impl FnOnce(&mut BTreeMap<u64, oneshot::Sender<()>>) -> R,
+    ) -> R {
+        if let Some(entry) = self.index_entry(key) {
+            self.by_size.remove(&entry);
+        }
+        let group = self.groups.entry(key).or_default();
+        let before = group.len();
+        let out = change(group);
+        let after = group.len();
+        if after == 0 {
+            self.groups.remove(&key);
+        }
+        self.total = self.total + after - before;
+        if let Some(entry) = self.index_entry(key) {
+            self.by_size.insert(entry);
+        }
+        out
+    }
+
+    fn insert(&mut self, key: Option<IpAddr>, id: u64, kick: oneshot::Sender<()>) {
+        self.update(key, |g| g.insert(id, kick));
+    }
+
+    fn remove(&mut self, key: Option<IpAddr>, id: u64) -> Option<oneshot::Sender<()>> {
+        self.update(key, |g| g.remove(&id))
+    }
+
+    /// Evict the oldest handshake of the biggest group.
+    fn evict_one(&mut self) -> bool {
+        let Some(&(_, _, key)) = self.by_size.last() else {
+            return false;
+        };
+        if let Some((_, kick)) = self.update(key, BTreeMap::pop_first) {
+            let _ = kick.send(());
+        }
+        true
+    }
 }
 
 /// Shared by every listener. Cheap to clone; clones share the counts.
@@ -132,6 +199,8 @@ pub struct HandshakeSlot {
     key: Option<IpAddr>,
     id: u64,
     evicted: oneshot::Receiver<()>,
+    /// Set once `evicted` has resolved (a oneshot must not be polled after it completed).
+    kicked: bool,
 }
 
 impl ConnLimits {
@@ -171,29 +240,26 @@ impl ConnLimits {
             )?;
         }
         if caps.handshakes != 0 {
-            while counts.waiting.len() >= caps.handshakes {
-                // Its per-address share is given back when its session drops the slot.
-                if let Some((_, kick)) = counts.waiting.pop_first() {
-                    let _ = kick.send(());
-                }
-            }
+            // Its per-address share is given back when its session drops the slot.
+            while counts.waiting.total >= caps.handshakes && counts.waiting.evict_one() {}
         }
         let id = counts.next;
         counts.next += 1;
         let (kick, evicted) = oneshot::channel();
-        counts.waiting.insert(id, kick);
+        counts.waiting.insert(key, id, kick);
         Ok(HandshakeSlot {
             counts: self.0.clone(),
             key,
             id,
             evicted,
+            kicked: false,
         })
     }
 
     /// Connections and handshakes in progress now (for tests and diagnostics).
     pub fn totals(&self) -> (usize, usize) {
         let counts = lock(&self.0);
-        (counts.connections.values().sum(), counts.waiting.len())
+        (counts.connections.values().sum(), counts.waiting.total)
     }
 }
 
@@ -205,22 +271,31 @@ impl HandshakeSlot {
             return Ok(());
         }
         let key = client_key(ip);
+        let mut counts = lock(&self.counts);
         take(
-            &mut lock(&self.counts).handshakes,
+            &mut counts.handshakes,
             key,
             caps.handshakes_per_ip,
             Over::HandshakesPerIp,
         )?;
+        // Regroup it under its address, unless it was evicted meanwhile.
+        if let Some(kick) = counts.waiting.remove(None, self.id) {
+            counts.waiting.insert(Some(key), self.id, kick);
+        }
         self.key = Some(key);
         Ok(())
     }
 
     /// Resolves when a newer handshake has taken this one's place at the total cap: the
     /// session then closes the connection. Pending forever otherwise.
+    /// May be awaited again (each handshake step races it): once evicted, it stays resolved.
     pub async fn evicted(&mut self) {
-        if (&mut self.evicted).await.is_err() {
-            // The sender is only dropped unsent when this slot itself goes away.
-            std::future::pending::<()>().await;
+        if !self.kicked {
+            if (&mut self.evicted).await.is_err() {
+                // The sender is only dropped unsent when this slot itself goes away.
+                std::future::pending::<()>().await;
+            }
+            self.kicked = true;
         }
     }
 }
@@ -235,7 +310,7 @@ impl Drop for HandshakeSlot {
     fn drop(&mut self) {
         let mut counts = lock(&self.counts);
         // Already gone from the table if it was evicted.
-        counts.waiting.remove(&self.id);
+        counts.waiting.remove(self.key, self.id);
         if let Some(key) = self.key {
             release(&mut counts.handshakes, key);
         }
@@ -362,6 +437,56 @@ mod tests {
         let _fourth = limits.handshake(Some(ip("192.0.2.1")), &c).unwrap();
         second.evicted().await;
         assert_eq!(limits.totals().1, 2);
+    }
+
+    /// Whether the slot has been evicted by now (without waiting).
+    async fn is_evicted(slot: &mut HandshakeSlot) -> bool {
+        tokio::select! {
+            biased;
+            () = slot.evicted() => true,
+            () = std::future::ready(()) => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn at_the_total_cap_the_biggest_holder_gives_way_first() {
+        let limits = ConnLimits::new();
+        let c = caps(0, 4, 10);
+        let (client, flood, other) = (ip("192.0.2.1"), ip("198.51.100.9"), ip("203.0.113.5"));
+        // The client's handshake is the oldest of all.
+        let mut mine = limits.handshake(Some(client), &c).unwrap();
+        let mut theirs: Vec<_> = (0..5)
+            .map(|_| limits.handshake(Some(flood), &c).unwrap())
+            .collect();
+        // At 4, each newcomer pushed out the flood's oldest, not the client's.
+        let mut gone = Vec::new();
+        for t in &mut theirs {
+            gone.push(is_evicted(t).await);
+        }
+        assert_eq!(gone, [true, true, false, false, false]);
+        // A third address arrives: the flood gives way while it holds the most; then the
+        // newcomer, now the biggest, gives way itself. The client stays throughout.
+        let mut others: Vec<_> = (0..3)
+            .map(|_| limits.handshake(Some(other), &c).unwrap())
+            .collect();
+        let mut gone = Vec::new();
+        for t in theirs.iter_mut().chain(others.iter_mut()) {
+            gone.push(is_evicted(t).await);
+        }
+        assert_eq!(gone, [true, true, true, true, false, true, false, false]);
+        assert!(!is_evicted(&mut mine).await);
+        assert_eq!(limits.totals().1, 4);
+    }
+
+    #[tokio::test]
+    async fn among_equal_holders_the_oldest_gives_way() {
+        let limits = ConnLimits::new();
+        let c = caps(0, 2, 10);
+        let mut a = limits.handshake(Some(ip("192.0.2.1")), &c).unwrap();
+        let mut b = limits.handshake(Some(ip("192.0.2.2")), &c).unwrap();
+        let _c = limits.handshake(Some(ip("192.0.2.3")), &c).unwrap();
+        assert!(is_evicted(&mut a).await);
+        assert!(!is_evicted(&mut b).await);
     }
 
     #[test]

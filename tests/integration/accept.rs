@@ -191,6 +191,51 @@ handshake_timeout = \"20s\"",
     );
 }
 
+/// At the `max_handshakes` cap the flood gives way, not the client: a legitimate client whose
+/// handshake is slow (its connection is the oldest of all in progress) keeps its place while
+/// addresses holding more handshakes push each other out. With plain oldest-first eviction
+/// this client was the first to go (seen: EOF before the ClientHello was answered).
+#[tokio::test]
+async fn at_the_handshake_cap_the_biggest_holder_gives_way_not_a_slow_client() {
+    let dovecot = Dovecot::start();
+    let mailgate = Mailgate::builder(&dovecot)
+        .limits(
+            "max_handshakes = 30
+max_handshakes_per_ip = 10
+handshake_timeout = \"20s\"",
+        )
+        .start()
+        .await;
+    let imaps = mailgate.addr("imaps");
+    // The client connects first and is slow to send its ClientHello.
+    let slow = connect_from(loopback(0, 0, 1), imaps).await;
+    // 8 addresses x 10 half-open connections: 80 > 30 in total, 10 per address allowed.
+    let mut flood = Vec::new();
+    for i in 0..80u16 {
+        flood.push(connect_from(loopback(2, 1, (i % 8) as u8 + 1), imaps).await);
+    }
+    // Every attacker connection was admitted (none over its address's allowance), so the
+    // total cap evicted 50 handshakes; none of them may have been the client's.
+    let (closed, _open) = count_closed(flood, AT_ONCE).await;
+    assert!(
+        closed >= 50,
+        "only {closed} of 80 flood connections evicted"
+    );
+    let tls = crate::util::tls_connector(&Mailgate::ca_pem())
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            slow,
+        )
+        .await
+        .expect("the slow client's handshake completes: it was not evicted");
+    let mut client = LineClient::new(tls);
+    assert!(client.read_line().await.starts_with("* OK"));
+    let done = client
+        .imap("a1", "LOGIN alice@example.com alice-secret")
+        .await;
+    assert!(done.tagged.starts_with("a1 OK"), "{}", done.tagged);
+}
+
 #[tokio::test]
 async fn connections_over_the_global_cap_are_closed_at_once_and_hold_no_fd() {
     let dovecot = Dovecot::start();
