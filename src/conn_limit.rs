@@ -27,6 +27,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
@@ -106,16 +107,48 @@ struct Counts {
     next: u64,
 }
 
-/// Handshakes in progress grouped by client address (`None`: behind a PROXY balancer, not yet
-/// named), each group by arrival with the sender that evicts it, plus an index of the groups
-/// by (size, age of their oldest) so the eviction victim is found in O(log n).
+/// Handshakes in progress and not yet evicted, in two classes. *Silent*: nothing received yet
+/// (a half-open connection, or one whose first bytes are still on their way), by arrival.
+/// *Speaking*: bytes arrived, grouped by client address (`None`: behind a PROXY balancer, not
+/// yet named), each group by arrival with the sender that evicts it, plus an index of the
+/// groups by (size, age of their oldest) so a victim is found in O(log n).
+///
+/// Silent ones give way first, oldest first: a client's ClientHello follows its connect within
+/// a round trip, so a connection still silent when the cap is reached is most likely a flood's
+/// (a legitimate one can only be pushed out by as many newer silent connections as the cap,
+/// arriving before its first bytes). Among speaking ones the address holding the most gives
+/// way. A handshake moves from silent to speaking when the session reports its first bytes
+/// through the [`Spoke`] it holds; the move happens lazily, when an eviction meets it.
 #[derive(Debug, Default)]
 struct Waiting {
+    silent: BTreeMap<u64, Silent>,
     groups: HashMap<Option<IpAddr>, BTreeMap<u64, oneshot::Sender<()>>>,
     /// (handshakes in the group, oldest id reversed, address): the last entry is the biggest
     /// group, and among equals the one whose oldest handshake came first.
     by_size: BTreeSet<(usize, Reverse<u64>, Option<IpAddr>)>,
     total: usize,
+}
+
+#[derive(Debug)]
+struct Silent {
+    key: Option<IpAddr>,
+    kick: oneshot::Sender<()>,
+    spoke: Spoke,
+}
+
+/// Set by a session once its connection's first bytes have arrived (shared with the table).
+#[derive(Debug, Clone, Default)]
+pub struct Spoke(Arc<AtomicBool>);
+
+impl Spoke {
+    /// The connection's first bytes are here.
+    pub fn now(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl Waiting {
@@ -148,16 +181,38 @@ impl Waiting {
         out
     }
 
-    fn insert(&mut self, key: Option<IpAddr>, id: u64, kick: oneshot::Sender<()>) {
+    fn insert_silent(&mut self, id: u64, entry: Silent) {
+        self.silent.insert(id, entry);
+        self.total += 1;
+    }
+
+    fn insert_speaking(&mut self, key: Option<IpAddr>, id: u64, kick: oneshot::Sender<()>) {
         self.update(key, |g| g.insert(id, kick));
     }
 
+    /// Take handshake `id` (of `key`) out of the table, whichever class it is in; `None` if it
+    /// is gone (evicted).
     fn remove(&mut self, key: Option<IpAddr>, id: u64) -> Option<oneshot::Sender<()>> {
+        if let Some(entry) = self.silent.remove(&id) {
+            self.total -= 1;
+            return Some(entry.kick);
+        }
         self.update(key, |g| g.remove(&id))
     }
 
-    /// Evict the oldest handshake of the biggest group.
+    /// Evict one handshake: the oldest silent one, else the oldest of the biggest speaking
+    /// group. `false` when the table is empty.
     fn evict_one(&mut self) -> bool {
+        while let Some((id, entry)) = self.silent.pop_first() {
+            self.total -= 1;
+            if entry.spoke.is_set() {
+                // It spoke since it was filed: file it with its address's speaking ones.
+                self.insert_speaking(entry.key, id, entry.kick);
+                continue;
+            }
+            let _ = entry.kick.send(());
+            return true;
+        }
         let Some(&(_, _, key)) = self.by_size.last() else {
             return false;
         };
@@ -201,6 +256,7 @@ pub struct HandshakeSlot {
     evicted: oneshot::Receiver<()>,
     /// Set once `evicted` has resolved (a oneshot must not be polled after it completed).
     kicked: bool,
+    spoke: Spoke,
 }
 
 impl ConnLimits {
@@ -246,13 +302,22 @@ impl ConnLimits {
         let id = counts.next;
         counts.next += 1;
         let (kick, evicted) = oneshot::channel();
-        counts.waiting.insert(key, id, kick);
+        let spoke = Spoke::default();
+        counts.waiting.insert_silent(
+            id,
+            Silent {
+                key,
+                kick,
+                spoke: spoke.clone(),
+            },
+        );
         Ok(HandshakeSlot {
             counts: self.0.clone(),
             key,
             id,
             evicted,
             kicked: false,
+            spoke,
         })
     }
 
@@ -278,9 +343,11 @@ impl HandshakeSlot {
             caps.handshakes_per_ip,
             Over::HandshakesPerIp,
         )?;
-        // Regroup it under its address, unless it was evicted meanwhile.
-        if let Some(kick) = counts.waiting.remove(None, self.id) {
-            counts.waiting.insert(Some(key), self.id, kick);
+        // File it under its address, unless it was evicted meanwhile.
+        if let Some(entry) = counts.waiting.silent.get_mut(&self.id) {
+            entry.key = Some(key);
+        } else if let Some(kick) = counts.waiting.remove(None, self.id) {
+            counts.waiting.insert_speaking(Some(key), self.id, kick);
         }
         self.key = Some(key);
         Ok(())
@@ -288,6 +355,11 @@ impl HandshakeSlot {
 
     /// Resolves when a newer handshake has taken this one's place at the total cap: the
     /// session then closes the connection. Pending forever otherwise.
+    /// The handle through which the session reports the connection's first bytes.
+    pub fn spoke(&self) -> Spoke {
+        self.spoke.clone()
+    }
+
     /// May be awaited again (each handshake step races it): once evicted, it stays resolved.
     pub async fn evicted(&mut self) {
         if !self.kicked {
@@ -448,15 +520,45 @@ mod tests {
         }
     }
 
+    /// A handshake slot whose connection has already sent bytes.
+    fn speaking(limits: &ConnLimits, from: &str, c: &Caps) -> HandshakeSlot {
+        let slot = limits.handshake(Some(ip(from)), c).unwrap();
+        slot.spoke().now();
+        slot
+    }
+
     #[tokio::test]
-    async fn at_the_total_cap_the_biggest_holder_gives_way_first() {
+    async fn silent_handshakes_give_way_before_speaking_ones() {
+        let limits = ConnLimits::new();
+        let c = caps(0, 3, 10);
+        // The client's handshake is the oldest of all, but it has spoken.
+        let mut mine = speaking(&limits, "192.0.2.1", &c);
+        let mut silent: Vec<_> = (0..4)
+            .map(|_| limits.handshake(Some(ip("198.51.100.9")), &c).unwrap())
+            .collect();
+        let mut gone = Vec::new();
+        for s in &mut silent {
+            gone.push(is_evicted(s).await);
+        }
+        assert_eq!(gone, [true, true, false, false]);
+        assert!(!is_evicted(&mut mine).await);
+        // One of the silent ones speaks after it was filed; the other silent one goes first.
+        silent[2].spoke().now();
+        let _new = limits.handshake(Some(ip("203.0.113.5")), &c).unwrap();
+        assert!(!is_evicted(&mut silent[2]).await);
+        assert!(is_evicted(&mut silent[3]).await);
+        assert!(!is_evicted(&mut mine).await);
+        assert_eq!(limits.totals().1, 3);
+    }
+
+    #[tokio::test]
+    async fn among_speaking_handshakes_the_biggest_holder_gives_way_first() {
         let limits = ConnLimits::new();
         let c = caps(0, 4, 10);
-        let (client, flood, other) = (ip("192.0.2.1"), ip("198.51.100.9"), ip("203.0.113.5"));
         // The client's handshake is the oldest of all.
-        let mut mine = limits.handshake(Some(client), &c).unwrap();
+        let mut mine = speaking(&limits, "192.0.2.1", &c);
         let mut theirs: Vec<_> = (0..5)
-            .map(|_| limits.handshake(Some(flood), &c).unwrap())
+            .map(|_| speaking(&limits, "198.51.100.9", &c))
             .collect();
         // At 4, each newcomer pushed out the flood's oldest, not the client's.
         let mut gone = Vec::new();
@@ -467,7 +569,7 @@ mod tests {
         // A third address arrives: the flood gives way while it holds the most; then the
         // newcomer, now the biggest, gives way itself. The client stays throughout.
         let mut others: Vec<_> = (0..3)
-            .map(|_| limits.handshake(Some(other), &c).unwrap())
+            .map(|_| speaking(&limits, "203.0.113.5", &c))
             .collect();
         let mut gone = Vec::new();
         for t in theirs.iter_mut().chain(others.iter_mut()) {
@@ -482,9 +584,9 @@ mod tests {
     async fn among_equal_holders_the_oldest_gives_way() {
         let limits = ConnLimits::new();
         let c = caps(0, 2, 10);
-        let mut a = limits.handshake(Some(ip("192.0.2.1")), &c).unwrap();
-        let mut b = limits.handshake(Some(ip("192.0.2.2")), &c).unwrap();
-        let _c = limits.handshake(Some(ip("192.0.2.3")), &c).unwrap();
+        let mut a = speaking(&limits, "192.0.2.1", &c);
+        let mut b = speaking(&limits, "192.0.2.2", &c);
+        let _c = speaking(&limits, "192.0.2.3", &c);
         assert!(is_evicted(&mut a).await);
         assert!(!is_evicted(&mut b).await);
     }

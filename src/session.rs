@@ -42,7 +42,7 @@ use tracing::Instrument as _;
 use crate::audit::{self, Event};
 use crate::auth::{AuthError, VerificationMode, VerifiedToken};
 use crate::config::{Listener, ListenerTls};
-use crate::conn_limit::{Admission, HandshakeSlot};
+use crate::conn_limit::{Admission, HandshakeSlot, Spoke};
 use crate::metrics::{Refused, TokenResult};
 use crate::pacing::Pacing;
 use crate::policy::{self, Attempt, Decision, Identity, Reason, TokenFacts};
@@ -292,6 +292,7 @@ async fn accept_tls(
     tcp: TcpStream,
     listener: &Listener,
     generation: &Generation,
+    spoke: Option<Spoke>,
 ) -> std::io::Result<Downstream> {
     match (listener.tls, &generation.acceptor) {
         (ListenerTls::Implicit, Some(acceptor)) => {
@@ -299,6 +300,11 @@ async fn accept_tls(
             // with a reset, no TIME_WAIT socket per half-open connection of a flood. The
             // normal close is back once TLS is up (so a goodbye is never cut off).
             let _ = tcp.set_zero_linger();
+            // No TLS state until the ClientHello's first bytes are here: a half-open
+            // connection (a flood's, or a client on a slow link) then costs its task and
+            // socket only, not rustls' buffers, while it waits out the handshake timeout.
+            tcp.readable().await?;
+            spoke.inspect(Spoke::now);
             let tls = acceptor.accept(tcp).await?;
             #[allow(deprecated)]
             // Deprecated for blocking closes; `None` is the non-blocking default.
@@ -317,11 +323,12 @@ enum Cut {
     Evicted,
 }
 
-/// `step`, bounded by the handshake timeout and by the eviction of the connection's handshake
+/// `step`, bounded by the handshake deadline (`handshake_timeout` from accept, for the PROXY
+/// header and the TLS handshake together) and by the eviction of the connection's handshake
 /// slot (if it holds one).
 async fn within_handshake<F: std::future::Future>(
     slot: &mut Option<HandshakeSlot>,
-    limit: Duration,
+    deadline: tokio::time::Instant,
     step: F,
 ) -> Result<F::Output, Cut> {
     let evicted = async {
@@ -331,7 +338,7 @@ async fn within_handshake<F: std::future::Future>(
         }
     };
     tokio::select! {
-        out = timeout(limit, step) => out.map_err(|_| Cut::TimedOut),
+        out = tokio::time::timeout_at(deadline, step) => out.map_err(|_| Cut::TimedOut),
         () = evicted => Err(Cut::Evicted),
     }
 }
@@ -339,7 +346,9 @@ async fn within_handshake<F: std::future::Future>(
 /// Read a PROXY v1/v2 header without reading one byte past it: the bytes after it are the
 /// client's TLS handshake or first command. v1 is read byte by byte up to its LF (at most 107
 /// bytes); v2 as its 16-byte fixed part, then exactly the length that part announces.
-async fn read_proxy_header(tcp: &mut TcpStream) -> Result<ProxyHeader, ()> {
+async fn read_proxy_header(tcp: &mut TcpStream, spoke: Option<Spoke>) -> Result<ProxyHeader, ()> {
+    tcp.readable().await.map_err(|_| ())?;
+    spoke.inspect(Spoke::now);
     let mut buf = Vec::with_capacity(proxy_header::MAX_V1_LEN);
     let mut first = [0u8; 6];
     tcp.read_exact(&mut first).await.map_err(|_| ())?;
@@ -388,6 +397,7 @@ async fn drive(
         connection: mut _slot,
         mut handshake,
     } = admission;
+    let handshake_deadline = tokio::time::Instant::now() + limits.handshake_timeout;
     if let Some(trusted) = &ctx.listener.proxy_protocol {
         // Only a trusted load balancer may name another client address; from anyone else, and
         // without a valid header, the connection is closed (nothing else is safe to assume).
@@ -395,10 +405,11 @@ async fn drive(
         let refused = if !trusted.contains(trail.peer.source.ip()) {
             Some(Refused::ProxyUntrusted)
         } else {
+            let spoke = handshake.as_ref().map(HandshakeSlot::spoke);
             match within_handshake(
                 &mut handshake,
-                limits.handshake_timeout,
-                read_proxy_header(&mut tcp),
+                handshake_deadline,
+                read_proxy_header(&mut tcp, spoke),
             )
             .await
             {
@@ -459,10 +470,11 @@ async fn drive(
     // Boxed, as the login below: a task's future is as large as its largest state, and the
     // handshake's (a whole rustls connection in the making) or the login's would otherwise be
     // reserved for every connection's whole life (18 KiB per task before, issue 9).
+    let spoke = handshake.as_ref().map(HandshakeSlot::spoke);
     let down = match within_handshake(
         &mut handshake,
-        limits.handshake_timeout,
-        Box::pin(accept_tls(tcp, &ctx.listener, &generation)),
+        handshake_deadline,
+        Box::pin(accept_tls(tcp, &ctx.listener, &generation, spoke)),
     )
     .await
     {
