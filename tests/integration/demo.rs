@@ -5,11 +5,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::Command;
 
-use crate::util::{free_port, run_client};
+use crate::util::free_port;
 
 /// The demo waits 2 s on each of its two policy refusals (refusal_delay_min) and builds
 /// nothing (MAILGATE_BIN); a minute is ample on a loaded machine.
@@ -23,8 +24,20 @@ async fn demo_check_allows_refuses_and_audits() {
     cmd.arg("--check")
         .env("MAILGATE_BIN", env!("CARGO_BIN_EXE_mailgate"))
         .env("MAILGATE_DEMO_DIR", dir.path())
-        .env("MAILGATE_DEMO_PORTS", ports.join(" "));
-    let out = run_client(cmd, DEMO_TIMEOUT).await;
+        .env("MAILGATE_DEMO_PORTS", ports.join(" "))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group: on a timeout the demo's Dovecot and mailgate are killed with
+        // it, not left listening.
+        .process_group(0);
+    let child = cmd.spawn().expect("spawn scripts/demo");
+    let group = KillGroup(child.id().expect("demo pid") as libc::pid_t);
+    let out = tokio::time::timeout(DEMO_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("scripts/demo --check did not finish within {DEMO_TIMEOUT:?}"))
+        .expect("wait for scripts/demo");
+    drop(group);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -47,7 +60,10 @@ async fn demo_check_allows_refuses_and_audits() {
         ),
         "{stdout}"
     );
-    assert!(!stdout.contains("expected 0") && !stdout.contains("expected 67"), "{stdout}");
+    assert!(
+        !stdout.contains("expected 0") && !stdout.contains("expected 67"),
+        "{stdout}"
+    );
 
     // The audit file: (user, protocol) -> (decision, reason) of each auth record, the protocol
     // taken from the session's connect record.
@@ -59,7 +75,12 @@ async fn demo_check_allows_refuses_and_audits() {
     let protocol: HashMap<&str, &str> = records
         .iter()
         .filter(|r| r["event"] == "connect")
-        .map(|r| (r["session"].as_str().unwrap(), r["protocol"].as_str().unwrap()))
+        .map(|r| {
+            (
+                r["session"].as_str().unwrap(),
+                r["protocol"].as_str().unwrap(),
+            )
+        })
         .collect();
     let auth: Vec<(&str, &str, &str, &str)> = records
         .iter()
@@ -83,4 +104,16 @@ async fn demo_check_allows_refuses_and_audits() {
         ],
         "{audit}"
     );
+}
+
+/// Kills a process group when dropped (a finished demo has left none behind; a hung one has).
+struct KillGroup(libc::pid_t);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        // SAFETY: killpg only sends a signal; ESRCH for a group already gone is harmless.
+        unsafe {
+            libc::killpg(self.0, libc::SIGKILL);
+        }
+    }
 }
