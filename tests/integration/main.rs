@@ -1,4 +1,4 @@
-//! mailgate's integration tests: one binary, one module per area (STYLE.md section 7).
+//! mailgate's integration tests: one binary, one module per area (docs/development.md section 7).
 //!
 //! - [`dovecot`]: a private Dovecot per test, the real upstream.
 //! - [`pki`]: a test CA and leaf certificates made at test time.
