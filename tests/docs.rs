@@ -3,6 +3,9 @@
 //! file refers to documents outside the repository (the product contract or notes the
 //! developers kept beside it).
 
+// Test code: a failed `expect` is how this test reports what it could not read.
+#![allow(clippy::expect_used)]
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
