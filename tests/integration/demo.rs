@@ -1,7 +1,8 @@
 //! `scripts/demo --check`: the README's first command shows the gate working. The demo starts
 //! its own Dovecot and mailgate (this test's binary, on free ports), runs the commands it
 //! prints, and checks them itself; this test checks the outcomes again from its output and
-//! from the audit file it leaves behind.
+//! from the audit file it leaves behind. The demo's client connects from 127.0.0.2 once, so
+//! Dovecot's log can show that it was told the real client address.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -48,6 +49,11 @@ async fn demo_check_allows_refuses_and_audits() {
     // What a user sees: alice's message, bob refused over IMAP (curl's "Login denied"),
     // bob's message over POP3, the reason in explain, the counters on /metrics.
     assert!(stdout.contains("Subject: message 1"), "{stdout}");
+    // Dovecot saw alice's own address (she connected from 127.0.0.2), not mailgate's.
+    assert!(
+        stdout.contains("Login: user=<alice@example.com>, method=PLAIN, rip=127.0.0.2"),
+        "{stdout}"
+    );
     assert!(stdout.contains("curl: (67) Login denied"), "{stdout}");
     assert!(stdout.contains("Subject: welcome"), "{stdout}");
     assert!(
