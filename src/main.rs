@@ -12,7 +12,7 @@ use mailgate::cli::{
 };
 use mailgate::config::Config;
 use mailgate::policy::{self, Attempt, Decision, Identity, TokenFacts};
-use mailgate::proto::{Protocol, ReplyClass};
+use mailgate::proto::Protocol;
 use mailgate::server::Server;
 
 fn main() -> ExitCode {
@@ -124,7 +124,14 @@ fn explain(
     });
     let Some(mechanism) = arg.on(protocol) else {
         use clap::CommandFactory as _;
-        Cli::command()
+        // The subcommand's own Command, so the usage line printed is explain's, as clap does
+        // for every other bad explain flag.
+        let mut cli = Cli::command();
+        // build() names the subcommands "mailgate explain" (not just "explain") for usage.
+        cli.build();
+        let explain = cli.find_subcommand_mut("explain").map(std::mem::take);
+        explain
+            .unwrap_or(cli)
             .error(
                 clap::error::ErrorKind::ArgumentConflict,
                 format!(
@@ -169,13 +176,10 @@ fn explain(
             config.policy.disclose_reasons,
             &config.policy.contact,
         );
+        // The line as this protocol sends it: POP3 has its own codes (RFC 2449 / 3206).
         println!(
-            "reply      {} \"{}\"{}",
-            match shown.class {
-                ReplyClass::Authorization => "AUTHORIZATIONFAILED",
-                ReplyClass::Authentication => "AUTHENTICATIONFAILED",
-                ReplyClass::Unavailable => "UNAVAILABLE",
-            },
+            "reply      {} {}{}",
+            shown.class.wire_prefix(protocol),
             shown.text,
             if shown.specific {
                 ""
