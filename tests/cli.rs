@@ -196,3 +196,123 @@ impl Drop for Child {
         let _ = self.0.wait();
     }
 }
+
+/// A `mailgate run` whose stderr goes to a file, started on `config` and waited for until it
+/// logs `listening` (bounded). Killed when dropped.
+struct Running {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Running {
+    fn start(config: &std::path::Path) -> Running {
+        let log = config.with_extension("log");
+        let child = mailgate()
+            .args(["run", "--config"])
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn mailgate run");
+        let running = Running {
+            child: Child(child),
+            log,
+        };
+        running.wait_for("listening");
+        running
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The address of the first listener, from its `listening` line.
+    fn addr(&self) -> std::net::SocketAddr {
+        let log = self.wait_for("listening");
+        let line = log.lines().find(|l| l.contains("listening")).unwrap_or("");
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .unwrap_or_else(|| panic!("no addr= in {line:?}"));
+        addr.parse().expect("listening address")
+    }
+}
+
+/// Logs and audit records speak one vocabulary: a session the client ended is `end=client_closed`
+/// in the log line as in the audit record, never the code's own `DownstreamClosed` or
+/// `Machine(Logout)`.
+#[test]
+fn session_end_log_uses_the_audit_codes() {
+    use std::io::{Read as _, Write as _};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("mailgate.toml");
+    std::fs::write(
+        &config,
+        "[[listener]]\nname = \"imap\"\nprotocol = \"imap\"\nbind = \"127.0.0.1:0\"\n\
+         tls = \"none\"\nupstream = \"up\"\n\n[[upstream]]\nname = \"up\"\nprotocol = \"imap\"\n\
+         addresses = [\"127.0.0.1:9\"]\ntls = \"none\"\n\n[audit]\nfile = \"audit.log\"\n",
+    )
+    .expect("write config");
+    let running = Running::start(&config);
+    let addr = running.addr();
+    let timeout = Some(Duration::from_secs(10));
+    // One client logs out, one just closes: both are client_closed in the audit.
+    for logout in [true, false] {
+        let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(timeout).expect("timeout");
+        let mut greeting = [0u8; 512];
+        let n = tcp.read(&mut greeting).expect("greeting");
+        assert!(greeting[..n].starts_with(b"* OK"), "{:?}", &greeting[..n]);
+        if logout {
+            tcp.write_all(b"a LOGOUT\r\n").expect("logout");
+            let mut rest = Vec::new();
+            let _ = tcp.read_to_end(&mut rest);
+        }
+    }
+    let audit = dir.path().join("audit.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&audit)
+        .unwrap_or_default()
+        .matches("session_end")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "two session_end records");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let audit = std::fs::read_to_string(&audit).expect("audit");
+    assert_eq!(
+        audit.matches("\"end\":\"client_closed\"").count(),
+        2,
+        "{audit}"
+    );
+    let log = running.wait_for("session ended");
+    let ended: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("session ended"))
+        .collect();
+    assert_eq!(ended.len(), 2, "{log}");
+    for line in ended {
+        assert!(line.contains("end=client_closed"), "{line}");
+    }
+    assert!(
+        !log.contains("DownstreamClosed") && !log.contains("Machine("),
+        "{log}"
+    );
+}
