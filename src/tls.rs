@@ -89,7 +89,30 @@ pub enum TlsError {
 /// If only one of the two exists, nothing is generated: overwriting the other half of what may be
 /// an operator's real pair would be worse than stopping.
 pub fn server_config(tls: &ServerTls) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    ensure_files(tls)?;
+    if pair_missing(tls)? {
+        generate_self_signed(&tls.cert_file, &tls.key_file)?;
+    }
+    build_server_config(tls)
+}
+
+/// What [`server_config`] would do, without writing anything: reads and checks the pair, or,
+/// when it would generate one, checks that both files could be created. `mailgate check` and
+/// the start of `mailgate run` both call this, so they refuse the same configs.
+pub fn check_server_config(tls: &ServerTls) -> Result<(), TlsError> {
+    if pair_missing(tls)? {
+        // Key first, as generate_self_signed writes it first.
+        for path in [&tls.key_file, &tls.cert_file] {
+            crate::writable::creatable(path).map_err(|reason| TlsError::Write {
+                path: path.clone(),
+                reason,
+            })?;
+        }
+        return Ok(());
+    }
+    build_server_config(tls).map(drop)
+}
+
+fn build_server_config(tls: &ServerTls) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let certs = read_certs(&tls.cert_file)?;
     let key = read_key(&tls.key_file)?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
@@ -152,15 +175,14 @@ fn versions(min: TlsVersion) -> &'static [&'static SupportedProtocolVersion] {
     }
 }
 
-/// Makes sure both files exist, generating a self-signed pair when configured to.
-fn ensure_files(tls: &ServerTls) -> Result<(), TlsError> {
+/// `Ok(true)`: both files are missing and `generate_self_signed` asks for a new pair;
+/// `Ok(false)`: both exist. Anything else is an error, and never overwrites half a pair.
+fn pair_missing(tls: &ServerTls) -> Result<bool, TlsError> {
     let cert = tls.cert_file.exists();
     let key = tls.key_file.exists();
     match (cert, key) {
-        (true, true) => Ok(()),
-        (false, false) if tls.generate_self_signed => {
-            generate_self_signed(&tls.cert_file, &tls.key_file)
-        }
+        (true, true) => Ok(false),
+        (false, false) if tls.generate_self_signed => Ok(true),
         (true, false) if tls.generate_self_signed => Err(TlsError::HalfPair {
             present: tls.cert_file.clone(),
             missing: tls.key_file.clone(),
