@@ -1,6 +1,9 @@
 //! The `mailgate` binary itself: `check` exit codes and messages, and `run` with the shipped
 //! config until SIGTERM.
 
+// Test helpers outside `#[test]` functions panic on purpose (as tests/integration/main.rs).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -140,33 +143,15 @@ fn trace_logging_into_the_config_directory_does_not_feed_itself() {
          addresses = [\"127.0.0.1:9\"]\ntls = \"none\"\n\n[tls]\ncert_file = \"dev/cert.pem\"\n\
          key_file = \"dev/key.pem\"\ngenerate_self_signed = true\n\n[log]\nfilter = \"trace\"\n";
     std::fs::write(&config, text).expect("write config");
-    let log = dir.path().join("mailgate.log");
-    let child = mailgate()
-        .args(["run", "--config"])
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn mailgate run");
-    let child = Child(child);
-    let read = || std::fs::read_to_string(&log).unwrap_or_default();
-    let wait_for = |needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !read().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in the log: {} bytes",
-                read().len()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_for("listening");
+    let running = Running::start(&config);
+    let log = &running.log;
+    let read = || running.log();
+    let wait_for = |needle: &str| drop(running.wait_for(needle));
 
     // The window measured, not a synchronisation: an idle server writes (almost) nothing.
-    let before = std::fs::metadata(&log).expect("log").len();
+    let before = std::fs::metadata(log).expect("log").len();
     std::thread::sleep(Duration::from_secs(2));
-    let idle = std::fs::metadata(&log).expect("log").len() - before;
+    let idle = std::fs::metadata(log).expect("log").len() - before;
     assert!(idle < 8 * 1024, "{idle} bytes of log in 2 s of idling");
 
     // One edit: one reload, logged once.
@@ -184,7 +169,6 @@ fn trace_logging_into_the_config_directory_does_not_feed_itself() {
         grown < 64 * 1024,
         "{grown} bytes of log for idling and one reload"
     );
-    drop(child);
 }
 
 /// Kills the child when the test ends, passed or failed.
@@ -200,7 +184,8 @@ impl Drop for Child {
 /// A `mailgate run` whose stderr goes to a file, started on `config` and waited for until it
 /// logs `listening` (bounded). Killed when dropped.
 struct Running {
-    child: Child,
+    /// Held for its Drop (kills the process).
+    _child: Child,
     log: std::path::PathBuf,
 }
 
@@ -215,7 +200,7 @@ impl Running {
             .spawn()
             .expect("spawn mailgate run");
         let running = Running {
-            child: Child(child),
+            _child: Child(child),
             log,
         };
         running.wait_for("listening");
@@ -396,7 +381,9 @@ fn check_refuses_exactly_what_run_refuses_with_the_same_message() {
     };
     // 192.0.2.1 (RFC 5737 documentation range) is on no interface of this host: binding it
     // fails with EADDRNOTAVAIL and sends nothing.
-    let cases: Vec<(&str, String, &[(&str, &str)], &str)> = vec![
+    // What, the config, extra environment, what check must say.
+    type Case<'a> = (&'a str, String, &'a [(&'a str, &'a str)], &'a str);
+    let cases: Vec<Case> = vec![
         (
             "unknown key",
             base(&shipped_pair, "[limits]\nbogus = 1\n"),
