@@ -243,15 +243,7 @@ async fn dashboard_and_rules_use_only_metrics_mailgate_exports() {
 
     // SAFETY: plain FFI call sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let status = tokio::time::timeout(
-        std::time::Duration::from_secs(15),
-        tokio::task::spawn_blocking(move || child.wait()),
-    )
-    .await
-    .expect("mailgate exits within 15 s of SIGTERM")
-    .expect("join")
-    .expect("wait");
-    assert!(status.success(), "{status:?}");
+    crate::reload::exits_cleanly(child).await;
 }
 
 // ---------------------------------------------------------------------------------------------
