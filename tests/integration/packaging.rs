@@ -381,6 +381,22 @@ fn debian_package_installs_checks_and_purges() {
         "mailgate check as the mailgate user",
     );
 
+    // Installed again (an upgrade or a reinstall): postinst runs again without error, and an
+    // edited conffile is kept (dpkg's choice for a non-interactive install that keeps local
+    // changes).
+    let config = Path::new("/etc/mailgate/mailgate.toml");
+    let edited = format!(
+        "{}\n# edited by the administrator\n",
+        std::fs::read_to_string(config).expect("config")
+    );
+    std::fs::write(config, &edited).expect("edit config");
+    dpkg_ok(&["--install", "--force-confold", &deb.to_string_lossy()]);
+    assert_eq!(std::fs::read_to_string(config).expect("config"), edited);
+    ok(
+        Command::new("/usr/bin/mailgate").args(check),
+        "check after reinstall",
+    );
+
     let unit = [
         "/lib/systemd/system/mailgate.service",
         "/usr/lib/systemd/system/mailgate.service",
