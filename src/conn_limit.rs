@@ -11,21 +11,17 @@
 //! progress per address keeps one source to a small share.
 //!
 //! The total (`max_handshakes`) evicts instead of refusing: at the cap, a new handshake takes
-//! the place of the one that has waited longest *from the address holding the most handshakes
-//! in progress*, whose [`HandshakeSlot::evicted`] then resolves and its session closes the
+//! the place of one in progress: the oldest that has not sent a byte yet, else the oldest (see
+//! `Waiting`). Its [`HandshakeSlot::evicted`] then resolves and its session closes the
 //! connection. Attackers from many addresses, each under its allowance, could otherwise hold
-//! every handshake slot and shut out every new TLS client for the whole handshake timeout.
-//! Evicting from the biggest holder first means a client with a few handshakes in flight is
-//! never pushed out while a flooding address holds more (plain oldest-first lost legitimate
-//! handshakes in the soak once a flood of half-open connections churned through the cap
-//! faster than a handshake under load completes); the admin listener does the same with
-//! partial requests, `crate::admin`.
+//! every handshake slot and shut out every new TLS client for the whole handshake timeout;
+//! a real client speaks at once and its handshake takes milliseconds (the admin listener does
+//! the same with partial requests, `crate::admin`).
 //!
 //! Memory: an entry exists only while its address holds a slot, so the tables never hold more
 //! keys than there are open connections (at most `max_connections`).
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,10 +48,13 @@ impl Default for Caps {
             // Dovecot's mail_max_userip_connections is 10 per user+IP; a NAT'd office shares
             // one address, so the per-IP cap is larger.
             connections_per_ip: 100,
-            // A handshake takes a few round trips (milliseconds); a thousand at once is a burst
-            // of ~100k connections/s or a flood. A tenth of the default `max_connections`, so a
-            // flood of half-open connections from many addresses leaves 90% of it to sessions.
-            handshakes: 1000,
+            // Half of the default `max_connections`: a flood of half-open connections from
+            // many addresses leaves the other half to sessions. Not smaller: a silent
+            // connection holds no TLS state (its task and socket, ~2 KiB), and one that is
+            // evicted comes back at once, so a small cap turns a held flood into a churn of
+            // accepts and closes that costs CPU (a 1000 cap against 5,000 half-open
+            // connections churned ~4,000 connections/s in the soak and halved the logins/s).
+            handshakes: 5000,
             // Enough for a NAT'd office reconnecting at once over slow links; one address
             // holding more half-open connections than this is not a mail client.
             handshakes_per_ip: 20,
@@ -104,34 +103,33 @@ struct Counts {
     handshakes: HashMap<IpAddr, usize>,
     /// Handshakes in progress and not yet evicted.
     waiting: Waiting,
+    /// Sessions past their handshake that have not logged in, by arrival, each with the
+    /// sender that displaces it (see [`ConnLimits::make_room`]).
+    prelogin: BTreeMap<u64, oneshot::Sender<()>>,
     next: u64,
 }
 
-/// Handshakes in progress and not yet evicted, in two classes. *Silent*: nothing received yet
-/// (a half-open connection, or one whose first bytes are still on their way), by arrival.
-/// *Speaking*: bytes arrived, grouped by client address (`None`: behind a PROXY balancer, not
-/// yet named), each group by arrival with the sender that evicts it, plus an index of the
-/// groups by (size, age of their oldest) so a victim is found in O(log n).
+/// Handshakes in progress and not yet evicted, in two classes, each by arrival (the first is
+/// the oldest) with the sender that evicts it. *Silent*: nothing received yet (a half-open
+/// connection, or one whose first bytes are still on their way). *Speaking*: bytes arrived.
 ///
 /// Silent ones give way first, oldest first: a client's ClientHello follows its connect within
 /// a round trip, so a connection still silent when the cap is reached is most likely a flood's
 /// (a legitimate one can only be pushed out by as many newer silent connections as the cap,
-/// arriving before its first bytes). Among speaking ones the address holding the most gives
-/// way. A handshake moves from silent to speaking when the session reports its first bytes
-/// through the [`Spoke`] it holds; the move happens lazily, when an eviction meets it.
+/// arriving before its first bytes). Then the oldest speaking one: a handshake still running
+/// after all newer ones is the slowest, a slowloris' or one that has stalled. (Evicting from
+/// the address holding the most was tried: attackers spread over many addresses then pushed
+/// out the handshakes of a NAT'd office, which holds more per address, in the soak.)
+/// A handshake moves from silent to speaking when the session reports its first bytes through
+/// the [`Spoke`] it holds; the move happens lazily, when an eviction meets it.
 #[derive(Debug, Default)]
 struct Waiting {
     silent: BTreeMap<u64, Silent>,
-    groups: HashMap<Option<IpAddr>, BTreeMap<u64, oneshot::Sender<()>>>,
-    /// (handshakes in the group, oldest id reversed, address): the last entry is the biggest
-    /// group, and among equals the one whose oldest handshake came first.
-    by_size: BTreeSet<(usize, Reverse<u64>, Option<IpAddr>)>,
-    total: usize,
+    speaking: BTreeMap<u64, oneshot::Sender<()>>,
 }
 
 #[derive(Debug)]
 struct Silent {
-    key: Option<IpAddr>,
     kick: oneshot::Sender<()>,
     spoke: Spoke,
 }
@@ -152,74 +150,44 @@ impl Spoke {
 }
 
 impl Waiting {
-    fn index_entry(&self, key: Option<IpAddr>) -> Option<(usize, Reverse<u64>, Option<IpAddr>)> {
-        let group = self.groups.get(&key)?;
-        let (&oldest, _) = group.first_key_value()?;
-        Some((group.len(), Reverse(oldest), key))
+    fn total(&self) -> usize {
+        self.silent.len() + self.speaking.len()
     }
 
-    /// Apply `change` to `key`'s group, keeping the index and the total in step.
-    fn update<R>(
-        &mut self,
-        key: Option<IpAddr>,
-        change: impl FnOnce(&mut BTreeMap<u64, oneshot::Sender<()>>) -> R,
-    ) -> R {
-        if let Some(entry) = self.index_entry(key) {
-            self.by_size.remove(&entry);
+    /// Take handshake `id` out of the table, whichever class it is in (gone if evicted).
+    fn remove(&mut self, id: u64) {
+        if self.silent.remove(&id).is_none() {
+            self.speaking.remove(&id);
         }
-        let group = self.groups.entry(key).or_default();
-        let before = group.len();
-        let out = change(group);
-        let after = group.len();
-        if after == 0 {
-            self.groups.remove(&key);
-        }
-        self.total = self.total + after - before;
-        if let Some(entry) = self.index_entry(key) {
-            self.by_size.insert(entry);
-        }
-        out
     }
 
-    fn insert_silent(&mut self, id: u64, entry: Silent) {
-        self.silent.insert(id, entry);
-        self.total += 1;
-    }
-
-    fn insert_speaking(&mut self, key: Option<IpAddr>, id: u64, kick: oneshot::Sender<()>) {
-        self.update(key, |g| g.insert(id, kick));
-    }
-
-    /// Take handshake `id` (of `key`) out of the table, whichever class it is in; `None` if it
-    /// is gone (evicted).
-    fn remove(&mut self, key: Option<IpAddr>, id: u64) -> Option<oneshot::Sender<()>> {
-        if let Some(entry) = self.silent.remove(&id) {
-            self.total -= 1;
-            return Some(entry.kick);
-        }
-        self.update(key, |g| g.remove(&id))
-    }
-
-    /// Evict one handshake: the oldest silent one, else the oldest of the biggest speaking
-    /// group. `false` when the table is empty.
-    fn evict_one(&mut self) -> bool {
+    /// Evict the oldest silent handshake; `false` if there is none.
+    fn evict_silent(&mut self) -> bool {
         while let Some((id, entry)) = self.silent.pop_first() {
-            self.total -= 1;
             if entry.spoke.is_set() {
-                // It spoke since it was filed: file it with its address's speaking ones.
-                self.insert_speaking(entry.key, id, entry.kick);
+                // It spoke since it was filed.
+                self.speaking.insert(id, entry.kick);
                 continue;
             }
             let _ = entry.kick.send(());
             return true;
         }
-        let Some(&(_, _, key)) = self.by_size.last() else {
-            return false;
-        };
-        if let Some((_, kick)) = self.update(key, BTreeMap::pop_first) {
-            let _ = kick.send(());
+        false
+    }
+
+    /// Evict one handshake: the oldest silent one, else the oldest speaking one. `false` when
+    /// the table is empty.
+    fn evict_one(&mut self) -> bool {
+        if self.evict_silent() {
+            return true;
         }
-        true
+        match self.speaking.pop_first() {
+            Some((_, kick)) => {
+                let _ = kick.send(());
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -253,10 +221,57 @@ pub struct HandshakeSlot {
     counts: Arc<Mutex<Counts>>,
     key: Option<IpAddr>,
     id: u64,
-    evicted: oneshot::Receiver<()>,
-    /// Set once `evicted` has resolved (a oneshot must not be polled after it completed).
-    kicked: bool,
+    kicked: Kicked,
     spoke: Spoke,
+}
+
+/// A pre-login session's place in the table [`ConnLimits::make_room`] displaces from; freed on
+/// drop (at login, or when the session ends).
+#[must_use = "dropping the slot takes the session out of the table at once"]
+#[derive(Debug)]
+pub struct PreloginSlot {
+    counts: Arc<Mutex<Counts>>,
+    id: u64,
+    kicked: Kicked,
+}
+
+impl PreloginSlot {
+    /// Resolves once the session was displaced to make room (stays resolved); pending
+    /// otherwise.
+    pub async fn displaced(&mut self) {
+        self.kicked.wait().await;
+    }
+}
+
+impl Drop for PreloginSlot {
+    fn drop(&mut self) {
+        lock(&self.counts).prelogin.remove(&self.id);
+    }
+}
+
+/// The receiving end of an eviction, safe to await again and again (each handshake step and
+/// each read races it): once kicked it stays resolved.
+#[derive(Debug)]
+struct Kicked {
+    rx: oneshot::Receiver<()>,
+    /// Set once `rx` has resolved (a oneshot must not be polled after it completed).
+    done: bool,
+}
+
+impl Kicked {
+    fn new(rx: oneshot::Receiver<()>) -> Kicked {
+        Kicked { rx, done: false }
+    }
+
+    async fn wait(&mut self) {
+        if !self.done {
+            if (&mut self.rx).await.is_err() {
+                // The sender is only dropped unsent when the slot itself goes away.
+                std::future::pending::<()>().await;
+            }
+            self.done = true;
+        }
+    }
 }
 
 impl ConnLimits {
@@ -297,16 +312,15 @@ impl ConnLimits {
         }
         if caps.handshakes != 0 {
             // Its per-address share is given back when its session drops the slot.
-            while counts.waiting.total >= caps.handshakes && counts.waiting.evict_one() {}
+            while counts.waiting.total() >= caps.handshakes && counts.waiting.evict_one() {}
         }
         let id = counts.next;
         counts.next += 1;
         let (kick, evicted) = oneshot::channel();
         let spoke = Spoke::default();
-        counts.waiting.insert_silent(
+        counts.waiting.silent.insert(
             id,
             Silent {
-                key,
                 kick,
                 spoke: spoke.clone(),
             },
@@ -315,16 +329,56 @@ impl ConnLimits {
             counts: self.0.clone(),
             key,
             id,
-            evicted,
-            kicked: false,
+            kicked: Kicked::new(evicted),
             spoke,
         })
+    }
+
+    /// At `max_connections`: close a connection that has not logged in to make room for a new
+    /// one, as Dovecot's login processes do when their client limit is reached. The oldest
+    /// silent handshake goes first, else the session that has waited longest before logging
+    /// in; handshakes under way and logged-in sessions are never touched. `false` when there
+    /// is nothing to displace (the newcomer is refused). Its permit comes back when the
+    /// displaced session's task ends, moments later; the newcomer waits for it.
+    ///
+    /// Why (issue 9): attackers holding half-open and idle pre-login connections from many
+    /// addresses, each under the per-address caps, filled `max_connections` in the soak and
+    /// every legitimate client was refused until their timeouts. A mail client logs in right
+    /// after the greeting, so the oldest connection still not logged in is the least likely to
+    /// be one.
+    pub fn make_room(&self) -> bool {
+        let mut counts = lock(&self.0);
+        if counts.waiting.evict_silent() {
+            return true;
+        }
+        match counts.prelogin.pop_first() {
+            Some((_, kick)) => {
+                let _ = kick.send(());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Register a session that is past its handshake and not logged in yet; it can be
+    /// displaced by [`ConnLimits::make_room`] until the slot is dropped.
+    pub fn prelogin(&self) -> PreloginSlot {
+        let mut counts = lock(&self.0);
+        let id = counts.next;
+        counts.next += 1;
+        let (kick, evicted) = oneshot::channel();
+        counts.prelogin.insert(id, kick);
+        PreloginSlot {
+            counts: self.0.clone(),
+            id,
+            kicked: Kicked::new(evicted),
+        }
     }
 
     /// Connections and handshakes in progress now (for tests and diagnostics).
     pub fn totals(&self) -> (usize, usize) {
         let counts = lock(&self.0);
-        (counts.connections.values().sum(), counts.waiting.total)
+        (counts.connections.values().sum(), counts.waiting.total())
     }
 }
 
@@ -343,12 +397,6 @@ impl HandshakeSlot {
             caps.handshakes_per_ip,
             Over::HandshakesPerIp,
         )?;
-        // File it under its address, unless it was evicted meanwhile.
-        if let Some(entry) = counts.waiting.silent.get_mut(&self.id) {
-            entry.key = Some(key);
-        } else if let Some(kick) = counts.waiting.remove(None, self.id) {
-            counts.waiting.insert_speaking(Some(key), self.id, kick);
-        }
         self.key = Some(key);
         Ok(())
     }
@@ -362,13 +410,7 @@ impl HandshakeSlot {
 
     /// May be awaited again (each handshake step races it): once evicted, it stays resolved.
     pub async fn evicted(&mut self) {
-        if !self.kicked {
-            if (&mut self.evicted).await.is_err() {
-                // The sender is only dropped unsent when this slot itself goes away.
-                std::future::pending::<()>().await;
-            }
-            self.kicked = true;
-        }
+        self.kicked.wait().await;
     }
 }
 
@@ -382,7 +424,7 @@ impl Drop for HandshakeSlot {
     fn drop(&mut self) {
         let mut counts = lock(&self.counts);
         // Already gone from the table if it was evicted.
-        counts.waiting.remove(self.key, self.id);
+        counts.waiting.remove(self.id);
         if let Some(key) = self.key {
             release(&mut counts.handshakes, key);
         }
@@ -552,36 +594,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn among_speaking_handshakes_the_biggest_holder_gives_way_first() {
-        let limits = ConnLimits::new();
-        let c = caps(0, 4, 10);
-        // The client's handshake is the oldest of all.
-        let mut mine = speaking(&limits, "192.0.2.1", &c);
-        let mut theirs: Vec<_> = (0..5)
-            .map(|_| speaking(&limits, "198.51.100.9", &c))
-            .collect();
-        // At 4, each newcomer pushed out the flood's oldest, not the client's.
-        let mut gone = Vec::new();
-        for t in &mut theirs {
-            gone.push(is_evicted(t).await);
-        }
-        assert_eq!(gone, [true, true, false, false, false]);
-        // A third address arrives: the flood gives way while it holds the most; then the
-        // newcomer, now the biggest, gives way itself. The client stays throughout.
-        let mut others: Vec<_> = (0..3)
-            .map(|_| speaking(&limits, "203.0.113.5", &c))
-            .collect();
-        let mut gone = Vec::new();
-        for t in theirs.iter_mut().chain(others.iter_mut()) {
-            gone.push(is_evicted(t).await);
-        }
-        assert_eq!(gone, [true, true, true, true, false, true, false, false]);
-        assert!(!is_evicted(&mut mine).await);
-        assert_eq!(limits.totals().1, 4);
-    }
-
-    #[tokio::test]
-    async fn among_equal_holders_the_oldest_gives_way() {
+    async fn among_speaking_handshakes_the_oldest_gives_way() {
         let limits = ConnLimits::new();
         let c = caps(0, 2, 10);
         let mut a = speaking(&limits, "192.0.2.1", &c);

@@ -127,6 +127,7 @@ pub enum SessionEnd {
     IdleTimeout,
     Revoked,
     Shutdown,
+    Displaced,
     Error,
 }
 
@@ -138,6 +139,7 @@ impl SessionEnd {
             SessionEnd::IdleTimeout => "idle_timeout",
             SessionEnd::Revoked => "revoked",
             SessionEnd::Shutdown => "shutdown",
+            SessionEnd::Displaced => "displaced",
             SessionEnd::Error => "error",
         }
     }
@@ -151,6 +153,7 @@ impl From<End> for SessionEnd {
             End::IdleTimeout => SessionEnd::IdleTimeout,
             End::Revoked => SessionEnd::Revoked,
             End::Shutdown => SessionEnd::Shutdown,
+            End::Displaced => SessionEnd::Displaced,
             End::Error(_) => SessionEnd::Error,
         }
     }

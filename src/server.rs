@@ -42,6 +42,7 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::Readiness;
@@ -452,8 +453,25 @@ async fn accept_loop(tcp: TcpListener, ctx: Arc<SessionContext>, permits: Arc<Se
         match admit(&ctx, peer, &permits) {
             Ok((permit, admission)) => {
                 let ctx = ctx.clone();
+                let permits = permits.clone();
                 // Detached: a session outlives the accept loop (drain); its permit tracks it.
                 tokio::spawn(async move {
+                    let permit = match permit {
+                        Some(permit) => permit,
+                        // Room was made (`ConnLimits::make_room`): the displaced session's
+                        // permit comes back as soon as its task ends.
+                        None => match timeout(ROOM_WAIT, permits.acquire_owned()).await {
+                            Ok(Ok(permit)) => permit,
+                            _ => {
+                                ctx.shared
+                                    .services
+                                    .metrics
+                                    .connection_refused(&ctx.listener.name, Refused::Limit);
+                                session::refuse_at_once(stream, &ctx.listener, false);
+                                return;
+                            }
+                        },
+                    };
                     session::run(stream, peer, ctx, admission).await;
                     drop(permit);
                 });
@@ -474,17 +492,20 @@ async fn accept_loop(tcp: TcpListener, ctx: Arc<SessionContext>, permits: Arc<Se
     }
 }
 
+/// How long a connection admitted by displacing another waits for that one's permit (it is
+/// normally back within a scheduling round; bounded all the same).
+const ROOM_WAIT: Duration = Duration::from_secs(2);
+
 /// Take the global permit and, where the client is known and a handshake comes first, the
-/// per-address and handshake slots (see the module docs). Nothing is taken on `Err`.
+/// per-address and handshake slots (see the module docs). Nothing is taken on `Err`. At
+/// `max_connections` a connection that has not logged in is displaced to make room
+/// (`ConnLimits::make_room`); the permit is then `None`, to be awaited by the session's task.
 fn admit(
     ctx: &SessionContext,
     peer: SocketAddr,
     permits: &Arc<Semaphore>,
-) -> Result<(OwnedSemaphorePermit, Admission), Turned> {
-    let permit = permits
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| Turned::Global)?;
+) -> Result<(Option<OwnedSemaphorePermit>, Admission), Turned> {
+    let permit = permits.clone().try_acquire_owned().ok();
     let generation = ctx.shared.current();
     let caps = &generation.config.limits.connections;
     let limits = &ctx.shared.conn_limits;
@@ -495,6 +516,10 @@ fn admit(
         .map(|ip| limits.connection(ip, caps))
         .transpose()
         .map_err(Turned::Cap)?;
+    // Before this connection's own handshake slot exists: it must not displace itself.
+    if permit.is_none() && !limits.make_room() {
+        return Err(Turned::Global);
+    }
     let handshake = (proxied || ctx.listener.tls == ListenerTls::Implicit)
         .then(|| limits.handshake(client, caps))
         .transpose()

@@ -88,6 +88,8 @@ pub enum PreauthEnd {
     /// The server began to drain before this session logged in.
     Shutdown,
     Error(Side),
+    /// Closed before login to make room at `max_connections` (`ConnLimits::make_room`).
+    Displaced,
     /// A newer connection took this one's handshake slot at `max_handshakes`: as a refusal at
     /// accept, no log line and no audit record (a flood must not become an audit flood: one
     /// per evicted half-open connection was ~4,000 records/s in the soak).
@@ -190,6 +192,7 @@ impl PreauthEnd {
             PreauthEnd::Machine(CloseReason::TooManyAttempts) => "too_many_attempts",
             PreauthEnd::Machine(CloseReason::ProtocolViolation) => "protocol_violation",
             PreauthEnd::Shutdown => "shutdown",
+            PreauthEnd::Displaced => "displaced",
             PreauthEnd::Error(Side::Downstream) => "client_error",
             PreauthEnd::Error(Side::Upstream) => "upstream_error",
             PreauthEnd::Evicted => "evicted",
@@ -212,6 +215,7 @@ impl Ending {
                         CloseReason::TooManyAttempts | CloseReason::ProtocolViolation,
                     ) => End::Error(Side::Downstream),
                     PreauthEnd::Shutdown => End::Shutdown,
+                    PreauthEnd::Displaced => End::Displaced,
                     PreauthEnd::Error(side) => End::Error(side),
                     PreauthEnd::Evicted => End::Error(Side::Downstream),
                 };
@@ -624,6 +628,8 @@ struct Preauth<'a, F> {
 impl<F: Frontend> Preauth<'_, F> {
     async fn run(mut self) -> Ending {
         let mut phase = self.ctx.shared.phase();
+        // Until login: may be displaced to make room at `max_connections` (oldest first).
+        let mut prelogin = self.ctx.shared.conn_limits.prelogin();
         loop {
             if let Err(end) = self.flush(self.write_deadline()).await {
                 return Ending::Preauth(end);
@@ -643,6 +649,8 @@ impl<F: Frontend> Preauth<'_, F> {
                         }
                         Err(NotAdmitted::Ended(end)) => return Ending::Preauth(end),
                         Ok(admitted) => {
+                            // Logged in: never displaced from here on.
+                            drop(prelogin);
                             // Boxed too: a connection that never logs in need not reserve
                             // the splice's state.
                             return Box::pin(self.splice(admitted)).await;
@@ -682,13 +690,13 @@ impl<F: Frontend> Preauth<'_, F> {
                 }
                 () = async { let _ = phase.wait_for(|p| *p != Phase::Serving).await; } => {
                     // Nobody logs in on a server that is going away.
-                    let goodbye = splice::goodbye(self.ctx.listener.protocol, End::Shutdown);
-                    let _ = timeout(GOODBYE_TIMEOUT, async {
-                        self.down.write_all(goodbye.unwrap_or_default()).await?;
-                        self.down.shutdown().await
-                    })
-                    .await;
+                    self.goodbye(End::Shutdown).await;
                     return Ending::Preauth(PreauthEnd::Shutdown);
+                }
+                () = prelogin.displaced() => {
+                    tracing::debug!("displaced before login to make room at max_connections");
+                    self.goodbye(End::Displaced).await;
+                    return Ending::Preauth(PreauthEnd::Displaced);
                 }
             };
             match read {
@@ -697,6 +705,16 @@ impl<F: Frontend> Preauth<'_, F> {
                 Err(e) => return Ending::Preauth(PreauthEnd::downstream_failed(&e)),
             }
         }
+    }
+
+    /// mailgate ends the session before login: its goodbye line, bounded, then close.
+    async fn goodbye(&mut self, end: End) {
+        let goodbye = splice::goodbye(self.ctx.listener.protocol, end);
+        let _ = timeout(GOODBYE_TIMEOUT, async {
+            self.down.write_all(goodbye.unwrap_or_default()).await?;
+            self.down.shutdown().await
+        })
+        .await;
     }
 
     /// Send everything the machine queued, by `until`. A client that pipelines commands and
