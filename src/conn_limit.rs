@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -107,6 +108,8 @@ struct Counts {
     /// sender that displaces it (see [`ConnLimits::make_room`]).
     prelogin: BTreeMap<u64, oneshot::Sender<()>>,
     next: u64,
+    /// [`SILENT_GRACE`], shorter in tests.
+    silent_grace: Duration,
 }
 
 /// Handshakes in progress and not yet evicted, in two classes, each by arrival (the first is
@@ -132,7 +135,16 @@ struct Waiting {
 struct Silent {
     kick: oneshot::Sender<()>,
     spoke: Spoke,
+    since: Instant,
 }
+
+/// How long a silent connection is spared by [`ConnLimits::make_room`]: a client sends its
+/// first bytes with its first packet, but its session task may not have run yet to see them
+/// when the machine is loaded (under the soak's attack, with ~1,000 connections/s displaced,
+/// pools of silent connections turned over in milliseconds and legitimate connections were
+/// displaced before their task's first poll). Two seconds covers the p99 login latency of a
+/// loaded two-core machine.
+pub const SILENT_GRACE: Duration = Duration::from_secs(2);
 
 /// Set by a session once its connection's first bytes have arrived (shared with the table).
 #[derive(Debug, Clone, Default)]
@@ -161,15 +173,20 @@ impl Waiting {
         }
     }
 
-    /// Evict the oldest silent handshake; `false` if there is none.
-    fn evict_silent(&mut self) -> bool {
-        while let Some((id, entry)) = self.silent.pop_first() {
-            if entry.spoke.is_set() {
+    /// Evict the oldest silent handshake if it has been silent since before `before`; `false`
+    /// if there is none.
+    fn evict_silent(&mut self, before: Instant) -> bool {
+        while let Some(entry) = self.silent.first_entry() {
+            if entry.get().spoke.is_set() {
                 // It spoke since it was filed.
+                let (id, entry) = entry.remove_entry();
                 self.speaking.insert(id, entry.kick);
                 continue;
             }
-            let _ = entry.kick.send(());
+            if entry.get().since > before {
+                return false;
+            }
+            let _ = entry.remove().kick.send(());
             return true;
         }
         false
@@ -177,8 +194,8 @@ impl Waiting {
 
     /// Evict one handshake: the oldest silent one, else the oldest speaking one. `false` when
     /// the table is empty.
-    fn evict_one(&mut self) -> bool {
-        if self.evict_silent() {
+    fn evict_one(&mut self, now: Instant) -> bool {
+        if self.evict_silent(now) {
             return true;
         }
         match self.speaking.pop_first() {
@@ -276,7 +293,14 @@ impl Kicked {
 
 impl ConnLimits {
     pub fn new() -> ConnLimits {
-        ConnLimits::default()
+        ConnLimits::with_silent_grace(SILENT_GRACE)
+    }
+
+    /// With another grace for silent connections at `max_connections` (tests).
+    pub fn with_silent_grace(grace: Duration) -> ConnLimits {
+        let limits = ConnLimits::default();
+        lock(&limits.0).silent_grace = grace;
+        limits
     }
 
     /// Take a connection slot for `ip`.
@@ -312,7 +336,8 @@ impl ConnLimits {
         }
         if caps.handshakes != 0 {
             // Its per-address share is given back when its session drops the slot.
-            while counts.waiting.total() >= caps.handshakes && counts.waiting.evict_one() {}
+            let now = Instant::now();
+            while counts.waiting.total() >= caps.handshakes && counts.waiting.evict_one(now) {}
         }
         let id = counts.next;
         counts.next += 1;
@@ -323,6 +348,7 @@ impl ConnLimits {
             Silent {
                 kick,
                 spoke: spoke.clone(),
+                since: Instant::now(),
             },
         );
         Ok(HandshakeSlot {
@@ -336,8 +362,10 @@ impl ConnLimits {
 
     /// At `max_connections`: close a connection that has not logged in to make room for a new
     /// one, as Dovecot's login processes do when their client limit is reached. The oldest
-    /// silent handshake goes first, else the session that has waited longest before logging
-    /// in; handshakes under way and logged-in sessions are never touched. `false` when there
+    /// handshake that has been silent for longer than [`SILENT_GRACE`] goes first (cheapest to
+    /// lose: it has cost nothing and holds nothing), else the session that has waited longest
+    /// before logging in; handshakes under way, younger silent ones and logged-in sessions are
+    /// never touched. `false` when there
     /// is nothing to displace (the newcomer is refused). Its permit comes back when the
     /// displaced session's task ends, moments later; the newcomer waits for it.
     ///
@@ -348,7 +376,10 @@ impl ConnLimits {
     /// be one.
     pub fn make_room(&self) -> bool {
         let mut counts = lock(&self.0);
-        if counts.waiting.evict_silent() {
+        let grace = counts.silent_grace;
+        if let Some(before) = Instant::now().checked_sub(grace)
+            && counts.waiting.evict_silent(before)
+        {
             return true;
         }
         match counts.prelogin.pop_first() {
@@ -602,6 +633,35 @@ mod tests {
         let _c = speaking(&limits, "192.0.2.3", &c);
         assert!(is_evicted(&mut a).await);
         assert!(!is_evicted(&mut b).await);
+    }
+
+    #[tokio::test]
+    async fn making_room_takes_old_silent_handshakes_then_the_oldest_prelogin_session() {
+        let c = caps(0, 0, 0);
+        // Silent connections within their grace are spared: the oldest pre-login session goes.
+        let limits = ConnLimits::new();
+        let mut young = limits.handshake(Some(ip("192.0.2.1")), &c).unwrap();
+        let mut first = limits.prelogin();
+        let mut second = limits.prelogin();
+        assert!(limits.make_room());
+        first.displaced().await;
+        assert!(!is_evicted(&mut young).await);
+        assert!(limits.make_room());
+        second.displaced().await;
+        assert!(!limits.make_room(), "nothing left to displace");
+        drop(young);
+        // Past their grace, silent handshakes go first, oldest first; speaking ones never.
+        let limits = ConnLimits::with_silent_grace(Duration::ZERO);
+        let mut old = limits.handshake(Some(ip("192.0.2.1")), &c).unwrap();
+        let talking = limits.handshake(Some(ip("192.0.2.2")), &c).unwrap();
+        talking.spoke().now();
+        let mut waiting = limits.prelogin();
+        assert!(limits.make_room());
+        assert!(is_evicted(&mut old).await);
+        assert!(limits.make_room());
+        waiting.displaced().await;
+        assert!(!limits.make_room());
+        drop(talking);
     }
 
     #[test]
