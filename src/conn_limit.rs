@@ -10,20 +10,20 @@
 //! one address could fill `max_connections` and shut everyone out. Bounding handshakes in
 //! progress per address keeps one source to a small share.
 //!
-//! The total (`max_handshakes`) evicts instead of refusing: at the cap, a new handshake takes
-//! the place of one in progress: the oldest that has not sent a byte yet, else the oldest (see
-//! `Waiting`). Its [`HandshakeSlot::evicted`] then resolves and its session closes the
-//! connection. Attackers from many addresses, each under its allowance, could otherwise hold
-//! every handshake slot and shut out every new TLS client for the whole handshake timeout;
-//! a real client speaks at once and its handshake takes milliseconds (the admin listener does
-//! the same with partial requests, `crate::admin`).
+//! The total (`max_handshakes`) counts handshakes under way (first bytes received) and evicts
+//! instead of refusing: at the cap, a handshake that starts takes the place of the oldest one
+//! under way (see `Waiting`). Its [`HandshakeSlot::evicted`] then resolves and its session
+//! closes the connection. Attackers from many addresses, each under its allowance, could
+//! otherwise hold every handshake slot and shut out every new TLS client for the whole
+//! handshake timeout; a real client's handshake takes milliseconds (the admin listener does
+//! the same with partial requests, `crate::admin`). Connections that have sent nothing yet
+//! are bounded by `max_connections` instead ([`ConnLimits::make_room`]).
 //!
 //! Memory: an entry exists only while its address holds a slot, so the tables never hold more
 //! keys than there are open connections (at most `max_connections`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,13 +49,10 @@ impl Default for Caps {
             // Dovecot's mail_max_userip_connections is 10 per user+IP; a NAT'd office shares
             // one address, so the per-IP cap is larger.
             connections_per_ip: 100,
-            // Half of the default `max_connections`: a flood of half-open connections from
-            // many addresses leaves the other half to sessions. Not smaller: a silent
-            // connection holds no TLS state (its task and socket, ~2 KiB), and one that is
-            // evicted comes back at once, so a small cap turns a held flood into a churn of
-            // accepts and closes that costs CPU (a 1000 cap against 5,000 half-open
-            // connections churned ~4,000 connections/s in the soak and halved the logins/s).
-            handshakes: 5000,
+            // Handshakes under way (bytes received, TLS state held); a real one takes a few
+            // round trips, so a thousand at once is a burst of ~100k connections/s or a flood.
+            // Silent connections do not count (see `Waiting`).
+            handshakes: 1000,
             // Enough for a NAT'd office reconnecting at once over slow links; one address
             // holding more half-open connections than this is not a mail client.
             handshakes_per_ip: 20,
@@ -113,18 +110,22 @@ struct Counts {
 }
 
 /// Handshakes in progress and not yet evicted, in two classes, each by arrival (the first is
-/// the oldest) with the sender that evicts it. *Silent*: nothing received yet (a half-open
-/// connection, or one whose first bytes are still on their way). *Speaking*: bytes arrived.
+/// the oldest) with the sender that evicts it.
 ///
-/// Silent ones give way first, oldest first: a client's ClientHello follows its connect within
-/// a round trip, so a connection still silent when the cap is reached is most likely a flood's
-/// (a legitimate one can only be pushed out by as many newer silent connections as the cap,
-/// arriving before its first bytes). Then the oldest speaking one: a handshake still running
-/// after all newer ones is the slowest, a slowloris' or one that has stalled. (Evicting from
-/// the address holding the most was tried: attackers spread over many addresses then pushed
-/// out the handshakes of a NAT'd office, which holds more per address, in the soak.)
+/// *Silent*: nothing received yet (a half-open connection, or one whose first bytes are still
+/// on their way). It holds no TLS state (the session waits for its first bytes before making
+/// any), so it does not count against `max_handshakes`; silent connections are bounded by the
+/// per-address handshake cap, the handshake timeout and `max_connections`, where
+/// [`ConnLimits::make_room`] closes the oldest of them once they are past [`SILENT_GRACE`].
+///
+/// *Speaking*: bytes arrived, a TLS handshake (or PROXY header) is under way and holds state.
+/// These count against `max_handshakes`, and at the cap the oldest gives way: a handshake still
+/// running after all newer ones is the slowest, a slowloris' or a stalled one; a real client's
+/// takes milliseconds. (Tried in the soak and dropped: evicting silent ones at this cap turned
+/// their pool over in milliseconds, so legitimate connections whose task had not yet run were
+/// evicted; evicting from the address holding the most pushed out a NAT'd office.)
 /// A handshake moves from silent to speaking when the session reports its first bytes through
-/// the [`Spoke`] it holds; the move happens lazily, when an eviction meets it.
+/// its [`Spoke`].
 #[derive(Debug, Default)]
 struct Waiting {
     silent: BTreeMap<u64, Silent>,
@@ -134,7 +135,6 @@ struct Waiting {
 #[derive(Debug)]
 struct Silent {
     kick: oneshot::Sender<()>,
-    spoke: Spoke,
     since: Instant,
 }
 
@@ -146,18 +146,34 @@ struct Silent {
 /// loaded two-core machine.
 pub const SILENT_GRACE: Duration = Duration::from_secs(2);
 
-/// Set by a session once its connection's first bytes have arrived (shared with the table).
-#[derive(Debug, Clone, Default)]
-pub struct Spoke(Arc<AtomicBool>);
+/// Held by a session to report its connection's first bytes (see `Waiting`).
+#[derive(Debug, Clone)]
+pub struct Spoke {
+    counts: Arc<Mutex<Counts>>,
+    id: u64,
+    /// `max_handshakes` when the connection came (0: no cap).
+    cap: usize,
+}
 
 impl Spoke {
-    /// The connection's first bytes are here.
+    /// The connection's first bytes are here: it now counts as a handshake under way, and at
+    /// the cap the oldest other one gives way. Again (a second step): nothing.
     pub fn now(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-
-    fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        let mut counts = lock(&self.counts);
+        let Some(entry) = counts.waiting.silent.remove(&self.id) else {
+            return;
+        };
+        if self.cap != 0 {
+            while counts.waiting.speaking.len() >= self.cap {
+                match counts.waiting.speaking.pop_first() {
+                    Some((_, kick)) => {
+                        let _ = kick.send(());
+                    }
+                    None => break,
+                }
+            }
+        }
+        counts.waiting.speaking.insert(self.id, entry.kick);
     }
 }
 
@@ -176,34 +192,12 @@ impl Waiting {
     /// Evict the oldest silent handshake if it has been silent since before `before`; `false`
     /// if there is none.
     fn evict_silent(&mut self, before: Instant) -> bool {
-        while let Some(entry) = self.silent.first_entry() {
-            if entry.get().spoke.is_set() {
-                // It spoke since it was filed.
-                let (id, entry) = entry.remove_entry();
-                self.speaking.insert(id, entry.kick);
-                continue;
-            }
-            if entry.get().since > before {
-                return false;
-            }
-            let _ = entry.remove().kick.send(());
-            return true;
-        }
-        false
-    }
-
-    /// Evict one handshake: the oldest silent one, else the oldest speaking one. `false` when
-    /// the table is empty.
-    fn evict_one(&mut self, now: Instant) -> bool {
-        if self.evict_silent(now) {
-            return true;
-        }
-        match self.speaking.pop_first() {
-            Some((_, kick)) => {
-                let _ = kick.send(());
+        match self.silent.first_entry() {
+            Some(entry) if entry.get().since <= before => {
+                let _ = entry.remove().kick.send(());
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 }
@@ -320,9 +314,9 @@ impl ConnLimits {
     }
 
     /// Take a handshake slot, counted for `ip` too when it is known (`None` behind a PROXY
-    /// balancer until the header names the client: see [`HandshakeSlot::attribute`]). At the
-    /// total cap the oldest handshake in progress is evicted to make room (module docs); only
-    /// the per-address cap refuses.
+    /// balancer until the header names the client: see [`HandshakeSlot::attribute`]). It counts
+    /// against the total once the connection speaks ([`Spoke::now`]), evicting the oldest at
+    /// the cap (module docs); only the per-address cap refuses.
     pub fn handshake(&self, ip: Option<IpAddr>, caps: &Caps) -> Result<HandshakeSlot, Over> {
         let mut counts = lock(&self.0);
         let key = ip.map(client_key);
@@ -334,23 +328,21 @@ impl ConnLimits {
                 Over::HandshakesPerIp,
             )?;
         }
-        if caps.handshakes != 0 {
-            // Its per-address share is given back when its session drops the slot.
-            let now = Instant::now();
-            while counts.waiting.total() >= caps.handshakes && counts.waiting.evict_one(now) {}
-        }
         let id = counts.next;
         counts.next += 1;
         let (kick, evicted) = oneshot::channel();
-        let spoke = Spoke::default();
         counts.waiting.silent.insert(
             id,
             Silent {
                 kick,
-                spoke: spoke.clone(),
                 since: Instant::now(),
             },
         );
+        let spoke = Spoke {
+            counts: self.0.clone(),
+            id,
+            cap: caps.handshakes,
+        };
         Ok(HandshakeSlot {
             counts: self.0.clone(),
             key,
@@ -546,7 +538,7 @@ mod tests {
     }
 
     #[test]
-    fn handshakes_are_capped_per_address_and_in_total() {
+    fn handshakes_are_capped_per_address() {
         let limits = ConnLimits::new();
         let c = caps(0, 3, 2);
         let a = ip("192.0.2.1");
@@ -564,26 +556,6 @@ mod tests {
         drop(h3);
     }
 
-    #[tokio::test]
-    async fn at_the_total_cap_the_oldest_handshake_gives_way() {
-        let limits = ConnLimits::new();
-        let c = caps(0, 2, 1);
-        let mut first = limits.handshake(Some(ip("192.0.2.1")), &c).unwrap();
-        let mut second = limits.handshake(Some(ip("192.0.2.2")), &c).unwrap();
-        let _third = limits.handshake(Some(ip("192.0.2.3")), &c).unwrap();
-        first.evicted().await;
-        assert_eq!(limits.totals().1, 2);
-        // The evicted one still holds its address's share until its session drops it.
-        assert_eq!(
-            limits.handshake(Some(ip("192.0.2.1")), &c).unwrap_err(),
-            Over::HandshakesPerIp
-        );
-        drop(first);
-        let _fourth = limits.handshake(Some(ip("192.0.2.1")), &c).unwrap();
-        second.evicted().await;
-        assert_eq!(limits.totals().1, 2);
-    }
-
     /// Whether the slot has been evicted by now (without waiting).
     async fn is_evicted(slot: &mut HandshakeSlot) -> bool {
         tokio::select! {
@@ -593,7 +565,7 @@ mod tests {
         }
     }
 
-    /// A handshake slot whose connection has already sent bytes.
+    /// A handshake slot whose connection has sent its first bytes.
     fn speaking(limits: &ConnLimits, from: &str, c: &Caps) -> HandshakeSlot {
         let slot = limits.handshake(Some(ip(from)), c).unwrap();
         slot.spoke().now();
@@ -601,38 +573,49 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn silent_handshakes_give_way_before_speaking_ones() {
+    async fn at_the_total_cap_the_oldest_speaking_handshake_gives_way() {
         let limits = ConnLimits::new();
-        let c = caps(0, 3, 10);
-        // The client's handshake is the oldest of all, but it has spoken.
-        let mut mine = speaking(&limits, "192.0.2.1", &c);
-        let mut silent: Vec<_> = (0..4)
-            .map(|_| limits.handshake(Some(ip("198.51.100.9")), &c).unwrap())
-            .collect();
-        let mut gone = Vec::new();
-        for s in &mut silent {
-            gone.push(is_evicted(s).await);
-        }
-        assert_eq!(gone, [true, true, false, false]);
-        assert!(!is_evicted(&mut mine).await);
-        // One of the silent ones speaks after it was filed; the other silent one goes first.
-        silent[2].spoke().now();
-        let _new = limits.handshake(Some(ip("203.0.113.5")), &c).unwrap();
-        assert!(!is_evicted(&mut silent[2]).await);
-        assert!(is_evicted(&mut silent[3]).await);
-        assert!(!is_evicted(&mut mine).await);
-        assert_eq!(limits.totals().1, 3);
+        let c = caps(0, 2, 1);
+        let mut first = speaking(&limits, "192.0.2.1", &c);
+        let mut second = speaking(&limits, "192.0.2.2", &c);
+        let _third = speaking(&limits, "192.0.2.3", &c);
+        first.evicted().await;
+        assert!(!is_evicted(&mut second).await);
+        assert_eq!(limits.totals().1, 2);
+        // The evicted one still holds its address's share until its session drops it.
+        assert_eq!(
+            limits.handshake(Some(ip("192.0.2.1")), &c).unwrap_err(),
+            Over::HandshakesPerIp
+        );
+        drop(first);
+        let fourth = speaking(&limits, "192.0.2.1", &c);
+        second.evicted().await;
+        assert_eq!(limits.totals().1, 2);
+        // Speaking again changes nothing.
+        fourth.spoke().now();
+        assert_eq!(limits.totals().1, 2);
     }
 
     #[tokio::test]
-    async fn among_speaking_handshakes_the_oldest_gives_way() {
+    async fn silent_connections_do_not_count_against_the_total() {
         let limits = ConnLimits::new();
-        let c = caps(0, 2, 10);
-        let mut a = speaking(&limits, "192.0.2.1", &c);
-        let mut b = speaking(&limits, "192.0.2.2", &c);
-        let _c = speaking(&limits, "192.0.2.3", &c);
-        assert!(is_evicted(&mut a).await);
-        assert!(!is_evicted(&mut b).await);
+        let c = caps(0, 2, 100);
+        // A flood that never speaks: held, nobody evicted.
+        let mut flood: Vec<_> = (0..50)
+            .map(|_| limits.handshake(Some(ip("198.51.100.9")), &c).unwrap())
+            .collect();
+        let mut client = speaking(&limits, "192.0.2.1", &c);
+        for f in &mut flood {
+            assert!(!is_evicted(f).await);
+        }
+        // Speaking ones count: the third to speak pushes out the oldest speaking one, the
+        // client; the silent flood is still untouched.
+        let _a = speaking(&limits, "192.0.2.2", &c);
+        assert!(!is_evicted(&mut client).await);
+        flood[10].spoke().now();
+        assert!(is_evicted(&mut client).await);
+        assert!(!is_evicted(&mut flood[0]).await);
+        assert_eq!(limits.totals().1, 51);
     }
 
     #[tokio::test]

@@ -331,7 +331,9 @@ async fn accept_tls(
             // No TLS state until the ClientHello's first bytes are here: a half-open
             // connection (a flood's, or a client on a slow link) then costs its task and
             // socket only, not rustls' buffers, while it waits out the handshake timeout.
-            tcp.readable().await?;
+            // `peek`, not `readable`: readiness alone fired for connections that had sent
+            // nothing (every half-open one then counted as a handshake under way).
+            tcp.peek(&mut [0u8; 1]).await?;
             spoke.inspect(Spoke::now);
             let tls = acceptor.accept(tcp).await?;
             #[allow(deprecated)]
@@ -375,7 +377,7 @@ async fn within_handshake<F: std::future::Future>(
 /// client's TLS handshake or first command. v1 is read byte by byte up to its LF (at most 107
 /// bytes); v2 as its 16-byte fixed part, then exactly the length that part announces.
 async fn read_proxy_header(tcp: &mut TcpStream, spoke: Option<Spoke>) -> Result<ProxyHeader, ()> {
-    tcp.readable().await.map_err(|_| ())?;
+    tcp.peek(&mut [0u8; 1]).await.map_err(|_| ())?;
     spoke.inspect(Spoke::now);
     let mut buf = Vec::with_capacity(proxy_header::MAX_V1_LEN);
     let mut first = [0u8; 6];

@@ -586,7 +586,7 @@ fn accept_limits_defaults_and_values() {
             l.backlog,
         )
     };
-    assert_eq!(accept(BASE), (100, 5000, 20, 10, 4096));
+    assert_eq!(accept(BASE), (100, 1000, 20, 10, 4096));
     let set = format!(
         "{BASE}\n[limits]\nmax_connections_per_ip = 0\nmax_handshakes = 5\n\
          max_handshakes_per_ip = 2\nhandshake_timeout = \"3s\"\nbacklog = 512\n"

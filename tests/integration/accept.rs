@@ -159,44 +159,48 @@ async fn half_open_tls_flood_from_one_address_does_not_shut_out_another() {
 }
 
 /// Half-open connections from many addresses, each under its per-address allowance, fill
-/// `max_handshakes` together: a new connection then evicts the handshake that has waited
-/// longest, so a real client (whose handshake takes milliseconds) still gets in at once rather
-/// than after the attackers' handshake timeouts.
+/// `max_connections`: a new connection then displaces the oldest of them once it has been
+/// silent past the grace (`SILENT_GRACE`), so a real client still gets in rather than being
+/// refused until the attackers' handshake timeout.
 #[tokio::test]
 async fn half_open_flood_from_many_addresses_gives_way_to_a_real_client() {
     let dovecot = Dovecot::start();
     let mailgate = Mailgate::builder(&dovecot)
         .limits(
-            "max_handshakes = 100
+            "max_connections = 100
 max_handshakes_per_ip = 5
-handshake_timeout = \"20s\"",
+handshake_timeout = \"30s\"",
         )
         .start()
         .await;
     let imaps = mailgate.addr("imaps");
-    // 60 addresses x 3 half-open connections: 180 > 100 in total, 3 < 5 per address.
+    // 50 addresses x 2 half-open connections: the cap, 2 < 5 per address.
     let mut flood = Vec::new();
-    for i in 0..180u16 {
-        flood.push(connect_from(loopback(2, 0, (i % 60) as u8 + 1), imaps).await);
+    for i in 0..100u16 {
+        flood.push(connect_from(loopback(2, 0, (i % 50) as u8 + 1), imaps).await);
     }
+    // Silent connections are spared for their grace (their first bytes may be on the way):
+    // the time passing is the point here, not a synchronisation.
+    tokio::time::sleep(mailgate::conn_limit::SILENT_GRACE).await;
     for _ in 0..3 {
         let took = imaplib_tls_login(imaps.port()).await;
         assert!(took < Duration::from_secs(5), "login took {took:?}");
     }
-    // Never more than the cap held: the newest ones, the oldest gave way.
+    // The first login displaced one of the flood (the oldest); each login ends and frees its
+    // place for the next; the rest of the flood is held.
     let (closed, open) = count_closed(flood, AT_ONCE).await;
     assert!(
-        open.len() <= 100 && closed >= 80,
+        (1..=3).contains(&closed) && open.len() >= 97,
         "{closed} closed, {} kept",
         open.len()
     );
 }
 
-/// At the `max_handshakes` cap the flood gives way, not the client: a legitimate client whose
-/// handshake is slow (its ClientHello is half-way, and its connection is the oldest of all in
-/// progress) keeps its place while the silent connections of a flood push each other out.
-/// With plain oldest-first eviction this client was the first to go (seen: reset before its
-/// handshake could complete).
+/// A flood of silent connections does not count against `max_handshakes`: a legitimate client
+/// whose handshake is slow (its ClientHello is half-way, and its connection is the oldest of
+/// all in progress) keeps its place, and the flood is held (bounded by `max_connections` and
+/// the handshake timeout) rather than churned. With oldest-first eviction over all
+/// connections this client was the first to go (seen: reset before its handshake completed).
 #[tokio::test]
 async fn at_the_handshake_cap_a_flood_gives_way_not_a_slow_client() {
     let dovecot = Dovecot::start();
@@ -225,10 +229,7 @@ handshake_timeout = \"20s\"",
         flood.push(connect_from(loopback(2, 1, (i % 8) as u8 + 1), imaps).await);
     }
     let (closed, _open) = count_closed(flood, AT_ONCE).await;
-    assert!(
-        closed >= 50,
-        "only {closed} of 80 flood connections evicted"
-    );
+    assert_eq!(closed, 0, "silent connections were evicted");
     // The rest of the ClientHello: the handshake completes and alice logs in.
     tcp.write_all(&hello[5..])
         .await
@@ -313,13 +314,22 @@ impl ManualTls {
 async fn connections_over_the_global_cap_are_closed_at_once_and_hold_no_fd() {
     let dovecot = Dovecot::start();
     let mailgate = Mailgate::builder(&dovecot)
-        .limits("max_connections = 20")
+        .limits("max_connections = 10")
         .start()
         .await;
+    // The cap filled with logged-in sessions: nothing that may be displaced to make room
+    // (a connection not logged in would be, see `stalls::at_max_connections_…`).
     let mut held = Vec::new();
-    for _ in 0..20 {
+    for i in 0..10 {
         let mut c = TcpLineClient::connect(mailgate.addr("imap-plain")).await;
         assert!(c.read_line().await.starts_with("* OK"));
+        let login = if i % 2 == 0 {
+            "LOGIN alice@example.com alice-secret"
+        } else {
+            "LOGIN bob@example.com bob-secret"
+        };
+        let done = c.imap("a1", login).await;
+        assert!(done.tagged.starts_with("a1 OK"), "{}", done.tagged);
         held.push(c);
     }
     // Plaintext: the one-line goodbye, then EOF, at once.
@@ -362,10 +372,10 @@ async fn connections_over_the_global_cap_are_closed_at_once_and_hold_no_fd() {
         "{left} sockets on the imaps port after the flood"
     );
     // And the held sessions still work.
-    let reply = held[0]
-        .command("a1 LOGIN alice@example.com alice-secret")
-        .await;
-    assert!(reply.starts_with("a1 OK"), "{reply}");
+    for c in &mut held {
+        let done = c.imap("n1", "NOOP").await;
+        assert!(done.tagged.starts_with("n1 OK"), "{}", done.tagged);
+    }
 }
 
 /// PROXY v1 header naming `client` as the source.
