@@ -71,6 +71,8 @@ pub enum Error {
     UnknownUpstream { listener: String, upstream: String },
     #[error("oauth: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    #[error("{0}")]
+    Directory(crate::directory::Errors),
 }
 
 /// Long-lived services every session reports to. Not swapped on reload.
@@ -255,6 +257,12 @@ impl Reloader {
         }
         if old.config.admin != config.admin {
             tracing::warn!("[admin] changes take effect only after a restart");
+        }
+        // Only compliant members may be *added* to a restricted group: one that was not in the
+        // running directory's group is refused here; one that was is reported (`groups`).
+        let added = config.directory.added_offenders(&old.config.directory);
+        if !added.is_empty() {
+            return Err(Error::Directory(crate::directory::Errors(added)));
         }
         let next = Generation::build(config, old.number + 1)?;
         // What the old generation learnt of an upstream holds until the new probe answers.

@@ -145,7 +145,13 @@ impl Trail {
     }
 
     fn auth(&self, record: audit::Auth) {
-        self.services.metrics.login(self.protocol, record.reason);
+        match record.decision() {
+            audit::Verdict::WouldDeny => self
+                .services
+                .metrics
+                .would_deny(self.protocol, record.written_reason()),
+            _ => self.services.metrics.login(self.protocol, record.reason),
+        }
         self.services.audit.record(&self.id, Event::Auth(record));
     }
 
@@ -753,6 +759,8 @@ impl<F: Frontend> Preauth<'_, F> {
             policy_source: None,
             upstream: None,
             reason: Reason::Ok,
+            client_name: None,
+            would_deny: None,
         };
         let throttle = self.ctx.shared.throttle.clone();
         let client = self.trail.peer.source.ip();
@@ -835,6 +843,11 @@ impl<F: Frontend> Preauth<'_, F> {
                 .token_verification(result, started.elapsed());
             match verified {
                 Ok(v) => {
+                    record.client_name = v
+                        .client_id
+                        .as_deref()
+                        .and_then(|id| config.directory.clients().name_of(id))
+                        .map(str::to_owned);
                     record.client_id = v.client_id.clone();
                     record.issuer = Some(v.issuer.clone());
                     if record.user.is_none() {
@@ -890,6 +903,14 @@ impl<F: Frontend> Preauth<'_, F> {
                 record.ou = permit.ou.as_deref().map(str::to_owned);
                 record.policy_source = Some(permit.source);
             }
+            // Report only (`enforce = false`, or before `enforce_from`): record what would have
+            // been refused and why, and let the login go on to the upstream.
+            Decision::Deny(denial) if !denial.enforced_at(std::time::SystemTime::now()) => {
+                tracing::info!(user, reason = denial.reason.as_str(), source = %denial.source, "login would be denied by policy (report only)");
+                record.ou = denial.ou.as_deref().map(str::to_owned);
+                record.policy_source = Some(denial.source);
+                record.would_deny = Some(denial.reason);
+            }
             Decision::Deny(denial) => {
                 tracing::info!(user, reason = denial.reason.as_str(), source = %denial.source, "login denied by policy");
                 let reply = policy::refusal::reply(
@@ -908,7 +929,17 @@ impl<F: Frontend> Preauth<'_, F> {
             }
         }
 
-        let Some(connector) = generation.connector(&self.ctx.listener).cloned() else {
+        // Routing: the directory may place this user's mailboxes on another [[upstream]]
+        // (`upstream` on the user, a group policy or the OU); else the listener's. Each
+        // connector carries its own upstream's TLS, PROXY and ID settings.
+        let protocol_of = |name: &str| config.upstreams.get(name).map(|u| u.protocol);
+        let routed = policy::route(&config.directory, &user)
+            .and_then(|r| r.value.for_protocol(protocol, protocol_of))
+            .and_then(|name| generation.connectors.get(name));
+        let Some(connector) = routed
+            .or_else(|| generation.connector(&self.ctx.listener))
+            .cloned()
+        else {
             tracing::warn!(
                 user,
                 "listener has no upstream in the current configuration"
@@ -1066,10 +1097,11 @@ impl<F: Frontend> Preauth<'_, F> {
                 token: token.as_ref(),
                 authzid: None,
             };
-            matches!(
-                policy::decide(&generation.config.directory, &attempt),
-                Decision::Allow(_)
-            )
+            // A report-only refusal closes nothing: it would not refuse a new login either.
+            match policy::decide(&generation.config.directory, &attempt) {
+                Decision::Allow(_) => true,
+                Decision::Deny(denial) => !denial.enforced_at(std::time::SystemTime::now()),
+            }
         });
         let (end, totals) = splice::splice(
             down,

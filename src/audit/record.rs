@@ -9,7 +9,7 @@
 //! | event         | fields                                                                   |
 //! |---------------|--------------------------------------------------------------------------|
 //! | `connect`     | `listener`, `protocol`, `client`, `tls`, `sni`                           |
-//! | `auth`        | `user`, `ou`, `mechanism`, `client_id`, `issuer`, `decision`, `reason`, `policy_source`, `upstream` |
+//! | `auth`        | `user`, `ou`, `mechanism`, `client_id`, `client_name`, `issuer`, `decision`, `reason`, `policy_source`, `upstream` |
 //! | `session_end` | `bytes_up`, `bytes_down`, `duration_ms`, `end`                           |
 //! | `reload`      | `result`, `error`, `config_digest`                                       |
 //!
@@ -95,14 +95,30 @@ pub struct Auth {
     pub policy_source: Option<String>,
     /// The upstream's configured name, once one was chosen.
     pub upstream: Option<String>,
+    /// The client catalogue's name for `client_id` (`apple-ios-mail`), when it has one.
+    pub client_name: Option<String>,
+    /// A report-only policy (`enforce = false`) would have refused this login for this
+    /// reason, and let it through.
+    pub would_deny: Option<Reason>,
 }
 
 impl Auth {
+    /// `would_deny` for a login that went through although a report-only policy refuses it;
+    /// `allow` for `ok`; `deny` otherwise (a would-deny login the upstream then refused is a
+    /// `deny` with the upstream's reason).
     pub fn decision(&self) -> Verdict {
-        if self.reason == Reason::Ok {
-            Verdict::Allow
-        } else {
-            Verdict::Deny
+        match (self.reason, self.would_deny) {
+            (Reason::Ok, Some(_)) => Verdict::WouldDeny,
+            (Reason::Ok, None) => Verdict::Allow,
+            _ => Verdict::Deny,
+        }
+    }
+
+    /// The `reason` written: for a would-deny, the reason it would have been refused for.
+    pub fn written_reason(&self) -> Reason {
+        match (self.reason, self.would_deny) {
+            (Reason::Ok, Some(why)) => why,
+            (reason, _) => reason,
         }
     }
 }
@@ -133,6 +149,8 @@ pub const REASONS: [Reason; 16] = [
 pub enum Verdict {
     Allow,
     Deny,
+    /// Report only: refused by policy, let through (`enforce = false`).
+    WouldDeny,
 }
 
 impl Verdict {
@@ -140,6 +158,7 @@ impl Verdict {
         match self {
             Verdict::Allow => "allow",
             Verdict::Deny => "deny",
+            Verdict::WouldDeny => "would_deny",
         }
     }
 }
@@ -399,6 +418,7 @@ impl Serialize for Auth {
             ou: Option<&'a str>,
             mechanism: &'static str,
             client_id: Option<&'a str>,
+            client_name: Option<&'a str>,
             issuer: Option<&'a str>,
             decision: Verdict,
             reason: Reason,
@@ -410,9 +430,10 @@ impl Serialize for Auth {
             ou: self.ou.as_deref(),
             mechanism: self.mechanism.as_str(),
             client_id: self.client_id.as_deref(),
+            client_name: self.client_name.as_deref(),
             issuer: self.issuer.as_deref(),
             decision: self.decision(),
-            reason: self.reason,
+            reason: self.written_reason(),
             policy_source: self.policy_source.as_deref(),
             upstream: self.upstream.as_deref(),
         }

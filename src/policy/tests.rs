@@ -419,21 +419,6 @@ fn refusal_texts_name_what_is_off_and_whom_to_ask() {
     );
 }
 
-#[test]
-fn unwired_stand_in_allows() {
-    use crate::proto::{Credentials, LoginRequest};
-    use crate::secret::Secret;
-    let login = LoginRequest {
-        mechanism: ImapLogin,
-        credentials: Credentials::Password {
-            authzid: None,
-            user: "a".into(),
-            password: Secret::new(b"p".to_vec()),
-        },
-    };
-    assert!(matches!(unwired(&login, Imap), Decision::Allow(_)));
-}
-
 // ---- properties -------------------------------------------------------------------------------
 
 fn toml_bool(v: Option<bool>, key: &str) -> String {
