@@ -108,7 +108,7 @@ fn outcome(
     };
     let decision = decide(d, &attempt);
     // decide and explain are the same evaluation.
-    assert_eq!(explain(d, &attempt).decision, decision);
+    assert_eq!(explain(d, &attempt, std::time::SystemTime::now()).decision, decision);
     match decision {
         Decision::Allow(p) => ("ok".to_owned(), p.source),
         Decision::Deny(d) => (d.reason.as_str().to_owned(), d.source),
@@ -162,8 +162,10 @@ fn decision_order_table() {
         (Pop3, UserPass, "bob@example.com", None, "ok", "ou:/Sales"),
         (Pop3, Login, "bob@example.com", None, "ok", "ou:/Sales"),
         // step 4: OAuth
-        (Imap, XOAuth2, "bob@example.com", Some(apple("bob@example.com")), "ok", "ou:/"),
-        (Imap, OAuthBearer, "bob@example.com", Some(apple("bob@example.com")), "ok", "ou:/"),
+        // issue 13 item 5: an allowlisted client names the allowlist's source, not the IMAP
+        // switch's
+        (Imap, XOAuth2, "bob@example.com", Some(apple("bob@example.com")), "ok", "ou:/Sales"),
+        (Imap, OAuthBearer, "bob@example.com", Some(apple("bob@example.com")), "ok", "ou:/Sales"),
         (Imap, XOAuth2, "bob@example.com", Some(other("bob@example.com")), "client_not_allowed", "ou:/Sales"),
         (Imap, XOAuth2, "bob@example.com", Some(no_client("bob@example.com")), "client_not_allowed", "ou:/Sales"),
         (Pop3, XOAuth2, "bob@example.com", Some(other("bob@example.com")), "ok", "ou:/Sales"),
@@ -181,7 +183,7 @@ fn decision_order_table() {
         (Imap, ImapLogin, "frank@example.com", None, "ok", "group:pilot@example.com"),
         // case-insensitive emails, SASL user vs token user too
         (Imap, ImapLogin, "Alice@EXAMPLE.com", None, "ok", "ou:/"),
-        (Imap, XOAuth2, "BOB@example.com", Some(apple("bob@EXAMPLE.COM")), "ok", "ou:/"),
+        (Imap, XOAuth2, "BOB@example.com", Some(apple("bob@EXAMPLE.COM")), "ok", "ou:/Sales"),
     ];
     for (protocol, mechanism, user, token, reason, source) in &table {
         let got = outcome(&d, *protocol, *mechanism, user, token.as_ref());
@@ -231,7 +233,7 @@ fn default_ou_takes_unknown_users() {
         authzid: None,
     };
     assert_eq!(
-        explain(&d, &attempt).standing,
+        explain(&d, &attempt, std::time::SystemTime::now()).standing,
         Standing::DefaultOu { ou: "/".into() }
     );
 }
@@ -284,12 +286,14 @@ fn explanation_shows_sources_groups_and_decision() {
         token: Some(&t),
         authzid: None,
     };
-    let text = explain(&d, &attempt).to_string();
+    let text = explain(&d, &attempt, std::time::SystemTime::now()).to_string();
     for needle in [
         "user       frank@example.com (user, ou /Sales/Interns)",
         "client id  thunderbird",
-        "imap             on     group:pilot@example.com",
-        "pop              on     ou:/Sales",
+        "imap             on              group:pilot@example.com",
+        "pop              on              ou:/Sales",
+        "enforce          on              default",
+        "upstream         the listener's  listener",
         "pilot@example.com  direct; policy priority 10",
         "decision   allow (source group:pilot@example.com)",
     ] {
@@ -304,6 +308,7 @@ fn denial(reason: Reason) -> Denial {
         reason,
         source: "ou:/Sales".to_owned(),
         ou: Some("/Sales".into()),
+        enforce: None,
     }
 }
 
@@ -715,6 +720,7 @@ fn mailbox_not_assigned_reads_like_a_wrong_password() {
         reason: Reason::MailboxNotAssigned,
         source: SOURCE_DEFAULT.to_owned(),
         ou: None,
+        enforce: None,
     };
     let reply = reply(
         &denial,

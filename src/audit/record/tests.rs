@@ -39,6 +39,7 @@ fn schema(event: &str) -> &'static [(&'static str, Type)] {
             ("ou", StrOrNull),
             ("mechanism", Str),
             ("client_id", StrOrNull),
+            ("client_name", StrOrNull),
             ("issuer", StrOrNull),
             ("decision", Str),
             ("reason", Str),
@@ -133,6 +134,8 @@ fn auth(reason: Reason, mechanism: Mechanism) -> Auth {
         reason,
         policy_source: Some("ou:/Sales".to_owned()),
         upstream: Some("dovecot-imap".to_owned()),
+        client_name: None,
+        would_deny: None,
     }
 }
 
@@ -231,6 +234,8 @@ fn auth_schema_for_every_reason_and_mechanism() {
         reason: Reason::InvalidToken,
         policy_source: None,
         upstream: None,
+        client_name: None,
+        would_deny: None,
     };
     let m = round_trip(&rec(Some("s2"), Event::Auth(bare)));
     assert_eq!(m["user"], Value::Null);
