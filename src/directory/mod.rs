@@ -775,3 +775,6 @@ impl std::error::Error for Errors {}
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod restriction_tests;

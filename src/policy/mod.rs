@@ -348,3 +348,6 @@ pub const SOURCE_TOKEN: &str = "token";
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod rollout_tests;
