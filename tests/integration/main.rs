@@ -19,6 +19,8 @@
 //! - `names`: over-long user names stop at mailgate's front-end.
 //! - `ops_e2e`: audit records, session ends, rotation, HAProxy PROXY v2, the client address
 //!   in Dovecot's log, `/metrics` and `/readyz`: the operator surface end to end.
+//! - `rollout_e2e`: issue 13 on the wire: report-only policies (`would_deny`) and routing OUs
+//!   to their own Dovecot.
 //! - `spray`: password spraying (issue 10): the client address upstream against Dovecot's
 //!   auth penalty, refusals that take as long as upstream failures, a fleet sharing one Redis.
 //!
@@ -52,6 +54,7 @@ mod ops_e2e;
 mod policy_e2e;
 mod proxy;
 mod reload;
+mod rollout_e2e;
 mod secrets;
 mod spray;
 mod stalls;
