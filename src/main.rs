@@ -165,7 +165,9 @@ fn explain(
         policy::explain(&config.directory, &attempt, std::time::SystemTime::now())
     );
     println!("{}", routed(&config, protocol, user));
-    if let Decision::Deny(denial) = policy::decide(&config.directory, &attempt) {
+    if let Decision::Deny(denial) = policy::decide(&config.directory, &attempt)
+        && denial.enforced_at(std::time::SystemTime::now())
+    {
         let shown = policy::reply(
             &denial,
             protocol,
@@ -232,7 +234,10 @@ fn groups(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if json {
-        println!("{}", mailgate::directory::report::groups_json(&config.directory));
+        println!(
+            "{}",
+            mailgate::directory::report::groups_json(&config.directory)
+        );
     } else {
         println!("{}", mailgate::directory::report::groups(&config.directory));
     }

@@ -180,8 +180,9 @@ impl Config {
                 let offenders: Vec<&str> =
                     g.compliance.offenders.iter().map(|o| &*o.email).collect();
                 out.push(format!(
-                    "directory: group \"{}\" is non-compliant with its membership restriction \
-                     through nested members: {} (see `mailgate groups`)",
+                    "directory: group \"{}\" is non-compliant with its membership restriction: \
+                     {} (see `mailgate groups`; they gain nothing through its policy, and on a \
+                     reload only members already there may break it)",
                     g.email,
                     offenders.join(", ")
                 ));

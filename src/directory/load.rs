@@ -17,10 +17,9 @@ use super::file::{
     SettingsFile,
 };
 use super::{
-    Allow, Compliance, Directory, Enforce, Error, Errors, Group, GroupId, GroupPolicy,
-    GroupReport, ImapClients, Member, MemberKind, Membership, Offender, Ou, OuId,
-    PartialSettings, Principal, PrincipalKind, Restriction, Route, Rule, Settings, Source,
-    Sourced, domain,
+    Allow, Compliance, Directory, Enforce, Error, Errors, Group, GroupId, GroupPolicy, GroupReport,
+    ImapClients, Member, MemberKind, Membership, Offender, Ou, OuId, PartialSettings, Principal,
+    PrincipalKind, Restriction, Route, Rule, Settings, Source, Sourced, domain,
 };
 
 /// RFC 5321 section 4.5.3.1.3: a path is at most 256 octets, so an address at most 254.
@@ -559,7 +558,10 @@ impl Validator {
             if !ok {
                 self.invalid(
                     format!("{at}.name"),
-                    format!("{:?} is not a client name: 1 to 64 of a-z, 0-9 and -", c.name),
+                    format!(
+                        "{:?} is not a client name: 1 to 64 of a-z, 0-9 and -",
+                        c.name
+                    ),
                 );
                 continue;
             }
@@ -1043,11 +1045,16 @@ fn effective(principal: &Principal, ou: &Settings, groups: &[Group]) -> Settings
     };
     let imap_clients = {
         let get: fn(&PartialSettings) -> Option<&ImapClients> = |p| p.imap_clients.as_ref();
-        let (a, s) = (pick(&all, get, &ou.imap_clients), pick(&safe, get, &ou.imap_clients));
+        let (a, s) = (
+            pick(&all, get, &ou.imap_clients),
+            pick(&safe, get, &ou.imap_clients),
+        );
         match (&a.value, &s.value) {
             (ImapClients::All, ImapClients::Allowlist(_)) => s,
             (ImapClients::Allowlist(x), ImapClients::Allowlist(y)) if x != y => Sourced {
-                value: ImapClients::Allowlist(x.iter().filter(|id| y.contains(id)).cloned().collect()),
+                value: ImapClients::Allowlist(
+                    x.iter().filter(|id| y.contains(id)).cloned().collect(),
+                ),
                 source: a.source,
             },
             _ => a,

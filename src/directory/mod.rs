@@ -265,12 +265,19 @@ impl Restriction {
             .filter_map(|&k| match self.allows(k) {
                 Allow::No => None,
                 Allow::Any => Some(format!("member.type == {}", k.as_str())),
-                Allow::Internal => Some(format!("(member.type == {} && member.internal)", k.as_str())),
+                Allow::Internal => Some(format!(
+                    "(member.type == {} && member.internal)",
+                    k.as_str()
+                )),
             })
             .collect();
         match terms.len() {
             0 => "false".to_owned(),
-            1 => terms.concat().trim_start_matches('(').trim_end_matches(')').to_owned(),
+            1 => terms
+                .concat()
+                .trim_start_matches('(')
+                .trim_end_matches(')')
+                .to_owned(),
             _ => terms.join(" || "),
         }
     }

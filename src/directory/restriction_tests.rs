@@ -66,7 +66,10 @@ fn seven_restrictions_by_member_kind_and_origin() {
                         MemberKind::Group => {
                             format!("[[group]]\nemail = \"{email}\"\n{restriction}")
                         }
-                        k => format!("[[user]]\nemail = \"{email}\"\nou = \"/\"\nkind = \"{}\"\n", k.as_str()),
+                        k => format!(
+                            "[[user]]\nemail = \"{email}\"\nou = \"/\"\nkind = \"{}\"\n",
+                            k.as_str()
+                        ),
                     };
                     let group = |members: &str| {
                         format!(
@@ -98,7 +101,11 @@ fn seven_restrictions_by_member_kind_and_origin() {
                     assert_eq!(g.restriction.is_open(), open, "{case}");
                     // Added on this reload: refused at its key path. Already there: reported.
                     let added = with.added_offenders(&without);
-                    assert_eq!(added.len(), usize::from(want.is_some()), "{case}: {added:?}");
+                    assert_eq!(
+                        added.len(),
+                        usize::from(want.is_some()),
+                        "{case}: {added:?}"
+                    );
                     if let Some(e) = added.first() {
                         assert_eq!(e.path(), Some("group[0].members[0]"), "{case}");
                     }
@@ -178,7 +185,11 @@ fn a_child_must_carry_its_parents_restrictions() {
     ] {
         let d = load(&text(weaker));
         let parent = d.group_by_email("parent@example.com").unwrap();
-        assert_eq!(parent.compliance.state, Compliance::NonCompliant, "{weaker}");
+        assert_eq!(
+            parent.compliance.state,
+            Compliance::NonCompliant,
+            "{weaker}"
+        );
         assert_eq!(parent.compliance.offenders.len(), 1, "{weaker}");
         assert_eq!(parent.compliance.offenders[0].rule, Rule::Weaker);
         // a@example.com complies, but arrives only through the non-compliant child.
@@ -202,7 +213,11 @@ fn added_versus_already_there_on_reload() {
     let group = |members: &str, restricted: bool| {
         format!(
             "{users}[[group]]\nemail = \"team@example.com\"\nmembers = [{members}]\n{}",
-            if restricted { "internal_only = true\n" } else { "" }
+            if restricted {
+                "internal_only = true\n"
+            } else {
+                ""
+            }
         )
     };
     let before = load(&group("\"in@example.com\", \"ext@partner.example\"", false));
@@ -216,14 +231,21 @@ fn added_versus_already_there_on_reload() {
     let added = restricted.added_offenders(&running);
     assert_eq!(added.len(), 1, "{added:?}");
     assert_eq!(added[0].path(), Some("group[0].members[1]"));
-    assert!(added[0].to_string().contains("ext@partner.example"), "{}", added[0]);
+    assert!(
+        added[0].to_string().contains("ext@partner.example"),
+        "{}",
+        added[0]
+    );
     // A group new in this file: every member is added.
     let empty = load(users);
     assert_eq!(restricted.added_offenders(&empty).len(), 1);
     // Adding a compliant member next to a grandfathered offender is fine.
     let grown = load(&format!(
         "{}[[user]]\nemail = \"in2@example.com\"\nou = \"/\"\n",
-        group("\"in@example.com\", \"ext@partner.example\", \"in2@example.com\"", true)
+        group(
+            "\"in@example.com\", \"ext@partner.example\", \"in2@example.com\"",
+            true
+        )
     ));
     assert!(grown.added_offenders(&restricted).is_empty());
 }

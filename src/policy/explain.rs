@@ -108,8 +108,15 @@ pub(super) fn build(
     let client_id = attempt.token.and_then(|t| t.client_id.clone());
     let imap_clients = settings.as_ref().map(|s| match &s.imap_clients.value {
         ImapClients::All => "all".to_owned(),
+        // A catalogued client by its name (once for all its IDs), anything else by its ID.
         ImapClients::Allowlist(ids) => {
-            let shown: Vec<String> = ids.iter().map(|id| catalogue.label(id)).collect();
+            let mut shown: Vec<&str> = Vec::new();
+            for id in ids.iter() {
+                let label = catalogue.name_of(id).unwrap_or(id);
+                if !shown.contains(&label) {
+                    shown.push(label);
+                }
+            }
             format!("allowlist [{}]", shown.join(", "))
         }
     });

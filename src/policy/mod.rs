@@ -34,7 +34,9 @@ use std::sync::Arc;
 
 use std::time::SystemTime;
 
-use crate::directory::{self, Directory, Enforce, ImapClients, Ou, Principal, Route, Settings, Sourced};
+use crate::directory::{
+    self, Directory, Enforce, ImapClients, Ou, Principal, Route, Settings, Sourced,
+};
 use crate::proto::{Mechanism, Protocol, ReplyClass};
 
 mod explain;

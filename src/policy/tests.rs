@@ -108,7 +108,10 @@ fn outcome(
     };
     let decision = decide(d, &attempt);
     // decide and explain are the same evaluation.
-    assert_eq!(explain(d, &attempt, std::time::SystemTime::now()).decision, decision);
+    assert_eq!(
+        explain(d, &attempt, std::time::SystemTime::now()).decision,
+        decision
+    );
     match decision {
         Decision::Allow(p) => ("ok".to_owned(), p.source),
         Decision::Deny(d) => (d.reason.as_str().to_owned(), d.source),

@@ -48,7 +48,14 @@ async fn imap(port: u16, user: &str, expect_fail: bool) -> Value {
     let password = format!("{}-secret", user.split('@').next().unwrap_or(""));
     let port = port.to_string();
     let mut args = vec![
-        "--port", &port, "--tls", "none", "--user", user, "--password", &password,
+        "--port",
+        &port,
+        "--tls",
+        "none",
+        "--user",
+        user,
+        "--password",
+        &password,
     ];
     if expect_fail {
         args.push("--expect-fail");
@@ -186,8 +193,10 @@ ou = "/New"
     // The new Dovecot saw the IMAP login on its plain port protected by TLS: mailgate said
     // STARTTLS, as new-imap's `tls = "starttls"` asks (up-imap is implicit TLS).
     assert!(
-        new_log.lines().any(|l| l.contains("imap-login: Info: Login: user=<nina@example.com>")
-            && l.contains(", TLS,")),
+        new_log.lines().any(
+            |l| l.contains("imap-login: Info: Login: user=<nina@example.com>")
+                && l.contains(", TLS,")
+        ),
         "{new_log}"
     );
 
@@ -214,4 +223,67 @@ ou = "/New"
         };
         assert_eq!(upstream, want, "{upstreams:?}");
     }
+}
+
+/// A reload judges "added" against the directory in force: a member that breaks a group's
+/// restriction and was not in it is refused with its key path, and the old policy keeps
+/// serving; once a member is in, adding the restriction later only reports it.
+#[tokio::test]
+async fn a_reload_refuses_an_added_offender_and_reports_one_already_there() {
+    let dovecot = Dovecot::builder().users(users(&["alice"])).start();
+    let directory = |members: &str, restricted: bool| {
+        format!(
+            "internal_domains = [\"example.com\"]\n[[ou]]\npath = \"/\"\npop = true\nimap = true\n\
+             imap_clients = \"all\"\npassword_logins = true\n\
+             [[user]]\nemail = \"alice@example.com\"\nou = \"/\"\n\
+             [[user]]\nemail = \"pat@contractor.example\"\nou = \"/\"\n\
+             [[group]]\nemail = \"staff@example.com\"\nmembers = [{members}]\n{}",
+            if restricted {
+                "internal_only = true\n"
+            } else {
+                ""
+            }
+        )
+    };
+    let mailgate = Mailgate::builder(&dovecot)
+        .policy(&directory("\"alice@example.com\"", true), "")
+        .start()
+        .await;
+    let reload = |text: String| {
+        let mut config = mailgate.reloader.shared().current().config.as_ref().clone();
+        config.directory = std::sync::Arc::new(
+            mailgate::directory::Directory::from_toml(&text).expect("directory loads"),
+        );
+        mailgate.reloader.reload(config)
+    };
+    let both = "\"alice@example.com\", \"pat@contractor.example\"";
+    // Added to a restricted group: refused, at its key path.
+    let refused = reload(directory(both, true)).expect_err("added offender refused");
+    let text = refused.to_string();
+    assert!(text.contains("group[0].members[1]"), "{text}");
+    assert!(text.contains("pat@contractor.example"), "{text}");
+    let current = mailgate.reloader.shared().current();
+    assert_eq!(
+        current
+            .config
+            .directory
+            .group_by_email("staff@example.com")
+            .map(|g| g.members.len()),
+        Some(1),
+        "the old directory keeps serving"
+    );
+    // Added while the group was open, then the restriction comes: reported, not refused.
+    reload(directory(both, false)).expect("open group takes anyone");
+    reload(directory(both, true)).expect("already there: reported");
+    let current = mailgate.reloader.shared().current();
+    let staff = current
+        .config
+        .directory
+        .group_by_email("staff@example.com")
+        .expect("group");
+    assert_eq!(staff.compliance.state.as_str(), "non-compliant");
+    assert_eq!(
+        &*staff.compliance.offenders[0].email,
+        "pat@contractor.example"
+    );
 }
