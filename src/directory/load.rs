@@ -998,8 +998,8 @@ impl Validator {
     }
 }
 
-/// The order of the hosted console: user switch (off only), then the group policy with the
-/// lowest priority number that sets the value, then the OU's effective value.
+/// docs/policy.md order: user switch (off only), then the group policy with the lowest priority
+/// number that sets the value, then the OU's effective value.
 ///
 /// A non-compliant membership (the principal breaks the group's restriction, or arrives only
 /// through a nested group that does) never *grants* through that group's policy: each setting is
