@@ -269,3 +269,71 @@ fn help_shows_examples() {
         );
     }
 }
+
+/// Fenced blocks of `file` (relative to the repository) as lists of lines.
+fn fenced_blocks(file: &str) -> Vec<Vec<String>> {
+    let text =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+    let mut blocks = Vec::new();
+    // (lines so far, the fence's indentation: a block inside a list item is indented)
+    let mut current: Option<(Vec<String>, String)> = None;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("```") {
+            match current.take() {
+                Some((block, _)) => blocks.push(block),
+                None => current = Some((Vec::new(), line[..line.len() - trimmed.len()].to_owned())),
+            }
+        } else if let Some((block, indent)) = current.as_mut() {
+            block.push(
+                line.strip_prefix(indent.as_str())
+                    .unwrap_or(line)
+                    .to_owned(),
+            );
+        }
+    }
+    blocks
+}
+
+/// The `$ mailgate ...` examples in docs/policy.md are real: each command, run on the shipped
+/// config, prints exactly the output shown under it. README's excerpt of `mailgate groups` is
+/// part of that real output.
+#[test]
+fn documented_explain_and_groups_output_is_real() {
+    let config = shipped();
+    let mut checked = 0;
+    for block in fenced_blocks("docs/policy.md") {
+        let Some(command) = block.first().and_then(|l| l.strip_prefix("$ mailgate ")) else {
+            continue;
+        };
+        let mut args: Vec<&str> = command.split_whitespace().collect();
+        args.extend_from_slice(&["--config", config.to_str().unwrap()]);
+        let out = mailgate(&args);
+        assert_eq!(out.status.code(), Some(0), "{command}");
+        let got = String::from_utf8(out.stdout).unwrap();
+        let want = block[1..].join("\n");
+        assert_eq!(
+            got.trim_end(),
+            want.trim_end(),
+            "docs/policy.md: $ mailgate {command}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} examples found");
+
+    let groups = mailgate(&["groups", "--config", config.to_str().unwrap()]);
+    let groups = String::from_utf8(groups.stdout).unwrap();
+    let excerpt = fenced_blocks("README.md")
+        .into_iter()
+        .find(|b| {
+            b.iter()
+                .any(|l| l.contains("all-staff@example.com    non-compliant"))
+        })
+        .expect("README shows a groups excerpt");
+    for line in excerpt {
+        assert!(
+            groups.lines().any(|g| g == line),
+            "README line {line:?} not in\n{groups}"
+        );
+    }
+}
