@@ -258,9 +258,11 @@ fn added_versus_already_there_on_reload() {
 struct Org {
     /// (kind is service, external)
     principals: Vec<(bool, bool)>,
-    /// (members as principal indexes, nested group indexes, restriction)
-    groups: Vec<(Vec<usize>, Vec<usize>, Option<[Allow; 3]>)>,
+    groups: Vec<TestGroup>,
 }
+
+/// (members as principal indexes, nested group indexes, restriction)
+type TestGroup = (Vec<usize>, Vec<usize>, Option<[Allow; 3]>);
 
 fn allow() -> impl Strategy<Value = Allow> {
     prop_oneof![Just(Allow::No), Just(Allow::Internal), Just(Allow::Any)]
