@@ -71,8 +71,9 @@ pub enum Error {
     UnknownUpstream { listener: String, upstream: String },
     #[error("oauth: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    /// Members added on this reload that break their group's restriction.
     #[error("{0}")]
-    Directory(crate::directory::Errors),
+    AddedOffenders(crate::directory::Errors),
 }
 
 /// Long-lived services every session reports to. Not swapped on reload.
@@ -262,7 +263,7 @@ impl Reloader {
         // running directory's group is refused here; one that was is reported (`groups`).
         let added = config.directory.added_offenders(&old.config.directory);
         if !added.is_empty() {
-            return Err(Error::Directory(crate::directory::Errors(added)));
+            return Err(Error::AddedOffenders(crate::directory::Errors(added)));
         }
         let next = Generation::build(config, old.number + 1)?;
         // What the old generation learnt of an upstream holds until the new probe answers.
