@@ -185,6 +185,12 @@ impl Validator<'_> {
             disclose_reasons: p.disclose_reasons.unwrap_or_default(),
             contact,
             revoke_on_reload: p.revoke_on_reload.unwrap_or(false),
+            ldap: p
+                .ldap
+                .clone()
+                .and_then(|l| super::ldap::validate(l, self.base_dir, &mut self.errors))
+                .map(Arc::new),
+            directory_text: Arc::from(""),
         };
         let fallback = Arc::new(Directory::allow_all());
         if p.directory.is_empty() {
@@ -205,6 +211,10 @@ impl Validator<'_> {
                 );
                 return (config, fallback);
             }
+        };
+        let config = PolicyConfig {
+            directory_text: Arc::from(text.as_str()),
+            ..config
         };
         let directory = match Directory::from_toml(&text) {
             Ok(d) => d,
