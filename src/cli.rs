@@ -96,11 +96,9 @@ pub enum DirectoryCommand {
     /// Sync from the directory server now, through the running mailgate's admin listener
     /// (loopback). Prints the changes: users added, removed, moved between OUs, suspended;
     /// groups changed.
-    #[command(
-        after_help = "Examples:\n  mailgate directory sync --dry-run\n  \
+    #[command(after_help = "Examples:\n  mailgate directory sync --dry-run\n  \
                       mailgate directory sync\n  \
-                      mailgate directory sync --force   # past the max_removed_fraction safety valve"
-    )]
+                      mailgate directory sync --force   # past the max_removed_fraction safety valve")]
     Sync(SyncArgs),
 }
 

@@ -93,7 +93,9 @@ fn check(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
                     snapshot.users.len(),
                     snapshot.groups.len()
                 ),
-                Err(e) => problems.push(format!("policy.ldap: the synced directory is invalid:\n{e}")),
+                Err(e) => problems.push(format!(
+                    "policy.ldap: the synced directory is invalid:\n{e}"
+                )),
             },
             Err(e) => problems.push(format!("policy.ldap: {e}")),
         }
@@ -136,7 +138,9 @@ fn load_or_report(path: &Path) -> Option<Config> {
         .map(mailgate::ldap::sync::read_cache)
     {
         Some(Ok((snapshot, age))) => {
-            eprintln!("note: organisation from the LDAP cache file (last applied sync, {age} s old)");
+            eprintln!(
+                "note: organisation from the LDAP cache file (last applied sync, {age} s old)"
+            );
             snapshot
         }
         _ => match ldap_now(&config, &ldap) {

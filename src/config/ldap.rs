@@ -202,7 +202,10 @@ pub(super) fn validate(
         Some(Urls::Many(u)) => u,
     };
     if urls.is_empty() {
-        invalid("url", "give at least one ldap:// or ldaps:// URL".to_owned());
+        invalid(
+            "url",
+            "give at least one ldap:// or ldaps:// URL".to_owned(),
+        );
     }
     let starttls = f.starttls.unwrap_or(true);
     for u in &urls {

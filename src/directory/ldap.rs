@@ -144,8 +144,11 @@ pub fn merge(text: &str, snapshot: &Snapshot) -> Result<Directory, Errors> {
         match file_groups.get(&g.email) {
             Some(&pos) => {
                 if let Some((_, file_group)) = parsed.groups.get_mut(pos) {
-                    let mut have: HashSet<String> =
-                        file_group.members.iter().map(|m| m.to_lowercase()).collect();
+                    let mut have: HashSet<String> = file_group
+                        .members
+                        .iter()
+                        .map(|m| m.to_lowercase())
+                        .collect();
                     for m in &g.members {
                         if have.insert(m.clone()) {
                             file_group.members.push(m.clone());

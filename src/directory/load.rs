@@ -12,12 +12,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::file::{self, GroupFile, ImapClientsFile, OuFile, PrincipalKindFile, SettingsFile};
+use super::ldap::Origin;
 use super::{
     Compliance, Directory, Error, Errors, Group, GroupId, GroupPolicy, GroupReport, ImapClients,
     Member, MemberKind, Membership, Offender, Ou, OuId, PartialSettings, Principal, PrincipalKind,
     Restriction, Rule, Settings, Source, Sourced, domain,
 };
-use super::ldap::Origin;
 
 /// RFC 5321 section 4.5.3.1.3: a path is at most 256 octets, so an address at most 254.
 const MAX_EMAIL_LEN: usize = 254;

@@ -125,16 +125,14 @@ async fn fetch_from(config: &LdapConfig, url: &str) -> Result<Snapshot, SyncErro
             .set_config(client_tls(config).map_err(connect_err)?)
             .set_starttls(!tls && config.starttls);
     }
-    let (conn, mut ldap) = tokio::time::timeout(
-        timeout,
-        LdapConnAsync::with_settings(settings, url),
-    )
-    .await
-    .map_err(|_| SyncError::Timeout {
-        what: format!("connecting to {url}"),
-        after: timeout,
-    })?
-    .map_err(|e| connect_err(e.to_string()))?;
+    let (conn, mut ldap) =
+        tokio::time::timeout(timeout, LdapConnAsync::with_settings(settings, url))
+            .await
+            .map_err(|_| SyncError::Timeout {
+                what: format!("connecting to {url}"),
+                after: timeout,
+            })?
+            .map_err(|e| connect_err(e.to_string()))?;
     let driver = tokio::spawn(async move {
         if let Err(e) = conn.drive().await {
             tracing::debug!(error = %e, "LDAP connection ended");
@@ -146,7 +144,11 @@ async fn fetch_from(config: &LdapConfig, url: &str) -> Result<Snapshot, SyncErro
     result
 }
 
-async fn read(config: &LdapConfig, url: &str, ldap: &mut ldap3::Ldap) -> Result<Snapshot, SyncError> {
+async fn read(
+    config: &LdapConfig,
+    url: &str,
+    ldap: &mut ldap3::Ldap,
+) -> Result<Snapshot, SyncError> {
     let timeout = config.timeout;
     if let Some((dn, password)) = &config.bind {
         let bind_err = |reason: String| SyncError::Bind {
@@ -201,8 +203,10 @@ async fn search(
         reason,
     };
     let page = i32::try_from(config.page_size).unwrap_or(500);
-    let adapters: Vec<Box<dyn ldap3::adapters::Adapter<_, _>>> =
-        vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(page))];
+    let adapters: Vec<Box<dyn ldap3::adapters::Adapter<_, _>>> = vec![
+        Box::new(EntriesOnly::new()),
+        Box::new(PagedResults::new(page)),
+    ];
     let timed_out = || SyncError::Timeout {
         what: format!("search below {:?}", config.base_dn),
         after: timeout,
@@ -274,10 +278,17 @@ fn map_entries(config: &LdapConfig, users: Vec<SearchEntry>, groups: Vec<SearchE
     let mut snapshot = Snapshot::default();
     let mut by_dn: HashMap<String, String> = HashMap::new();
     for entry in users {
-        let Some(email) = u.email.iter().find_map(|a| attr(&entry, a)).and_then(email_of) else {
-            snapshot
-                .skipped
-                .push(format!("user {}: no usable {}", entry.dn, u.email.join(" or ")));
+        let Some(email) = u
+            .email
+            .iter()
+            .find_map(|a| attr(&entry, a))
+            .and_then(email_of)
+        else {
+            snapshot.skipped.push(format!(
+                "user {}: no usable {}",
+                entry.dn,
+                u.email.join(" or ")
+            ));
             continue;
         };
         let Some(path) = ou_path(&entry.dn, &config.base_dn) else {

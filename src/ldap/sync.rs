@@ -127,7 +127,9 @@ impl Syncer {
                 continue;
             }
             // Without LDAP, wait for a reload that may add it.
-            let refresh = ldap.as_ref().map_or(Duration::from_secs(3600), |l| l.refresh);
+            let refresh = ldap
+                .as_ref()
+                .map_or(Duration::from_secs(3600), |l| l.refresh);
             let trigger = tokio::select! {
                 () = tokio::time::sleep(refresh) => "refresh",
                 () = self.inner.wake.notified() => "admin",
@@ -357,7 +359,12 @@ fn record_failure(
 /// Entries left out and OU settings no LDAP user reaches: worth a look, never an error.
 fn warn_about(directory_text: &str, snapshot: &Snapshot) {
     if !snapshot.skipped.is_empty() {
-        let first: Vec<&str> = snapshot.skipped.iter().take(5).map(String::as_str).collect();
+        let first: Vec<&str> = snapshot
+            .skipped
+            .iter()
+            .take(5)
+            .map(String::as_str)
+            .collect();
         tracing::warn!(
             count = snapshot.skipped.len(),
             first = %first.join("; "),
@@ -423,7 +430,9 @@ pub enum Origin {
     FileOnly,
     Server,
     /// The server could not be read; `cache_file`, this many seconds old.
-    Cache { age_secs: u64 },
+    Cache {
+        age_secs: u64,
+    },
 }
 
 /// Start-up: `config` with its directory merged from a first sync, or — when the server cannot

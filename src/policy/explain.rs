@@ -204,7 +204,11 @@ impl fmt::Display for Explanation {
                     Some(p) => format!("policy priority {p}"),
                     None => "no policy".to_owned(),
                 };
-                writeln!(f, "  {:<width$}  {how}; {policy}; from {}", g.email, g.origin)?;
+                writeln!(
+                    f,
+                    "  {:<width$}  {how}; {policy}; from {}",
+                    g.email, g.origin
+                )?;
             }
         }
         writeln!(f)?;

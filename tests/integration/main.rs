@@ -4,6 +4,9 @@
 //! - [`pki`]: a test CA and leaf certificates made at test time.
 //! - [`fixtures`]: the messages each harness mailbox starts with.
 //! - [`redis`]: a private `redis-server` per test (the fleet's shared counter store).
+//! - [`slapd`]: a private OpenLDAP `slapd` per test (the organisation's directory server).
+//! - `ldap`: `[policy.ldap]` against it: presets, TLS, paging, fail-static syncs, the safety
+//!   valve, the cache file, a login decision that follows an LDAP move.
 //! - [`util`]: free ports, external clients with timeouts, digests, raw line clients.
 //! - `direct`: the clients against the harness Dovecot with no proxy, proving the harness.
 //! - [`mailgate`]: mailgate in-process on free ports in front of a harness Dovecot.
@@ -22,7 +25,7 @@
 //! - `spray`: password spraying (issue 10): the client address upstream against Dovecot's
 //!   auth penalty, refusals that take as long as upstream failures, a fleet sharing one Redis.
 //!
-//! Needs `dovecot`, `python3`, `curl` and `node` with `tests/idp/node_modules` (`scripts/install-test-deps` installs them).
+//! Needs `dovecot`, `slapd` and `ldap-utils`, `python3`, `curl` and `node` with `tests/idp/node_modules` (`scripts/install-test-deps` installs them).
 
 // This whole crate is test code: a failed `expect` is how a helper fails its test, with the
 // message saying what was expected. (clippy's allow-*-in-tests covers only `#[test]` fns.)
@@ -34,6 +37,7 @@ mod fixtures;
 mod idp;
 mod pki;
 mod redis;
+mod slapd;
 mod util;
 
 mod abuse;
@@ -42,6 +46,7 @@ mod audit_e2e;
 mod capabilities;
 mod direct;
 mod faults;
+mod ldap;
 mod lifecycle;
 mod lockout;
 mod mailgate;
