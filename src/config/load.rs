@@ -216,7 +216,13 @@ impl Validator<'_> {
             directory_text: Arc::from(text.as_str()),
             ..config
         };
-        let directory = match Directory::from_toml(&text) {
+        // With LDAP the file may leave OU ancestors and group members to the sync; checked
+        // here as it merges with an empty one.
+        let parsed = match &config.ldap {
+            Some(_) => Directory::from_toml_and_ldap(&text, &Default::default()),
+            None => Directory::from_toml(&text),
+        };
+        let directory = match parsed {
             Ok(d) => d,
             Err(errors) => {
                 for error in errors.0 {

@@ -79,20 +79,27 @@ impl Snapshot {
 
     /// Every OU path an LDAP user sits in, with its ancestors.
     pub fn ou_paths(&self) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        for u in &self.users {
-            let mut at = u.ou.as_str();
-            loop {
-                out.insert(at.to_owned());
-                match at.rfind('/') {
-                    Some(0) if at.len() > 1 => at = "/",
-                    Some(i) if i > 0 => at = &at[..i],
-                    _ => break,
-                }
-            }
-        }
-        out
+        self.users.iter().flat_map(|u| ancestors(&u.ou)).collect()
     }
+}
+
+/// `/Sales/Interns` → `/Sales/Interns`, `/Sales`, `/`. Not an OU path (no leading `/`): none,
+/// the validator reports it.
+fn ancestors(path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if !path.starts_with('/') {
+        return out;
+    }
+    let mut at = path;
+    loop {
+        out.push(at.to_owned());
+        match at.rfind('/') {
+            Some(0) if at.len() > 1 => at = "/",
+            Some(i) if i > 0 => at = &at[..i],
+            _ => break,
+        }
+    }
+    out
 }
 
 /// Offsets past any realistic file index: an LDAP entry's index in the merged
@@ -108,7 +115,13 @@ pub fn merge(text: &str, snapshot: &Snapshot) -> Result<Directory, Errors> {
     }
     let declared: HashSet<String> = parsed.ous.iter().map(|(_, o)| o.path.clone()).collect();
     let mut next_ou = parsed.ous.len();
-    for path in snapshot.ou_paths() {
+    // The file sets OU settings by path; the tree itself is LDAP's, so a file OU's ancestors
+    // need not be declared (`/Sales/Interns` alone is enough).
+    let mut paths = snapshot.ou_paths();
+    for path in &declared {
+        paths.extend(ancestors(path));
+    }
+    for path in paths {
         if !declared.contains(&path) {
             parsed.ous.push((LDAP_INDEX + next_ou, implicit_ou(path)));
             next_ou += 1;

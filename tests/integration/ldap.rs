@@ -548,7 +548,10 @@ async fn an_ldap_move_flips_a_real_imap_login_after_the_next_sync() {
         "starttls = false\nrefresh = \"1s\"",
     );
     let mailgate = builder
-        .policy(POLICY, &format!("revoke_on_reload = true\n{section}"))
+        .policy(
+            POLICY,
+            &format!("revoke_on_reload = true\ndisclose_reasons = \"always\"\n{section}"),
+        )
         .start_ldap(Services::default())
         .await
         .expect("start");

@@ -6,7 +6,9 @@
 //! `ldapmodify` / `ldapdelete` / `ldapmodrdn` as the root DN.
 //!
 //! The suffix is `dc=example,dc=com`; mailgate binds as `cn=mailgate,dc=example,dc=com` with
-//! [`READER_PASSWORD`]. `pwdAccountLockedTime` comes from the `ppolicy` overlay.
+//! [`READER_PASSWORD`]. `pwdAccountLockedTime` comes from the `ppolicy` overlay. Like Active
+//! Directory (MaxPageSize 1000) the server answers a plain search with at most 500 entries
+//! (`sizeLimitExceeded` beyond), while a paged search may return any number.
 //!
 //! Active Directory entries are imitated with [`AD_SCHEMA`], a small test-only schema (labelled
 //! as such, private OIDs) for `user`, `group`, `sAMAccountName`, `userPrincipalName`,
@@ -69,13 +71,13 @@ impl Slapd {
              TLSCACertificateFile {repo}/certs/ca.pem\n\
              TLSCertificateFile {repo}/certs/localhost.pem\n\
              TLSCertificateKeyFile {repo}/certs/localhost.key\n\
-             sizelimit 500\n\
              database mdb\n\
              suffix \"{BASE}\"\n\
              rootdn \"{ROOT_DN}\"\n\
              rootpw {ROOT_PASSWORD}\n\
              directory {dir}/db\n\
              maxsize 4294967296\n\
+             limits * size.soft=500 size.hard=500 size.prtotal=unlimited\n\
              overlay ppolicy\n",
             dir = dir.path().display()
         );
@@ -221,9 +223,10 @@ impl Slapd {
         self.tool("ldapmodrdn", &["-r", "-s", new_parent, dn, rdn], "");
     }
 
-    /// Deletes the entries, one DN per line.
+    /// Deletes the entries.
     pub fn delete(&self, dns: &[String]) {
-        self.tool("ldapdelete", &[], &dns.join("\n"));
+        let args: Vec<&str> = dns.iter().map(String::as_str).collect();
+        self.tool("ldapdelete", &args, "");
     }
 
     pub fn dir(&self) -> PathBuf {
