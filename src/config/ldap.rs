@@ -288,9 +288,9 @@ pub(super) fn validate(
         ("user_filter", &users.filter),
         ("group_filter", &groups.filter),
     ] {
-        if !filter.starts_with('(') || !filter.ends_with(')') {
-            invalid(key, format!("{filter:?} is not an LDAP filter (RFC 4515)"));
-        } else if ldap3::parse_filter(filter).is_err() {
+        // A filter must be parenthesised (RFC 4515 section 3); ldap3 accepts a bare one.
+        let parenthesised = filter.starts_with('(') && filter.ends_with(')');
+        if !parenthesised || ldap3::parse_filter(filter).is_err() {
             invalid(key, format!("{filter:?} is not an LDAP filter (RFC 4515)"));
         }
     }
