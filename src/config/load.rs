@@ -218,9 +218,12 @@ impl Validator<'_> {
         };
         // With LDAP the file may leave OU ancestors and group members to the sync; checked
         // here as it merges with an empty one.
-        let parsed = match &config.ldap {
-            Some(_) => Directory::from_toml_and_ldap(&text, &Default::default()),
-            None => Directory::from_toml(&text),
+        // (By the table, not its validated form: an error there is reported once, not again
+        // as a knock-on error about the file's OU tree.)
+        let parsed = if p.ldap.is_some() {
+            Directory::from_toml_and_ldap(&text, &Default::default())
+        } else {
+            Directory::from_toml(&text)
         };
         let directory = match parsed {
             Ok(d) => d,
