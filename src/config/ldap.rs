@@ -228,6 +228,7 @@ pub(super) fn validate(
             "missing or not a DN (e.g. \"dc=example,dc=com\")".to_owned(),
         );
     }
+    let mut password_failed = false;
     let password = match super::secret_ref::resolve(
         "bind_password",
         f.bind_password.as_deref(),
@@ -238,12 +239,15 @@ pub(super) fn validate(
         Ok(p) => p,
         Err((key, message)) => {
             invalid(&key, message);
+            password_failed = true;
             None
         }
     };
     let bind = match (f.bind_dn, password) {
         (Some(dn), Some(pw)) => Some((dn, pw)),
         (None, None) => None,
+        // Already reported (unreadable file, unset variable).
+        (Some(_), None) if password_failed => None,
         (Some(_), None) => {
             invalid(
                 "bind_password_file",

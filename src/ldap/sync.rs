@@ -118,13 +118,15 @@ impl Syncer {
             let current = shared.current();
             let ldap = current.config.policy.ldap.clone();
             if ldap.is_some() && shared.ldap_snapshot().is_none() {
+                // A reload added `[policy.ldap]`: sync now rather than a `refresh` later. On
+                // failure this falls through to the wait below, so a server that is down is
+                // retried every `refresh`, not in a tight loop.
                 self.sync(Request {
                     force: false,
                     dry_run: false,
                     trigger: "reload",
                 })
                 .await;
-                continue;
             }
             // Without LDAP, wait for a reload that may add it.
             let refresh = ldap
@@ -537,7 +539,11 @@ async fn sync_route(
             }
         }
     }
-    let report = syncer.sync(request).await;
+    // Its own task: a client that gives up (or the admin listener's `request_timeout`) must
+    // not cancel a sync half-way; it completes, is logged and audited, and the answer is lost.
+    let Ok(report) = tokio::spawn(async move { syncer.sync(request).await }).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
     let status = if report.applied || (report.dry_run && report.cause.is_none()) {
         StatusCode::OK
     } else {

@@ -752,3 +752,98 @@ async fn check_and_dry_run_from_the_command_line() {
         "{text}"
     );
 }
+
+/// `mailgate directory sync` against the running mailgate's admin listener
+/// (`POST /directory/sync`): refused by the safety valve with the reason and exit 1, applied
+/// with `--force`; a request without the admin header is refused.
+#[tokio::test]
+async fn directory_sync_through_the_admin_listener() {
+    let mut ldif = ou("Sales", BASE);
+    for i in 0..10 {
+        ldif += &person(&format!("a{i}"), &sales(), "");
+    }
+    let slapd = Slapd::start(&ldif);
+    let mailgate = start(&slapd, "", Services::default()).await.expect("sync");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let admin = listener.local_addr().expect("addr");
+    let routes = mailgate::ldap::sync::routes(syncer(&mailgate).clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(mailgate::admin::serve_router(
+        listener,
+        routes,
+        mailgate::config::Admin::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let half: Vec<String> = (0..5).map(|i| dn(&format!("a{i}"), &sales())).collect();
+    slapd.delete(&half);
+    // The command needs a config only for `[policy.ldap]`; the admin address is given.
+    let dir = tempfile::tempdir().expect("dir");
+    let config_path = dir.path().join("mailgate.toml");
+    let mut builder = no_upstream();
+    let files = builder.files();
+    let section = ldap_section(
+        &files,
+        &format!("\"{}\"", slapd.url()),
+        READER_PASSWORD,
+        "starttls = false",
+    );
+    // Kept until the end: it owns the directory and password files the config names.
+    let builder = builder.policy(POLICY, &section);
+    std::fs::write(&config_path, builder.toml()).expect("config");
+    let admin_arg = admin.to_string();
+    let run = |extra: &'static [&'static str]| {
+        let config_path = config_path.clone();
+        let admin_arg = admin_arg.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_mailgate"))
+                .args(["directory", "sync", "--admin", &admin_arg, "--config"])
+                .arg(&config_path)
+                .args(extra)
+                .output()
+                .expect("mailgate runs")
+        })
+    };
+    let out = tokio::time::timeout(Duration::from_secs(60), run(&[]))
+        .await
+        .expect("bounded")
+        .expect("joined");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("safety valve") && text.contains("5 of 10"),
+        "{text}"
+    );
+    assert!(directory(&mailgate).principal("a0@example.com").is_some());
+    let out = tokio::time::timeout(Duration::from_secs(60), run(&["--force"]))
+        .await
+        .expect("bounded")
+        .expect("joined");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("user removed    a0@example.com") && text.contains("applied: 5 user(s)"),
+        "{text}"
+    );
+    assert!(directory(&mailgate).principal("a0@example.com").is_none());
+    // Without the header: refused, nothing run.
+    let out = crate::util::run_curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        &format!("http://{admin}/directory/sync"),
+    ])
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+}
