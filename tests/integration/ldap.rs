@@ -53,6 +53,15 @@ fn sales() -> String {
     format!("ou=Sales,{BASE}")
 }
 
+/// `ou=Sales` holding `n` people `{prefix}0…` (numbers zero-padded to `width`).
+fn sales_people(prefix: &str, n: usize, width: usize) -> String {
+    let mut ldif = ou("Sales", BASE);
+    for i in 0..n {
+        ldif += &person(&format!("{prefix}{i:0width$}"), &sales(), "");
+    }
+    ldif
+}
+
 fn groups_ou() -> String {
     format!("ou=Groups,{BASE}")
 }
@@ -388,11 +397,7 @@ async fn server_down_keeps_the_directory_and_the_next_sync_after_it_returns_appl
 /// of them proves the paged search (RFC 2696, 500 a page by default).
 #[tokio::test]
 async fn twenty_five_hundred_users_arrive_through_paged_search() {
-    let mut ldif = ou("Sales", BASE);
-    for i in 0..2500 {
-        ldif += &person(&format!("user{i:04}"), &sales(), "");
-    }
-    let slapd = Slapd::start(&ldif);
+    let slapd = Slapd::start(&sales_people("user", 2500, 4));
     // Proof that the server caps an unpaged search.
     let out = std::process::Command::new("/usr/bin/ldapsearch")
         .args([
@@ -428,11 +433,7 @@ async fn twenty_five_hundred_users_arrive_through_paged_search() {
 
 #[tokio::test]
 async fn deleting_half_the_users_is_refused_by_the_safety_valve_and_applied_with_force() {
-    let mut ldif = ou("Sales", BASE);
-    for i in 0..40 {
-        ldif += &person(&format!("u{i:02}"), &sales(), "");
-    }
-    let slapd = Slapd::start(&ldif);
+    let slapd = Slapd::start(&sales_people("u", 40, 2));
     let audit_file = tempfile::NamedTempFile::new().expect("audit file");
     let services = audit_to(audit_file.path());
     let mailgate = start(&slapd, "", services.clone()).await.expect("sync");
@@ -758,11 +759,7 @@ async fn check_and_dry_run_from_the_command_line() {
 /// with `--force`; a request without the admin header is refused.
 #[tokio::test]
 async fn directory_sync_through_the_admin_listener() {
-    let mut ldif = ou("Sales", BASE);
-    for i in 0..10 {
-        ldif += &person(&format!("a{i}"), &sales(), "");
-    }
-    let slapd = Slapd::start(&ldif);
+    let slapd = Slapd::start(&sales_people("a", 10, 1));
     let mailgate = start(&slapd, "", Services::default()).await.expect("sync");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
