@@ -1,4 +1,4 @@
-//! mailgate's integration tests: one binary, one module per area (STYLE.md section 7).
+//! mailgate's integration tests: one binary, one module per area (docs/development.md section 7).
 //!
 //! - [`dovecot`]: a private Dovecot per test, the real upstream.
 //! - [`pki`]: a test CA and leaf certificates made at test time.
@@ -8,6 +8,7 @@
 //! - `ldap`: `[policy.ldap]` against it: presets, TLS, paging, fail-static syncs, the safety
 //!   valve, the cache file, a login decision that follows an LDAP move.
 //! - [`util`]: free ports, external clients with timeouts, digests, raw line clients.
+//! - `demo`: `scripts/demo --check`, the README's first command, allows, refuses and audits.
 //! - `direct`: the clients against the harness Dovecot with no proxy, proving the harness.
 //! - [`mailgate`]: mailgate in-process on free ports in front of a harness Dovecot.
 //! - [`idp`]: a real OAuth server (oidc-provider, `tests/idp/`) per test.
@@ -44,6 +45,7 @@ mod abuse;
 mod accept;
 mod audit_e2e;
 mod capabilities;
+mod demo;
 mod direct;
 mod faults;
 mod ldap;
