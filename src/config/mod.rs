@@ -169,6 +169,15 @@ impl Config {
                     .to_owned(),
             );
         }
+        if let Some(ldap) = &self.policy.ldap
+            && ldap.cache_file.is_none()
+        {
+            out.push(
+                "policy.ldap.cache_file: not set; a start while the directory server is \
+                 unreachable fails instead of serving the last sync"
+                    .to_owned(),
+            );
+        }
         if self.policy.disclose_reasons == DiscloseReasons::Always {
             out.push(
                 "policy.disclose_reasons: \"always\"; password logins refused by policy say why, \
