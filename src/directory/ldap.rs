@@ -483,35 +483,35 @@ pub fn normalize_dn(dn: &str) -> String {
 /// escapes unescaped in the value. A multi-valued RDN (`+`) stays one value.
 fn split_dn(dn: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let mut current = String::new();
-    let mut chars = dn.chars().peekable();
-    let push = |s: &str, out: &mut Vec<(String, String)>| {
+    // Bytes: `\C3\A9` is one UTF-8 character escaped byte by byte.
+    let mut current: Vec<u8> = Vec::new();
+    let push = |bytes: &[u8], out: &mut Vec<(String, String)>| {
+        let s = String::from_utf8_lossy(bytes);
         if let Some((t, v)) = s.split_once('=') {
             out.push((t.trim().to_owned(), v.trim().to_owned()));
         }
     };
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                let Some(next) = chars.next() else { break };
-                if next.is_ascii_hexdigit()
-                    && let Some(&low) = chars.peek()
-                    && low.is_ascii_hexdigit()
-                {
-                    chars.next();
-                    let hex: String = [next, low].iter().collect();
-                    if let Ok(b) = u8::from_str_radix(&hex, 16) {
-                        current.push(char::from(b));
+    let mut bytes = dn.bytes().peekable();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'\\' => {
+                let Some(next) = bytes.next() else { break };
+                let high = char::from(next).to_digit(16);
+                let low = bytes.peek().and_then(|&l| char::from(l).to_digit(16));
+                match (high, low) {
+                    (Some(h), Some(l)) => {
+                        bytes.next();
+                        // Two hex digits are at most 0xff.
+                        current.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
                     }
-                } else {
-                    current.push(next);
+                    _ => current.push(next),
                 }
             }
-            ',' | ';' => {
+            b',' | b';' => {
                 push(&current, &mut out);
                 current.clear();
             }
-            c => current.push(c),
+            b => current.push(b),
         }
     }
     push(&current, &mut out);

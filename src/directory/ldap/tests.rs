@@ -218,3 +218,16 @@ fn unused_ous_are_the_file_paths_no_ldap_user_reaches() {
     };
     assert_eq!(unused_ous(POLICY, &snapshot), ["/Sales/Interns"]);
 }
+
+proptest::proptest! {
+    /// DNs come from the directory server: any text maps or is refused, never panics.
+    #[test]
+    fn dn_mapping_never_panics(dn in "\\PC{0,80}", base in "(dc=[a-z\\\\,=]{0,6},?){0,3}") {
+        let _ = ou_path(&dn, &base);
+        let _ = normalize_dn(&dn);
+        let map: BTreeMap<String, String> = [("/a".to_owned(), "/".to_owned())].into();
+        if let Some(p) = ou_path(&dn, &base) {
+            let _ = map_ou(&p, &map);
+        }
+    }
+}
