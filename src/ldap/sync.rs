@@ -234,6 +234,31 @@ impl Syncer {
                 took_ms: millis(started.elapsed()),
             };
         }
+        if *old == snapshot {
+            // Nothing changed: no new generation (which would rebuild TLS, re-probe upstreams
+            // and re-check every live session), no cache write, no audit record every
+            // `refresh`; only the metrics say the directory is current.
+            let took = started.elapsed();
+            services
+                .metrics
+                .directory_synced(now_unix(), took, users, groups);
+            tracing::debug!(
+                trigger = request.trigger,
+                users,
+                groups,
+                "LDAP directory unchanged"
+            );
+            return Report {
+                applied: true,
+                dry_run: false,
+                error: None,
+                cause: None,
+                changes: diff.to_string(),
+                users,
+                groups,
+                took_ms: millis(took),
+            };
+        }
         let snapshot = Arc::new(snapshot);
         let reloader = self.inner.reloader.clone();
         // Building 100,000 users takes a while: off the async workers.

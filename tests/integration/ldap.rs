@@ -226,6 +226,12 @@ async fn openldap_preset_ou_tree_nested_groups_and_a_locked_account() {
         mailgate::directory::report::groups(&d).contains("from ldap:cn=staff"),
         "groups report names the source"
     );
+    // A sync that finds nothing changed swaps nothing in (no new generation to re-check live
+    // sessions against every `refresh`).
+    let generation = mailgate.reloader.shared().current().number;
+    let report = sync(&mailgate, false).await;
+    assert!(report.applied, "{report:?}");
+    assert_eq!(mailgate.reloader.shared().current().number, generation);
 }
 
 #[tokio::test]
