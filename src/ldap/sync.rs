@@ -10,9 +10,10 @@
 //! A sync "fails" when the server cannot be read (connect, bind, search, timeout), when the
 //! result does not merge with `directory.toml` (`invalid`), or when it would remove more than
 //! `max_removed_fraction` of the users in force (`safety_valve`: a filter or bind that suddenly
-//! sees half the tree is far likelier than half the company leaving). Every outcome is logged,
-//! counted (`mailgate_directory_sync_*`) and written as an audit `reload` record with
-//! `source: "ldap"`.
+//! sees half the tree is far likelier than half the company leaving). Every failure and every
+//! applied change is logged, counted (`mailgate_directory_sync_*`) and written as an audit
+//! `reload` record with `source: "ldap"`; a sync that finds nothing changed only updates the
+//! metrics (no new generation, so live sessions are not re-checked every `refresh`).
 //!
 //! Revocation: a user the new directory refuses (suspended, moved to an OU without the
 //! protocol) is refused at the next login after the swap; with `revoke_on_reload` live sessions
