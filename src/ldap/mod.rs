@@ -179,14 +179,94 @@ async fn read(
     );
     let users = search(ldap, config, &u.filter, user_attrs).await?;
     let g = &config.groups;
-    let groups = search(
+    let mut groups = search(
         ldap,
         config,
         &g.filter,
         vec![g.email.as_str(), g.member.as_str()],
     )
     .await?;
+    complete_ranges(ldap, config, &mut groups).await?;
     Ok(map_entries(config, users, groups))
+}
+
+/// Active Directory returns at most 1500 values of a multi-valued attribute per read
+/// (MaxValRange), as `member;range=0-1499`; the rest of a large group's members must be asked
+/// for range by range (`member;range=1500-*`, …) until a range ends in `*`. Merged back under
+/// the plain attribute name. Other servers never send ranges, so this costs them nothing.
+async fn complete_ranges(
+    ldap: &mut ldap3::Ldap,
+    config: &LdapConfig,
+    groups: &mut [SearchEntry],
+) -> Result<(), SyncError> {
+    let attr = config.groups.member.as_str();
+    let search_err = |reason: String| SyncError::Search {
+        base: config.base_dn.clone(),
+        reason,
+    };
+    for entry in groups.iter_mut() {
+        let Some(key) = entry
+            .attrs
+            .keys()
+            .find(|k| range_of(k, attr).is_some())
+            .cloned()
+        else {
+            continue;
+        };
+        let mut next = range_of(&key, attr).flatten();
+        let mut all = entry.attrs.remove(&key).unwrap_or_default();
+        // Each round must move forward; the bound stops a server that keeps answering the
+        // same range (10,000 rounds of 1500 is 15 million members).
+        let mut rounds = 0;
+        while let Some(end) = next {
+            rounds += 1;
+            if rounds > 10_000 {
+                return Err(search_err(format!("{}: endless {attr} ranges", entry.dn)));
+            }
+            let want = format!("{attr};range={}-*", end + 1);
+            let (found, _) = ldap
+                .with_timeout(config.timeout)
+                .search(
+                    &entry.dn,
+                    Scope::Base,
+                    "(objectClass=*)",
+                    vec![want.as_str()],
+                )
+                .await
+                .map_err(|e| search_err(e.to_string()))?
+                .success()
+                .map_err(|e| search_err(e.to_string()))?;
+            let Some(part) = found.into_iter().next().map(SearchEntry::construct) else {
+                break;
+            };
+            let Some((k, values)) = part
+                .attrs
+                .into_iter()
+                .find(|(k, _)| range_of(k, attr).is_some())
+            else {
+                break;
+            };
+            all.extend(values);
+            next = range_of(&k, attr).flatten().filter(|&e| e > end);
+        }
+        entry.attrs.insert(attr.to_owned(), all);
+    }
+    Ok(())
+}
+
+/// `member;range=0-1499` → `Some(Some(1499))`; `member;range=1500-*` → `Some(None)` (the last
+/// range); any other attribute name → `None`.
+fn range_of(key: &str, attr: &str) -> Option<Option<u64>> {
+    let (name, range) = key.split_once(";range=")?;
+    if !name.eq_ignore_ascii_case(attr) {
+        return None;
+    }
+    let (_, end) = range.split_once('-')?;
+    if end == "*" {
+        Some(None)
+    } else {
+        end.parse().ok().map(Some)
+    }
 }
 
 /// One paged subtree search below `base_dn`; every page bounded by `timeout`.
@@ -377,4 +457,33 @@ fn client_tls(config: &LdapConfig) -> Result<Arc<rustls::ClientConfig>, String> 
             .with_root_certificates(roots)
             .with_no_client_auth(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn active_directory_value_ranges() {
+        assert_eq!(range_of("member;range=0-1499", "member"), Some(Some(1499)));
+        assert_eq!(range_of("Member;range=1500-*", "member"), Some(None));
+        assert_eq!(range_of("member", "member"), None);
+        assert_eq!(range_of("mail;range=0-1", "member"), None);
+        assert_eq!(range_of("member;range=0-x", "member"), None);
+    }
+
+    #[test]
+    fn falsy_values_and_emails() {
+        for v in ["FALSE", "false", "0", " off ", "No"] {
+            assert!(is_false(v), "{v}");
+        }
+        assert!(!is_false("TRUE"));
+        assert_eq!(
+            email_of(" Ann@Example.COM ").as_deref(),
+            Some("ann@example.com")
+        );
+        for bad in ["ann", "@example.com", "ann@localhost", "a b@example.com"] {
+            assert_eq!(email_of(bad), None, "{bad}");
+        }
+    }
 }
