@@ -13,7 +13,7 @@ use mailgate::cli::{
 };
 use mailgate::config::Config;
 use mailgate::policy::{self, Attempt, Decision, Identity, TokenFacts};
-use mailgate::proto::{Protocol, ReplyClass};
+use mailgate::proto::Protocol;
 use mailgate::server::Server;
 
 fn main() -> ExitCode {
@@ -53,59 +53,40 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mailgate: {e:#}");
+            eprintln!("mailgate: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
 }
 
 fn check(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
-    let config = match Config::load(path) {
-        Ok(config) => config,
-        Err(errors) => {
-            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
-            eprintln!("{errors}");
-            return Ok(ExitCode::FAILURE);
-        }
+    let Some(config) = startup_or_report(path, |w| eprintln!("warning: {w}")) else {
+        return Ok(ExitCode::FAILURE);
     };
-    for warning in config.warnings() {
-        eprintln!("warning: {warning}");
-    }
-    let mut problems = Vec::new();
-    // `check` never writes: a self-signed certificate still to be generated is not checked.
-    if let Some(tls) = &config.tls
-        && (!tls.generate_self_signed || (tls.cert_file.exists() && tls.key_file.exists()))
-        && let Err(e) = mailgate::tls::server_config(tls)
-    {
-        problems.push(format!("tls: {e}"));
-    }
-    for (name, upstream) in &config.upstreams {
-        if let Err(e) = mailgate::upstream::Connector::new(upstream.clone()) {
-            problems.push(format!("upstream {name:?}: {e}"));
-        }
-    }
+    // Only on request: a plain `check` (the unit's ExecStartPre) never contacts the server.
     if connect && let Some(ldap) = &config.policy.ldap {
-        match ldap_now(&config, ldap) {
+        let problem = match ldap_now(&config, ldap) {
             Ok(snapshot) => match config.with_snapshot(&snapshot) {
-                Ok(_) => println!(
-                    "policy.ldap: read {} user(s) and {} group(s); they merge with the directory \
-                     file",
-                    snapshot.users.len(),
-                    snapshot.groups.len()
-                ),
-                Err(e) => problems.push(format!(
+                Ok(_) => {
+                    println!(
+                        "policy.ldap: read {} user(s) and {} group(s); they merge with the \
+                         directory file",
+                        snapshot.users.len(),
+                        snapshot.groups.len()
+                    );
+                    None
+                }
+                Err(e) => Some(format!(
                     "policy.ldap: the synced directory is invalid:\n{e}"
                 )),
             },
-            Err(e) => problems.push(format!("policy.ldap: {e}")),
+            Err(e) => Some(format!("policy.ldap: {e}")),
+        };
+        if let Some(problem) = problem {
+            eprintln!("{}: 1 error(s)", path.display());
+            eprintln!("{problem}");
+            return Ok(ExitCode::FAILURE);
         }
-    }
-    if !problems.is_empty() {
-        eprintln!("{}: {} error(s)", path.display(), problems.len());
-        for p in &problems {
-            eprintln!("{p}");
-        }
-        return Ok(ExitCode::FAILURE);
     }
     println!(
         "{}: ok ({} listener(s), {} upstream(s))",
@@ -114,6 +95,43 @@ fn check(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
         config.upstreams.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The start-up checks `check` and `run` share (`mailgate::startup`), reported the same way by
+/// both: the config, or every problem on stderr (and `None`). Warnings go to `warn` (check
+/// prints them, run logs them) only once the config is known to start.
+fn startup_or_report(path: &Path, warn: impl Fn(&str)) -> Option<Config> {
+    match mailgate::startup::check(path) {
+        Ok(config) => {
+            for warning in config.warnings() {
+                warn(&warning);
+            }
+            Some(config)
+        }
+        Err(report) => {
+            eprintln!("{}: {} error(s)", path.display(), report.len());
+            eprintln!("{report}");
+            None
+        }
+    }
+}
+
+/// An error and its causes, `: `-joined, each said once: many error types show their cause in
+/// their own text and return it as `source()` too, which `{:#}` would print twice
+/// ("cannot open x: No such file…: No such file…").
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// Loads the config for a read-only subcommand; on errors prints them and says so. With
@@ -297,7 +315,14 @@ fn explain(
     });
     let Some(mechanism) = arg.on(protocol) else {
         use clap::CommandFactory as _;
-        Cli::command()
+        // The subcommand's own Command, so the usage line printed is explain's, as clap does
+        // for every other bad explain flag.
+        let mut cli = Cli::command();
+        // build() names the subcommands "mailgate explain" (not just "explain") for usage.
+        cli.build();
+        let explain = cli.find_subcommand_mut("explain").map(std::mem::take);
+        explain
+            .unwrap_or(cli)
             .error(
                 clap::error::ErrorKind::ArgumentConflict,
                 format!(
@@ -342,13 +367,10 @@ fn explain(
             config.policy.disclose_reasons,
             &config.policy.contact,
         );
+        // The line as this protocol sends it: POP3 has its own codes (RFC 2449 / 3206).
         println!(
-            "reply      {} \"{}\"{}",
-            match shown.class {
-                ReplyClass::Authorization => "AUTHORIZATIONFAILED",
-                ReplyClass::Authentication => "AUTHENTICATIONFAILED",
-                ReplyClass::Unavailable => "UNAVAILABLE",
-            },
+            "reply      {} {}{}",
+            shown.class.wire_prefix(protocol),
             shown.text,
             if shown.specific {
                 ""
@@ -373,7 +395,10 @@ fn groups(path: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn run(path: &Path) -> anyhow::Result<ExitCode> {
-    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
+    // Exactly what `check` refuses, with the same text (the unit's ExecStartPre runs check).
+    let Some(config) = startup_or_report(path, |_| {}) else {
+        return Ok(ExitCode::FAILURE);
+    };
     init_tracing(&config.log.filter)?;
     for warning in config.warnings() {
         tracing::warn!("{warning}");

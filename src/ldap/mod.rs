@@ -61,6 +61,18 @@ pub enum SyncError {
 }
 
 impl SyncError {
+    /// Every `cause`, so each series exists at 0 from the start (an alert's `increase()` sees
+    /// the first failure).
+    pub const CAUSES: [&'static str; 7] = [
+        "connect",
+        "bind",
+        "search",
+        "timeout",
+        "invalid",
+        "safety_valve",
+        "cache",
+    ];
+
     /// The `cause` label of `mailgate_directory_sync_failures_total`.
     pub fn cause(&self) -> &'static str {
         match self {
