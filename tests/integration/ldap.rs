@@ -739,6 +739,25 @@ async fn check_and_dry_run_from_the_command_line() {
         !text.contains("policy.ldap: read"),
         "check alone reads nothing: {text}"
     );
+    // Start-up checks read the CA file and find the cache file's directory, offline.
+    let broken = dir.path().join("broken.toml");
+    let cache_line = format!("cache_file = \"{}\"", cache.display());
+    let text = std::fs::read_to_string(&config_path).expect("config").replace(
+        &cache_line,
+        "cache_file = \"/nonexistent-mailgate-dir/cache.json\"\nca_file = \"/nonexistent-ca.pem\"",
+    );
+    std::fs::write(&broken, text).expect("broken config");
+    let out = std::process::Command::new(bin)
+        .args(["check", "--config"])
+        .arg(&broken)
+        .output()
+        .expect("mailgate runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("policy.ldap.ca_file") && stderr.contains("policy.ldap.cache_file"),
+        "{stderr}"
+    );
     let (ok, text) = run(&["check", "--connect"]);
     assert!(ok, "{text}");
     assert!(
