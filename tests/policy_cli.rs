@@ -57,7 +57,7 @@ fn alice_may_use_imap_with_a_password() {
     assert_has(
         &out,
         &[
-            "user       alice@example.com (user, ou /Engineering)",
+            "user       alice@example.com (user, ou /Engineering; from file:)",
             "mechanism  login (password)",
             "password_logins  on     ou:/Engineering",
             "engineering@example.com  direct; no policy",
@@ -284,7 +284,8 @@ fn explain_shows_report_only_client_names_and_route() {
             "client id  946018238758-bi6ni53dfoddlgn97pk3b8i7nphige40.apps.googleusercontent.com \
              (apple-macos-mail)",
             "decision   allow (source ou:/Sales)",
-            "all-staff@example.com   via sales-team@example.com; no policy; non-compliant member",
+            "all-staff@example.com   via sales-team@example.com; no policy; from file:; \
+             non-compliant member",
         ],
     );
 }

@@ -16,6 +16,7 @@ use super::file::{
     self, ClientFile, GroupFile, ImapClientsFile, OuFile, PrincipalKindFile, RouteFile,
     SettingsFile,
 };
+use super::ldap::Origin;
 use super::{
     Allow, Compliance, Directory, Enforce, Error, Errors, Group, GroupId, GroupPolicy, GroupReport,
     ImapClients, Member, MemberKind, Membership, Offender, Ou, OuId, PartialSettings, Principal,
@@ -31,10 +32,16 @@ const MAX_CLIENT_ID_LEN: usize = 256;
 const MAX_OU_DEPTH: usize = 32;
 
 pub(super) fn from_toml(text: &str) -> Result<Directory, Errors> {
-    let mut parsed = file::parse(text);
+    let parsed = file::parse(text);
     if matches!(parsed.errors.first(), Some(Error::Syntax { .. })) {
         return Err(Errors(parsed.errors));
     }
+    from_parsed(parsed)
+}
+
+/// Validates and resolves an already parsed file (possibly with LDAP entries added, see
+/// `super::ldap::merge`).
+pub(super) fn from_parsed(mut parsed: file::Parsed) -> Result<Directory, Errors> {
     let mut v = Validator {
         errors: std::mem::take(&mut parsed.errors),
         clients: Catalogue::builtin(),
@@ -181,6 +188,7 @@ impl Validator {
                     .as_ref()
                     .and_then(|r| self.route(&format!("{at}.upstream"), r)),
                 memberships: Vec::new(),
+                origin: Origin::File,
                 // Replaced in `resolve` once memberships are known.
                 effective: ous.get(ou.0)?.effective.clone(),
             });
@@ -968,6 +976,7 @@ impl Validator {
                 locked: p.locked,
                 policy: p.policy,
                 compliance,
+                origin: Origin::File,
             })
             .collect();
 

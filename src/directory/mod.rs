@@ -31,6 +31,7 @@ use serde::Deserialize;
 
 pub mod clients;
 pub mod file;
+pub mod ldap;
 mod load;
 pub mod report;
 
@@ -93,6 +94,8 @@ pub struct Principal {
     pub memberships: Vec<Membership>,
     /// User switch, then group policy, then OU.
     pub effective: Settings,
+    /// `file:` or `ldap:<DN>`.
+    pub origin: ldap::Origin,
 }
 
 /// One (possibly indirect) group membership of a principal.
@@ -163,6 +166,8 @@ pub struct Group {
     pub locked: bool,
     pub policy: Option<GroupPolicy>,
     pub compliance: GroupReport,
+    /// `file:` or `ldap:<DN>`.
+    pub origin: ldap::Origin,
 }
 
 /// A direct member of a group.
@@ -575,6 +580,11 @@ impl Directory {
         load::from_toml(text)
     }
 
+    /// `directory.toml` text plus the users, groups and OUs of an LDAP sync, validated as one.
+    pub fn from_toml_and_ldap(text: &str, snapshot: &ldap::Snapshot) -> Result<Directory, Errors> {
+        ldap::merge(text, snapshot)
+    }
+
     /// The built-in directory used when no `[policy]` is configured: no users, a root OU that
     /// allows everything (password logins included), and every login placed in it. That is "no
     /// policy: every login the upstream accepts". Its values report the source `default`.
@@ -666,14 +676,25 @@ impl Directory {
     /// its key path. Ones that were members already are only reported (`mailgate groups`), as
     /// the console never removes a member itself. A group new in this file has every member
     /// added. Offenders arriving through a nested group count against the direct member entry
-    /// they come through.
+    /// they come through. Memberships a directory server (LDAP) holds were not added through
+    /// mailgate and cannot be refused there: they are only reported, as the console reports
+    /// what a sync brings.
     pub fn added_offenders(&self, running: &Directory) -> Vec<Error> {
+        let from_ldap = |email: &str| {
+            self.principal(email)
+                .map(|p| &p.origin)
+                .or_else(|| self.group_by_email(email).map(|g| &g.origin))
+                .is_some_and(|o| matches!(o, ldap::Origin::Ldap(_)))
+        };
         let mut out = Vec::new();
         for g in &self.groups {
+            if matches!(g.origin, ldap::Origin::Ldap(_)) {
+                continue;
+            }
             let before = running.group_by_email(&g.email);
             let mut seen = std::collections::HashSet::new();
             for o in &g.compliance.offenders {
-                if !seen.insert(&o.entry) {
+                if !seen.insert(&o.entry) || from_ldap(&o.entry_email) {
                     continue;
                 }
                 let was_member = before.is_some_and(|b| {

@@ -143,6 +143,7 @@ fn facts(g: &Group) -> String {
     if g.locked {
         text.push_str("; locked");
     }
+    let _ = write!(text, "; from {}", g.origin);
     text
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::{Attempt, Decision, Subject};
+use crate::directory::ldap::Origin;
 use crate::directory::{Directory, ImapClients, PrincipalKind, Settings};
 use crate::proto::{Mechanism, Protocol};
 
@@ -41,6 +42,8 @@ pub enum Standing {
         kind: PrincipalKind,
         ou: Arc<str>,
         suspended: bool,
+        /// `file:` or `ldap:<DN>`.
+        origin: Origin,
     },
     /// Not in the directory; treated as a plain user of the configured default OU.
     DefaultOu {
@@ -60,6 +63,8 @@ pub struct GroupLine {
     /// `false`: the user breaks the group's membership restriction (or comes through a group
     /// that does), so the group's policy can only restrict, never grant.
     pub compliant: bool,
+    /// `file:` or `ldap:<DN>`.
+    pub origin: Origin,
 }
 
 pub(super) fn build(
@@ -85,6 +90,7 @@ pub(super) fn build(
                             .collect(),
                         priority: g.policy.as_ref().map(|p| p.priority),
                         compliant: m.compliant,
+                        origin: g.origin.clone(),
                     })
                 })
                 .collect();
@@ -92,6 +98,7 @@ pub(super) fn build(
                 kind: p.kind,
                 ou: ou.path.clone(),
                 suspended: p.suspended,
+                origin: p.origin.clone(),
             };
             (standing, Some(p.effective.clone()), groups)
         }
@@ -153,8 +160,9 @@ impl fmt::Display for Explanation {
                 kind,
                 ou,
                 suspended,
+                origin,
             } => format!(
-                "{} ({}, ou {ou}{})",
+                "{} ({}, ou {ou}{}; from {origin})",
                 self.user,
                 kind.as_str(),
                 if *suspended { ", suspended" } else { "" }
@@ -258,7 +266,11 @@ impl fmt::Display for Explanation {
                 } else {
                     "; non-compliant member: this group's policy can restrict, never grant"
                 };
-                writeln!(f, "  {:<width$}  {how}; {policy}{standing}", g.email)?;
+                writeln!(
+                    f,
+                    "  {:<width$}  {how}; {policy}; from {}{standing}",
+                    g.email, g.origin
+                )?;
             }
         }
         writeln!(f)?;
