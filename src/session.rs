@@ -752,6 +752,8 @@ impl<F: Frontend> Preauth<'_, F> {
             issuer: None,
             policy_source: None,
             upstream: None,
+            mailbox: None,
+            grant: None,
             reason: Reason::Ok,
         };
         let throttle = self.ctx.shared.throttle.clone();

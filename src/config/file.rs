@@ -36,6 +36,8 @@ pub struct File {
     pub oauth: super::oauth::OAuthFile,
     /// `[admin]`; absent: no admin HTTP listener.
     pub admin: Option<AdminFile>,
+    /// `[grants]`: where the OAuth grants of shared mailboxes are kept.
+    pub grants: Option<super::grants::GrantsFile>,
     pub audit: Option<AuditFile>,
 }
 
