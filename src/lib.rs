@@ -34,6 +34,7 @@ pub mod cli;
 pub mod config;
 pub mod conn_limit;
 pub mod directory;
+pub mod grants;
 pub mod metrics;
 pub mod pacing;
 pub mod policy;

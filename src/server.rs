@@ -182,6 +182,8 @@ pub struct Shared {
     /// Connections per client address and handshakes in progress; the caps are read from the
     /// current generation at each connection.
     pub conn_limits: ConnLimits,
+    /// The access tokens of shared-mailbox grants (`crate::grants`); a reload keeps them.
+    pub grants: crate::grants::GrantStore,
 }
 
 impl Shared {
@@ -208,10 +210,11 @@ impl Shared {
             current: ArcSwap::from_pointee(generation),
             changed,
             phase,
-            services,
+            services: services.clone(),
             throttle,
             pacing: crate::pacing::Pacing::new(),
             conn_limits: ConnLimits::new(),
+            grants: crate::grants::GrantStore::new(services.clone()),
         }
     }
 

@@ -43,6 +43,7 @@ use crate::audit::{self, Event};
 use crate::auth::{AuthError, VerificationMode, VerifiedToken};
 use crate::config::{Listener, ListenerTls};
 use crate::conn_limit::{Admission, HandshakeSlot};
+use crate::directory;
 use crate::metrics::{Refused, TokenResult};
 use crate::pacing::Pacing;
 use crate::policy::{self, Attempt, Decision, Identity, Reason, TokenFacts};
@@ -744,6 +745,10 @@ impl<F: Frontend> Preauth<'_, F> {
         // A STARTTLS session that logs in without upgrading: its `connect` comes first.
         self.trail.connect(Some(&self.down));
         self.generation = self.ctx.shared.current();
+        // A shared mailbox asked for with a password (`mailbox*user`, SASL authzid): from here
+        // on the login is the user's own, and the mailbox rides along.
+        let (own, ask) = shared_ask(request, &self.generation.config);
+        let request = &own;
         let mut record = audit::Auth {
             user: request.user().map(str::to_owned),
             ou: None,
@@ -780,7 +785,7 @@ impl<F: Frontend> Preauth<'_, F> {
                 ));
             }
         };
-        let result = self.attempt(request, &mut record).await;
+        let result = self.attempt(request, &mut record, ask).await;
         let outcome = match (record.reason, &request.credentials) {
             (Reason::Ok, _) => Outcome::Succeeded,
             // Not the user's doing, or no answer seen: neither a success nor a guess.
@@ -803,11 +808,13 @@ impl<F: Frontend> Preauth<'_, F> {
         result
     }
 
-    /// Verify, decide, replay; fills in `record` (its `reason` says how it went).
+    /// Verify, decide, replay; fills in `record` (its `reason` says how it went). `ask`: the
+    /// shared mailbox a password login asked for.
     async fn attempt(
         &mut self,
         request: &LoginRequest,
         record: &mut audit::Auth,
+        mut ask: Option<String>,
     ) -> Result<Admitted, NotAdmitted> {
         let generation = self.generation.clone();
         let config = &generation.config;
@@ -875,6 +882,18 @@ impl<F: Frontend> Preauth<'_, F> {
             }
         }
 
+        // A shared mailbox asked for with a token: `user=` names the mailbox, the token proves
+        // who asks. Only names of shared mailboxes are taken so; any other mismatch stays
+        // `token_user_mismatch`.
+        if let (Credentials::Bearer { user: Some(named), .. }, Some(facts)) =
+            (&request.credentials, &token)
+            && config.grants.is_some()
+            && directory::lowercase(named) != directory::lowercase(&facts.user)
+            && config.directory.shared_mailbox(named).is_some()
+        {
+            ask = Some(named.clone());
+            record.user = Some(facts.user.clone());
+        }
         let user = record.user.clone().unwrap_or_default();
         let authzid = match &request.credentials {
             Credentials::Password { authzid, .. } => authzid.as_deref(),
@@ -909,6 +928,10 @@ impl<F: Frontend> Preauth<'_, F> {
                 return Err(self.refusal(reply.class, &reply.text, challenge));
             }
         }
+        if let Some(mailbox) = ask {
+            record.mailbox = Some(directory::lowercase(&mailbox).into_owned());
+            return Box::pin(self.open_shared(request, record, &mailbox, user, token)).await;
+        }
 
         let Some(connector) = generation.connector(&self.ctx.listener).cloned() else {
             tracing::warn!(
@@ -933,7 +956,7 @@ impl<F: Frontend> Preauth<'_, F> {
                 tracing::info!(user, mechanism = mechanism.as_str(), upstream = %logged.address, "login allowed");
                 Ok(Admitted {
                     logged,
-                    attempt: (protocol, mechanism, user, token),
+                    attempt: (protocol, mechanism, user, token, None),
                 })
             }
             Err(upstream::Error::Rejected { text, challenge }) => {
@@ -971,6 +994,154 @@ impl<F: Frontend> Preauth<'_, F> {
                 Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None))
             }
         }
+    }
+
+    /// A shared mailbox for a user the policy allowed: prove a password on the user's own
+    /// upstream (a token is proven already), check the assignment, then log in to the
+    /// mailbox's upstream with XOAUTH2 as the mailbox, with the grant's access token.
+    ///
+    /// Every refusal before the mailbox login reads like a wrong password (no enumeration of
+    /// shared mailboxes); a grant that cannot give a token is a temporary failure, never a
+    /// login as anyone else.
+    async fn open_shared(
+        &mut self,
+        request: &LoginRequest,
+        record: &mut audit::Auth,
+        mailbox: &str,
+        user: String,
+        token: Option<TokenFacts>,
+    ) -> Result<Admitted, NotAdmitted> {
+        let generation = self.generation.clone();
+        let config = &generation.config;
+        let protocol = self.ctx.listener.protocol;
+        let mechanism = request.mechanism;
+        if is_password(request) {
+            let Some(own) = generation.connector(&self.ctx.listener).cloned() else {
+                record.reason = Reason::UpstreamUnavailable;
+                return Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None));
+            };
+            let asked = Instant::now();
+            let proof = own.prove(request, &self.trail.peer);
+            let proved = match watching(&mut self.down, &mut self.machine, proof).await {
+                Ok(proved) => proved,
+                Err(end) => return Err(Self::abandoned(record, end)),
+            };
+            match proved {
+                Ok(logged) => drop(logged.stream),
+                Err(upstream::Error::Rejected { .. } | upstream::Error::Unsafe(_)) => {
+                    tracing::info!(user, "shared mailbox: the user's own upstream rejected the password");
+                    record.reason = Reason::UpstreamRejected;
+                    let took = asked.elapsed();
+                    let floor = config.limits.refusal_delay_min;
+                    tokio::time::sleep(Pacing::upstream_refusal(floor, took)).await;
+                    return Err(self.refusal(
+                        ReplyClass::Authentication,
+                        policy::refusal::GENERIC_FAILURE,
+                        None,
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(user, error = %e, "shared mailbox: the user's own upstream is unavailable");
+                    record.reason = Reason::UpstreamUnavailable;
+                    return Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None));
+                }
+            }
+        }
+        let assigned = policy::shared::open(&config.directory, &user, mailbox, protocol);
+        let connector = assigned.as_ref().ok().and_then(|a| {
+            let shared = config.directory.shared_mailbox(&a.mailbox)?;
+            shared
+                .upstreams
+                .iter()
+                .filter_map(|name| generation.connectors.get(&**name))
+                .find(|c| c.protocol() == protocol)
+                .cloned()
+        });
+        let (assignment, connector) = match (assigned, connector) {
+            (Ok(a), Some(c)) => (a, c),
+            (Ok(_), None) | (Err(_), _) => {
+                tracing::info!(user, mailbox, "shared mailbox not assigned to the user");
+                record.reason = Reason::MailboxNotAssigned;
+                // As long as a wrong password would have taken, and the same answer.
+                self.pace_policy_refusal(&generation, request).await;
+                return Err(self.refusal(
+                    ReplyClass::Authentication,
+                    policy::refusal::GENERIC_FAILURE,
+                    oauth_challenge(mechanism, Reason::UpstreamRejected),
+                ));
+            }
+        };
+        record.policy_source = Some(assignment.source());
+        record.grant = Some(assignment.grant.to_string());
+        record.upstream = Some(connector.name().to_owned());
+        let metrics = self.trail.services.metrics.clone();
+        let shared = self.ctx.shared.clone();
+        let grants = &shared.grants;
+        // Two tries: a token the provider revoked while it looked fresh here is dropped, and
+        // the second try refreshes (and finds out whether the grant itself is dead).
+        for retry in [false, true] {
+            let access = grants.access_token(config, &assignment.grant);
+            let access = match watching(&mut self.down, &mut self.machine, access).await {
+                Ok(access) => access,
+                Err(end) => return Err(Self::abandoned(record, end)),
+            };
+            let access = match access {
+                Ok(access) => access,
+                Err(why) => {
+                    tracing::warn!(user, mailbox, error = %why, "shared mailbox grant unusable");
+                    record.reason = Reason::GrantUnavailable;
+                    let text = match why {
+                        crate::grants::Unusable::NeedsReauthorization(_) => format!(
+                            "The shared mailbox {} must be re-authorised by an administrator",
+                            assignment.mailbox
+                        ),
+                        crate::grants::Unusable::Unavailable { .. } => {
+                            TEMPORARY_FAILURE.to_owned()
+                        }
+                    };
+                    return Err(self.refusal(ReplyClass::Unavailable, &text, None));
+                }
+            };
+            let as_mailbox = LoginRequest {
+                mechanism: Mechanism::XOAuth2,
+                credentials: Credentials::Bearer {
+                    user: Some(assignment.mailbox.to_string()),
+                    token: access.clone(),
+                    host: None,
+                    port: None,
+                },
+            };
+            let replay = connector.login(&as_mailbox, &self.trail.peer);
+            let replayed = match watching(&mut self.down, &mut self.machine, replay).await {
+                Ok(replayed) => replayed,
+                Err(end) => return Err(Self::abandoned(record, end)),
+            };
+            match replayed {
+                Ok(logged) => {
+                    metrics.upstream_connect(protocol, logged.connect_time);
+                    metrics.upstream_login(protocol, logged.login_time);
+                    tracing::info!(user, mailbox = %assignment.mailbox, grant = %assignment.grant, upstream = %logged.address, "shared mailbox login allowed");
+                    return Ok(Admitted {
+                        logged,
+                        attempt: (protocol, mechanism, user, token, Some(assignment.mailbox.to_string())),
+                    });
+                }
+                Err(upstream::Error::Rejected { .. }) if !retry => {
+                    tracing::info!(mailbox = %assignment.mailbox, "upstream refused the grant's token; refreshing once");
+                    grants.forget(&assignment.grant, &access).await;
+                }
+                Err(e) => {
+                    tracing::warn!(user, mailbox = %assignment.mailbox, error = %e, "shared mailbox upstream login failed");
+                    record.reason = Reason::GrantUnavailable;
+                    if matches!(e, upstream::Error::Rejected { .. }) {
+                        grants.forget(&assignment.grant, &access).await;
+                    }
+                    return Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None));
+                }
+            }
+        }
+        record.reason = Reason::GrantUnavailable;
+        Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None))
     }
 
     /// Before answering a password login mailgate refused itself, wait as long as the
@@ -1056,7 +1227,7 @@ impl<F: Frontend> Preauth<'_, F> {
             return Ending::Spliced(End::Error(Side::Downstream), Totals::default());
         }
         // On a reload with revoke_on_reload, re-decide this login under the new policy.
-        let (protocol, mechanism, user, token) = attempt;
+        let (protocol, mechanism, user, token, mailbox) = attempt;
         let interrupt = interrupt(&ctx.shared, move |generation: &Generation| {
             if !generation.config.policy.revoke_on_reload {
                 return true;
@@ -1068,10 +1239,11 @@ impl<F: Frontend> Preauth<'_, F> {
                 token: token.as_ref(),
                 authzid: None,
             };
-            matches!(
-                policy::decide(&generation.config.directory, &attempt),
-                Decision::Allow(_)
-            )
+            let directory = &generation.config.directory;
+            matches!(policy::decide(directory, &attempt), Decision::Allow(_))
+                && mailbox
+                    .as_deref()
+                    .is_none_or(|m| policy::shared::open(directory, &user, m, protocol).is_ok())
         });
         let (end, totals) = splice::splice(
             down,
@@ -1164,7 +1336,8 @@ const TEMPORARY_FAILURE: &str = "Mail service temporarily unavailable, try again
 /// on a reload.
 struct Admitted {
     logged: upstream::LoggedIn,
-    attempt: (Protocol, Mechanism, String, Option<TokenFacts>),
+    /// Protocol, mechanism, user, token facts, and the shared mailbox opened (if one was).
+    attempt: (Protocol, Mechanism, String, Option<TokenFacts>, Option<String>),
 }
 
 fn facts(v: VerifiedToken) -> TokenFacts {
@@ -1196,4 +1369,50 @@ fn oauth_challenge(mechanism: Mechanism, reason: Reason) -> Option<Bytes> {
         _ => return None,
     };
     Some(Bytes::from_static(json.as_bytes()))
+}
+
+/// A password login that asks for a shared mailbox: `LOGIN "mailbox*user"` (the configured
+/// separator, `*` by default, as Dovecot's master-user logins) or SASL PLAIN with
+/// authzid = mailbox. Returns the user's own login (authzid dropped, name split) and the
+/// mailbox; anything else unchanged. Only with `[grants]`: without it an authzid is refused by
+/// policy as before (`mailbox_not_assigned`).
+fn shared_ask<'r>(
+    request: &'r LoginRequest,
+    config: &crate::config::Config,
+) -> (std::borrow::Cow<'r, LoginRequest>, Option<String>) {
+    use std::borrow::Cow;
+    let Some(grants) = &config.grants else {
+        return (Cow::Borrowed(request), None);
+    };
+    let Credentials::Password {
+        authzid,
+        user,
+        password,
+    } = &request.credentials
+    else {
+        return (Cow::Borrowed(request), None);
+    };
+    let own = |user: &str| LoginRequest {
+        mechanism: request.mechanism,
+        credentials: Credentials::Password {
+            authzid: None,
+            user: user.to_owned(),
+            password: password.clone(),
+        },
+    };
+    match authzid {
+        Some(mailbox)
+            if !mailbox.is_empty()
+                && directory::lowercase(mailbox) != directory::lowercase(user) =>
+        {
+            (Cow::Owned(own(user)), Some(mailbox.clone()))
+        }
+        Some(_) => (Cow::Borrowed(request), None),
+        None => match user.split_once(grants.login_separator.as_str()) {
+            Some((mailbox, who)) if !mailbox.is_empty() && !who.is_empty() => {
+                (Cow::Owned(own(who)), Some(mailbox.to_owned()))
+            }
+            _ => (Cow::Borrowed(request), None),
+        },
+    }
 }

@@ -194,6 +194,13 @@ impl Audit {
         }
     }
 
+    /// Records a `grant` event (`session: null`: it belongs to no session). Never waits.
+    pub fn grant(&self, change: super::GrantChange) {
+        if self.inner.is_some() {
+            self.submit(Record::now(None, Event::Grant(change)));
+        }
+    }
+
     /// Records a `reload` event (`session: null`). Never waits, like [`Audit::record`].
     pub fn reload(&self, reload: Reload) {
         if self.inner.is_some() {
