@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser as _;
 use mailgate::cli::{
-    AuditCommand, Cli, Command, MechanismArg, TailArgs, ThrottleArgs, ThrottleCommand,
+    AuditCommand, Cli, Command, GrantCommand, MechanismArg, TailArgs, ThrottleArgs, ThrottleCommand,
 };
 use mailgate::config::Config;
 use mailgate::policy::{self, Attempt, Decision, Identity, TokenFacts};
@@ -45,6 +45,7 @@ fn main() -> ExitCode {
             command: AuditCommand::Tail(args),
         } => audit_tail(args),
         Command::Throttle { command } => throttle(command),
+        Command::Grant { command } => grant(command),
     };
     match result {
         Ok(code) => code,
@@ -161,6 +162,7 @@ fn explain(
         authzid: None,
     };
     println!("{}", policy::explain(&config.directory, &attempt));
+    print_shared(&config, user, protocol);
     if let Decision::Deny(denial) = policy::decide(&config.directory, &attempt) {
         let shown = policy::reply(
             &denial,
@@ -185,6 +187,78 @@ fn explain(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `explain`'s shared-mailbox lines: every shared mailbox the user may open, through which
+/// assignment, and over which protocols.
+fn print_shared(config: &Config, user: &str, protocol: Protocol) {
+    if config.directory.shared_mailboxes().is_empty() {
+        return;
+    }
+    let assignments = policy::shared::assignments(&config.directory, user);
+    if assignments.is_empty() {
+        println!("shared     none (assigned to no shared mailbox)");
+    }
+    for (a, protocols) in assignments {
+        let over = match &protocols {
+            None => "any protocol".to_owned(),
+            Some(p) => p.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", "),
+        };
+        let here = if policy::shared::open(&config.directory, user, &a.mailbox, protocol).is_ok() {
+            "may open"
+        } else {
+            "not over this protocol"
+        };
+        println!(
+            "shared     {} {here} (grant {}; assigned: {}; protocols: {over})",
+            a.mailbox, a.grant, a.via
+        );
+    }
+}
+
+fn grant(command: GrantCommand) -> anyhow::Result<ExitCode> {
+    use mailgate::grants::admin;
+    let path = match &command {
+        GrantCommand::Authorize { config, .. }
+        | GrantCommand::Status { config }
+        | GrantCommand::Revoke { config, .. } => config.clone(),
+    };
+    let Some(config) = load_or_report(&path) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let mut out = std::io::stdout();
+    let result = match command {
+        GrantCommand::Authorize {
+            name,
+            client,
+            redirect,
+            redirect_port,
+            timeout,
+            ..
+        } => runtime.block_on(admin::authorize(
+            &config,
+            &name,
+            client.as_deref(),
+            redirect.then_some(redirect_port),
+            std::time::Duration::from_secs(timeout),
+            &mut out,
+        )),
+        GrantCommand::Status { .. } => admin::status(&config, &mut out),
+        GrantCommand::Revoke { name, .. } => {
+            runtime.block_on(admin::revoke(&config, &name, &mut out))
+        }
+    };
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("mailgate grant: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn groups(path: &Path) -> anyhow::Result<ExitCode> {

@@ -542,7 +542,9 @@ impl Metrics {
 
     /// A shared-mailbox grant event.
     pub fn grant_event(&self, event: GrantEvent) {
-        self.grant_events.get_or_create(&GrantLabels { event }).inc();
+        self.grant_events
+            .get_or_create(&GrantLabels { event })
+            .inc();
     }
 
     /// One token-endpoint request for a grant, whatever its outcome.

@@ -885,8 +885,12 @@ impl<F: Frontend> Preauth<'_, F> {
         // A shared mailbox asked for with a token: `user=` names the mailbox, the token proves
         // who asks. Only names of shared mailboxes are taken so; any other mismatch stays
         // `token_user_mismatch`.
-        if let (Credentials::Bearer { user: Some(named), .. }, Some(facts)) =
-            (&request.credentials, &token)
+        if let (
+            Credentials::Bearer {
+                user: Some(named), ..
+            },
+            Some(facts),
+        ) = (&request.credentials, &token)
             && config.grants.is_some()
             && directory::lowercase(named) != directory::lowercase(&facts.user)
             && config.directory.shared_mailbox(named).is_some()
@@ -1029,7 +1033,10 @@ impl<F: Frontend> Preauth<'_, F> {
             match proved {
                 Ok(logged) => drop(logged.stream),
                 Err(upstream::Error::Rejected { .. } | upstream::Error::Unsafe(_)) => {
-                    tracing::info!(user, "shared mailbox: the user's own upstream rejected the password");
+                    tracing::info!(
+                        user,
+                        "shared mailbox: the user's own upstream rejected the password"
+                    );
                     record.reason = Reason::UpstreamRejected;
                     let took = asked.elapsed();
                     let floor = config.limits.refusal_delay_min;
@@ -1095,9 +1102,7 @@ impl<F: Frontend> Preauth<'_, F> {
                             "The shared mailbox {} must be re-authorised by an administrator",
                             assignment.mailbox
                         ),
-                        crate::grants::Unusable::Unavailable { .. } => {
-                            TEMPORARY_FAILURE.to_owned()
-                        }
+                        crate::grants::Unusable::Unavailable { .. } => TEMPORARY_FAILURE.to_owned(),
                     };
                     return Err(self.refusal(ReplyClass::Unavailable, &text, None));
                 }
@@ -1123,7 +1128,13 @@ impl<F: Frontend> Preauth<'_, F> {
                     tracing::info!(user, mailbox = %assignment.mailbox, grant = %assignment.grant, upstream = %logged.address, "shared mailbox login allowed");
                     return Ok(Admitted {
                         logged,
-                        attempt: (protocol, mechanism, user, token, Some(assignment.mailbox.to_string())),
+                        attempt: (
+                            protocol,
+                            mechanism,
+                            user,
+                            token,
+                            Some(assignment.mailbox.to_string()),
+                        ),
                     });
                 }
                 Err(upstream::Error::Rejected { .. }) if !retry => {
@@ -1337,7 +1348,13 @@ const TEMPORARY_FAILURE: &str = "Mail service temporarily unavailable, try again
 struct Admitted {
     logged: upstream::LoggedIn,
     /// Protocol, mechanism, user, token facts, and the shared mailbox opened (if one was).
-    attempt: (Protocol, Mechanism, String, Option<TokenFacts>, Option<String>),
+    attempt: (
+        Protocol,
+        Mechanism,
+        String,
+        Option<TokenFacts>,
+        Option<String>,
+    ),
 }
 
 fn facts(v: VerifiedToken) -> TokenFacts {

@@ -168,11 +168,7 @@ pub(super) fn clients(
     out
 }
 
-pub(super) fn grants(
-    file: GrantsFile,
-    base_dir: &Path,
-    errors: &mut Vec<ConfigError>,
-) -> Grants {
+pub(super) fn grants(file: GrantsFile, base_dir: &Path, errors: &mut Vec<ConfigError>) -> Grants {
     let mut v = V {
         at: "grants".to_owned(),
         errors,

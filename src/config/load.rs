@@ -152,7 +152,10 @@ impl Validator<'_> {
                     ),
                     Some(u) if seen.contains(&u.protocol) => self.invalid(
                         format!("shared_mailbox[{i}].upstream"),
-                        format!("two upstreams for {}; name one per protocol", u.protocol.as_str()),
+                        format!(
+                            "two upstreams for {}; name one per protocol",
+                            u.protocol.as_str()
+                        ),
                     ),
                     Some(u) => seen.push(u.protocol),
                 }
@@ -161,7 +164,11 @@ impl Validator<'_> {
                 if !seen.contains(protocol) {
                     self.invalid(
                         format!("shared_mailbox[{i}].protocols"),
-                        format!("{} is allowed but no {} upstream is named", protocol.as_str(), protocol.as_str()),
+                        format!(
+                            "{} is allowed but no {} upstream is named",
+                            protocol.as_str(),
+                            protocol.as_str()
+                        ),
                     );
                 }
             }

@@ -15,7 +15,7 @@ use super::file::{self, GroupFile, ImapClientsFile, OuFile, PrincipalKindFile, S
 use super::{
     Compliance, Directory, Error, Errors, Group, GroupId, GroupPolicy, GroupReport, ImapClients,
     Member, MemberKind, Membership, Offender, Ou, OuId, PartialSettings, Principal, PrincipalKind,
-    Restriction, SharedMailbox, Rule, Settings, Source, Sourced, domain,
+    Restriction, Rule, Settings, SharedMailbox, Source, Sourced, domain,
 };
 
 /// RFC 5321 section 4.5.3.1.3: a path is at most 256 octets, so an address at most 254.

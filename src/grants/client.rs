@@ -107,9 +107,7 @@ async fn send(
     request: oauth2::HttpRequest,
 ) -> Result<oauth2::HttpResponse, HttpError> {
     let (parts, body) = request.into_parts();
-    let mut builder = http
-        .request(parts.method, parts.uri.to_string())
-        .body(body);
+    let mut builder = http.request(parts.method, parts.uri.to_string()).body(body);
     for (k, v) in &parts.headers {
         builder = builder.header(k, v);
     }
@@ -155,8 +153,9 @@ fn client(config: &OAuthClient, redirect: Option<&str>) -> Result<Client, Error>
         client = client.set_client_secret(ClientSecret::new(secret.expose().clone()));
     }
     if let Some(redirect) = redirect {
-        client = client
-            .set_redirect_uri(RedirectUrl::new(redirect.to_owned()).map_err(|e| url("redirect", e))?);
+        client = client.set_redirect_uri(
+            RedirectUrl::new(redirect.to_owned()).map_err(|e| url("redirect", e))?,
+        );
     }
     Ok(client)
 }
@@ -200,7 +199,10 @@ fn tokens(r: &BasicTokenResponse) -> Tokens {
 }
 
 /// RFC 6749 section 6: a new access token (and maybe a rotated refresh token).
-pub async fn refresh(config: &OAuthClient, refresh_token: &Secret<String>) -> Result<Tokens, Error> {
+pub async fn refresh(
+    config: &OAuthClient,
+    refresh_token: &Secret<String>,
+) -> Result<Tokens, Error> {
     let http = http(config)?;
     let client = client(config, None)?;
     let rt = RefreshToken::new(refresh_token.expose().clone());
@@ -214,7 +216,9 @@ pub async fn refresh(config: &OAuthClient, refresh_token: &Secret<String>) -> Re
 
 /// RFC 8628 section 3.1-3.2: ask for a user code. `show` gets the verification URL (complete
 /// with the code when the provider gives one) and the user code, then [`device_poll`] waits.
-pub async fn device_start(config: &OAuthClient) -> Result<StandardDeviceAuthorizationResponse, Error> {
+pub async fn device_start(
+    config: &OAuthClient,
+) -> Result<StandardDeviceAuthorizationResponse, Error> {
     let http = http(config)?;
     let client = client(config, None)?;
     client
@@ -296,9 +300,8 @@ pub async fn revoke(config: &OAuthClient, refresh_token: &Secret<String>) -> Res
     }
     let http = http(config)?;
     let client = client(config, None)?;
-    let token = StandardRevocableToken::RefreshToken(RefreshToken::new(
-        refresh_token.expose().clone(),
-    ));
+    let token =
+        StandardRevocableToken::RefreshToken(RefreshToken::new(refresh_token.expose().clone()));
     client
         .revoke_token(token)
         .map_err(|e| Error::Config(format!("revocation_endpoint: {e}")))?

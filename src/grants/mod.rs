@@ -7,14 +7,16 @@
 //! ([`Unusable`]: the grant needs re-authorisation, or the provider did not answer).
 //!
 //! ```text
-//! access_token(NAME) ─▶ lock NAME (single flight) ─▶ cached and not near expiry? ─▶ token
+//! access_token(NAME) ─▶ lock NAME (single flight)
+//!                          ▼
+//!              read DIR/NAME.json ─ missing / needs_reauthorization ─▶ NeedsReauthorization
+//!                          │ active
+//!                          ▼
+//!              cached and not near expiry? ─yes─▶ token
 //!                          │ no
 //!                          ▼
 //!           provider failed < retry_after ago? ─yes─▶ Unavailable (no request)
 //!                          │ no
-//!                          ▼
-//!              read DIR/NAME.json ─ missing / needs_reauthorization ─▶ NeedsReauthorization
-//!                          │ active
 //!                          ▼
 //!              refresh at the token endpoint ─ invalid_grant ─▶ mark file, one `grant`
 //!                          │ ok                                  audit record ─▶ NeedsReauth…
@@ -23,7 +25,7 @@
 //!     rotated refresh token? ─▶ persist (write + fsync + rename, 0600) BEFORE use ─▶ token
 //! ```
 //!
-//! The file is read again whenever a token is needed, so a grant authorised or re-authorised
+//! The file is read at every login, so a grant authorised or re-authorised
 //! by `mailgate grant authorize` while the server runs is used at the next login, without a
 //! restart or reload. Concurrent logins for one grant wait on one lock: 50 of them cause one
 //! token request. Tokens live in [`Secret`]s and never reach a log, record or error.
@@ -39,6 +41,7 @@ use crate::audit;
 use crate::config::Config;
 use crate::secret::Secret;
 
+pub mod admin;
 pub mod client;
 pub mod file;
 
@@ -107,7 +110,11 @@ impl GrantStore {
     }
 
     /// An access token for `grant`, refreshed when needed (see the module docs).
-    pub async fn access_token(&self, config: &Config, grant: &str) -> Result<Secret<String>, Unusable> {
+    pub async fn access_token(
+        &self,
+        config: &Config,
+        grant: &str,
+    ) -> Result<Secret<String>, Unusable> {
         let Some(grants) = &config.grants else {
             return Err(Unusable::Unavailable {
                 grant: grant.to_owned(),
@@ -118,6 +125,17 @@ impl GrantStore {
         // Single flight: the first login refreshes, the others wait here and then find its
         // token in the cache.
         let mut entry = entry.lock().await;
+        // The file is read at every login (a few hundred bytes): a grant revoked or marked
+        // dead by an administrator stops working at once, one re-authorised works at once.
+        let stored = match read(&grants.dir, grant).await {
+            Ok(stored) if stored.state == GrantState::Active => stored,
+            Ok(_) | Err(Unusable::NeedsReauthorization(_)) => {
+                entry.token = None;
+                entry.was_dead = true;
+                return Err(Unusable::NeedsReauthorization(grant.to_owned()));
+            }
+            Err(e) => return Err(e),
+        };
         let now = Instant::now();
         if let Some(cached) = &entry.token
             && now < cached.refresh_at
@@ -132,13 +150,12 @@ impl GrantStore {
                 detail: "provider failed recently; not asked again yet".into(),
             });
         }
-        let stored = read(&grants.dir, grant).await?;
-        if stored.state == GrantState::NeedsReauthorization {
-            entry.token = None;
-            entry.was_dead = true;
-            return Err(Unusable::NeedsReauthorization(grant.to_owned()));
-        }
-        let Some(oauth) = config.oauth.clients.iter().find(|c| c.name == stored.client) else {
+        let Some(oauth) = config
+            .oauth
+            .clients
+            .iter()
+            .find(|c| c.name == stored.client)
+        else {
             return Err(Unusable::Unavailable {
                 grant: grant.to_owned(),
                 detail: format!("no [[oauth.client]] named {:?}", stored.client),
@@ -192,13 +209,17 @@ impl GrantStore {
             tracing::info!(grant, "grant re-authorised; in use again");
             metrics.grant_event(crate::metrics::GrantEvent::Reauthorized);
             self.services.audit.grant(audit::GrantChange {
-                    grant: grant.to_owned(),
-                    state: GrantState::Active.as_str(),
-                    detail: None,
-                });
+                grant: grant.to_owned(),
+                state: GrantState::Active.as_str(),
+                detail: None,
+            });
         }
         let lifetime = tokens.expires_in.unwrap_or(DEFAULT_LIFETIME);
-        tracing::debug!(grant, lifetime_s = lifetime.as_secs(), "grant access token refreshed");
+        tracing::debug!(
+            grant,
+            lifetime_s = lifetime.as_secs(),
+            "grant access token refreshed"
+        );
         entry.token = Some(Cached {
             token: tokens.access_token.clone(),
             refresh_at: started + lifetime.saturating_sub(margin(lifetime)),
