@@ -199,6 +199,9 @@ pub struct TailArgs {
     /// Only sessions where this user logged in or was refused (exact match).
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+    /// Only sessions that opened (or were refused) this shared mailbox (exact, lowercase).
+    #[arg(long, value_name = "MAILBOX")]
+    pub mailbox: Option<String>,
     /// Only sessions with an auth record of this decision.
     #[arg(long, value_enum)]
     pub decision: Option<DecisionArg>,

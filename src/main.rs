@@ -478,6 +478,7 @@ fn audit_tail(args: TailArgs) -> anyhow::Result<ExitCode> {
         follow: args.follow,
         filter: tail::Filter {
             user: args.user,
+            mailbox: args.mailbox,
             decision: args.decision.map(Into::into),
             reason: args.reason,
             protocol: args.protocol.map(Into::into),

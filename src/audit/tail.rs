@@ -51,6 +51,8 @@ const WIDTHS: [usize; 7] = [24, 11, 12, 24, 5, 8, 23];
 pub struct Filter {
     /// `auth.user`, exact.
     pub user: Option<String>,
+    /// `auth.mailbox`, exact: the shared mailbox opened ("who read office@ last week").
+    pub mailbox: Option<String>,
     pub decision: Option<Verdict>,
     /// `auth.reason`, exact (`ok` or one of the refusal codes).
     pub reason: Option<String>,
@@ -66,19 +68,27 @@ impl Filter {
     /// True when records are selected per session (and `reload` records hidden).
     fn by_session(&self) -> bool {
         self.user.is_some()
+            || self.mailbox.is_some()
             || self.decision.is_some()
             || self.reason.is_some()
             || self.protocol.is_some()
     }
 
     fn by_auth(&self) -> bool {
-        self.user.is_some() || self.decision.is_some() || self.reason.is_some()
+        self.user.is_some()
+            || self.mailbox.is_some()
+            || self.decision.is_some()
+            || self.reason.is_some()
     }
 
     fn auth_matches(&self, r: &Map<String, Value>) -> bool {
         self.user
             .as_deref()
             .is_none_or(|u| str_field(r, "user") == Some(u))
+            && self
+                .mailbox
+                .as_deref()
+                .is_none_or(|m| str_field(r, "mailbox") == Some(m))
             && self
                 .decision
                 .is_none_or(|d| str_field(r, "decision") == Some(d.as_str()))
