@@ -250,11 +250,15 @@ pub fn parse(text: &str) -> Parsed {
                 Ok(p) => out.file.policy = Some(p),
                 Err(e) => out.errors.push(e),
             },
+            "grants" => match section::<super::grants::GrantsFile>("grants", value) {
+                Ok(g) => out.file.grants = Some(g),
+                Err(e) => out.errors.push(e),
+            },
             _ => out.errors.push(ConfigError::Schema {
                 path: key.clone(),
                 message: format!(
                     "unknown key `{key}`, expected one of `listener`, `upstream`, `tls`, \
-                     `limits`, `log`, `oauth`, `admin`, `audit`, `policy`"
+                     `limits`, `log`, `oauth`, `admin`, `audit`, `policy`, `grants`"
                 ),
             }),
         }
