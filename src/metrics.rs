@@ -165,7 +165,7 @@ impl ReloadResult {
     }
 }
 
-/// What happened to a shared mailbox's grant (`mailgate_grant_events_total{event}`).
+/// What happened to a shared mailbox's grant (`mailgate_grant_events_total{result}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GrantEvent {
     /// An access token was refreshed (one token request that succeeded).
@@ -214,7 +214,7 @@ label_value!(
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GrantLabels {
-    event: GrantEvent,
+    result: GrantEvent,
 }
 
 /// `splice::Side` as the `side` label. (`Side` is not `Hash`, so the label set keeps the text.)
@@ -543,7 +543,7 @@ impl Metrics {
     /// A shared-mailbox grant event.
     pub fn grant_event(&self, event: GrantEvent) {
         self.grant_events
-            .get_or_create(&GrantLabels { event })
+            .get_or_create(&GrantLabels { result: event })
             .inc();
     }
 

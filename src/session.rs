@@ -1433,3 +1433,79 @@ fn shared_ask<'r>(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn config(grants: bool) -> crate::config::Config {
+        let mut text = String::from(
+            "[[listener]]\nname = \"imap\"\nprotocol = \"imap\"\nbind = \"127.0.0.1:1143\"\n\
+             tls = \"none\"\nupstream = \"up\"\n[[upstream]]\nname = \"up\"\nprotocol = \"imap\"\n\
+             addresses = [\"127.0.0.1:143\"]\ntls = \"none\"\n",
+        );
+        if grants {
+            text.push_str("[grants]\ndir = \"g\"\n");
+        }
+        crate::config::Config::from_toml(&text, std::path::Path::new("/tmp")).unwrap()
+    }
+
+    fn password(mechanism: Mechanism, authzid: Option<&str>, user: &str) -> LoginRequest {
+        LoginRequest {
+            mechanism,
+            credentials: Credentials::Password {
+                authzid: authzid.map(str::to_owned),
+                user: user.to_owned(),
+                password: Secret::new(b"pw".to_vec()),
+            },
+        }
+    }
+
+    #[test]
+    fn the_two_password_forms_of_asking_for_a_shared_mailbox() {
+        let c = config(true);
+        let login = password(
+            Mechanism::ImapLogin,
+            None,
+            "office@contoso.com*alice@example.com",
+        );
+        let (own, ask) = shared_ask(&login, &c);
+        assert_eq!(ask.as_deref(), Some("office@contoso.com"));
+        assert_eq!(own.user(), Some("alice@example.com"));
+        let plain = password(
+            Mechanism::Plain,
+            Some("office@contoso.com"),
+            "alice@example.com",
+        );
+        let (own, ask) = shared_ask(&plain, &c);
+        assert_eq!(ask.as_deref(), Some("office@contoso.com"));
+        assert!(matches!(
+            &own.credentials,
+            Credentials::Password { authzid: None, user, .. } if user == "alice@example.com"
+        ));
+        // Not a request for another mailbox: unchanged.
+        for request in [
+            password(
+                Mechanism::Plain,
+                Some("Alice@example.com"),
+                "alice@example.com",
+            ),
+            password(Mechanism::ImapLogin, None, "alice@example.com"),
+            password(Mechanism::ImapLogin, None, "*alice@example.com"),
+            password(Mechanism::ImapLogin, None, "office@contoso.com*"),
+        ] {
+            let (own, ask) = shared_ask(&request, &c);
+            assert_eq!(ask, None);
+            assert_eq!(*own, request);
+        }
+        // Without [grants] nothing is split: an authzid stays for policy to refuse.
+        let request = password(
+            Mechanism::Plain,
+            Some("office@contoso.com"),
+            "alice@example.com",
+        );
+        let (own, ask) = shared_ask(&request, &config(false));
+        assert_eq!((ask, &*own), (None, &request));
+    }
+}

@@ -80,7 +80,8 @@ struct State {
 }
 
 enum Msg {
-    Record(Record),
+    /// Boxed: a record is ~250 bytes, every queue slot would be that large otherwise.
+    Record(Box<Record>),
     /// Write everything before this, then answer.
     Flush(oneshot::Sender<()>),
     /// Write everything queued, stop accepting, answer, end the writer.
@@ -210,7 +211,7 @@ impl Audit {
 
     fn submit(&self, record: Record) {
         let Some(inner) = &self.inner else { return };
-        if inner.tx.try_send(Msg::Record(record)).is_err() {
+        if inner.tx.try_send(Msg::Record(Box::new(record))).is_err() {
             let state = &inner.state;
             let dropped = state.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if state.drop_warning.allow() {

@@ -169,6 +169,8 @@ pub struct Parsed {
     /// `[tls]` was present but failed to deserialize, so "missing [tls]" would be a knock-on
     /// error.
     pub broken_tls: bool,
+    /// `[grants]` was present but had an error (reported once, not again by its users).
+    pub broken_grants: bool,
 }
 
 /// Parses `text` into [`File`], collecting every schema error with its key path.
@@ -252,7 +254,10 @@ pub fn parse(text: &str) -> Parsed {
             },
             "grants" => match section::<super::grants::GrantsFile>("grants", value) {
                 Ok(g) => out.file.grants = Some(g),
-                Err(e) => out.errors.push(e),
+                Err(e) => {
+                    out.errors.push(e);
+                    out.broken_grants = true;
+                }
             },
             _ => out.errors.push(ConfigError::Schema {
                 path: key.clone(),

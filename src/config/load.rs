@@ -117,7 +117,13 @@ impl Validator<'_> {
         let grants = f
             .grants
             .map(|g| super::grants::grants(g, self.base_dir, &mut self.errors));
-        self.shared_mailboxes(&directory, &upstreams, grants.as_ref());
+        self.shared_mailboxes(
+            &directory,
+            &upstreams,
+            &parsed.broken_upstreams,
+            grants.as_ref(),
+            parsed.broken_grants,
+        );
         Config {
             listeners,
             upstreams,
@@ -140,10 +146,20 @@ impl Validator<'_> {
         &mut self,
         directory: &Directory,
         upstreams: &BTreeMap<String, Arc<Upstream>>,
+        broken: &[String],
         grants: Option<&super::grants::Grants>,
+        broken_grants: bool,
     ) {
         for (i, shared) in directory.shared_mailboxes().iter().enumerate() {
             let mut seen = Vec::new();
+            // An [[upstream]] with its own error is reported there, not again here.
+            if shared
+                .upstreams
+                .iter()
+                .any(|n| broken.iter().any(|b| **b == **n))
+            {
+                continue;
+            }
             for name in &shared.upstreams {
                 match upstreams.get(&**name) {
                     None => self.invalid(
@@ -172,7 +188,7 @@ impl Validator<'_> {
                     );
                 }
             }
-            if grants.is_none() {
+            if grants.is_none() && !broken_grants {
                 self.invalid(
                     format!("shared_mailbox[{i}].grant"),
                     "shared mailboxes need a [grants] table in the main config (dir = ...)",

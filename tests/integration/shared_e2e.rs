@@ -567,7 +567,7 @@ async fn one_refresh_for_fifty_logins_revocation_and_reauthorisation() {
     assert_eq!(refused.len(), 3, "{refused:#?}");
     let metrics = mailgate.services.metrics.encode();
     assert!(
-        metrics.contains("mailgate_grant_events_total{event=\"needs_reauthorization\"} 1"),
+        metrics.contains("mailgate_grant_events_total{result=\"needs_reauthorization\"} 1"),
         "{metrics}"
     );
 }
