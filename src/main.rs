@@ -399,7 +399,7 @@ fn throttle(command: ThrottleCommand) -> anyhow::Result<ExitCode> {
                 .map(|a| a.bind)
                 .ok_or_else(|| anyhow::anyhow!("{} has no [admin] listener", config.display()))?;
             // The routes answer only on loopback: a wildcard bind is reached there (a bind
-            // to one other address cannot serve them; see README "Password guessing").
+            // to one other address cannot serve them; see docs/operations.md "Password guessing").
             let ip = if bind.ip().is_unspecified() {
                 std::net::IpAddr::from([127, 0, 0, 1])
             } else {

@@ -3,10 +3,10 @@
 //!
 //! Every family is registered once, in [`Metrics::new`], and the rest of mailgate records through
 //! typed methods (linkerd `MetricsFamilies::register`). Label values come only from small fixed
-//! sets (STYLE.md section 3): listener names from the config, and the enums here or elsewhere in
-//! mailgate that have an `as_str`. No method takes user, OU, token or client IP, so none can
-//! reach a label by mistake, and the series count stays bounded by
-//! listeners x protocols x reasons.
+//! sets (docs/development.md section 3): listener names from the config, and the enums here or
+//! elsewhere in mailgate that have an `as_str`. No method takes user, OU, token or client IP, so
+//! none can reach a label by mistake, and the series count stays bounded by listeners x protocols x
+//! reasons.
 //!
 //! | family                                     | type      | labels                      |
 //! |--------------------------------------------|-----------|-----------------------------|
@@ -110,7 +110,7 @@ impl TokenResult {
     }
 }
 
-/// How a session ended: the audit `session_end` record's `end` values (SPEC "Audit records").
+/// How a session ended: the audit `session_end` record's `end` values (docs/audit.md).
 /// A superset of `splice::End` in meaning (it converts with `From`), for sessions that end
 /// before any splice, e.g. a pre-auth `LOGOUT` is `ClientClosed`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

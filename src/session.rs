@@ -737,10 +737,10 @@ impl<F: Frontend> Preauth<'_, F> {
     }
 
     /// One login attempt: reserve its slot (smart lockout), verify the token (OAuth), decide
-    /// (policy), replay upstream, in SPEC's decision order; then settle the slot with the
-    /// outcome and hold a failure's answer for the growing delay. `Err` is the refusal to
-    /// send, or the end of a session whose downstream went away meanwhile. Every attempt
-    /// leaves one `auth` audit record.
+    /// (policy), replay upstream, in the decision order of docs/policy.md; then settle the slot
+    /// with the outcome and hold a failure's answer for the growing delay. `Err` is the refusal to
+    /// send, or the end of a session whose downstream went away meanwhile. Every attempt leaves one
+    /// `auth` audit record.
     async fn login(&mut self, request: &LoginRequest) -> Result<Admitted, NotAdmitted> {
         // A STARTTLS session that logs in without upgrading: its `connect` comes first.
         self.trail.connect(Some(&self.down));

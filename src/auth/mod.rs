@@ -15,10 +15,10 @@
 //! decide" ([`AuthError::Unavailable`]) is never cached. Concurrent verifications of one token
 //! share one lookup (single flight).
 //!
-//! Failure classes: [`AuthError::Invalid`] is the token's fault (`invalid_token` in SPEC decision
-//! step 4); [`AuthError::Unavailable`] is the IdP's (unreachable, slow past its timeout, 5xx,
-//! garbage or oversized answers: `idp_unavailable`), which the caller must turn into a temporary
-//! refusal, never an allow.
+//! Failure classes: [`AuthError::Invalid`] is the token's fault (`invalid_token`, decision
+//! step 0 in docs/policy.md); [`AuthError::Unavailable`] is the IdP's (unreachable, slow past its
+//! timeout, 5xx, garbage or oversized answers: `idp_unavailable`), which the caller must turn into
+//! a temporary refusal, never an allow.
 //!
 //! Must not: log, put the token in any error, `Debug` output or cache key, or follow redirects.
 //! The pure parts ([`jwt`]) take the time as an argument.

@@ -420,8 +420,8 @@ impl Validator<'_> {
                     continue;
                 }
             };
-            // SPEC "Wire behaviour": a plaintext listener refuses to start off loopback, since
-            // passwords would cross the network in the clear.
+            // docs/wire.md "Listeners and TLS": a plaintext listener refuses to start off loopback,
+            // since passwords would cross the network in the clear.
             if l.tls == ListenerTls::None && !bind.ip().to_canonical().is_loopback() {
                 self.invalid(
                     format!("{at}.bind"),

@@ -142,7 +142,7 @@ impl JwtAlgorithm {
     }
 }
 
-/// How a service account's delegated token is recognised (SPEC decision step 4,
+/// How a service account's delegated token is recognised (decision step 4 in docs/policy.md,
 /// `delegation_not_supported`). Either test marks the token delegated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Delegation {

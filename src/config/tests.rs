@@ -821,7 +821,7 @@ fn shipped_policy_loads_the_shipped_directory() {
     assert!(!c.warnings().iter().any(|w| w.starts_with("policy:")));
 }
 
-/// Every file in `config/` loads as shipped (STYLE.md section 7).
+/// Every file in `config/` loads as shipped (docs/development.md section 7).
 #[test]
 fn every_shipped_file_loads() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");

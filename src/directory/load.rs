@@ -793,8 +793,8 @@ impl Validator {
     }
 }
 
-/// SPEC order: user switch (off only), then the group policy with the lowest priority number
-/// that sets the value, then the OU's effective value.
+/// docs/policy.md order: user switch (off only), then the group policy with the lowest priority
+/// number that sets the value, then the OU's effective value.
 fn effective(principal: &Principal, ou: &Settings, groups: &[Group]) -> Settings {
     let mut policies: Vec<(&Group, &GroupPolicy)> = principal
         .memberships

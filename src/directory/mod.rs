@@ -1,9 +1,9 @@
 //! Stage: directory. `directory.toml` in, a validated, resolved [`Directory`] out.
 //!
-//! The directory is the organisation as the hosted admin console models it (SPEC "The policy
-//! being enforced"): a tree of organisational units, users and service accounts that each sit in
-//! one OU, and groups that hold principals and other groups. OUs and groups carry the four policy
-//! settings (`pop`, `imap`, `imap_clients`, `password_logins`).
+//! The directory is the organisation as the hosted admin console models it (docs/policy.md): a
+//! tree of organisational units, users and service accounts that each sit in one OU, and groups
+//! that hold principals and other groups. OUs and groups carry the four policy settings (`pop`,
+//! `imap`, `imap_clients`, `password_logins`).
 //!
 //! Loading resolves everything once, so a login decision is a hash lookup:
 //!
@@ -353,8 +353,8 @@ impl Directory {
         load::allow_all()
     }
 
-    /// Places unknown users in the OU at `path` (SPEC decision step 1, "or the configured default
-    /// OU"). `Err` names the path when there is no such OU.
+    /// Places unknown users in the OU at `path` (decision step 1 in docs/policy.md: "or the
+    /// configured default OU"). `Err` names the path when there is no such OU.
     pub fn with_default_ou(mut self, path: &str) -> Result<Directory, Error> {
         match self.ou_by_path.get(path) {
             Some(&id) => {

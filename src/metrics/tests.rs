@@ -176,7 +176,8 @@ fn every_family_is_named_and_labelled_as_style_says() {
         if types[family] == "counter" {
             assert!(name.ends_with("_total"), "{name}");
         }
-        // Only the fixed label keys of STYLE.md section 3, plus `le` on histogram buckets.
+        // Only the fixed label keys of docs/development.md section 3, plus `le` on histogram
+        // buckets.
         if let Some(labels) = series.split_once('{').map(|(_, l)| l.trim_end_matches('}')) {
             for pair in labels.split(',') {
                 let key = pair.split('=').next().unwrap();

@@ -5,7 +5,7 @@
 //! [`Decision`] whose [`Permit`] or [`Denial`] names the source of the deciding value
 //! (`ou:/Sales`, `group:imap-pilot@example.com`, `user`, `default`, or `token`).
 //!
-//! The order is SPEC "Decision, in order", steps 1 to 4:
+//! The order is docs/policy.md "Decision, in order", steps 1 to 4:
 //!
 //! | step | check                                          | refusal                       |
 //! |------|------------------------------------------------|-------------------------------|
@@ -98,7 +98,7 @@ pub struct Denial {
     pub ou: Option<Arc<str>>,
 }
 
-/// The audit reason codes of SPEC, one to one.
+/// The audit reason codes (docs/wire.md "Reason codes"), one to one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
@@ -277,8 +277,8 @@ fn gate(s: &Settings, attempt: &Attempt) -> Result<String, (Reason, String)> {
             return Err((Reason::ClientNotAllowed, s.imap_clients.source.to_string()));
         }
         // Issue 10 item 5: the upstream would open the authzid's mailbox while everything
-        // above looked at the authcid; until shared mailboxes are assigned (SPEC "Shared
-        // mailboxes"), only the user's own name may be asked for.
+        // above looked at the authcid; until shared mailboxes are assigned,
+        // only the user's own name may be asked for.
         if let Some(authzid) = attempt.authzid
             && directory::lowercase(authzid) != directory::lowercase(attempt.user)
         {

@@ -1,11 +1,11 @@
 //! What a refused person is told: the text of a policy refusal, and whether to tell it at all.
 //!
-//! SPEC "Wire behaviour": a specific reason is shown only once the person has proven who they
-//! are (a valid token). A password login refused by policy gets the generic credentials failure
-//! (`AUTHENTICATIONFAILED`, "Authentication failed"), the same answer as a wrong password, unless
-//! `disclose_reasons = "always"`. So by default an unknown user, a disabled user and a wrong
-//! password look the same on the wire, and the proxy never tells a stranger which accounts exist
-//! or how they are configured.
+//! docs/wire.md, "Who learns the reason": a specific reason is shown only once the person has
+//! proven who they are (a valid token). A password login refused by policy gets the generic
+//! credentials failure (`AUTHENTICATIONFAILED`, "Authentication failed"), the same answer as a
+//! wrong password, unless `disclose_reasons = "always"`. So by default an unknown user, a disabled
+//! user and a wrong password look the same on the wire, and the proxy never tells a stranger which
+//! accounts exist or how they are configured.
 //!
 //! The texts say what is off and whom to ask, never a secret and never the directory's layout
 //! (no OU path, no group name: those are for the audit record). The session appends the short
@@ -115,7 +115,7 @@ pub fn refusal_text(denial: &Denial, protocol: Protocol, contact: &str) -> Strin
     };
     let what = match denial.reason {
         Reason::Ok => return "Logged in".to_owned(),
-        // SPEC "Shared mailboxes": an unassigned mailbox reads like a wrong password, so the
+        // Shared mailboxes: an unassigned mailbox reads like a wrong password, so the
         // answer does not confirm that the mailbox exists.
         Reason::UpstreamRejected | Reason::MailboxNotAssigned => {
             return GENERIC_FAILURE.to_owned();

@@ -170,7 +170,7 @@ fn decision_order_table() {
         (Imap, XOAuth2, "bob@example.com", Some(apple("alice@example.com")), "token_user_mismatch", "token"),
         (Imap, XOAuth2, "bob@example.com", None, "invalid_token", "token"),
         (Imap, XOAuth2, "svc@example.com", Some(delegated("svc@example.com")), "delegation_not_supported", "ou:/Sales"),
-        // client check comes before the delegation check (SPEC step 4 order)
+        // client check comes before the delegation check (decision step 4 order, docs/policy.md)
         (Imap, XOAuth2, "svc@example.com", Some(token("svc@example.com", Some("x"), true)), "client_not_allowed", "ou:/Sales"),
         // no allowlist: delegation and any client are fine
         (Imap, XOAuth2, "alice@example.com", Some(token("alice@example.com", Some("x"), true)), "ok", "ou:/"),
@@ -191,7 +191,7 @@ fn decision_order_table() {
             "{protocol:?} {mechanism:?} {user} {token:?}"
         );
     }
-    // Every policy reason code of SPEC steps 1-4 appears in the table.
+    // Every policy reason code of decision steps 1-4 (docs/policy.md) appears in the table.
     for r in [
         Reason::UnknownUser,
         Reason::Suspended,
@@ -653,7 +653,7 @@ fn temporary_failures_are_unavailable() {
 
 #[test]
 fn a_sasl_authorization_identity_other_than_the_user_is_refused() {
-    // Issue 10 item 5, SPEC step 3: (authcid, authzid) → reason. alice (/Eng) may use
+    // Issue 10 item 5, decision step 3: (authcid, authzid) → reason. alice (/Eng) may use
     // passwords over IMAP and POP; erin is suspended.
     let d = org();
     let table: [(Protocol, Mechanism, &str, Option<&str>, &str); 7] = [

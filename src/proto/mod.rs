@@ -52,7 +52,7 @@ pub enum Mechanism {
 }
 
 impl Mechanism {
-    /// Password mechanisms are the "less secure app" logins of SPEC decision step 3.
+    /// Password mechanisms are the "less secure app" logins of decision step 3 (docs/policy.md).
     pub fn is_password(self) -> bool {
         !matches!(self, Mechanism::XOAuth2 | Mechanism::OAuthBearer)
     }
@@ -202,7 +202,7 @@ pub enum CloseReason {
     ProtocolViolation,
 }
 
-/// Limits the front-end machines enforce before login (SPEC "Limits before login").
+/// Limits the front-end machines enforce before login (docs/wire.md, "Limits").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PreauthLimits {
     /// Longest command line, CRLF included. 16 KiB: room for a 4 KiB JWT base64-encoded in

@@ -55,7 +55,7 @@ pub struct ThrottleConfig {
 impl Default for ThrottleConfig {
     fn default() -> Self {
         Self {
-            // Reasons for these in README "Password guessing".
+            // Reasons for these in docs/operations.md "Password guessing".
             failures_per_ip: 20,
             failures_per_user: 10,
             token_failures_per_ip: 30,

@@ -1,8 +1,8 @@
-//! Small hand-written fake servers for the fault tests (STYLE.md section 7): what a real Dovecot
-//! or IdP will not do on demand. An upstream that resets mid-greeting, mid-login or mid-splice,
-//! stalls, sends garbage or an endless line; an IdP that answers slowly, with a 500, a huge body
-//! or broken JSON. They prove mailgate survives a fault, never that an exchange works (the real
-//! Dovecot and IdP of the other areas do that).
+//! Small hand-written fake servers for the fault tests (docs/development.md section 7): what a real
+//! Dovecot or IdP will not do on demand. An upstream that resets mid-greeting, mid-login or
+//! mid-splice, stalls, sends garbage or an endless line; an IdP that answers slowly, with a 500, a
+//! huge body or broken JSON. They prove mailgate survives a fault, never that an exchange works
+//! (the real Dovecot and IdP of the other areas do that).
 //!
 //! ```ignore
 //! let up = fake::upstream().greet(b"* OK [CAPABILITY IMAP4rev1] hi\r\n").read_line().then_reset().run().await;

@@ -1,10 +1,11 @@
-//! mailgate's integration tests: one binary, one module per area (STYLE.md section 7).
+//! mailgate's integration tests: one binary, one module per area (docs/development.md section 7).
 //!
 //! - [`dovecot`]: a private Dovecot per test, the real upstream.
 //! - [`pki`]: a test CA and leaf certificates made at test time.
 //! - [`fixtures`]: the messages each harness mailbox starts with.
 //! - [`redis`]: a private `redis-server` per test (the fleet's shared counter store).
 //! - [`util`]: free ports, external clients with timeouts, digests, raw line clients.
+//! - `demo`: `scripts/demo --check`, the README's first command, allows, refuses and audits.
 //! - `direct`: the clients against the harness Dovecot with no proxy, proving the harness.
 //! - [`mailgate`]: mailgate in-process on free ports in front of a harness Dovecot.
 //! - [`idp`]: a real OAuth server (oidc-provider, `tests/idp/`) per test.
@@ -40,6 +41,7 @@ mod abuse;
 mod accept;
 mod audit_e2e;
 mod capabilities;
+mod demo;
 mod direct;
 mod faults;
 mod lifecycle;

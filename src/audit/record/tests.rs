@@ -1,5 +1,5 @@
 //! Schema tests: every event, every reason code and every end value, serialized and read back
-//! as JSON, with the exact key set and value types of SPEC "Audit records".
+//! as JSON, with the exact key set and value types of docs/audit.md.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, UNIX_EPOCH};
@@ -23,7 +23,7 @@ fn check(value: &Value, ty: Type) -> bool {
     }
 }
 
-/// The SPEC key set of each event, after `ts`, `event` and `session`.
+/// The documented key set (docs/audit.md) of each event, after `ts`, `event` and `session`.
 fn schema(event: &str) -> &'static [(&'static str, Type)] {
     use Type::*;
     match event {

@@ -322,7 +322,7 @@ impl Pop3Frontend {
             Command::User(_) | Command::Pass(_) | Command::Auth(_)
         );
         if login_command && !self.security.logins_allowed() {
-            // RFC 2595 4 / SPEC: no login before STLS; the answer says nothing about the user.
+            // RFC 2595 4: no login before STLS; the answer says nothing about the user.
             self.send(PLAINTEXT_REFUSED);
             return;
         }

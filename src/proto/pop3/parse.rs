@@ -62,7 +62,7 @@ pub enum Command<'a> {
     Auth(Option<Auth<'a>>),
     /// RFC 2595 4: `STLS`.
     Stls,
-    /// RFC 1939 5 (TRANSACTION state only there; answered before login too, as SPEC says).
+    /// RFC 1939 5 (TRANSACTION state only there; answered before login too, as docs/wire.md lists).
     Noop,
     /// RFC 1939 6: `QUIT`.
     Quit,

@@ -32,7 +32,7 @@ pub fn split(bytes: &[u8], chunking: Option<u64>, out: &mut impl FnMut(&[u8])) {
 
 /// An arbitrary base instant for tests. std has no `Instant` constructor but the clock, so this
 /// one read stays here, in test code only; the machines never read the clock themselves (the
-/// STYLE.md grep for clock reads should skip `testing.rs`).
+/// the no-clock grep of scripts/test should skip `testing.rs`).
 pub fn t0() -> std::time::Instant {
     std::time::Instant::now()
 }

@@ -329,7 +329,7 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// What the driver needs of a pre-auth front-end machine; both share the `handle_*`/`poll_*`
-/// shape of STYLE.md section 2.
+/// shape of docs/development.md section 2.
 pub trait Frontend: Debug + Sized {
     const PROTOCOL: mailgate::proto::Protocol;
     fn new(security: Security, limits: PreauthLimits, now: Instant) -> Self;
