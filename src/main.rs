@@ -204,14 +204,16 @@ fn print_shared(config: &Config, user: &str, protocol: Protocol) {
             None => "any protocol".to_owned(),
             Some(p) => p.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", "),
         };
+        // The user's own login (the decision above) must be allowed too: the shared mailbox
+        // is opened only for someone who proved who they are under their own policy.
         let here = if policy::shared::open(&config.directory, user, &a.mailbox, protocol).is_ok() {
-            "may open"
+            "opens when the login above is allowed"
         } else {
             "not over this protocol"
         };
         println!(
-            "shared     {} {here} (grant {}; assigned: {}; protocols: {over})",
-            a.mailbox, a.grant, a.via
+            "shared     {} assigned via {} (grant {}, protocols: {over}): {here}",
+            a.mailbox, a.via, a.grant
         );
     }
 }

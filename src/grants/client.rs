@@ -12,15 +12,15 @@ use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicTokenResponse};
 use oauth2::{
     AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, DeviceAuthorizationUrl,
     EndpointMaybeSet, EndpointNotSet, EndpointSet, PkceCodeChallenge, PkceCodeVerifier,
-    RedirectUrl, RefreshToken, RequestTokenError, RevocationUrl, Scope,
-    StandardDeviceAuthorizationResponse, StandardRevocableToken, TokenResponse as _, TokenUrl,
+    RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardDeviceAuthorizationResponse,
+    TokenResponse as _, TokenUrl,
 };
 
 use crate::config::grants::OAuthClient;
 use crate::secret::Secret;
 
 type Client =
-    BasicClient<EndpointMaybeSet, EndpointMaybeSet, EndpointNotSet, EndpointMaybeSet, EndpointSet>;
+    BasicClient<EndpointMaybeSet, EndpointMaybeSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
 
 /// Why an exchange with the provider failed.
 #[derive(Debug, thiserror::Error)]
@@ -140,14 +140,6 @@ fn client(config: &OAuthClient, redirect: Option<&str>) -> Result<Client, Error>
                 .map(DeviceAuthorizationUrl::new)
                 .transpose()
                 .map_err(|e| url("device_authorization_endpoint", e))?,
-        )
-        .set_revocation_url_option(
-            config
-                .revocation_endpoint
-                .clone()
-                .map(RevocationUrl::new)
-                .transpose()
-                .map_err(|e| url("revocation_endpoint", e))?,
         );
     if let Some(secret) = &config.client_secret {
         client = client.set_client_secret(ClientSecret::new(secret.expose().clone()));
@@ -293,28 +285,41 @@ pub async fn code_exchange(
 }
 
 /// RFC 7009: tell the provider the refresh token is no longer wanted. `Ok(false)`: the
-/// client has no revocation endpoint.
+/// client has no revocation endpoint. A plain form POST (section 2.1) rather than oauth2's:
+/// oauth2 insists on https:// here, and the config already allows http:// only to loopback.
 pub async fn revoke(config: &OAuthClient, refresh_token: &Secret<String>) -> Result<bool, Error> {
-    if config.revocation_endpoint.is_none() {
+    let Some(endpoint) = &config.revocation_endpoint else {
         return Ok(false);
+    };
+    let Http(http) = http(config)?;
+    let mut form = vec![
+        ("token", refresh_token.expose().as_str()),
+        ("token_type_hint", "refresh_token"),
+    ];
+    let mut request = http.post(endpoint);
+    match &config.client_secret {
+        Some(secret) => {
+            request = request.basic_auth(&config.client_id, Some(secret.expose()));
+        }
+        None => form.push(("client_id", config.client_id.as_str())),
     }
-    let http = http(config)?;
-    let client = client(config, None)?;
-    let token =
-        StandardRevocableToken::RefreshToken(RefreshToken::new(refresh_token.expose().clone()));
-    client
-        .revoke_token(token)
-        .map_err(|e| Error::Config(format!("revocation_endpoint: {e}")))?
-        .request_async(&http)
+    let response = request
+        .form(&form)
+        .send()
         .await
-        .map_err(|e| match e {
-            RequestTokenError::ServerResponse(r) => Error::Refused {
-                code: r.error().as_ref().to_owned(),
-                description: r.error_description().cloned(),
-            },
-            RequestTokenError::Request(e) => Error::Unavailable(e.to_string()),
-            RequestTokenError::Parse(e, _) => Error::Unavailable(e.path().to_string()),
-            RequestTokenError::Other(e) => Error::Unavailable(e),
-        })?;
-    Ok(true)
+        .map_err(|e| Error::Unavailable(e.to_string()))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(true);
+    }
+    // RFC 7009 2.2.1: an error response is RFC 6749 5.2 JSON; keep its code only.
+    let body = response.bytes().await.unwrap_or_default();
+    let code = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("HTTP {status}"));
+    Err(Error::Refused {
+        code,
+        description: None,
+    })
 }
