@@ -533,6 +533,8 @@ fn detail(event: &str, record: &Map<String, Value>) -> String {
             ("sni", "sni"),
         ],
         "auth" => &[
+            ("mailbox", "mailbox"),
+            ("grant", "grant"),
             ("mechanism", "mechanism"),
             ("ou", "ou"),
             ("policy_source", "source"),
@@ -551,6 +553,7 @@ fn detail(event: &str, record: &Map<String, Value>) -> String {
             ("config_digest", "digest"),
             ("error", "error"),
         ],
+        "grant" => &[("grant", "grant"), ("state", "state"), ("detail", "detail")],
         _ => &[],
     };
     let pairs: Vec<String> = if keys.is_empty() {
