@@ -829,10 +829,7 @@ impl<F: Frontend> Preauth<'_, F> {
         if let Credentials::Bearer { token: secret, .. } = &request.credentials {
             let started = Instant::now();
             let verify = generation.verifier.verify(secret);
-            let verified = match watching(&mut self.down, &mut self.machine, verify).await {
-                Ok(verified) => verified,
-                Err(end) => return Err(Self::abandoned(record, end)),
-            };
+            let verified = self.watch(record, verify).await?;
             let result = match &verified {
                 Ok(_) => TokenResult::Ok,
                 Err(AuthError::Invalid(_)) => TokenResult::Invalid,
@@ -946,13 +943,11 @@ impl<F: Frontend> Preauth<'_, F> {
             return Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None));
         };
         record.upstream = Some(connector.name().to_owned());
-        let metrics = &self.trail.services.metrics;
+        let metrics = self.trail.services.metrics.clone();
         let asked = Instant::now();
-        let replay = connector.login(request, &self.trail.peer);
-        let replayed = match watching(&mut self.down, &mut self.machine, replay).await {
-            Ok(replayed) => replayed,
-            Err(end) => return Err(Self::abandoned(record, end)),
-        };
+        let peer = self.trail.peer;
+        let replay = connector.login(request, &peer);
+        let replayed = self.watch(record, replay).await?;
         match replayed {
             Ok(logged) => {
                 metrics.upstream_connect(protocol, logged.connect_time);
@@ -1025,11 +1020,9 @@ impl<F: Frontend> Preauth<'_, F> {
                 return Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None));
             };
             let asked = Instant::now();
-            let proof = own.prove(request, &self.trail.peer);
-            let proved = match watching(&mut self.down, &mut self.machine, proof).await {
-                Ok(proved) => proved,
-                Err(end) => return Err(Self::abandoned(record, end)),
-            };
+            let peer = self.trail.peer;
+            let proof = own.prove(request, &peer);
+            let proved = self.watch(record, proof).await?;
             match proved {
                 Ok(logged) => drop(logged.stream),
                 Err(upstream::Error::Rejected { .. } | upstream::Error::Unsafe(_)) => {
@@ -1088,10 +1081,7 @@ impl<F: Frontend> Preauth<'_, F> {
         // the second try refreshes (and finds out whether the grant itself is dead).
         for retry in [false, true] {
             let access = grants.access_token(config, &assignment.grant);
-            let access = match watching(&mut self.down, &mut self.machine, access).await {
-                Ok(access) => access,
-                Err(end) => return Err(Self::abandoned(record, end)),
-            };
+            let access = self.watch(record, access).await?;
             let access = match access {
                 Ok(access) => access,
                 Err(why) => {
@@ -1116,11 +1106,9 @@ impl<F: Frontend> Preauth<'_, F> {
                     port: None,
                 },
             };
-            let replay = connector.login(&as_mailbox, &self.trail.peer);
-            let replayed = match watching(&mut self.down, &mut self.machine, replay).await {
-                Ok(replayed) => replayed,
-                Err(end) => return Err(Self::abandoned(record, end)),
-            };
+            let peer = self.trail.peer;
+            let replay = connector.login(&as_mailbox, &peer);
+            let replayed = self.watch(record, replay).await?;
             match replayed {
                 Ok(logged) => {
                     metrics.upstream_connect(protocol, logged.connect_time);
@@ -1188,6 +1176,18 @@ impl<F: Frontend> Preauth<'_, F> {
             ),
             challenge,
         })
+    }
+
+    /// [`watching`] the downstream while `work` runs; its going away ends the login as
+    /// [`Preauth::abandoned`].
+    async fn watch<T>(
+        &mut self,
+        record: &mut audit::Auth,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, NotAdmitted> {
+        watching(&mut self.down, &mut self.machine, work)
+            .await
+            .map_err(|end| Self::abandoned(record, end))
     }
 
     /// The downstream went away (or broke a limit) while its login was in flight: the token

@@ -588,3 +588,103 @@ async fn one_refresh_for_fifty_logins_revocation_and_reauthorisation() {
         "{metrics}"
     );
 }
+
+/// The provider is down (its token endpoint answers 503): a temporary failure with the generic
+/// text, never a login as anyone else, the grant stays active (the provider did not say it is
+/// dead), and within `retry_after` the provider is not asked again.
+///
+/// A hand-written token endpoint: the test IdP cannot be made to fail on demand. It counts the
+/// connections it gets and answers each with a 503.
+#[tokio::test]
+async fn provider_down_is_a_temporary_failure_and_not_hammered() {
+    let dovecot = Dovecot::builder()
+        .users(vec![
+            User::new(ALICE, "alice-secret"),
+            User::new(OFFICE, "x-unknown-9"),
+        ])
+        .start();
+    let endpoint = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = endpoint.local_addr().expect("addr").port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        while let Ok((mut tcp, _)) = endpoint.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = vec![0u8; 4096];
+            let _ = tcp.read(&mut buf).await;
+            let _ = tcp
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let grants = dir.path().join("grants");
+    mailgate::grants::GrantFile {
+        name: "office".into(),
+        client: "down".into(),
+        refresh_token: mailgate::secret::Secret::new("rt-never-used-0c7e".into()),
+        scopes: vec!["mail".into()],
+        obtained: mailgate::grants::file::now_rfc3339(),
+        last_refresh: None,
+        state: mailgate::grants::GrantState::Active,
+        detail: None,
+    }
+    .write(&grants)
+    .expect("grant file");
+    let (imaps, pop3, ca) = (
+        dovecot.imaps_addr,
+        dovecot.pop3_addr,
+        dovecot.ca_pem.display(),
+    );
+    let audit = dir.path().join("audit.log");
+    let mailgate = Mailgate::builder(&dovecot)
+        .policy(DIRECTORY, "")
+        .extra(&format!(
+            "[[upstream]]\nname = \"provider-imap\"\nprotocol = \"imap\"\naddresses = [\"{imaps}\"]\n\
+             tls = \"implicit\"\nserver_name = \"localhost\"\nca_file = \"{ca}\"\n\n\
+             [[upstream]]\nname = \"provider-pop3\"\nprotocol = \"pop3\"\naddresses = [\"{pop3}\"]\n\
+             tls = \"starttls\"\nserver_name = \"localhost\"\nca_file = \"{ca}\"\n\n\
+             [[oauth.client]]\nname = \"down\"\nclient_id = \"mailgate-grants\"\n\
+             token_endpoint = \"http://127.0.0.1:{port}/token\"\n\
+             device_authorization_endpoint = \"http://127.0.0.1:{port}/device\"\n\
+             request_timeout = \"2s\"\n\n[grants]\ndir = \"{}\"\nretry_after = \"1m\"\n",
+            grants.display()
+        ))
+        .start_with(audit_to(&audit))
+        .await;
+    let asked = format!("{OFFICE}*{ALICE}");
+    for _ in 0..3 {
+        assert_eq!(
+            imap_login(&mailgate, &asked, "alice-secret").await,
+            "a NO [UNAVAILABLE] Mail service temporarily unavailable, try again later"
+        );
+    }
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one request, then retry_after"
+    );
+    let text = std::fs::read_to_string(grants.join("office.json")).expect("grant");
+    assert!(text.contains("\"state\": \"active\""), "{text}");
+    let all = await_records(&mailgate.services.audit, &audit, |r| {
+        shared_auths(r).len() >= 3
+    })
+    .await;
+    assert!(
+        shared_auths(&all)
+            .iter()
+            .all(|a| a["reason"] == "grant_unavailable" && a["user"] == ALICE)
+    );
+    assert!(
+        !all.iter().any(|r| r["event"] == "grant"),
+        "not a state change"
+    );
+    let metrics = mailgate.services.metrics.encode();
+    assert!(
+        metrics.contains("mailgate_grant_events_total{result=\"refresh_failed\"} 1"),
+        "{metrics}"
+    );
+}
