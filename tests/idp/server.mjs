@@ -30,6 +30,11 @@
 //   POST /test/device/approve?user_code=CODE&account=A
 //        what the user does in the browser in the device flow: signs in as A and consents
 //        (openid offline_access mail on the opaque resource). The next poll gets the tokens;
+//   GET  /test/authorize?client_id=C&redirect_uri=R&code_challenge=X&code_challenge_method=S256
+//        &state=T&account=A
+//        what the browser does in the authorization code flow: signs in as A, consents, and is
+//        sent to R; answers the redirect URL (R?code=...&state=T) as text. The token endpoint
+//        then checks the PKCE verifier and R as usual;
 //   POST /test/config?grant_ttl=SECONDS
 //        the lifetime of access tokens issued to `mailgate-grants` from now on;
 //   GET  /test/count
@@ -217,6 +222,35 @@ async function approve(url) {
   return [200, 'approved'];
 }
 
+async function authorizeCode(url) {
+  const p = (k) => url.searchParams.get(k);
+  const account = p('account');
+  const client = await provider.Client.find(p('client_id') ?? '');
+  if (!client || !account || !p('redirect_uri') || !p('code_challenge')) {
+    return [400, 'need client_id, redirect_uri, code_challenge and account'];
+  }
+  const grant = new provider.Grant({ accountId: account, clientId: client.clientId });
+  grant.addOIDCScope('openid offline_access');
+  grant.addResourceScope(OPAQUE_RESOURCE, 'mail');
+  const grantId = await grant.save();
+  const code = new provider.AuthorizationCode({
+    accountId: account,
+    client,
+    grantId,
+    redirectUri: p('redirect_uri'),
+    codeChallenge: p('code_challenge'),
+    codeChallengeMethod: p('code_challenge_method') ?? 'S256',
+    scope: 'openid offline_access mail',
+    resource: OPAQUE_RESOURCE,
+    authTime: Math.floor(Date.now() / 1000),
+  });
+  const value = await code.save();
+  const back = new URL(p('redirect_uri'));
+  back.searchParams.set('code', value);
+  back.searchParams.set('state', p('state') ?? '');
+  return [200, back.toString()];
+}
+
 const server = createServer(async (req, res) => {
   const url = new URL(req.url ?? '/', issuer);
   if (url.pathname === '/token' && req.method === 'POST') {
@@ -225,6 +259,12 @@ const server = createServer(async (req, res) => {
   try {
     if (url.pathname === '/test/device/approve' && req.method === 'POST') {
       const [status, body] = await approve(url);
+      res.writeHead(status, { 'content-type': 'text/plain' });
+      res.end(body);
+      return;
+    }
+    if (url.pathname === '/test/authorize' && req.method === 'GET') {
+      const [status, body] = await authorizeCode(url);
       res.writeHead(status, { 'content-type': 'text/plain' });
       res.end(body);
       return;

@@ -114,6 +114,7 @@ fn builder(dovecot: &Dovecot, idp: &Idp, grants: &Path) -> MailgateBuilder {
              [[oauth.client]]\nname = \"test-idp\"\nclient_id = \"mailgate-grants\"\n\
              client_secret_file = \"{}\"\ntoken_endpoint = \"{issuer}/token\"\n\
              device_authorization_endpoint = \"{issuer}/device/auth\"\n\
+             authorization_endpoint = \"{issuer}/auth\"\n\
              revocation_endpoint = \"{issuer}/token/revocation\"\n\
              scopes = [\"openid\", \"offline_access\", \"mail\"]\n\n\
              [grants]\ndir = \"{}\"\nretry_after = \"1s\"\n",
@@ -687,4 +688,109 @@ async fn provider_down_is_a_temporary_failure_and_not_hammered() {
         metrics.contains("mailgate_grant_events_total{result=\"refresh_failed\"} 1"),
         "{metrics}"
     );
+}
+
+/// `mailgate grant authorize --redirect`: authorization code + PKCE over a loopback redirect.
+/// The test plays the browser: it reads the printed URL, has the IdP sign in as office@ and
+/// consent (`/test/authorize`), and follows the redirect to mailgate's loopback listener; the
+/// IdP's token endpoint checks the PKCE verifier. Then the grant opens the mailbox.
+#[tokio::test]
+async fn authorize_with_code_and_pkce_over_a_loopback_redirect() {
+    let s = setup().await;
+
+    // A redirect whose state is not the one mailgate sent (a forged or stale one) ends the
+    // command with an error, and no grant is written.
+    let (mut child, params) = authorize_redirect(&s).await;
+    let uri = &params["redirect_uri"];
+    let forged = reqwest::get(format!("{uri}?code=forged&state=not-the-state"))
+        .await
+        .expect("callback");
+    assert!(forged.status().is_success());
+    let out = tokio::time::timeout(CLI_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("exit")
+        .expect("output");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("state does not match"),
+        "{out:?}"
+    );
+    assert!(!s.grants.join("office.json").exists());
+
+    let (child, params) = authorize_redirect(&s).await;
+    assert_eq!(params["code_challenge_method"], "S256");
+    assert_eq!(params["response_type"], "code");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let mut query: Vec<(&str, &str)> = [
+        "client_id",
+        "redirect_uri",
+        "code_challenge",
+        "code_challenge_method",
+        "state",
+    ]
+    .iter()
+    .map(|k| (*k, params[*k].as_str()))
+    .collect();
+    query.push(("account", OFFICE));
+    let redirect = http
+        .get(format!("{}/test/authorize", s.idp.issuer))
+        .query(&query)
+        .send()
+        .await
+        .expect("authorize")
+        .text()
+        .await
+        .expect("redirect");
+    assert!(redirect.starts_with("http://127.0.0.1:"), "{redirect}");
+    let page = http.get(&redirect).send().await.expect("callback");
+    assert!(page.status().is_success());
+    let out = tokio::time::timeout(CLI_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("exit")
+        .expect("output");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(grant_file(&s)["state"], "active");
+    let mailgate = start(&s).await;
+    let asked = format!("{OFFICE}*{ALICE}");
+    let json = imap_fetch(&mailgate, &["--user", &asked, "--password", "alice-secret"]).await;
+    assert_same_messages(&s.dovecot.messages(OFFICE), &json);
+}
+
+/// Starts `mailgate grant authorize office --redirect` and returns it with the query of the
+/// authorization URL it printed.
+async fn authorize_redirect(
+    s: &Setup,
+) -> (
+    tokio::process::Child,
+    std::collections::HashMap<String, String>,
+) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mailgate"))
+        .args(["grant", "authorize", "office", "--redirect", "--config"])
+        .arg(&s.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let prefix = format!("{}/auth?", s.idp.issuer);
+    let url = tokio::time::timeout(CLI_TIMEOUT, async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            if let Some(url) = line.trim().strip_prefix(&prefix) {
+                return url.to_owned();
+            }
+        }
+        panic!("no authorization URL printed");
+    })
+    .await
+    .expect("URL in time");
+    // The rest of stdout is not read: keep the pipe open without blocking the command.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let params = form_urlencoded::parse(url.as_bytes())
+        .into_owned()
+        .collect();
+    (child, params)
 }
