@@ -177,14 +177,7 @@ async fn token_requests(idp: &Idp) -> u64 {
 /// `mailgate grant authorize office`, approved at the IdP as office@ once it shows the code.
 /// Returns its stdout.
 async fn authorize(s: &Setup) -> String {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mailgate"))
-        .args(["grant", "authorize", "office", "--config"])
-        .arg(&s.config)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn mailgate grant authorize");
+    let mut child = spawn_authorize(s, &[]);
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let mut out = String::new();
     let code = tokio::time::timeout(CLI_TIMEOUT, async {
@@ -700,7 +693,7 @@ async fn authorize_with_code_and_pkce_over_a_loopback_redirect() {
 
     // A redirect whose state is not the one mailgate sent (a forged or stale one) ends the
     // command with an error, and no grant is written.
-    let (mut child, params) = authorize_redirect(&s).await;
+    let (child, params) = authorize_redirect(&s).await;
     let uri = &params["redirect_uri"];
     let forged = reqwest::get(format!("{uri}?code=forged&state=not-the-state"))
         .await
@@ -767,14 +760,7 @@ async fn authorize_redirect(
     tokio::process::Child,
     std::collections::HashMap<String, String>,
 ) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mailgate"))
-        .args(["grant", "authorize", "office", "--redirect", "--config"])
-        .arg(&s.config)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn_authorize(s, &["--redirect"]);
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let prefix = format!("{}/auth?", s.idp.issuer);
     let url = tokio::time::timeout(CLI_TIMEOUT, async {
@@ -793,4 +779,18 @@ async fn authorize_redirect(
         .into_owned()
         .collect();
     (child, params)
+}
+
+/// `mailgate grant authorize office ARGS --config …`, stdout and stderr piped.
+fn spawn_authorize(s: &Setup, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_mailgate"))
+        .args(["grant", "authorize", "office"])
+        .args(args)
+        .arg("--config")
+        .arg(&s.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn mailgate grant authorize")
 }
