@@ -789,9 +789,16 @@ impl<F: Frontend> Preauth<'_, F> {
         let outcome = match (record.reason, &request.credentials) {
             (Reason::Ok, _) => Outcome::Succeeded,
             // Not the user's doing, or no answer seen: neither a success nor a guess.
-            (Reason::UpstreamUnavailable | Reason::IdpUnavailable | Reason::ClientClosed, _) => {
-                Outcome::Void
-            }
+            (
+                Reason::UpstreamUnavailable
+                | Reason::IdpUnavailable
+                | Reason::GrantUnavailable
+                | Reason::ClientClosed,
+                _,
+            ) => Outcome::Void,
+            // A shared mailbox refused after the user's own password was proven: the password
+            // was right, so this is no guess (it must not lock the user out of their own mail).
+            (Reason::MailboxNotAssigned, _) if record.mailbox.is_some() => Outcome::Succeeded,
             (_, Credentials::Password { user, password, .. }) => {
                 Outcome::Failed(Some(throttle.password_hash(user, password.expose())))
             }
