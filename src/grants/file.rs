@@ -206,6 +206,35 @@ impl GrantFile {
     }
 }
 
+/// Takes the grant's refresh lock, `DIR/.NAME.lock` (created 0600), without waiting:
+/// `Ok(None)` while another process holds it. Held until the returned file is dropped.
+pub fn try_lock(dir: &Path, name: &str) -> Result<Option<std::fs::File>, Error> {
+    check_name(name)?;
+    let path = dir.join(format!(".{name}.lock"));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| Error::Write {
+            path: path.clone(),
+            source,
+        })?;
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a valid open descriptor, owned by `f` for the call.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(Some(f));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(Error::Write { path, source: e })
+    }
+}
+
 /// Now, as RFC 3339 UTC with seconds (the grant file's timestamps).
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
@@ -271,6 +300,22 @@ mod tests {
         .unwrap();
         let e = GrantFile::read(dir.path(), "bad").unwrap_err().to_string();
         assert!(e.contains("not a grant file"), "{e}");
+    }
+
+    #[test]
+    fn the_refresh_lock_is_exclusive_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = try_lock(dir.path(), "office").unwrap().expect("free");
+        assert!(try_lock(dir.path(), "office").unwrap().is_none(), "held");
+        assert!(
+            try_lock(dir.path(), "other").unwrap().is_some(),
+            "per grant"
+        );
+        drop(held);
+        assert!(
+            try_lock(dir.path(), "office").unwrap().is_some(),
+            "released"
+        );
     }
 
     #[test]

@@ -161,6 +161,19 @@ impl GrantStore {
                 detail: format!("no [[oauth.client]] named {:?}", stored.client),
             });
         };
+        // Across processes too (two instances on one host, an old and a new one during a
+        // restart): a provider that rotates refresh tokens treats a second use of one as theft
+        // and revokes the grant. So the refresh holds an exclusive lock on the grant and reads
+        // the file again under it: another process may have rotated the token meanwhile.
+        let _lock = lock(&grants.dir, grant, oauth.request_timeout * 2).await?;
+        let stored = match read(&grants.dir, grant).await? {
+            fresh if fresh.state == GrantState::Active => fresh,
+            _ => {
+                entry.token = None;
+                entry.was_dead = true;
+                return Err(Unusable::NeedsReauthorization(grant.to_owned()));
+            }
+        };
         let started = Instant::now();
         let refreshed = client::refresh(oauth, &stored.refresh_token).await;
         let metrics = &self.services.metrics;
@@ -256,6 +269,32 @@ impl GrantStore {
             state: GrantState::NeedsReauthorization.as_str(),
             detail,
         });
+    }
+}
+
+/// The grant's refresh lock (`DIR/.NAME.lock`, `flock` exclusive), waited for at most `limit`
+/// (another holder is bounded by its request timeout). Released when the file is dropped.
+async fn lock(dir: &Path, grant: &str, limit: Duration) -> Result<std::fs::File, Unusable> {
+    let unavailable = |detail: String| Unusable::Unavailable {
+        grant: grant.to_owned(),
+        detail,
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        let (dir, name) = (dir.to_owned(), grant.to_owned());
+        let tried = tokio::task::spawn_blocking(move || file::try_lock(&dir, &name))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        match tried {
+            Ok(Some(locked)) => return Ok(locked),
+            Ok(None) if Instant::now() < deadline => {
+                // Held by another process for one token request at most; polled, since flock
+                // has no asynchronous wait.
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Ok(None) => return Err(unavailable("refresh lock held too long".into())),
+            Err(e) => return Err(unavailable(e.to_string())),
+        }
     }
 }
 

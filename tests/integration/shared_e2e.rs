@@ -794,3 +794,34 @@ fn spawn_authorize(s: &Setup, args: &[&str]) -> tokio::process::Child {
         .spawn()
         .expect("spawn mailgate grant authorize")
 }
+
+/// Two mailgate processes' worth of grant stores on one grants directory (two servers in this
+/// process, as an old and a new instance overlap during a restart): logins through both at
+/// once after the access token expired. The IdP rotates refresh tokens and revokes the whole
+/// grant when one is used twice, so without the refresh lock one instance's refresh would kill
+/// the grant; with it, each refreshes in turn from the file the other just wrote.
+#[tokio::test]
+async fn two_instances_refresh_one_grant_in_turn() {
+    let s = setup().await;
+    authorize(&s).await;
+    let first = start(&s).await;
+    let second = start(&s).await;
+    let carol = s.idp.token(CAROL, "mail-app", TokenKind::Jwt).await;
+    let mut logins = Vec::new();
+    for i in 0..20 {
+        let addr = if i % 2 == 0 { &first } else { &second }.addr("imap-plain");
+        let ir = xoauth2(OFFICE, &carol);
+        logins.push(tokio::spawn(async move {
+            let mut imap = TcpLineClient::connect(addr).await;
+            imap.read_line().await;
+            imap.imap("a", &format!("AUTHENTICATE XOAUTH2 {ir}"))
+                .await
+                .tagged
+        }));
+    }
+    for login in logins {
+        let reply = login.await.expect("task");
+        assert!(reply.starts_with("a OK"), "{reply}");
+    }
+    assert_eq!(grant_file(&s)["state"], "active");
+}
