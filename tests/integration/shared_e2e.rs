@@ -478,22 +478,7 @@ async fn one_refresh_for_fifty_logins_revocation_and_reauthorisation() {
 
     // 50 concurrent logins with an expired (here: never fetched) access token: one refresh.
     let before = token_requests(&s.idp).await;
-    let mut logins = Vec::new();
-    for _ in 0..50 {
-        let addr = mailgate.addr("imap-plain");
-        let ir = xoauth2(OFFICE, &carol);
-        logins.push(tokio::spawn(async move {
-            let mut imap = TcpLineClient::connect(addr).await;
-            imap.read_line().await;
-            imap.imap("a", &format!("AUTHENTICATE XOAUTH2 {ir}"))
-                .await
-                .tagged
-        }));
-    }
-    for login in logins {
-        let reply = login.await.expect("task");
-        assert!(reply.starts_with("a OK"), "{reply}");
-    }
+    all_open(vec![mailgate.addr("imap-plain"); 50], &carol).await;
     assert_eq!(
         token_requests(&s.idp).await,
         before + 1,
@@ -807,10 +792,19 @@ async fn two_instances_refresh_one_grant_in_turn() {
     let first = start(&s).await;
     let second = start(&s).await;
     let carol = s.idp.token(CAROL, "mail-app", TokenKind::Jwt).await;
+    let addrs = (0..20)
+        .map(|i| if i % 2 == 0 { &first } else { &second }.addr("imap-plain"))
+        .collect();
+    all_open(addrs, &carol).await;
+    assert_eq!(grant_file(&s)["state"], "active");
+}
+
+/// One XOAUTH2 login as office@ with carol's `token` to each of `addrs`, all at once; every one
+/// must succeed.
+async fn all_open(addrs: Vec<std::net::SocketAddr>, token: &str) {
     let mut logins = Vec::new();
-    for i in 0..20 {
-        let addr = if i % 2 == 0 { &first } else { &second }.addr("imap-plain");
-        let ir = xoauth2(OFFICE, &carol);
+    for addr in addrs {
+        let ir = xoauth2(OFFICE, token);
         logins.push(tokio::spawn(async move {
             let mut imap = TcpLineClient::connect(addr).await;
             imap.read_line().await;
@@ -823,5 +817,4 @@ async fn two_instances_refresh_one_grant_in_turn() {
         let reply = login.await.expect("task");
         assert!(reply.starts_with("a OK"), "{reply}");
     }
-    assert_eq!(grant_file(&s)["state"], "active");
 }
