@@ -25,7 +25,8 @@ pub enum Command {
         #[arg(long, default_value = "config/mailgate.toml")]
         config: PathBuf,
     },
-    /// Validate the config (and its certificates and CA files); exit 1 on any error.
+    /// Validate the config as `run` would start it: every key, the directory, certificates and
+    /// keys, CA files, the audit file, listen addresses. Every error at once; exit 1 on any.
     #[command(
         after_help = "Example:\n  mailgate check --config /etc/mailgate/mailgate.toml && systemctl reload mailgate"
     )]

@@ -26,6 +26,7 @@
 //!   (oauth2 crate), `mailgate grant authorize | status | revoke`.
 //! - [`auth`]: bearer token verification (JWT/JWKS, introspection, tokeninfo), cached.
 //! - [`config`]: TOML model, validation, loading.
+//! - [`startup`]: the checks `check` and `run` share before serving (files, addresses).
 //! - [`metrics`]: Prometheus registry with typed label sets.
 //! - [`secret`]: `Secret<T>`, redacted in every `Debug`.
 
@@ -45,9 +46,11 @@ pub mod secret;
 pub mod server;
 pub mod session;
 pub mod splice;
+pub mod startup;
 pub mod stream;
 pub mod throttle;
 pub mod tls;
 mod toml_error;
 mod trim;
 pub mod upstream;
+mod writable;

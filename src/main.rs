@@ -12,7 +12,7 @@ use mailgate::cli::{
 };
 use mailgate::config::Config;
 use mailgate::policy::{self, Attempt, Decision, Identity, TokenFacts};
-use mailgate::proto::{Protocol, ReplyClass};
+use mailgate::proto::Protocol;
 use mailgate::server::Server;
 
 fn main() -> ExitCode {
@@ -50,44 +50,16 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mailgate: {e:#}");
+            eprintln!("mailgate: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
 }
 
 fn check(path: &Path) -> anyhow::Result<ExitCode> {
-    let config = match Config::load(path) {
-        Ok(config) => config,
-        Err(errors) => {
-            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
-            eprintln!("{errors}");
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    for warning in config.warnings() {
-        eprintln!("warning: {warning}");
-    }
-    let mut problems = Vec::new();
-    // `check` never writes: a self-signed certificate still to be generated is not checked.
-    if let Some(tls) = &config.tls
-        && (!tls.generate_self_signed || (tls.cert_file.exists() && tls.key_file.exists()))
-        && let Err(e) = mailgate::tls::server_config(tls)
-    {
-        problems.push(format!("tls: {e}"));
-    }
-    for (name, upstream) in &config.upstreams {
-        if let Err(e) = mailgate::upstream::Connector::new(upstream.clone()) {
-            problems.push(format!("upstream {name:?}: {e}"));
-        }
-    }
-    if !problems.is_empty() {
-        eprintln!("{}: {} error(s)", path.display(), problems.len());
-        for p in &problems {
-            eprintln!("{p}");
-        }
+    let Some(config) = startup_or_report(path, |w| eprintln!("warning: {w}")) else {
         return Ok(ExitCode::FAILURE);
-    }
+    };
     println!(
         "{}: ok ({} listener(s), {} upstream(s))",
         path.display(),
@@ -95,6 +67,43 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
         config.upstreams.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The start-up checks `check` and `run` share (`mailgate::startup`), reported the same way by
+/// both: the config, or every problem on stderr (and `None`). Warnings go to `warn` (check
+/// prints them, run logs them) only once the config is known to start.
+fn startup_or_report(path: &Path, warn: impl Fn(&str)) -> Option<Config> {
+    match mailgate::startup::check(path) {
+        Ok(config) => {
+            for warning in config.warnings() {
+                warn(&warning);
+            }
+            Some(config)
+        }
+        Err(report) => {
+            eprintln!("{}: {} error(s)", path.display(), report.len());
+            eprintln!("{report}");
+            None
+        }
+    }
+}
+
+/// An error and its causes, `: `-joined, each said once: many error types show their cause in
+/// their own text and return it as `source()` too, which `{:#}` would print twice
+/// ("cannot open x: No such file…: No such file…").
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// Loads the config for a read-only subcommand; on errors prints them and says so.
@@ -125,7 +134,14 @@ fn explain(
     });
     let Some(mechanism) = arg.on(protocol) else {
         use clap::CommandFactory as _;
-        Cli::command()
+        // The subcommand's own Command, so the usage line printed is explain's, as clap does
+        // for every other bad explain flag.
+        let mut cli = Cli::command();
+        // build() names the subcommands "mailgate explain" (not just "explain") for usage.
+        cli.build();
+        let explain = cli.find_subcommand_mut("explain").map(std::mem::take);
+        explain
+            .unwrap_or(cli)
             .error(
                 clap::error::ErrorKind::ArgumentConflict,
                 format!(
@@ -171,13 +187,10 @@ fn explain(
             config.policy.disclose_reasons,
             &config.policy.contact,
         );
+        // The line as this protocol sends it: POP3 has its own codes (RFC 2449 / 3206).
         println!(
-            "reply      {} \"{}\"{}",
-            match shown.class {
-                ReplyClass::Authorization => "AUTHORIZATIONFAILED",
-                ReplyClass::Authentication => "AUTHENTICATIONFAILED",
-                ReplyClass::Unavailable => "UNAVAILABLE",
-            },
+            "reply      {} {}{}",
+            shown.class.wire_prefix(protocol),
             shown.text,
             if shown.specific {
                 ""
@@ -276,7 +289,10 @@ fn groups(path: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn run(path: &Path) -> anyhow::Result<ExitCode> {
-    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
+    // Exactly what `check` refuses, with the same text (the unit's ExecStartPre runs check).
+    let Some(config) = startup_or_report(path, |_| {}) else {
+        return Ok(ExitCode::FAILURE);
+    };
     init_tracing(&config.log.filter)?;
     for warning in config.warnings() {
         tracing::warn!("{warning}");

@@ -22,6 +22,13 @@
 //! | `mailgate_reloads_total`                   | counter   | result                      |
 //! | `mailgate_audit_records_dropped_total`     | counter   | -                           |
 //! | `mailgate_audit_errors_total`              | counter   | -                           |
+//! | `mailgate_throttle_store_up`               | gauge     | -                           |
+//! | `mailgate_tls_certificate_expiry_timestamp_seconds` | gauge | -                     |
+//!
+//! Series an alert watches exist from the start at 0 (reload results, token results, the
+//! temporary login failures, each listener's connection counts): Prometheus's `increase()`
+//! sees nothing when a series first appears already at 1, so a first rejected reload or a
+//! first unreachable upstream would otherwise never fire an alert.
 //!
 //! `side` on `mailgate_bytes_total` is the side the bytes were *written to*: `upstream` counts
 //! downstream -> upstream (the audit record's `bytes_up`), `downstream` counts
@@ -312,6 +319,7 @@ pub struct Metrics {
     audit_dropped: Counter,
     audit_errors: Counter,
     throttle_store_up: Gauge,
+    certificate_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -425,8 +433,45 @@ impl Metrics {
              reachable); 0 while this instance counts alone",
             throttle_store_up.clone(),
         );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "mailgate_tls_certificate_expiry_timestamp_seconds",
+            "notAfter of the certificate served to mail clients, Unix seconds (0: no TLS \
+             listener); set at start-up and on every reload",
+            certificate_expiry.clone(),
+        );
+        for result in [ReloadResult::Ok, ReloadResult::Rejected] {
+            drop(reloads.get_or_create(&ReloadLabels { result }));
+        }
+        for result in [
+            TokenResult::Ok,
+            TokenResult::Invalid,
+            TokenResult::Unavailable,
+        ] {
+            drop(token_verification.get_or_create(&TokenLabels { result }));
+        }
+        for protocol in [Protocol::Imap, Protocol::Pop3] {
+            for reason in [
+                Reason::Ok,
+                Reason::UpstreamUnavailable,
+                Reason::IdpUnavailable,
+                Reason::RateLimited,
+            ] {
+                let decision = if reason == Reason::Ok {
+                    Decision::Allow
+                } else {
+                    Decision::Deny
+                };
+                drop(logins.get_or_create(&LoginLabels {
+                    protocol,
+                    decision,
+                    reason,
+                }));
+            }
+        }
         Self {
             registry,
+            certificate_expiry,
             throttle_store_up,
             connections_active,
             connections,
@@ -466,6 +511,32 @@ impl Metrics {
         let active = self.connections_active.get_or_create_owned(&labels);
         active.inc();
         ConnectionGuard { active }
+    }
+
+    /// A configured listener: its connection series exist from now on, at 0.
+    pub fn listener(&self, listener: &str, protocol: Protocol) {
+        let labels = ListenerLabels {
+            listener: listener.to_owned(),
+            protocol,
+        };
+        drop(self.connections.get_or_create(&labels));
+        drop(self.connections_active.get_or_create(&labels));
+        for reason in [
+            Refused::Limit,
+            Refused::Handshakes,
+            Refused::ProxyHeader,
+            Refused::ProxyUntrusted,
+        ] {
+            drop(self.connections_refused.get_or_create(&RefusedLabels {
+                listener: listener.to_owned(),
+                reason,
+            }));
+        }
+    }
+
+    /// The served certificate's `notAfter` (Unix seconds), or `None` without TLS.
+    pub fn set_certificate_expiry(&self, not_after: Option<i64>) {
+        self.certificate_expiry.set(not_after.unwrap_or(0));
     }
 
     /// A connection on `listener` was closed before any protocol exchange.

@@ -145,6 +145,16 @@ impl Generation {
         })
     }
 
+    /// Metrics that follow the config: the served certificate's expiry.
+    fn observe(&self, metrics: &Metrics) {
+        let not_after = self
+            .acceptor
+            .as_ref()
+            .and(self.config.tls.as_ref())
+            .and_then(crate::tls::certificate_not_after);
+        metrics.set_certificate_expiry(not_after);
+    }
+
     /// The connector for a listener's upstream in this generation.
     pub fn connector(&self, listener: &Listener) -> Option<&Arc<Connector>> {
         let name = self
@@ -260,6 +270,7 @@ impl Reloader {
             tracing::warn!("[admin] changes take effect only after a restart");
         }
         let next = Generation::build(config, old.number + 1)?;
+        next.observe(&self.shared.services.metrics);
         // What the old generation learnt of an upstream holds until the new probe answers.
         for (name, connector) in &next.connectors {
             if let Some(earlier) = old.connectors.get(name) {
@@ -296,6 +307,10 @@ impl Server {
     /// Build the first generation and bind every listener. Nothing is accepted yet.
     pub async fn bind_with(config: &Config, services: Services) -> Result<Server, Error> {
         let generation = Generation::build(config.clone(), 1)?;
+        generation.observe(&services.metrics);
+        for listener in &config.listeners {
+            services.metrics.listener(&listener.name, listener.protocol);
+        }
         let backlog = config.limits.backlog;
         if let Some(max) = somaxconn()
             && max < backlog

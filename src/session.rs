@@ -181,6 +181,23 @@ impl PreauthEnd {
     }
 }
 
+impl PreauthEnd {
+    /// The detail a log line adds to the audit `end` code, in the same snake_case vocabulary.
+    fn cause(self) -> &'static str {
+        match self {
+            PreauthEnd::DownstreamClosed => "closed",
+            PreauthEnd::Machine(CloseReason::Logout) => "logout",
+            PreauthEnd::Machine(CloseReason::AuthTimeout) => "auth_timeout",
+            PreauthEnd::Machine(CloseReason::TooManyAttempts) => "too_many_attempts",
+            PreauthEnd::Machine(CloseReason::ProtocolViolation) => "protocol_violation",
+            PreauthEnd::Shutdown => "shutdown",
+            PreauthEnd::Error(Side::Downstream) => "client_error",
+            PreauthEnd::Error(Side::Upstream) => "upstream_error",
+            PreauthEnd::Evicted => "evicted",
+        }
+    }
+}
+
 impl Ending {
     /// The splice vocabulary for every ending, so audit and metrics map one way.
     fn as_splice_end(self) -> (End, Totals) {
@@ -243,9 +260,16 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>, adm
         }
         let ms = started.elapsed().as_millis();
         match ending {
-            Ending::Preauth(end) => tracing::info!(?end, duration_ms = ms, "session ended"),
+            // The audit record's `end` code, so a log line and its record read the same;
+            // `cause` adds what the code folds together (logout, auth_timeout, …).
+            Ending::Preauth(end) => tracing::info!(
+                end = %ending.as_splice_end().0.as_str(),
+                cause = %end.cause(),
+                duration_ms = ms,
+                "session ended"
+            ),
             Ending::Spliced(end, totals) => tracing::info!(
-                end = end.as_str(),
+                end = %end.as_str(),
                 bytes_up = totals.bytes_up,
                 bytes_down = totals.bytes_down,
                 duration_ms = ms,
@@ -1201,7 +1225,8 @@ impl<F: Frontend> Preauth<'_, F> {
     /// check or upstream login was dropped unfinished, and the attempt is recorded as such.
     fn abandoned(record: &mut audit::Auth, end: PreauthEnd) -> NotAdmitted {
         tracing::info!(
-            ?end,
+            end = %Ending::Preauth(end).as_splice_end().0.as_str(),
+            cause = %end.cause(),
             "downstream gone during its login; upstream login abandoned"
         );
         record.reason = Reason::ClientClosed;

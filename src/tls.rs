@@ -89,7 +89,30 @@ pub enum TlsError {
 /// If only one of the two exists, nothing is generated: overwriting the other half of what may be
 /// an operator's real pair would be worse than stopping.
 pub fn server_config(tls: &ServerTls) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    ensure_files(tls)?;
+    if pair_missing(tls)? {
+        generate_self_signed(&tls.cert_file, &tls.key_file)?;
+    }
+    build_server_config(tls)
+}
+
+/// What [`server_config`] would do, without writing anything: reads and checks the pair, or,
+/// when it would generate one, checks that both files could be created. `mailgate check` and
+/// the start of `mailgate run` both call this, so they refuse the same configs.
+pub fn check_server_config(tls: &ServerTls) -> Result<(), TlsError> {
+    if pair_missing(tls)? {
+        // Key first, as generate_self_signed writes it first.
+        for path in [&tls.key_file, &tls.cert_file] {
+            crate::writable::creatable(path).map_err(|reason| TlsError::Write {
+                path: path.clone(),
+                reason,
+            })?;
+        }
+        return Ok(());
+    }
+    build_server_config(tls).map(drop)
+}
+
+fn build_server_config(tls: &ServerTls) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let certs = read_certs(&tls.cert_file)?;
     let key = read_key(&tls.key_file)?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
@@ -137,6 +160,76 @@ pub fn upstream_connector(
     Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
 }
 
+/// When the leaf certificate `[tls]` names stops being valid (its `notAfter`), in Unix
+/// seconds, for the `mailgate_tls_certificate_expiry_timestamp_seconds` gauge. `None` when the
+/// file cannot be read or the certificate not parsed (start-up and reload refuse those anyway).
+pub fn certificate_not_after(tls: &ServerTls) -> Option<i64> {
+    let leaf = read_certs(&tls.cert_file).ok()?.into_iter().next()?;
+    not_after(leaf.as_ref())
+}
+
+/// `notAfter` of a DER certificate (RFC 5280 4.1: Certificate ::= SEQUENCE { tbsCertificate
+/// SEQUENCE { [0] version OPTIONAL, serialNumber, signature, issuer, validity SEQUENCE {
+/// notBefore, notAfter }, … } … }). Only the few fields before validity are walked; rustls has
+/// already checked the rest.
+fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert, _) = der_tlv(der)?;
+    let (_, tbs, _) = der_tlv(cert)?;
+    let mut rest = tbs;
+    // [0] EXPLICIT version, absent in v1 certificates.
+    if let Some((0xa0, _, after)) = der_tlv(rest) {
+        rest = after;
+    }
+    for _ in 0..3 {
+        // serialNumber, signature algorithm, issuer.
+        rest = der_tlv(rest)?.2;
+    }
+    let (_, validity, _) = der_tlv(rest)?;
+    let (_, _, after_not_before) = der_tlv(validity)?;
+    let (tag, time, _) = der_tlv(after_not_before)?;
+    let text = std::str::from_utf8(time).ok()?;
+    // RFC 5280 4.1.2.5: UTCTime YYMMDDHHMMSSZ (years 1950-2049), GeneralizedTime
+    // YYYYMMDDHHMMSSZ.
+    let (year, rest) = match tag {
+        0x17 => {
+            let yy: i32 = text.get(..2)?.parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, text.get(2..)?)
+        }
+        0x18 => (text.get(..4)?.parse().ok()?, text.get(4..)?),
+        _ => return None,
+    };
+    if rest.len() != 11 || !rest.ends_with('Z') {
+        return None;
+    }
+    let field = |i: usize| rest.get(i..i + 2)?.parse::<u8>().ok();
+    let date =
+        time::Date::from_calendar_date(year, time::Month::try_from(field(0)?).ok()?, field(2)?)
+            .ok()?;
+    let at = date.with_hms(field(4)?, field(6)?, field(8)?).ok()?;
+    Some(at.assume_utc().unix_timestamp())
+}
+
+/// One DER tag-length-value: (tag, content, what follows). Definite lengths up to 4 bytes.
+fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at_checked(n)?;
+        let len = bytes
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, rest)
+    };
+    let (content, rest) = rest.split_at_checked(len)?;
+    Some((tag, content, rest))
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(aws_lc_rs::default_provider())
 }
@@ -152,15 +245,14 @@ fn versions(min: TlsVersion) -> &'static [&'static SupportedProtocolVersion] {
     }
 }
 
-/// Makes sure both files exist, generating a self-signed pair when configured to.
-fn ensure_files(tls: &ServerTls) -> Result<(), TlsError> {
+/// `Ok(true)`: both files are missing and `generate_self_signed` asks for a new pair;
+/// `Ok(false)`: both exist. Anything else is an error, and never overwrites half a pair.
+fn pair_missing(tls: &ServerTls) -> Result<bool, TlsError> {
     let cert = tls.cert_file.exists();
     let key = tls.key_file.exists();
     match (cert, key) {
-        (true, true) => Ok(()),
-        (false, false) if tls.generate_self_signed => {
-            generate_self_signed(&tls.cert_file, &tls.key_file)
-        }
+        (true, true) => Ok(false),
+        (false, false) if tls.generate_self_signed => Ok(true),
         (true, false) if tls.generate_self_signed => Err(TlsError::HalfPair {
             present: tls.cert_file.clone(),
             missing: tls.key_file.clone(),
@@ -487,6 +579,21 @@ mod tests {
             handshake(server, &trusting).await.unwrap(),
             b"* OK ready\r\n"
         );
+    }
+
+    #[test]
+    fn certificate_expiry_is_read_from_the_leaf() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        for (year, expect) in [(2031, 1_935_792_000), (2051, 2_566_944_000)] {
+            // 2031 is a UTCTime, 2051 a GeneralizedTime (RFC 5280 4.1.2.5).
+            let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+            params.not_after = rcgen::date_time_ymd(year, 5, 6);
+            let cert = params.self_signed(&key).unwrap();
+            // Midnight UTC of 6 May.
+            assert_eq!(not_after(cert.der()), Some(expect), "{year}");
+        }
+        assert_eq!(not_after(b"\x30\x03\x02\x01"), None);
+        assert!(certificate_not_after(&shipped_server_tls()).is_some());
     }
 
     #[test]

@@ -421,3 +421,32 @@ fn a_closed_pipe_ends_tail_cleanly() {
         assert!(stderr.is_empty(), "{stderr}");
     }
 }
+
+/// `--since` says once which units it takes, and takes every unit it names (days included:
+/// "what happened this week" is `--since 7d`).
+#[test]
+fn since_message_names_exactly_the_units_it_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.log");
+    std::fs::write(&file, "").unwrap();
+    let file = file.to_str().unwrap();
+    let out = tail(&["--since", "7x", "--file", file]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ms, s, m, h or d"), "{stderr}");
+    assert_eq!(
+        stderr.matches("expected").count(),
+        1,
+        "said twice: {stderr}"
+    );
+    for unit in ["ms", "s", "m", "h", "d"] {
+        stdout_ok(&tail(&["--since", &format!("7{unit}"), "--file", file]));
+    }
+    let help = stdout_ok(
+        &mailgate()
+            .args(["audit", "tail", "--help"])
+            .output()
+            .unwrap(),
+    );
+    assert!(help.contains("7d"), "{help}");
+}

@@ -1,6 +1,9 @@
 //! The `mailgate` binary itself: `check` exit codes and messages, and `run` with the shipped
 //! config until SIGTERM.
 
+// Test helpers outside `#[test]` functions panic on purpose (as tests/integration/main.rs).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -140,33 +143,15 @@ fn trace_logging_into_the_config_directory_does_not_feed_itself() {
          addresses = [\"127.0.0.1:9\"]\ntls = \"none\"\n\n[tls]\ncert_file = \"dev/cert.pem\"\n\
          key_file = \"dev/key.pem\"\ngenerate_self_signed = true\n\n[log]\nfilter = \"trace\"\n";
     std::fs::write(&config, text).expect("write config");
-    let log = dir.path().join("mailgate.log");
-    let child = mailgate()
-        .args(["run", "--config"])
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn mailgate run");
-    let child = Child(child);
-    let read = || std::fs::read_to_string(&log).unwrap_or_default();
-    let wait_for = |needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !read().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in the log: {} bytes",
-                read().len()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_for("listening");
+    let running = Running::start(&config);
+    let log = &running.log;
+    let read = || running.log();
+    let wait_for = |needle: &str| drop(running.wait_for(needle));
 
     // The window measured, not a synchronisation: an idle server writes (almost) nothing.
-    let before = std::fs::metadata(&log).expect("log").len();
+    let before = std::fs::metadata(log).expect("log").len();
     std::thread::sleep(Duration::from_secs(2));
-    let idle = std::fs::metadata(&log).expect("log").len() - before;
+    let idle = std::fs::metadata(log).expect("log").len() - before;
     assert!(idle < 8 * 1024, "{idle} bytes of log in 2 s of idling");
 
     // One edit: one reload, logged once.
@@ -184,7 +169,6 @@ fn trace_logging_into_the_config_directory_does_not_feed_itself() {
         grown < 64 * 1024,
         "{grown} bytes of log for idling and one reload"
     );
-    drop(child);
 }
 
 /// Kills the child when the test ends, passed or failed.
@@ -195,4 +179,351 @@ impl Drop for Child {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A `mailgate run` whose stderr goes to a file, started on `config` and waited for until it
+/// logs `listening` (bounded). Killed when dropped.
+struct Running {
+    /// Held for its Drop (kills the process).
+    _child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Running {
+    fn start(config: &std::path::Path) -> Running {
+        let log = config.with_extension("log");
+        let child = mailgate()
+            .args(["run", "--config"])
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn mailgate run");
+        let running = Running {
+            _child: Child(child),
+            log,
+        };
+        running.wait_for("listening");
+        running
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The address of the first listener, from its `listening` line.
+    fn addr(&self) -> std::net::SocketAddr {
+        let log = self.wait_for("listening");
+        let line = log.lines().find(|l| l.contains("listening")).unwrap_or("");
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .unwrap_or_else(|| panic!("no addr= in {line:?}"));
+        addr.parse().expect("listening address")
+    }
+}
+
+/// Logs and audit records speak one vocabulary: a session the client ended is `end=client_closed`
+/// in the log line as in the audit record, never the code's own `DownstreamClosed` or
+/// `Machine(Logout)`.
+#[test]
+fn session_end_log_uses_the_audit_codes() {
+    use std::io::{Read as _, Write as _};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("mailgate.toml");
+    std::fs::write(
+        &config,
+        "[[listener]]\nname = \"imap\"\nprotocol = \"imap\"\nbind = \"127.0.0.1:0\"\n\
+         tls = \"none\"\nupstream = \"up\"\n\n[[upstream]]\nname = \"up\"\nprotocol = \"imap\"\n\
+         addresses = [\"127.0.0.1:9\"]\ntls = \"none\"\n\n[audit]\nfile = \"audit.log\"\n",
+    )
+    .expect("write config");
+    let running = Running::start(&config);
+    let addr = running.addr();
+    let timeout = Some(Duration::from_secs(10));
+    // One client logs out, one just closes: both are client_closed in the audit.
+    for logout in [true, false] {
+        let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(timeout).expect("timeout");
+        let mut greeting = [0u8; 512];
+        let n = tcp.read(&mut greeting).expect("greeting");
+        assert!(greeting[..n].starts_with(b"* OK"), "{:?}", &greeting[..n]);
+        if logout {
+            tcp.write_all(b"a LOGOUT\r\n").expect("logout");
+            let mut rest = Vec::new();
+            let _ = tcp.read_to_end(&mut rest);
+        }
+    }
+    let audit = dir.path().join("audit.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&audit)
+        .unwrap_or_default()
+        .matches("session_end")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "two session_end records");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let audit = std::fs::read_to_string(&audit).expect("audit");
+    assert_eq!(
+        audit.matches("\"end\":\"client_closed\"").count(),
+        2,
+        "{audit}"
+    );
+    let log = running.wait_for("session ended");
+    let ended: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("session ended"))
+        .collect();
+    assert_eq!(ended.len(), 2, "{log}");
+    for line in ended {
+        assert!(line.contains("end=client_closed"), "{line}");
+    }
+    assert!(
+        !log.contains("DownstreamClosed") && !log.contains("Machine("),
+        "{log}"
+    );
+}
+
+/// `check` and `run` on the same config: exit code and stderr. `run` that starts anyway (the
+/// bug this guards against: a config `check` passed and `run` refused, or the reverse) is
+/// stopped after its `listening` line and reported as such.
+fn check_and_run(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> [String; 2] {
+    let path = dir.join("mailgate.toml");
+    std::fs::write(&path, config).expect("write config");
+    let with_env = |mut cmd: Command| {
+        cmd.env_remove("RUST_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    };
+    let mut check = with_env(mailgate());
+    let check = check
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("check");
+    let log = dir.join("run.log");
+    let mut run = with_env(mailgate());
+    let run = run
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("run");
+    let mut run = Child(run);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = run.0.try_wait().expect("wait") {
+            break status.code();
+        }
+        if std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("listening")
+        {
+            break None;
+        }
+        assert!(Instant::now() < deadline, "run neither failed nor listened");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(run);
+    let run_err = std::fs::read_to_string(&log).unwrap_or_default();
+    [
+        format!(
+            "exit {:?}\n{}",
+            check.status.code(),
+            String::from_utf8_lossy(&check.stderr)
+        ),
+        format!("exit {status:?}\n{run_err}"),
+    ]
+}
+
+/// Issue 14: every start-up error `run` raises from its config, `check` raises too, with the
+/// same text and the key path; one class of error per config.
+#[test]
+fn check_refuses_exactly_what_run_refuses_with_the_same_message() {
+    let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+    let certs = certs.display();
+    let base = |tls: &str, extra: &str| {
+        format!(
+            "[[listener]]\nname = \"imaps\"\nprotocol = \"imap\"\nbind = \"127.0.0.1:0\"\n\
+             tls = \"implicit\"\nupstream = \"up\"\n\n[[upstream]]\nname = \"up\"\n\
+             protocol = \"imap\"\naddresses = [\"127.0.0.1:9\"]\ntls = \"none\"\n\n[tls]\n{tls}\n\
+             {extra}"
+        )
+    };
+    let shipped_pair =
+        format!("cert_file = \"{certs}/localhost.pem\"\nkey_file = \"{certs}/localhost.key\"\n");
+    let upstream_tls = |ca: &str| {
+        base(&shipped_pair, "").replace(
+            "tls = \"none\"\n",
+            &format!("tls = \"implicit\"\nca_file = \"{ca}\"\n"),
+        )
+    };
+    // 192.0.2.1 (RFC 5737 documentation range) is on no interface of this host: binding it
+    // fails with EADDRNOTAVAIL and sends nothing.
+    // What, the config, extra environment, what check must say.
+    type Case<'a> = (&'a str, String, &'a [(&'a str, &'a str)], &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "unknown key",
+            base(&shipped_pair, "[limits]\nbogus = 1\n"),
+            &[],
+            "limits: unknown field `bogus`",
+        ),
+        (
+            "missing certificate",
+            base("cert_file = \"nope.pem\"\nkey_file = \"nope.key\"\n", ""),
+            &[],
+            "tls.cert_file: certificate file",
+        ),
+        (
+            "self-signed where it cannot be written",
+            base(
+                "cert_file = \"plainfile/c.pem\"\nkey_file = \"plainfile/k.pem\"\n\
+                 generate_self_signed = true\n",
+                "",
+            ),
+            &[],
+            "tls.key_file: cannot write",
+        ),
+        (
+            "half a pair with generate_self_signed",
+            base(
+                &format!(
+                    "cert_file = \"gone.pem\"\nkey_file = \"{certs}/localhost.key\"\n\
+                     generate_self_signed = true\n"
+                ),
+                "",
+            ),
+            &[],
+            "tls.cert_file: ",
+        ),
+        (
+            "certificate not PEM",
+            base(
+                &format!("cert_file = \"plainfile\"\nkey_file = \"{certs}/localhost.key\"\n"),
+                "",
+            ),
+            &[],
+            "tls.cert_file: ",
+        ),
+        (
+            "key of another certificate",
+            base(
+                &format!("cert_file = \"{certs}/localhost.pem\"\nkey_file = \"{certs}/ca.key\"\n"),
+                "",
+            ),
+            &[],
+            "tls.key_file: certificate",
+        ),
+        (
+            "CA file missing",
+            upstream_tls("nope-ca.pem"),
+            &[],
+            "upstream \"up\".ca_file: cannot read",
+        ),
+        (
+            "CA file not a certificate",
+            upstream_tls("plainfile"),
+            &[],
+            "upstream \"up\".ca_file: ",
+        ),
+        (
+            "audit file cannot be created",
+            base(&shipped_pair, "[audit]\nfile = \"plainfile/audit.log\"\n"),
+            &[],
+            "audit.file: cannot open audit file",
+        ),
+        (
+            "admin address not on this host",
+            base(&shipped_pair, "[admin]\nbind = \"192.0.2.1:0\"\n"),
+            &[],
+            "admin.bind: cannot bind 192.0.2.1:0",
+        ),
+        (
+            "listener address not on this host",
+            base(&shipped_pair, "").replace("127.0.0.1:0", "192.0.2.1:0"),
+            &[],
+            "listener[0].bind: cannot bind 192.0.2.1:0",
+        ),
+        (
+            "RUST_LOG that does not parse",
+            base(&shipped_pair, ""),
+            &[("RUST_LOG", "x=y=z")],
+            "RUST_LOG: ",
+        ),
+    ];
+    for (what, config, env, expected) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("plainfile"), "not PEM\n").expect("plainfile");
+        let [check, run] = check_and_run(dir.path(), &config, env);
+        assert!(
+            check.starts_with("exit Some(1)\n"),
+            "{what}: check:\n{check}"
+        );
+        assert!(
+            check.contains(expected),
+            "{what}: no {expected:?} in check:\n{check}"
+        );
+        assert_eq!(check, run, "{what}: check and run differ");
+    }
+}
+
+/// All at once: one `check` lists every file and address problem, each with its key path.
+#[test]
+fn check_lists_every_startup_problem_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("plainfile"), "x").expect("plainfile");
+    let config = "[[listener]]\nname = \"imaps\"\nprotocol = \"imap\"\nbind = \"192.0.2.1:0\"\n\
+         tls = \"implicit\"\nupstream = \"up\"\n\n[[upstream]]\nname = \"up\"\n\
+         protocol = \"imap\"\naddresses = [\"127.0.0.1:9\"]\ntls = \"starttls\"\n\
+         ca_file = \"nope.pem\"\n\n[tls]\ncert_file = \"plainfile/c.pem\"\n\
+         key_file = \"plainfile/k.pem\"\ngenerate_self_signed = true\n\n[audit]\n\
+         file = \"plainfile/audit.log\"\n\n[admin]\nbind = \"192.0.2.1:0\"\n";
+    let [check, run] = check_and_run(dir.path(), config, &[]);
+    assert_eq!(check, run);
+    assert!(check.contains("5 error(s)"), "{check}");
+    for key in [
+        "listener[0].bind:",
+        "tls.key_file:",
+        "upstream \"up\".ca_file:",
+        "audit.file:",
+        "admin.bind:",
+    ] {
+        assert!(check.contains(key), "no {key} in:\n{check}");
+    }
+    // Each OS error said once.
+    assert_eq!(check.matches("(os error 20)").count(), 2, "{check}");
+}
+
+/// An OS error in a failure of any subcommand is printed once, not once per error layer.
+#[test]
+fn os_errors_are_printed_once() {
+    let out = mailgate()
+        .args(["audit", "tail", "--file", "/nonexistent/audit.log"])
+        .output()
+        .expect("tail");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("(os error 2)").count(), 1, "{stderr}");
 }

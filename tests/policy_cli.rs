@@ -73,7 +73,7 @@ fn bob_pop_with_password_allowed_imap_with_password_refused() {
         &[
             "imap_clients     allowlist [com.apple.mail]  ou:/Sales",
             "decision   deny client_not_allowed (source ou:/Sales)",
-            "reply      AUTHENTICATIONFAILED \"Authentication failed\" (generic",
+            "reply      NO [AUTHENTICATIONFAILED] Authentication failed (generic",
         ],
     );
     let apple = explain(&[
@@ -108,8 +108,8 @@ fn intern_refused_imap_and_told_why_once_proven() {
         &[
             "imap             off                         ou:/Sales/Interns",
             "decision   deny imap_disabled (source ou:/Sales/Interns)",
-            "reply      AUTHORIZATIONFAILED \"IMAP access is turned off for your account by your \
-             organisation. Ask it-help@example.com.\"",
+            "reply      NO [AUTHORIZATIONFAILED] IMAP access is turned off for your account by \
+             your organisation. Ask it-help@example.com.",
         ],
     );
 }
@@ -139,8 +139,39 @@ fn mechanism_must_exist_on_the_protocol() {
         "login",
     ]);
     assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--mechanism login does not exist on pop3"));
+    // The usage line is explain's own, as clap prints for any other bad explain flag.
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--mechanism login does not exist on pop3")
+        stderr.contains("Usage: mailgate explain"),
+        "usage line is not explain's:\n{stderr}"
+    );
+}
+
+/// POP3 has its own response codes (RFC 2449 / 3206): a policy refusal there is `-ERR [AUTH]`,
+/// never IMAP's `AUTHORIZATIONFAILED`; a temporary one `-ERR [SYS/TEMP]`.
+#[test]
+fn pop3_refusals_show_the_pop3_reply() {
+    let proven = explain(&[
+        "dave@example.com",
+        "--protocol",
+        "pop3",
+        "--mechanism",
+        "xoauth2",
+    ]);
+    assert_has(
+        &proven,
+        &[
+            "decision   deny pop_disabled (source user)",
+            "reply      -ERR [AUTH] POP access is turned off for your account by your \
+             organisation. Ask it-help@example.com.",
+        ],
+    );
+    assert!(!proven.contains("AUTHORIZATIONFAILED"), "{proven}");
+    let password = explain(&["dave@example.com", "--protocol", "pop3"]);
+    assert_has(
+        &password,
+        &["reply      -ERR [AUTH] Authentication failed (generic"],
     );
 }
 

@@ -156,6 +156,20 @@ impl Audit {
         }
     }
 
+    /// What [`Audit::open`] would fail on, without creating or writing anything: the file
+    /// (or, when it does not exist yet, its directory) must be writable by this process.
+    pub fn check(config: &crate::config::AuditConfig) -> Result<(), Error> {
+        match &config.sink {
+            crate::config::AuditSink::File(path) => {
+                crate::writable::creatable(path).map_err(|source| Error::Open {
+                    path: path.clone(),
+                    source,
+                })
+            }
+            crate::config::AuditSink::Disabled | crate::config::AuditSink::Stdout => Ok(()),
+        }
+    }
+
     fn channel(queue: usize) -> (Audit, mpsc::Receiver<Msg>, Arc<State>) {
         let capacity = queue.clamp(1, MAX_QUEUE);
         let (tx, rx) = mpsc::channel(capacity);

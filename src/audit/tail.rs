@@ -34,6 +34,7 @@ use serde_json::{Map, Value};
 
 use super::Verdict;
 use super::record::{is_deceptive, write_json_escaped};
+use crate::config::duration::DurationError;
 use crate::proto::Protocol;
 
 /// How often `--follow` looks for new data and for rotation: well under a human's notice,
@@ -647,20 +648,14 @@ pub fn parse_since(text: &str, now: SystemTime) -> Result<SystemTime, String> {
     if let Some(at) = parse_ts(text) {
         return Ok(at);
     }
-    let back = match text.strip_suffix('d') {
-        Some(days) if !days.is_empty() && days.bytes().all(|b| b.is_ascii_digit()) => days
-            .parse::<u64>()
-            .ok()
-            .and_then(|d| d.checked_mul(86_400))
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("{text:?}: too large"))?,
-        _ => crate::config::duration::parse(text).map_err(|e| {
-            format!(
-                "{text:?}: {e}; expected a duration (\"10m\", \"2h\", \"7d\") or an RFC 3339 \
-                 time"
-            )
-        })?,
-    };
+    // The config's duration grammar, which takes days too ("7d": a week of records).
+    let back = crate::config::duration::parse(text).map_err(|e| match e {
+        DurationError::Overflow => format!("{text:?}: too large"),
+        _ => format!(
+            "{text:?}: expected a number followed by ms, s, m, h or d (\"10m\", \"2h\", \"7d\"), \
+             or an RFC 3339 time"
+        ),
+    })?;
     Ok(now.checked_sub(back).unwrap_or(SystemTime::UNIX_EPOCH))
 }
 

@@ -165,7 +165,7 @@ fn every_family_is_named_and_labelled_as_style_says() {
             types.insert(name.to_owned(), kind.to_owned());
         }
     }
-    assert_eq!(types.len(), 15, "{types:?}");
+    assert_eq!(types.len(), 16, "{types:?}");
     for (series, _) in samples(&text) {
         let name = series.split('{').next().unwrap();
         let family = types

@@ -142,6 +142,29 @@ pub enum ReplyClass {
     Unavailable,
 }
 
+impl ReplyClass {
+    /// The response code this class carries on `protocol`'s wire: RFC 5530 for IMAP
+    /// (`NO [AUTHORIZATIONFAILED]`), RFC 2449 / 3206 for POP3 (`-ERR [AUTH]`), where policy and
+    /// credential refusals share `AUTH`.
+    pub fn code(self, protocol: Protocol) -> &'static str {
+        match (protocol, self) {
+            (Protocol::Imap, ReplyClass::Authorization) => "AUTHORIZATIONFAILED",
+            (Protocol::Imap, ReplyClass::Authentication) => "AUTHENTICATIONFAILED",
+            (Protocol::Imap, ReplyClass::Unavailable) => "UNAVAILABLE",
+            (Protocol::Pop3, ReplyClass::Authorization | ReplyClass::Authentication) => "AUTH",
+            (Protocol::Pop3, ReplyClass::Unavailable) => "SYS/TEMP",
+        }
+    }
+
+    /// The refusal line's start as sent: `NO [CODE]` (after the tag) or `-ERR [CODE]`.
+    pub fn wire_prefix(self, protocol: Protocol) -> String {
+        match protocol {
+            Protocol::Imap => format!("NO [{}]", self.code(protocol)),
+            Protocol::Pop3 => format!("-ERR [{}]", self.code(protocol)),
+        }
+    }
+}
+
 /// A refusal to send to the downstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {

@@ -20,10 +20,13 @@
 //! - `names`: over-long user names stop at mailgate's front-end.
 //! - `ops_e2e`: audit records, session ends, rotation, HAProxy PROXY v2, the client address
 //!   in Dovecot's log, `/metrics` and `/readyz`: the operator surface end to end.
+//! - `packaging`: the Debian package (`cargo deb`, `dpkg -i`, check, `systemd-analyze verify`,
+//!   purge) and the Prometheus rules and Grafana dashboard (`promtool`, a real scrape).
 //! - `spray`: password spraying (issue 10): the client address upstream against Dovecot's
 //!   auth penalty, refusals that take as long as upstream failures, a fleet sharing one Redis.
 //!
-//! Needs `dovecot`, `python3`, `curl` and `node` with `tests/idp/node_modules` (`scripts/install-test-deps` installs them).
+//! Needs `dovecot`, `python3`, `curl`, `node` with `tests/idp/node_modules`, `promtool` and
+//! `cargo-deb`, and root for `dpkg -i` (`scripts/install-test-deps` installs them).
 
 // This whole crate is test code: a failed `expect` is how a helper fails its test, with the
 // message saying what was expected. (clippy's allow-*-in-tests covers only `#[test]` fns.)
@@ -51,6 +54,7 @@ mod names;
 mod oauth;
 mod oauth_e2e;
 mod ops_e2e;
+mod packaging;
 mod policy_e2e;
 mod proxy;
 mod reload;

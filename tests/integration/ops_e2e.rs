@@ -867,15 +867,7 @@ async fn rename_and_sigusr1_rotate_the_audit_file_without_losing_a_record() {
 
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let status = timeout(
-        Duration::from_secs(15),
-        tokio::task::spawn_blocking(move || child.wait()),
-    )
-    .await
-    .expect("mailgate exits within 15 s of SIGTERM")
-    .expect("join")
-    .expect("wait");
-    assert!(status.success(), "{status:?}");
+    crate::reload::exits_cleanly(child).await;
 
     let old = records(&rotated);
     let new = records(&audit_path);

@@ -139,6 +139,20 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Waits (bounded: 15 s) for a `mailgate run` child that was sent SIGTERM, and asserts it
+/// exited 0. On timeout the test fails and its KillOnDrop ends the child (and so this wait).
+pub async fn exits_cleanly(mut child: std::process::Child) {
+    let status = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .expect("mailgate exits within 15 s of SIGTERM")
+    .expect("join")
+    .expect("wait");
+    assert!(status.success(), "{status:?}");
+}
+
 /// The first log line containing `needle` (bounded: 15 s).
 pub async fn wait_for(
     lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,

@@ -65,7 +65,7 @@ use crate::proto::imap::parse::{
 use crate::proto::sasl;
 use crate::proto::{
     CloseReason, Credentials, FrontendEvent, GENERIC_FAILURE, LoginOutcome, LoginRequest,
-    MAX_PENDING_OUTPUT, Mechanism, PREAUTH_READ, PreauthLimits, Refusal, ReplyClass, Security,
+    MAX_PENDING_OUTPUT, Mechanism, PREAUTH_READ, PreauthLimits, Protocol, Refusal, Security,
 };
 
 /// Capabilities mailgate itself offers in every state (RFC 9051 7.2.2; SASL-IR RFC 4959, ID
@@ -667,17 +667,13 @@ impl ImapFrontend {
 
     /// Send the refusal, count it, close when attempts are exhausted.
     fn refuse(&mut self, tag: &str, refusal: &Refusal) {
-        let code = match refusal.class {
-            ReplyClass::Authorization => "AUTHORIZATIONFAILED",
-            ReplyClass::Authentication => "AUTHENTICATIONFAILED",
-            ReplyClass::Unavailable => "UNAVAILABLE",
-        };
+        let prefix = refusal.class.wire_prefix(Protocol::Imap);
         let text: String = refusal.text.chars().filter(|c| !c.is_control()).collect();
         let text = match text.trim() {
             "" => GENERIC_FAILURE,
             text => text,
         };
-        self.send_tagged(tag, &format!("NO [{code}] {text}"));
+        self.send_tagged(tag, &format!("{prefix} {text}"));
         self.failures = self.failures.saturating_add(1);
         if self.failures >= self.limits.max_attempts {
             self.input.clear();

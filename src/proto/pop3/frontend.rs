@@ -71,7 +71,7 @@ use crate::proto::pop3::parse::{self, Command, InitialResponse, SaslResponse, Sp
 use crate::proto::sasl;
 use crate::proto::{
     CloseReason, Credentials, FrontendEvent, LoginOutcome, LoginRequest, MAX_PENDING_OUTPUT,
-    Mechanism, PREAUTH_READ, PreauthLimits, Refusal, ReplyClass, Security,
+    Mechanism, PREAUTH_READ, PreauthLimits, Protocol, Refusal, Security,
 };
 use crate::secret::Secret;
 
@@ -508,11 +508,8 @@ impl Pop3Frontend {
     /// RFC 3206: `[AUTH]` for policy and credential refusals, `[SYS/TEMP]` for temporary
     /// trouble. Counts the attempt; closes once `max_attempts` refusals were sent.
     fn refuse(&mut self, refusal: &Refusal) {
-        let code: &[u8] = match refusal.class {
-            ReplyClass::Authorization | ReplyClass::Authentication => b"-ERR [AUTH] ",
-            ReplyClass::Unavailable => b"-ERR [SYS/TEMP] ",
-        };
-        self.send(code);
+        self.send(refusal.class.wire_prefix(Protocol::Pop3).as_bytes());
+        self.send(b" ");
         self.send(one_line(&refusal.text).as_bytes());
         self.send(b"\r\n");
         self.failures = self.failures.saturating_add(1);

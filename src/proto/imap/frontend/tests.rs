@@ -7,6 +7,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
+use crate::proto::ReplyClass;
 use crate::secret::Secret;
 
 const PLAIN_IR: &str = "AGFsaWNlAHMzY3JldA=="; // \0alice\0s3cret

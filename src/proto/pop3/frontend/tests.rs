@@ -8,6 +8,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
+use crate::proto::ReplyClass;
 use crate::proto::pop3::testing::{chunkings, split, t0};
 
 /// One step of a transcript.
