@@ -1102,3 +1102,34 @@ fn shared_mailbox_references_are_checked() {
     );
     assert_eq!(all.len(), 3, "{all:#?}");
 }
+
+/// The commented `[[shared_mailbox]]` example of the shipped directory and the commented
+/// `[grants]` of the shipped config load once uncommented, as the comments promise.
+#[test]
+fn shipped_shared_mailbox_example_loads_when_uncommented() {
+    let base = shipped().parent().unwrap().to_owned();
+    let uncomment = |text: &str, from: &str| -> String {
+        text.lines()
+            .skip_while(|l| *l != from)
+            .take_while(|l| l.starts_with("# ") && !l.trim_end().ends_with('#'))
+            .map(|l| l.trim_start_matches("# "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let directory = std::fs::read_to_string(base.join("directory.toml")).unwrap();
+    let shared = uncomment(&directory, "# [[shared_mailbox]]");
+    assert!(shared.contains("grant = \"office\""), "{shared}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("directory.toml");
+    std::fs::write(&path, format!("{directory}\n{shared}\n")).unwrap();
+    let main = std::fs::read_to_string(shipped()).unwrap();
+    let grants = uncomment(&main, "# [grants]");
+    assert!(grants.contains("dir = "), "{grants}");
+    let text = main.replace(
+        "directory = \"directory.toml\"",
+        &format!("directory = \"{}\"", path.display()),
+    );
+    let c = Config::from_toml(&format!("{text}\n{grants}\n"), &base).unwrap();
+    assert_eq!(c.directory.shared_mailboxes().len(), 1);
+    assert_eq!(c.grants.unwrap().dir, Path::new("/var/lib/mailgate/grants"));
+}
