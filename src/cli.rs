@@ -1,4 +1,5 @@
-//! Command line: `mailgate run`, `check`, `explain`, `groups` and `audit tail`. Each
+//! Command line: `mailgate run`, `check`, `explain`, `groups`, `directory sync` and
+//! `audit tail`. Each
 //! subcommand's `--help` shows an example.
 
 use std::path::PathBuf;
@@ -34,6 +35,10 @@ pub enum Command {
         /// Path of the main config file.
         #[arg(long, default_value = "config/mailgate.toml")]
         config: PathBuf,
+        /// Also bind to the `[policy.ldap]` server, read it and merge it with the directory
+        /// file (without it, check never contacts the server).
+        #[arg(long)]
+        connect: bool,
     },
     /// Show a user's effective policy, where each value came from, and the decision for one
     /// login. Exit 0 whether it is allowed or refused; 1 only when the config does not load.
@@ -68,6 +73,11 @@ pub enum Command {
         /// Path of the main config file.
         #[arg(long, default_value = "config/mailgate.toml")]
         config: PathBuf,
+    },
+    /// The organisation from LDAP / Active Directory (`[policy.ldap]`).
+    Directory {
+        #[command(subcommand)]
+        command: DirectoryCommand,
     },
     /// Read the audit log.
     Audit {
@@ -132,6 +142,35 @@ pub enum GrantCommand {
         #[arg(long, default_value = "config/mailgate.toml")]
         config: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DirectoryCommand {
+    /// Sync from the directory server now, through the running mailgate's admin listener
+    /// (loopback). Prints the changes: users added, removed, moved between OUs, suspended;
+    /// groups changed.
+    #[command(after_help = "Examples:\n  mailgate directory sync --dry-run\n  \
+                      mailgate directory sync\n  \
+                      mailgate directory sync --force   # past the max_removed_fraction safety valve")]
+    Sync(SyncArgs),
+}
+
+/// `mailgate directory sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Only show what the sync would change; apply nothing. Without an `[admin]` listener,
+    /// compares against `cache_file` (the last sync the server applied) instead.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Apply even when it removes more than `max_removed_fraction` of the users.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub force: bool,
+    /// The admin listener to ask. Default: `[admin] bind` of the config, on loopback.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<std::net::SocketAddr>,
+    /// Path of the main config file.
+    #[arg(long, default_value = "config/mailgate.toml")]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -310,7 +349,7 @@ mod tests {
     #[test]
     fn defaults_to_shipped_config() {
         let cli = Cli::parse_from(["mailgate", "check"]);
-        let Command::Check { config } = cli.command else {
+        let Command::Check { config, .. } = cli.command else {
             panic!("check")
         };
         assert_eq!(config, PathBuf::from("config/mailgate.toml"));

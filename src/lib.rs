@@ -14,6 +14,8 @@
 //! - [`session`]: the per-connection driver, the only module that wires the stages together.
 //! - [`proto`]: SANS-IO machines: IMAP/POP3 pre-auth front-ends, login replay, SASL.
 //! - [`directory`]: OU tree, users, groups, nesting, compliance; resolved at load.
+//! - [`ldap`]: the organisation from LDAP / Active Directory (`[policy.ldap]`), synced
+//!   fail-static into the directory.
 //! - [`policy`]: pure decision `(directory, attempt) -> Decision`, with provenance.
 //! - [`upstream`]: connect to the real mail server, TLS, drive the replay machine.
 //! - [`splice`]: bidirectional copy after login, byte counts, idle timeout.
@@ -38,6 +40,7 @@ pub mod config;
 pub mod conn_limit;
 pub mod directory;
 pub mod grants;
+pub mod ldap;
 pub mod metrics;
 pub mod pacing;
 pub mod policy;

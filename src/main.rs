@@ -8,7 +8,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser as _;
 use mailgate::cli::{
-    AuditCommand, Cli, Command, GrantCommand, MechanismArg, TailArgs, ThrottleArgs, ThrottleCommand,
+    AuditCommand, Cli, Command, DirectoryCommand, GrantCommand, MechanismArg, SyncArgs, TailArgs,
+    ThrottleArgs, ThrottleCommand,
 };
 use mailgate::config::Config;
 use mailgate::policy::{self, Attempt, Decision, Identity, TokenFacts};
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(&config),
-        Command::Check { config } => check(&config),
+        Command::Check { config, connect } => check(&config, connect),
         Command::Explain {
             user,
             protocol,
@@ -46,6 +47,9 @@ fn main() -> ExitCode {
         } => audit_tail(args),
         Command::Throttle { command } => throttle(command),
         Command::Grant { command } => grant(command),
+        Command::Directory {
+            command: DirectoryCommand::Sync(args),
+        } => directory_sync(args),
     };
     match result {
         Ok(code) => code,
@@ -56,10 +60,35 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> anyhow::Result<ExitCode> {
+fn check(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
     let Some(config) = startup_or_report(path, |w| eprintln!("warning: {w}")) else {
         return Ok(ExitCode::FAILURE);
     };
+    // Only on request: a plain `check` (the unit's ExecStartPre) never contacts the server.
+    if connect && let Some(ldap) = &config.policy.ldap {
+        let problem = match ldap_now(&config, ldap) {
+            Ok(snapshot) => match config.with_snapshot(&snapshot) {
+                Ok(_) => {
+                    println!(
+                        "policy.ldap: read {} user(s) and {} group(s); they merge with the \
+                         directory file",
+                        snapshot.users.len(),
+                        snapshot.groups.len()
+                    );
+                    None
+                }
+                Err(e) => Some(format!(
+                    "policy.ldap: the synced directory is invalid:\n{e}"
+                )),
+            },
+            Err(e) => Some(format!("policy.ldap: {e}")),
+        };
+        if let Some(problem) = problem {
+            eprintln!("{}: 1 error(s)", path.display());
+            eprintln!("{problem}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     println!(
         "{}: ok ({} listener(s), {} upstream(s))",
         path.display(),
@@ -106,14 +135,167 @@ fn chain(e: &anyhow::Error) -> String {
     out
 }
 
-/// Loads the config for a read-only subcommand; on errors prints them and says so.
+/// Loads the config for a read-only subcommand; on errors prints them and says so. With
+/// `[policy.ldap]`, the directory is merged with the last sync the server applied
+/// (`cache_file`), or else with a live read of the server, so `explain` and `groups` show the
+/// organisation mailgate enforces.
 fn load_or_report(path: &Path) -> Option<Config> {
-    match Config::load(path) {
-        Ok(config) => Some(config),
+    let config = match Config::load(path) {
+        Ok(config) => config,
         Err(errors) => {
             eprintln!("{}: {} error(s)", path.display(), errors.0.len());
             eprintln!("{errors}");
+            return None;
+        }
+    };
+    let Some(ldap) = config.policy.ldap.clone() else {
+        return Some(config);
+    };
+    let snapshot = match ldap
+        .cache_file
+        .as_deref()
+        .map(mailgate::ldap::sync::read_cache)
+    {
+        Some(Ok((snapshot, age))) => {
+            eprintln!(
+                "note: organisation from the LDAP cache file (last applied sync, {age} s old)"
+            );
+            snapshot
+        }
+        _ => match ldap_now(&config, &ldap) {
+            Ok(snapshot) => {
+                eprintln!("note: organisation read from the LDAP server now (no cache file)");
+                snapshot
+            }
+            Err(e) => {
+                eprintln!("policy.ldap: {e}");
+                return None;
+            }
+        },
+    };
+    match config.with_snapshot(&snapshot) {
+        Ok(merged) => Some(merged),
+        Err(e) => {
+            eprintln!("policy.ldap: the synced directory is invalid:\n{e}");
             None
+        }
+    }
+}
+
+/// One read of the LDAP server, for the command line.
+fn ldap_now(
+    _config: &Config,
+    ldap: &mailgate::config::ldap::LdapConfig,
+) -> anyhow::Result<mailgate::directory::ldap::Snapshot> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(runtime.block_on(mailgate::ldap::fetch(ldap))?)
+}
+
+/// `--admin`, or `[admin] bind` of the config on loopback: where the running mailgate answers
+/// its operator routes.
+fn admin_addr(
+    admin: Option<std::net::SocketAddr>,
+    config: &Path,
+) -> anyhow::Result<std::net::SocketAddr> {
+    if let Some(a) = admin {
+        return Ok(a);
+    }
+    let loaded = Config::load(config).map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+    let bind = loaded
+        .admin
+        .map(|a| a.bind)
+        .ok_or_else(|| anyhow::anyhow!("{} has no [admin] listener", config.display()))?;
+    // The routes answer only on loopback: a wildcard bind is reached there (a bind to one
+    // other address cannot serve them; see docs/operations.md "Password guessing").
+    let ip = if bind.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        bind.ip()
+    };
+    Ok(std::net::SocketAddr::new(ip, bind.port()))
+}
+
+/// `mailgate directory sync [--dry-run|--force]`.
+fn directory_sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
+    use mailgate::admin::throttle::ADMIN_HEADER;
+    use mailgate::ldap::sync::Report;
+
+    let config = Config::load(&args.config)
+        .map_err(|e| anyhow::anyhow!("{}:\n{e}", args.config.display()))?;
+    let Some(ldap) = config.policy.ldap.clone() else {
+        anyhow::bail!("{}: no [policy.ldap] table", args.config.display());
+    };
+    if args.dry_run && args.admin.is_none() && config.admin.is_none() {
+        // No running server to ask: compare a live read with the last applied sync.
+        let old = match ldap.cache_file.as_deref() {
+            Some(file) => mailgate::ldap::sync::read_cache(file)
+                .map(|(s, _)| s)
+                .unwrap_or_default(),
+            None => Default::default(),
+        };
+        let new = ldap_now(&config, &ldap)?;
+        let diff = mailgate::directory::ldap::Diff::between(&old, &new);
+        println!("{diff}");
+        if diff.removed_fraction() > ldap.max_removed_fraction {
+            println!(
+                "the safety valve would refuse this sync (max_removed_fraction {}); apply it \
+                 with --force",
+                ldap.max_removed_fraction
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let admin = admin_addr(args.admin, &args.config)?;
+    let mut query = Vec::new();
+    if args.dry_run {
+        query.push(("dry_run", "1"));
+    }
+    if args.force {
+        query.push(("force", "1"));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // A sync of a large tree takes a while: the server's own timeouts bound it.
+    let wait = ldap.timeout * 4 + std::time::Duration::from_secs(60);
+    let (status, body) = runtime
+        .block_on(async {
+            let client = reqwest::Client::builder().timeout(wait).build()?;
+            let response = client
+                .post(format!("http://{admin}/directory/sync"))
+                .header(ADMIN_HEADER, "1")
+                .query(&query)
+                .send()
+                .await?;
+            let status = response.status();
+            Ok::<_, reqwest::Error>((status, response.text().await?))
+        })
+        .with_context(|| format!("asking the admin listener at {admin}"))?;
+    let Ok(report) = serde_json::from_str::<Report>(&body) else {
+        anyhow::bail!("{admin} answered {status}: {}", body.trim());
+    };
+    if !report.changes.is_empty() {
+        println!("{}", report.changes);
+    }
+    match (&report.error, report.applied) {
+        (_, true) => {
+            println!(
+                "applied: {} user(s), {} group(s) in {} ms",
+                report.users, report.groups, report.took_ms
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        (None, false) => {
+            println!("dry run: nothing applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        (Some(e), false) => {
+            eprintln!("not applied: {e}");
+            Ok(ExitCode::FAILURE)
         }
     }
 }
@@ -324,9 +506,18 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
         metrics: Arc::new(Metrics::new()),
         readiness: Readiness::new(),
     };
+    // With `[policy.ldap]`: the first sync (or the cache file, loudly) before any listener.
+    let (config, snapshot, _) = mailgate::ldap::sync::start(config, &services)
+        .await
+        .context("reading the organisation from LDAP ([policy.ldap])")?;
     let server = Server::bind_with(&config, services.clone())
         .await
         .context("starting listeners")?;
+    if let Some(snapshot) = snapshot {
+        server.reloader().set_snapshot(snapshot);
+    }
+    let syncer = mailgate::ldap::sync::Syncer::new(server.reloader());
+    let syncs = tokio::spawn(syncer.clone().run());
     let reloads = tokio::spawn(mailgate::config::reload::watch(
         path.to_path_buf(),
         server.reloader(),
@@ -347,7 +538,10 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(a.bind)
                 .await
                 .with_context(|| format!("binding the admin listener {}", a.bind))?;
-            tracing::info!(addr = %a.bind, "admin listening (/metrics, /healthz, /readyz, /throttle)");
+            tracing::info!(
+                addr = %a.bind,
+                "admin listening (/metrics, /healthz, /readyz, /throttle, /directory/sync)"
+            );
             let metrics = services.metrics.clone();
             let audit = audit.clone();
             let stats = tokio::spawn(async move {
@@ -358,9 +552,11 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             });
-            let routes = admin::router(services.metrics.clone(), services.readiness.clone()).merge(
-                admin::throttle::routes(server.reloader().shared().throttle.clone()),
-            );
+            let routes = admin::router(services.metrics.clone(), services.readiness.clone())
+                .merge(admin::throttle::routes(
+                    server.reloader().shared().throttle.clone(),
+                ))
+                .merge(mailgate::ldap::sync::routes(syncer.clone()));
             let serve = admin::serve_router(listener, routes, *a, async {
                 let _ = admin_stopped.await;
             });
@@ -370,6 +566,7 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
     };
     server.run(shutdown).await;
     reloads.abort();
+    syncs.abort();
     reopen.abort();
     if let Some((serve, stats)) = admin {
         stats.abort();
@@ -407,25 +604,7 @@ fn throttle(command: ThrottleCommand) -> anyhow::Result<ExitCode> {
         !(clear && user.is_some() && ip.is_some()),
         "clear one thing at a time: --user or --ip"
     );
-    let admin = match admin {
-        Some(a) => a,
-        None => {
-            let loaded =
-                Config::load(&config).map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
-            let bind = loaded
-                .admin
-                .map(|a| a.bind)
-                .ok_or_else(|| anyhow::anyhow!("{} has no [admin] listener", config.display()))?;
-            // The routes answer only on loopback: a wildcard bind is reached there (a bind
-            // to one other address cannot serve them; see docs/operations.md "Password guessing").
-            let ip = if bind.ip().is_unspecified() {
-                std::net::IpAddr::from([127, 0, 0, 1])
-            } else {
-                bind.ip()
-            };
-            std::net::SocketAddr::new(ip, bind.port())
-        }
-    };
+    let admin = admin_addr(admin, &config)?;
     let mut query = Vec::new();
     if let Some(user) = &user {
         query.push(("user", user.clone()));

@@ -24,6 +24,10 @@
 //! | `mailgate_audit_errors_total`              | counter   | -                           |
 //! | `mailgate_throttle_store_up`               | gauge     | -                           |
 //! | `mailgate_tls_certificate_expiry_timestamp_seconds` | gauge | -                     |
+//! | `mailgate_directory_sync_last_success_timestamp_seconds` | gauge | -                 |
+//! | `mailgate_directory_sync_duration_seconds` | gauge     | - (the last sync attempt)   |
+//! | `mailgate_directory_entries`               | gauge     | kind (`user`, `group`)      |
+//! | `mailgate_directory_sync_failures_total`   | counter   | cause                       |
 //!
 //! Series an alert watches exist from the start at 0 (reload results, token results, the
 //! temporary login failures, each listener's connection counts): Prometheus's `increase()`
@@ -275,6 +279,16 @@ struct EndLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     result: ReloadResult,
 }
@@ -320,6 +334,10 @@ pub struct Metrics {
     audit_errors: Counter,
     throttle_store_up: Gauge,
     certificate_expiry: Gauge,
+    sync_last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
+    sync_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
+    directory_entries: Family<KindLabels, Gauge>,
+    sync_failures: Family<CauseLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -433,6 +451,31 @@ impl Metrics {
              reachable); 0 while this instance counts alone",
             throttle_store_up.clone(),
         );
+        let sync_last_success = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "mailgate_directory_sync_last_success_timestamp_seconds",
+            "Unix time of the last LDAP directory sync that was applied (0: none yet)",
+            sync_last_success.clone(),
+        );
+        let sync_duration = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "mailgate_directory_sync_duration_seconds",
+            "How long the last LDAP directory sync attempt took, applied or not",
+            sync_duration.clone(),
+        );
+        let directory_entries = Family::default();
+        registry.register(
+            "mailgate_directory_entries",
+            "Users and groups of the last applied LDAP sync",
+            directory_entries.clone(),
+        );
+        let sync_failures = Family::default();
+        registry.register(
+            "mailgate_directory_sync_failures",
+            "LDAP directory syncs not applied, by cause (connect, bind, search, timeout, \
+             invalid, safety_valve, cache)",
+            sync_failures.clone(),
+        );
         let certificate_expiry = Gauge::default();
         registry.register(
             "mailgate_tls_certificate_expiry_timestamp_seconds",
@@ -440,6 +483,9 @@ impl Metrics {
              listener); set at start-up and on every reload",
             certificate_expiry.clone(),
         );
+        for cause in crate::ldap::SyncError::CAUSES {
+            drop(sync_failures.get_or_create(&CauseLabels { cause }));
+        }
         for result in [ReloadResult::Ok, ReloadResult::Rejected] {
             drop(reloads.get_or_create(&ReloadLabels { result }));
         }
@@ -472,6 +518,10 @@ impl Metrics {
         Self {
             registry,
             certificate_expiry,
+            sync_last_success,
+            sync_duration,
+            directory_entries,
+            sync_failures,
             throttle_store_up,
             connections_active,
             connections,
@@ -488,6 +538,25 @@ impl Metrics {
             audit_dropped,
             audit_errors,
         }
+    }
+
+    /// An LDAP sync was applied: `at` is its Unix time, with `users` and `groups` entries.
+    pub fn directory_synced(&self, at: f64, took: Duration, users: usize, groups: usize) {
+        self.sync_last_success.set(at);
+        self.sync_duration.set(took.as_secs_f64());
+        for (kind, n) in [("user", users), ("group", groups)] {
+            self.directory_entries
+                .get_or_create(&KindLabels { kind })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// An LDAP sync was not applied; `cause` is one of the fixed set in the family's help.
+    pub fn directory_sync_failed(&self, cause: &'static str, took: Duration) {
+        self.sync_duration.set(took.as_secs_f64());
+        self.sync_failures
+            .get_or_create(&CauseLabels { cause })
+            .inc();
     }
 
     /// The `mailgate_throttle_store_up` gauge, for the counter store to keep current.

@@ -101,6 +101,8 @@ fn fixture(dir: &Path) -> PathBuf {
                     error: "listener[0].bind: bad".to_owned(),
                 },
                 config_digest: None,
+                source: Default::default(),
+                changes: None,
             }),
         ),
     ] {

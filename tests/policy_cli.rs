@@ -48,7 +48,7 @@ fn alice_may_use_imap_with_a_password() {
     assert_has(
         &out,
         &[
-            "user       alice@example.com (user, ou /Engineering)",
+            "user       alice@example.com (user, ou /Engineering; from file:)",
             "mechanism  login (password)",
             "password_logins  on     ou:/Engineering",
             "engineering@example.com  direct; no policy",

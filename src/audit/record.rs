@@ -11,7 +11,7 @@
 //! | `connect`     | `listener`, `protocol`, `client`, `tls`, `sni`                           |
 //! | `auth`        | `user`, `ou`, `mechanism`, `client_id`, `issuer`, `decision`, `reason`, `policy_source`, `upstream` |
 //! | `session_end` | `bytes_up`, `bytes_down`, `duration_ms`, `end`                           |
-//! | `reload`      | `result`, `error`, `config_digest`                                       |
+//! | `reload`      | `result`, `error`, `config_digest`, `source`, `changes`                  |
 //!
 //! `session` is the session id for the three session events and `null` for `reload`, which
 //! belongs to the process, not to a connection.
@@ -237,6 +237,19 @@ pub struct Reload {
     /// A digest of the configuration the attempt read (applied or rejected), so an operator can
     /// tell which version of the files was in force. `None` when the files could not be read.
     pub config_digest: Option<String>,
+    /// What triggered the new directory: a config file change or SIGHUP (`file`), or an LDAP
+    /// directory sync (`ldap`).
+    pub source: ReloadSource,
+    /// For an LDAP sync: what it changed, or would have (`100 → 50 users: +0 -50 …`).
+    pub changes: Option<String>,
+}
+
+/// `reload.source`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReloadSource {
+    #[default]
+    File,
+    Ldap,
 }
 
 /// `reload.result` and `reload.error`.
@@ -456,6 +469,8 @@ impl Serialize for Reload {
             result: &'static str,
             error: Option<&'a str>,
             config_digest: Option<&'a str>,
+            source: &'static str,
+            changes: Option<&'a str>,
         }
         let (result, error) = match &self.outcome {
             ReloadOutcome::Applied => ("ok", None),
@@ -465,6 +480,11 @@ impl Serialize for Reload {
             result,
             error,
             config_digest: self.config_digest.as_deref(),
+            source: match self.source {
+                ReloadSource::File => "file",
+                ReloadSource::Ldap => "ldap",
+            },
+            changes: self.changes.as_deref(),
         }
         .serialize(serializer)
     }

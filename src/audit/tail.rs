@@ -551,7 +551,9 @@ fn detail(event: &str, record: &Map<String, Value>) -> String {
         ],
         "reload" => &[
             ("result", "result"),
+            ("source", "source"),
             ("config_digest", "digest"),
+            ("changes", "changes"),
             ("error", "error"),
         ],
         "grant" => &[("grant", "grant"), ("state", "state"), ("detail", "detail")],

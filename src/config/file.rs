@@ -153,6 +153,8 @@ pub struct PolicyFile {
     pub disclose_reasons: Option<DiscloseReasons>,
     pub contact: Option<String>,
     pub revoke_on_reload: Option<bool>,
+    /// `[policy.ldap]`: users, OUs and groups from LDAP / Active Directory.
+    pub ldap: Option<super::ldap::LdapFile>,
 }
 
 /// The outcome of [`parse`]: what could be read, and every schema problem found.

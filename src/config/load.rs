@@ -254,6 +254,12 @@ impl Validator<'_> {
             disclose_reasons: p.disclose_reasons.unwrap_or_default(),
             contact,
             revoke_on_reload: p.revoke_on_reload.unwrap_or(false),
+            ldap: p
+                .ldap
+                .clone()
+                .and_then(|l| super::ldap::validate(l, self.base_dir, &mut self.errors))
+                .map(Arc::new),
+            directory_text: Arc::from(""),
         };
         let fallback = Arc::new(Directory::allow_all());
         if p.directory.is_empty() {
@@ -275,7 +281,20 @@ impl Validator<'_> {
                 return (config, fallback);
             }
         };
-        let directory = match Directory::from_toml(&text) {
+        let config = PolicyConfig {
+            directory_text: Arc::from(text.as_str()),
+            ..config
+        };
+        // With LDAP the file may leave OU ancestors and group members to the sync; checked
+        // here as it merges with an empty one.
+        // (By the table, not its validated form: an error there is reported once, not again
+        // as a knock-on error about the file's OU tree.)
+        let parsed = if p.ldap.is_some() {
+            Directory::from_toml_and_ldap(&text, &Default::default())
+        } else {
+            Directory::from_toml(&text)
+        };
+        let directory = match parsed {
             Ok(d) => d,
             Err(errors) => {
                 for error in errors.0 {

@@ -40,6 +40,7 @@ pub mod cidr;
 pub mod duration;
 pub mod file;
 pub mod grants;
+pub mod ldap;
 mod load;
 pub mod oauth;
 pub mod reload;
@@ -111,6 +112,24 @@ impl Config {
         self.policy.directory.iter().cloned().collect()
     }
 
+    /// This config with its directory rebuilt from `directory.toml` plus an LDAP sync. `Err`
+    /// lists what the merged directory breaks (each LDAP entry named by its DN).
+    pub fn with_snapshot(
+        &self,
+        snapshot: &crate::directory::ldap::Snapshot,
+    ) -> Result<Config, crate::directory::Errors> {
+        let mut directory = Directory::from_toml_and_ldap(&self.policy.directory_text, snapshot)?;
+        if let Some(ou) = &self.policy.default_ou {
+            directory = directory
+                .with_default_ou(ou)
+                .map_err(|e| crate::directory::Errors(vec![e]))?;
+        }
+        Ok(Config {
+            directory: Arc::new(directory),
+            ..self.clone()
+        })
+    }
+
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (i, l) in self.listeners.iter().enumerate() {
@@ -150,6 +169,15 @@ impl Config {
             out.push(
                 "policy: no [policy] table; every login the upstream accepts is allowed (built-in \
                  directory: one root OU with pop, imap and password logins on)"
+                    .to_owned(),
+            );
+        }
+        if let Some(ldap) = &self.policy.ldap
+            && ldap.cache_file.is_none()
+        {
+            out.push(
+                "policy.ldap.cache_file: not set; a start while the directory server is \
+                 unreachable fails instead of serving the last sync"
                     .to_owned(),
             );
         }
@@ -530,6 +558,11 @@ pub struct PolicyConfig {
     pub contact: String,
     /// On a reload, close live sessions whose user the new policy refuses. Default false.
     pub revoke_on_reload: bool,
+    /// `[policy.ldap]`: the organisation comes from LDAP; `directory` holds the policy.
+    pub ldap: Option<Arc<ldap::LdapConfig>>,
+    /// The text of `directory.toml` as loaded, so an LDAP sync rebuilds the directory from the
+    /// same policy the rest of this config was validated with.
+    pub directory_text: Arc<str>,
 }
 
 /// 5 s: a local Dovecot answers in milliseconds; longer only delays failover to the next address.

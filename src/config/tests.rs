@@ -685,6 +685,7 @@ connect_timeout = \"5 minutes\"
     );
 }
 
+mod ldap;
 mod ops;
 #[test]
 fn audit_absent_is_disabled_with_a_warning() {

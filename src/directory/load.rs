@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::file::{self, GroupFile, ImapClientsFile, OuFile, PrincipalKindFile, SettingsFile};
+use super::ldap::Origin;
 use super::{
     Compliance, Directory, Error, Errors, Group, GroupId, GroupPolicy, GroupReport, ImapClients,
     Member, MemberKind, Membership, Offender, Ou, OuId, PartialSettings, Principal, PrincipalKind,
@@ -27,10 +28,16 @@ const MAX_CLIENT_ID_LEN: usize = 256;
 const MAX_OU_DEPTH: usize = 32;
 
 pub(super) fn from_toml(text: &str) -> Result<Directory, Errors> {
-    let mut parsed = file::parse(text);
+    let parsed = file::parse(text);
     if matches!(parsed.errors.first(), Some(Error::Syntax { .. })) {
         return Err(Errors(parsed.errors));
     }
+    from_parsed(parsed)
+}
+
+/// Validates and resolves an already parsed file (possibly with LDAP entries added, see
+/// `super::ldap::merge`).
+pub(super) fn from_parsed(mut parsed: file::Parsed) -> Result<Directory, Errors> {
     let mut v = Validator {
         errors: std::mem::take(&mut parsed.errors),
     };
@@ -162,6 +169,7 @@ impl Validator {
                 pop_off: u.pop == Some(false),
                 imap_off: u.imap == Some(false),
                 memberships: Vec::new(),
+                origin: Origin::File,
                 // Replaced in `resolve` once memberships are known.
                 effective: ous.get(ou.0)?.effective.clone(),
             });
@@ -763,6 +771,7 @@ impl Validator {
                 locked: p.locked,
                 policy: p.policy,
                 compliance,
+                origin: Origin::File,
             })
             .collect();
 

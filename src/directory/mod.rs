@@ -30,6 +30,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 pub mod file;
+pub mod ldap;
 mod load;
 pub mod report;
 
@@ -104,6 +105,8 @@ pub struct Principal {
     pub memberships: Vec<Membership>,
     /// User switch, then group policy, then OU.
     pub effective: Settings,
+    /// `file:` or `ldap:<DN>`.
+    pub origin: ldap::Origin,
 }
 
 /// One (possibly indirect) group membership of a principal.
@@ -166,6 +169,8 @@ pub struct Group {
     pub locked: bool,
     pub policy: Option<GroupPolicy>,
     pub compliance: GroupReport,
+    /// `file:` or `ldap:<DN>`.
+    pub origin: ldap::Origin,
 }
 
 /// A direct member of a group.
@@ -344,6 +349,11 @@ impl Directory {
     /// Validates `directory.toml` text. Every problem is reported, each with its key path.
     pub fn from_toml(text: &str) -> Result<Directory, Errors> {
         load::from_toml(text)
+    }
+
+    /// `directory.toml` text plus the users, groups and OUs of an LDAP sync, validated as one.
+    pub fn from_toml_and_ldap(text: &str, snapshot: &ldap::Snapshot) -> Result<Directory, Errors> {
+        ldap::merge(text, snapshot)
     }
 
     /// The built-in directory used when no `[policy]` is configured: no users, a root OU that

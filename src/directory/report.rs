@@ -23,7 +23,7 @@ pub fn groups(directory: &Directory) -> String {
         }] += 1;
         let _ = writeln!(
             out,
-            "{:<name_width$}  {:<20}  ({}; {} direct member(s){})",
+            "{:<name_width$}  {:<20}  ({}; {} direct member(s){}; from {})",
             g.email,
             g.compliance.state.as_str(),
             restriction(g),
@@ -31,7 +31,8 @@ pub fn groups(directory: &Directory) -> String {
             g.policy
                 .as_ref()
                 .map(|p| format!("; policy priority {}", p.priority))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            g.origin
         );
         let width = g
             .compliance

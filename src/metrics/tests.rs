@@ -68,6 +68,8 @@ fn every_family_is_named_and_labelled_as_style_says() {
     m.audit_error();
     m.grant_event(super::GrantEvent::NeedsReauthorization);
     m.grant_refresh(Duration::from_millis(20));
+    m.directory_synced(1_700_000_000.0, Duration::from_millis(1500), 4, 2);
+    m.directory_sync_failed("safety_valve", Duration::from_millis(20));
     let text = m.encode();
     assert!(text.ends_with("# EOF\n"), "{text}");
 
@@ -151,6 +153,16 @@ fn every_family_is_named_and_labelled_as_style_says() {
         ("mailgate_audit_errors_total", "1"),
         // The local counter store always answers.
         ("mailgate_throttle_store_up", "1"),
+        (
+            "mailgate_directory_sync_last_success_timestamp_seconds",
+            "1700000000.0",
+        ),
+        ("mailgate_directory_sync_duration_seconds", "0.02"),
+        (r#"mailgate_directory_entries{kind="user"}"#, "4"),
+        (
+            r#"mailgate_directory_sync_failures_total{cause="safety_valve"}"#,
+            "1",
+        ),
     ];
     for (series, v) in want {
         assert_eq!(value(&text, series).as_deref(), Some(v), "{series}\n{text}");
@@ -165,7 +177,7 @@ fn every_family_is_named_and_labelled_as_style_says() {
             types.insert(name.to_owned(), kind.to_owned());
         }
     }
-    assert_eq!(types.len(), 16, "{types:?}");
+    assert_eq!(types.len(), 20, "{types:?}");
     for (series, _) in samples(&text) {
         let name = series.split('{').next().unwrap();
         let family = types
@@ -183,7 +195,8 @@ fn every_family_is_named_and_labelled_as_style_says() {
                 let key = pair.split('=').next().unwrap();
                 assert!(
                     [
-                        "listener", "protocol", "decision", "reason", "side", "end", "result", "le"
+                        "listener", "protocol", "decision", "reason", "side", "end", "result",
+                        "le", "kind", "cause"
                     ]
                     .contains(&key),
                     "{series}"

@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::{Attempt, Decision, Subject};
+use crate::directory::ldap::Origin;
 use crate::directory::{Directory, PrincipalKind, Settings};
 use crate::proto::{Mechanism, Protocol};
 
@@ -33,6 +34,8 @@ pub enum Standing {
         kind: PrincipalKind,
         ou: Arc<str>,
         suspended: bool,
+        /// `file:` or `ldap:<DN>`.
+        origin: Origin,
     },
     /// Not in the directory; treated as a plain user of the configured default OU.
     DefaultOu {
@@ -49,6 +52,8 @@ pub struct GroupLine {
     pub via: Vec<Arc<str>>,
     /// The group policy's priority, when the group carries a policy.
     pub priority: Option<u32>,
+    /// `file:` or `ldap:<DN>`.
+    pub origin: Origin,
 }
 
 pub(super) fn build(
@@ -72,6 +77,7 @@ pub(super) fn build(
                             .filter_map(|&v| directory.group(v).map(|g| g.email.clone()))
                             .collect(),
                         priority: g.policy.as_ref().map(|p| p.priority),
+                        origin: g.origin.clone(),
                     })
                 })
                 .collect();
@@ -79,6 +85,7 @@ pub(super) fn build(
                 kind: p.kind,
                 ou: ou.path.clone(),
                 suspended: p.suspended,
+                origin: p.origin.clone(),
             };
             (standing, Some(p.effective.clone()), groups)
         }
@@ -114,8 +121,9 @@ impl fmt::Display for Explanation {
                 kind,
                 ou,
                 suspended,
+                origin,
             } => format!(
-                "{} ({}, ou {ou}{})",
+                "{} ({}, ou {ou}{}; from {origin})",
                 self.user,
                 kind.as_str(),
                 if *suspended { ", suspended" } else { "" }
@@ -196,7 +204,11 @@ impl fmt::Display for Explanation {
                     Some(p) => format!("policy priority {p}"),
                     None => "no policy".to_owned(),
                 };
-                writeln!(f, "  {:<width$}  {how}; {policy}", g.email)?;
+                writeln!(
+                    f,
+                    "  {:<width$}  {how}; {policy}; from {}",
+                    g.email, g.origin
+                )?;
             }
         }
         writeln!(f)?;

@@ -286,7 +286,7 @@ fn explanation_shows_sources_groups_and_decision() {
     };
     let text = explain(&d, &attempt).to_string();
     for needle in [
-        "user       frank@example.com (user, ou /Sales/Interns)",
+        "user       frank@example.com (user, ou /Sales/Interns; from file:)",
         "client id  thunderbird",
         "imap             on     group:pilot@example.com",
         "pop              on     ou:/Sales",

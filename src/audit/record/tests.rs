@@ -55,6 +55,8 @@ fn schema(event: &str) -> &'static [(&'static str, Type)] {
             ("result", Str),
             ("error", StrOrNull),
             ("config_digest", StrOrNull),
+            ("source", Str),
+            ("changes", StrOrNull),
         ],
         other => panic!("no schema for {other}"),
     }
@@ -275,6 +277,8 @@ fn reload_schema() {
     let ok = Reload {
         outcome: ReloadOutcome::Applied,
         config_digest: Some("sha256:abc".to_owned()),
+        source: Default::default(),
+        changes: None,
     };
     let m = round_trip(&rec(None, Event::Reload(ok)));
     assert_eq!(m["result"], "ok");
@@ -285,6 +289,8 @@ fn reload_schema() {
             error: "listener[0].bind: \"x\"\nsecond line".to_owned(),
         },
         config_digest: None,
+        source: Default::default(),
+        changes: None,
     };
     let m = round_trip(&rec(None, Event::Reload(rejected)));
     assert_eq!(m["result"], "rejected");

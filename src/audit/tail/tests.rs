@@ -66,6 +66,8 @@ fn fixture() -> tempfile::NamedTempFile {
             Event::Reload(Reload {
                 outcome: ReloadOutcome::Applied,
                 config_digest: Some("d1".to_owned()),
+                source: Default::default(),
+                changes: None,
             }),
         ),
     ];
