@@ -195,6 +195,8 @@ pub struct Shared {
     /// Connections per client address and handshakes in progress; the caps are read from the
     /// current generation at each connection.
     pub conn_limits: ConnLimits,
+    /// The access tokens of shared-mailbox grants (`crate::grants`); a reload keeps them.
+    pub grants: crate::grants::GrantStore,
     /// The LDAP sync in force (`[policy.ldap]`), merged into every directory a reload builds.
     ldap_snapshot: arc_swap::ArcSwapOption<crate::directory::ldap::Snapshot>,
     /// Held while a reload or an LDAP sync builds and swaps, so one cannot swap in a directory
@@ -226,10 +228,11 @@ impl Shared {
             current: ArcSwap::from_pointee(generation),
             changed,
             phase,
-            services,
+            services: services.clone(),
             throttle,
             pacing: crate::pacing::Pacing::new(),
             conn_limits: ConnLimits::new(),
+            grants: crate::grants::GrantStore::new(services.clone()),
             ldap_snapshot: arc_swap::ArcSwapOption::empty(),
             swapping: std::sync::Mutex::new(()),
         }

@@ -44,6 +44,8 @@ fn auth(user: &str, reason: Reason) -> Event {
         reason,
         policy_source: Some("ou:/Sales".to_owned()),
         upstream: Some("dovecot-imap".to_owned()),
+        mailbox: None,
+        grant: None,
     })
 }
 

@@ -64,5 +64,6 @@ mod policy_e2e;
 mod proxy;
 mod reload;
 mod secrets;
+mod shared_e2e;
 mod spray;
 mod stalls;

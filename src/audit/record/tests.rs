@@ -135,6 +135,8 @@ fn auth(reason: Reason, mechanism: Mechanism) -> Auth {
         reason,
         policy_source: Some("ou:/Sales".to_owned()),
         upstream: Some("dovecot-imap".to_owned()),
+        mailbox: None,
+        grant: None,
     }
 }
 
@@ -161,8 +163,9 @@ fn reasons_list_is_complete() {
             Reason::UpstreamUnavailable => 11,
             Reason::IdpUnavailable => 12,
             Reason::MailboxNotAssigned => 13,
-            Reason::RateLimited => 14,
-            Reason::ClientClosed => 15,
+            Reason::GrantUnavailable => 14,
+            Reason::RateLimited => 15,
+            Reason::ClientClosed => 16,
         }
     }
     for (i, r) in REASONS.iter().enumerate() {
@@ -233,6 +236,8 @@ fn auth_schema_for_every_reason_and_mechanism() {
         reason: Reason::InvalidToken,
         policy_source: None,
         upstream: None,
+        mailbox: None,
+        grant: None,
     };
     let m = round_trip(&rec(Some("s2"), Event::Auth(bare)));
     assert_eq!(m["user"], Value::Null);

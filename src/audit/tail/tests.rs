@@ -31,6 +31,8 @@ fn auth(user: &str, reason: Reason) -> Event {
         reason,
         policy_source: Some("ou:/".to_owned()),
         upstream: Some("up".to_owned()),
+        mailbox: None,
+        grant: None,
     })
 }
 
