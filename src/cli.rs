@@ -90,11 +90,63 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Shared-mailbox grants: authorise one (once, as the provider's administrator or the
+    /// mailbox's owner), list them with their state, revoke one.
+    Grant {
+        #[command(subcommand)]
+        command: GrantCommand,
+    },
     /// Smart lockout for the helpdesk ("I'm locked out"): show or clear the failure counts of
     /// a user or a source address, through the running mailgate's admin listener (loopback).
     Throttle {
         #[command(subcommand)]
         command: ThrottleCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantCommand {
+    /// Obtain (or renew) a grant: RFC 8628 device flow by default (prints a URL and a code
+    /// to enter there, then waits); `--redirect`: authorization code + PKCE with a loopback
+    /// redirect. A running server uses the new grant at the next login, without a restart.
+    #[command(after_help = "Examples:\n  mailgate grant authorize office\n  \
+                            mailgate grant authorize office --client m365 --redirect")]
+    Authorize {
+        /// The grant's name, as `grant = "NAME"` in [[shared_mailbox]].
+        name: String,
+        /// The [[oauth.client]] to use. Default: the only one configured.
+        #[arg(long)]
+        client: Option<String>,
+        /// Authorization code + PKCE: open the printed URL in a browser on this machine; the
+        /// provider redirects to http://127.0.0.1:PORT/callback.
+        #[arg(long)]
+        redirect: bool,
+        /// Port of the loopback redirect (0: any free port; the provider must allow any
+        /// loopback port, RFC 8252 section 7.3).
+        #[arg(long, default_value_t = 0)]
+        redirect_port: u16,
+        /// Give up after this many seconds without approval.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// Path of the main config file.
+        #[arg(long, default_value = "config/mailgate.toml")]
+        config: PathBuf,
+    },
+    /// List the grants: mailboxes using each, scopes, when obtained and last refreshed, state.
+    #[command(after_help = "Example:\n  mailgate grant status")]
+    Status {
+        /// Path of the main config file.
+        #[arg(long, default_value = "config/mailgate.toml")]
+        config: PathBuf,
+    },
+    /// Revoke a grant at the provider (when it has a revocation endpoint) and delete it here.
+    /// Its mailboxes refuse logins (temporary failure) until it is authorised again.
+    #[command(after_help = "Example:\n  mailgate grant revoke office")]
+    Revoke {
+        name: String,
+        /// Path of the main config file.
+        #[arg(long, default_value = "config/mailgate.toml")]
+        config: PathBuf,
     },
 }
 
@@ -193,6 +245,9 @@ pub struct TailArgs {
     /// Only sessions where this user logged in or was refused (exact match).
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+    /// Only sessions that opened (or were refused) this shared mailbox (exact, lowercase).
+    #[arg(long, value_name = "MAILBOX")]
+    pub mailbox: Option<String>,
     /// Only sessions with an auth record of this decision.
     #[arg(long, value_enum)]
     pub decision: Option<DecisionArg>,

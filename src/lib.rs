@@ -24,6 +24,8 @@
 //! - [`throttle`]: smart lockout of password guessing; its `store` holds the counters
 //!   (in-process, or shared by a fleet).
 //! - [`pacing`]: refused password logins take as long as the upstream's own refusals.
+//! - [`grants`]: OAuth grants of shared mailboxes: the 0600 store, single-flight refresh
+//!   (oauth2 crate), `mailgate grant authorize | status | revoke`.
 //! - [`auth`]: bearer token verification (JWT/JWKS, introspection, tokeninfo), cached.
 //! - [`config`]: TOML model, validation, loading.
 //! - [`startup`]: the checks `check` and `run` share before serving (files, addresses).
@@ -37,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod conn_limit;
 pub mod directory;
+pub mod grants;
 pub mod ldap;
 pub mod metrics;
 pub mod pacing;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser as _;
 use mailgate::cli::{
-    AuditCommand, Cli, Command, DirectoryCommand, MechanismArg, SyncArgs, TailArgs, ThrottleArgs,
-    ThrottleCommand,
+    AuditCommand, Cli, Command, DirectoryCommand, GrantCommand, MechanismArg, SyncArgs, TailArgs,
+    ThrottleArgs, ThrottleCommand,
 };
 use mailgate::config::Config;
 use mailgate::policy::{self, Attempt, Decision, Identity, TokenFacts};
@@ -46,6 +46,7 @@ fn main() -> ExitCode {
             command: AuditCommand::Tail(args),
         } => audit_tail(args),
         Command::Throttle { command } => throttle(command),
+        Command::Grant { command } => grant(command),
         Command::Directory {
             command: DirectoryCommand::Sync(args),
         } => directory_sync(args),
@@ -363,6 +364,7 @@ fn explain(
         policy::explain(&config.directory, &attempt, std::time::SystemTime::now())
     );
     println!("{}", routed(&config, protocol, user));
+    print_shared(&config, user, protocol);
     if let Decision::Deny(denial) = policy::decide(&config.directory, &attempt)
         && denial.enforced_at(std::time::SystemTime::now())
     {
@@ -416,6 +418,80 @@ fn routed(config: &Config, protocol: Protocol, user: &str) -> String {
                     names.join(", ")
                 }
             )
+        }
+    }
+}
+
+/// `explain`'s shared-mailbox lines: every shared mailbox the user may open, through which
+/// assignment, and over which protocols.
+fn print_shared(config: &Config, user: &str, protocol: Protocol) {
+    if config.directory.shared_mailboxes().is_empty() {
+        return;
+    }
+    let assignments = policy::shared::assignments(&config.directory, user);
+    if assignments.is_empty() {
+        println!("shared     none (assigned to no shared mailbox)");
+    }
+    for (a, protocols) in assignments {
+        let over = match &protocols {
+            None => "any protocol".to_owned(),
+            Some(p) => p.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", "),
+        };
+        // The user's own login (the decision above) must be allowed too: the shared mailbox
+        // is opened only for someone who proved who they are under their own policy.
+        let here = if policy::shared::open(&config.directory, user, &a.mailbox, protocol).is_ok() {
+            "opens when the login above is allowed"
+        } else {
+            "not over this protocol"
+        };
+        println!(
+            "shared     {} assigned via {} (grant {}, protocols: {over}): {here}",
+            a.mailbox, a.via, a.grant
+        );
+    }
+}
+
+fn grant(command: GrantCommand) -> anyhow::Result<ExitCode> {
+    use mailgate::grants::admin;
+    let path = match &command {
+        GrantCommand::Authorize { config, .. }
+        | GrantCommand::Status { config }
+        | GrantCommand::Revoke { config, .. } => config.clone(),
+    };
+    let Some(config) = load_or_report(&path) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let mut out = std::io::stdout();
+    let result = match command {
+        GrantCommand::Authorize {
+            name,
+            client,
+            redirect,
+            redirect_port,
+            timeout,
+            ..
+        } => runtime.block_on(admin::authorize(
+            &config,
+            &name,
+            client.as_deref(),
+            redirect.then_some(redirect_port),
+            std::time::Duration::from_secs(timeout),
+            &mut out,
+        )),
+        GrantCommand::Status { .. } => admin::status(&config, &mut out),
+        GrantCommand::Revoke { name, .. } => {
+            runtime.block_on(admin::revoke(&config, &name, &mut out))
+        }
+    };
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("mailgate grant: {e}");
+            Ok(ExitCode::FAILURE)
         }
     }
 }
@@ -646,6 +722,7 @@ fn audit_tail(args: TailArgs) -> anyhow::Result<ExitCode> {
         follow: args.follow,
         filter: tail::Filter {
             user: args.user,
+            mailbox: args.mailbox,
             decision: args.decision.map(Into::into),
             reason: args.reason,
             protocol: args.protocol.map(Into::into),

@@ -179,6 +179,31 @@ impl ReloadResult {
     }
 }
 
+/// What happened to a shared mailbox's grant (`mailgate_grant_events_total{result}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GrantEvent {
+    /// An access token was refreshed (one token request that succeeded).
+    Refreshed,
+    /// The provider did not answer usably; logins are temporary failures for `retry_after`.
+    RefreshFailed,
+    /// The provider refused the refresh token: an administrator must re-authorise. Once per
+    /// transition, not per login.
+    NeedsReauthorization,
+    /// A grant this server saw dead works again.
+    Reauthorized,
+}
+
+impl GrantEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantEvent::Refreshed => "refreshed",
+            GrantEvent::RefreshFailed => "refresh_failed",
+            GrantEvent::NeedsReauthorization => "needs_reauthorization",
+            GrantEvent::Reauthorized => "reauthorized",
+        }
+    }
+}
+
 /// Label values are written with `as_str`, so metrics and audit records spell them the same.
 macro_rules! label_value {
     ($($t:ty),*) => {$(
@@ -197,8 +222,14 @@ label_value!(
     SessionEnd,
     ReloadResult,
     Protocol,
-    Reason
+    Reason,
+    GrantEvent
 );
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrantLabels {
+    result: GrantEvent,
+}
 
 /// `splice::Side` as the `side` label. (`Side` is not `Hash`, so the label set keeps the text.)
 fn side_str(side: Side) -> &'static str {
@@ -300,6 +331,8 @@ pub struct Metrics {
     bytes: Family<BytesLabels, Counter>,
     sessions_ended: Family<EndLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    grant_events: Family<GrantLabels, Counter>,
+    grant_refresh: Histogram,
     audit_dropped: Counter,
     audit_errors: Counter,
     throttle_store_up: Gauge,
@@ -386,6 +419,19 @@ impl Metrics {
             "mailgate_reloads",
             "Configuration reloads by result",
             reloads.clone(),
+        );
+        let grant_events = Family::default();
+        registry.register(
+            "mailgate_grant_events",
+            "Shared-mailbox grant refreshes and state changes, by event",
+            grant_events.clone(),
+        );
+        let grant_refresh = token_histogram();
+        registry.register_with_unit(
+            "mailgate_grant_refresh",
+            "Time of one token-endpoint request refreshing a shared-mailbox grant",
+            Unit::Seconds,
+            grant_refresh.clone(),
         );
         let audit_dropped = Counter::default();
         registry.register(
@@ -490,6 +536,8 @@ impl Metrics {
             bytes,
             sessions_ended,
             reloads,
+            grant_events,
+            grant_refresh,
             audit_dropped,
             audit_errors,
         }
@@ -645,6 +693,18 @@ impl Metrics {
         self.sessions_ended
             .get_or_create(&EndLabels { protocol, end })
             .inc();
+    }
+
+    /// A shared-mailbox grant event.
+    pub fn grant_event(&self, event: GrantEvent) {
+        self.grant_events
+            .get_or_create(&GrantLabels { result: event })
+            .inc();
+    }
+
+    /// One token-endpoint request for a grant, whatever its outcome.
+    pub fn grant_refresh(&self, took: Duration) {
+        self.grant_refresh.observe(took.as_secs_f64());
     }
 
     /// A config reload finished.

@@ -171,6 +171,17 @@ impl Generation {
             .map_or(&listener.upstream, |l| &l.upstream);
         self.connectors.get(name)
     }
+
+    /// The connector for `user`'s own mailboxes on `listener`: the directory's routing
+    /// (`upstream` on the user, a group policy or the OU), else the listener's upstream. Each
+    /// connector carries its own upstream's TLS, PROXY and ID settings.
+    pub fn routed_connector(&self, listener: &Listener, user: &str) -> Option<&Arc<Connector>> {
+        let protocol_of = |name: &str| self.config.upstreams.get(name).map(|u| u.protocol);
+        crate::policy::route(&self.config.directory, user)
+            .and_then(|r| r.value.for_protocol(listener.protocol, protocol_of))
+            .and_then(|name| self.connectors.get(name))
+            .or_else(|| self.connector(listener))
+    }
 }
 
 /// Where the server is in its life. Sessions watch it to end themselves on shutdown.
@@ -198,6 +209,8 @@ pub struct Shared {
     /// Connections per client address and handshakes in progress; the caps are read from the
     /// current generation at each connection.
     pub conn_limits: ConnLimits,
+    /// The access tokens of shared-mailbox grants (`crate::grants`); a reload keeps them.
+    pub grants: crate::grants::GrantStore,
     /// The LDAP sync in force (`[policy.ldap]`), merged into every directory a reload builds.
     ldap_snapshot: arc_swap::ArcSwapOption<crate::directory::ldap::Snapshot>,
     /// Held while a reload or an LDAP sync builds and swaps, so one cannot swap in a directory
@@ -229,10 +242,11 @@ impl Shared {
             current: ArcSwap::from_pointee(generation),
             changed,
             phase,
-            services,
+            services: services.clone(),
             throttle,
             pacing: crate::pacing::Pacing::new(),
             conn_limits: ConnLimits::new(),
+            grants: crate::grants::GrantStore::new(services.clone()),
             ldap_snapshot: arc_swap::ArcSwapOption::empty(),
             swapping: std::sync::Mutex::new(()),
         }

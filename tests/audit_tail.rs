@@ -46,6 +46,8 @@ fn auth(user: &str, reason: Reason) -> Event {
         upstream: Some("dovecot-imap".to_owned()),
         client_name: None,
         would_deny: None,
+        mailbox: None,
+        grant: None,
     })
 }
 

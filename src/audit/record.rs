@@ -57,6 +57,21 @@ pub enum Event {
     SessionEnd(SessionEnd),
     /// A configuration reload was applied or rejected.
     Reload(Reload),
+    /// A shared mailbox's grant changed state (needs re-authorisation, usable again). Written
+    /// once per change, never per login.
+    Grant(GrantChange),
+}
+
+/// `grant`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantChange {
+    /// The grant's name (`mailgate grant authorize NAME`).
+    pub grant: String,
+    /// `active` or `needs_reauthorization`.
+    pub state: &'static str,
+    /// Why, in the provider's words (an OAuth error code such as `invalid_grant`; never a
+    /// token).
+    pub detail: Option<String>,
 }
 
 /// `connect`.
@@ -100,6 +115,10 @@ pub struct Auth {
     /// A report-only policy (`enforce = false`) would have refused this login for this
     /// reason, and let it through.
     pub would_deny: Option<Reason>,
+    /// A shared-mailbox login: the mailbox asked for (`user` is who proved themselves).
+    pub mailbox: Option<String>,
+    /// A shared-mailbox login: the grant whose token opened the mailbox.
+    pub grant: Option<String>,
 }
 
 impl Auth {
@@ -124,7 +143,7 @@ impl Auth {
 }
 
 /// Every `auth.reason` code, `ok` first (for `audit tail --reason` and tests).
-pub const REASONS: [Reason; 16] = [
+pub const REASONS: [Reason; 17] = [
     Reason::Ok,
     Reason::UnknownUser,
     Reason::Suspended,
@@ -139,6 +158,7 @@ pub const REASONS: [Reason; 16] = [
     Reason::UpstreamUnavailable,
     Reason::IdpUnavailable,
     Reason::MailboxNotAssigned,
+    Reason::GrantUnavailable,
     Reason::RateLimited,
     Reason::ClientClosed,
 ];
@@ -289,6 +309,7 @@ impl Event {
             Event::Auth(_) => "auth",
             Event::SessionEnd(_) => "session_end",
             Event::Reload(_) => "reload",
+            Event::Grant(_) => "grant",
         }
     }
 }
@@ -315,6 +336,7 @@ impl Record {
             Event::Auth(body) => line(out, &ts, event, session, body),
             Event::SessionEnd(body) => line(out, &ts, event, session, body),
             Event::Reload(body) => line(out, &ts, event, session, body),
+            Event::Grant(body) => line(out, &ts, event, session, body),
         };
         match written {
             Ok(()) => {
@@ -437,6 +459,11 @@ impl Serialize for Auth {
             reason: Reason,
             policy_source: Option<&'a str>,
             upstream: Option<&'a str>,
+            // Only on shared-mailbox logins, so every other record keeps its shape.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            mailbox: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            grant: Option<&'a str>,
         }
         Wire {
             user: self.user.as_deref(),
@@ -449,6 +476,8 @@ impl Serialize for Auth {
             reason: self.written_reason(),
             policy_source: self.policy_source.as_deref(),
             upstream: self.upstream.as_deref(),
+            mailbox: self.mailbox.as_deref(),
+            grant: self.grant.as_deref(),
         }
         .serialize(serializer)
     }

@@ -36,6 +36,8 @@ pub struct File {
     pub oauth: super::oauth::OAuthFile,
     /// `[admin]`; absent: no admin HTTP listener.
     pub admin: Option<AdminFile>,
+    /// `[grants]`: where the OAuth grants of shared mailboxes are kept.
+    pub grants: Option<super::grants::GrantsFile>,
     pub audit: Option<AuditFile>,
 }
 
@@ -169,6 +171,8 @@ pub struct Parsed {
     /// `[tls]` was present but failed to deserialize, so "missing [tls]" would be a knock-on
     /// error.
     pub broken_tls: bool,
+    /// `[grants]` was present but had an error (reported once, not again by its users).
+    pub broken_grants: bool,
 }
 
 /// Parses `text` into [`File`], collecting every schema error with its key path.
@@ -250,11 +254,18 @@ pub fn parse(text: &str) -> Parsed {
                 Ok(p) => out.file.policy = Some(p),
                 Err(e) => out.errors.push(e),
             },
+            "grants" => match section::<super::grants::GrantsFile>("grants", value) {
+                Ok(g) => out.file.grants = Some(g),
+                Err(e) => {
+                    out.errors.push(e);
+                    out.broken_grants = true;
+                }
+            },
             _ => out.errors.push(ConfigError::Schema {
                 path: key.clone(),
                 message: format!(
                     "unknown key `{key}`, expected one of `listener`, `upstream`, `tls`, \
-                     `limits`, `log`, `oauth`, `admin`, `audit`, `policy`"
+                     `limits`, `log`, `oauth`, `admin`, `audit`, `policy`, `grants`"
                 ),
             }),
         }

@@ -143,6 +143,16 @@ impl Validator<'_> {
         let audit = f.audit.map(|a| self.audit(a)).unwrap_or_default();
         let (policy, directory) = self.policy(f.policy);
         self.routes(&directory, &upstreams);
+        let grants = f
+            .grants
+            .map(|g| super::grants::grants(g, self.base_dir, &mut self.errors));
+        self.shared_mailboxes(
+            &directory,
+            &upstreams,
+            &parsed.broken_upstreams,
+            grants.as_ref(),
+            parsed.broken_grants,
+        );
         Config {
             listeners,
             upstreams,
@@ -155,6 +165,65 @@ impl Validator<'_> {
             policy,
             directory,
             audit,
+            grants,
+        }
+    }
+
+    /// The `[[shared_mailbox]]` entries of the directory name upstreams of this file, and
+    /// need `[grants]` to be served.
+    fn shared_mailboxes(
+        &mut self,
+        directory: &Directory,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+        broken: &[String],
+        grants: Option<&super::grants::Grants>,
+        broken_grants: bool,
+    ) {
+        for (i, shared) in directory.shared_mailboxes().iter().enumerate() {
+            let mut seen = Vec::new();
+            // An [[upstream]] with its own error is reported there, not again here.
+            if shared
+                .upstreams
+                .iter()
+                .any(|n| broken.iter().any(|b| **b == **n))
+            {
+                continue;
+            }
+            for name in &shared.upstreams {
+                match upstreams.get(&**name) {
+                    None => self.invalid(
+                        format!("shared_mailbox[{i}].upstream"),
+                        format!("no [[upstream]] named {name:?}"),
+                    ),
+                    Some(u) if seen.contains(&u.protocol) => self.invalid(
+                        format!("shared_mailbox[{i}].upstream"),
+                        format!(
+                            "two upstreams for {}; name one per protocol",
+                            u.protocol.as_str()
+                        ),
+                    ),
+                    Some(u) => seen.push(u.protocol),
+                }
+            }
+            for protocol in shared.protocols.iter().flatten() {
+                if !seen.contains(protocol) {
+                    self.invalid(
+                        format!("shared_mailbox[{i}].protocols"),
+                        format!(
+                            "{} is allowed but no {} upstream is named",
+                            protocol.as_str(),
+                            protocol.as_str()
+                        ),
+                    );
+                }
+            }
+            if grants.is_none() && !broken_grants {
+                self.invalid(
+                    format!("shared_mailbox[{i}].grant"),
+                    "shared mailboxes need a [grants] table in the main config (dir = ...)",
+                );
+                break;
+            }
         }
     }
 

@@ -39,6 +39,7 @@ pub use crate::throttle::ThrottleConfig;
 pub mod cidr;
 pub mod duration;
 pub mod file;
+pub mod grants;
 pub mod ldap;
 mod load;
 pub mod oauth;
@@ -72,6 +73,8 @@ pub struct Config {
     /// The loaded directory (`[policy] directory`), or [`Directory::allow_all`] when there is no
     /// `[policy]`. Shared: sessions hold the `Arc` of the config they were accepted with.
     pub directory: Arc<Directory>,
+    /// `[grants]`; `None` when no shared mailbox is served.
+    pub grants: Option<grants::Grants>,
 }
 
 impl Config {

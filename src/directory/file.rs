@@ -21,6 +21,7 @@ pub struct Parsed {
     pub users: Vec<(usize, UserFile)>,
     pub groups: Vec<(usize, GroupFile)>,
     pub clients: Vec<(usize, ClientFile)>,
+    pub shared_mailboxes: Vec<(usize, SharedMailboxFile)>,
     pub errors: Vec<Error>,
     /// Emails of `[[user]]` / `[[group]]` tables that failed to deserialize (when readable), so
     /// a group listing them is not reported again as having an unknown member.
@@ -188,8 +189,44 @@ pub struct GroupPolicyFile {
     pub enforce_from: Option<String>,
 }
 
+/// One `[[shared_mailbox]]`: a mailbox at a provider that assigned users open through mailgate,
+/// which logs in as the mailbox with the grant's token.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedMailboxFile {
+    /// What users ask for (`LOGIN "office@contoso.com*alice@example.com"`).
+    pub address: String,
+    /// The `[[upstream]]` (main config) holding the mailbox; one per protocol.
+    pub upstream: OneOrMany,
+    /// The grant (`mailgate grant authorize NAME`) whose token opens it.
+    pub grant: String,
+    /// Users and groups (nested groups count) who may open it.
+    #[serde(default)]
+    pub assigned: Vec<String>,
+    /// `["imap"]`, `["pop3"]` or both; default: every protocol an upstream is named for.
+    pub protocols: Option<Vec<crate::proto::Protocol>>,
+    pub description: Option<String>,
+}
+
+/// `"name"` or `["name", ...]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
 /// Top-level keys, so an unknown one is reported by name.
-const TOP_KEYS: &str = "`internal_domains`, `ou`, `user`, `group`, `client`";
+const TOP_KEYS: &str = "`internal_domains`, `ou`, `user`, `group`, `client`, `shared_mailbox`";
 
 /// Parses `text`, collecting every schema error with its key path. A TOML syntax error stops
 /// everything (there is no table to walk) and is reported with its line and column.
@@ -249,6 +286,17 @@ pub fn parse(text: &str) -> Parsed {
                     if let Err(e) = result {
                         out.errors.push(e);
                         out.broken_principals.extend(email);
+                    }
+                }
+            }
+            "shared_mailbox" => {
+                for (i, item) in array_of_tables(&key, value, &mut out.errors)
+                    .into_iter()
+                    .enumerate()
+                {
+                    match section::<SharedMailboxFile>(&format!("shared_mailbox[{i}]"), item) {
+                        Ok(m) => out.shared_mailboxes.push((i, m)),
+                        Err(e) => out.errors.push(e),
                     }
                 }
             }

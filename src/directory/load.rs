@@ -20,7 +20,7 @@ use super::ldap::Origin;
 use super::{
     Allow, Compliance, Directory, Enforce, Error, Errors, Group, GroupId, GroupPolicy, GroupReport,
     ImapClients, Member, MemberKind, Membership, Offender, Ou, OuId, PartialSettings, Principal,
-    PrincipalKind, Restriction, Route, Rule, Settings, Source, Sourced, domain,
+    PrincipalKind, Restriction, Route, Rule, Settings, SharedMailbox, Source, Sourced, domain,
 };
 
 /// RFC 5321 section 4.5.3.1.3: a path is at most 256 octets, so an address at most 254.
@@ -101,6 +101,7 @@ pub(super) fn allow_all() -> Directory {
         default_ou: Some(OuId(0)),
         builtin: true,
         clients: Catalogue::builtin(),
+        shared: Vec::new(),
     }
 }
 
@@ -201,17 +202,84 @@ impl Validator {
             &broken_principals,
         );
         self.cycles(&groups);
+        let shared = self.shared_mailboxes(&p.shared_mailboxes, &principal_by_email, &groups);
         if !self.errors.is_empty() {
             return None;
         }
-        self.resolve(
+        let mut directory = self.resolve(
             internal_domains,
             ous,
             ou_by_path,
             principals,
             principal_by_email,
             groups,
-        )
+        )?;
+        directory.shared = shared;
+        Some(directory)
+    }
+
+    /// `[[shared_mailbox]]`: addresses unique and no user's own (a login to it would be
+    /// ambiguous), assignments name known users or groups.
+    fn shared_mailboxes(
+        &mut self,
+        files: &[(usize, file::SharedMailboxFile)],
+        principal_by_email: &HashMap<Arc<str>, usize>,
+        groups: &[Pending],
+    ) -> Vec<SharedMailbox> {
+        let mut out: Vec<SharedMailbox> = Vec::new();
+        for (i, m) in files {
+            let at = format!("shared_mailbox[{i}]");
+            let Some(address) = self.email(&format!("{at}.address"), &m.address) else {
+                continue;
+            };
+            if out.iter().any(|o| o.address == address) {
+                self.invalid(
+                    format!("{at}.address"),
+                    format!("duplicate shared mailbox \"{address}\""),
+                );
+            }
+            if principal_by_email.contains_key(&address) {
+                self.invalid(
+                    format!("{at}.address"),
+                    format!("\"{address}\" is also a [[user]]; a shared mailbox is no user"),
+                );
+            }
+            if m.grant.is_empty() {
+                self.invalid(format!("{at}.grant"), "must name a grant");
+            }
+            let mut assigned = Vec::new();
+            for (j, raw) in m.assigned.iter().enumerate() {
+                let email = raw.to_lowercase();
+                if let Some(&p) = principal_by_email.get(email.as_str()) {
+                    assigned.push(Member::Principal(p));
+                } else if let Some(g) = groups.iter().position(|g| *g.email == *email) {
+                    assigned.push(Member::Group(GroupId(g)));
+                } else {
+                    self.invalid(
+                        format!("{at}.assigned[{j}]"),
+                        format!("unknown user or group {raw:?}"),
+                    );
+                }
+            }
+            let upstreams: Vec<Arc<str>> = m
+                .upstream
+                .clone()
+                .into_vec()
+                .into_iter()
+                .map(Arc::from)
+                .collect();
+            if upstreams.is_empty() {
+                self.invalid(format!("{at}.upstream"), "must name an [[upstream]]");
+            }
+            out.push(SharedMailbox {
+                address,
+                upstreams,
+                grant: Arc::from(m.grant.as_str()),
+                assigned,
+                protocols: m.protocols.clone(),
+            });
+        }
+        out
     }
 
     fn internal_domains(&mut self, domains: &[String]) -> Vec<String> {
@@ -1003,6 +1071,7 @@ impl Validator {
             default_ou: None,
             builtin: false,
             clients: std::mem::take(&mut self.clients),
+            shared: Vec::new(),
         })
     }
 }

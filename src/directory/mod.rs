@@ -54,6 +54,22 @@ pub struct Directory {
     builtin: bool,
     /// Named OAuth clients: built-in entries plus `[[client]]`.
     clients: clients::Catalogue,
+    /// `[[shared_mailbox]]`, in file order; addresses unique and not a user's.
+    shared: Vec<SharedMailbox>,
+}
+
+/// A shared mailbox assigned users open with the grant's token (`crate::grants`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedMailbox {
+    /// Lowercase.
+    pub address: Arc<str>,
+    /// `[[upstream]]` names, at most one per protocol (checked by the config loader).
+    pub upstreams: Vec<Arc<str>>,
+    pub grant: Arc<str>,
+    /// Direct assignments; a group's nested members are assigned through it.
+    pub assigned: Vec<Member>,
+    /// `None`: every protocol an upstream is named for.
+    pub protocols: Option<Vec<crate::proto::Protocol>>,
 }
 
 /// Index of an OU in its [`Directory`].
@@ -660,6 +676,17 @@ impl Directory {
     /// Every group, in file order.
     pub fn groups(&self) -> &[Group] {
         &self.groups
+    }
+
+    /// `[[shared_mailbox]]`, in file order.
+    pub fn shared_mailboxes(&self) -> &[SharedMailbox] {
+        &self.shared
+    }
+
+    /// The shared mailbox with this address (any case).
+    pub fn shared_mailbox(&self, address: &str) -> Option<&SharedMailbox> {
+        let address = lowercase(address);
+        self.shared.iter().find(|m| *m.address == *address)
     }
 
     pub fn internal_domains(&self) -> &[String] {

@@ -495,3 +495,75 @@ fn builtin_allows_everything_from_default() {
     assert!(root.effective.password_logins.value);
     assert_eq!(root.effective.imap.source.to_string(), "default");
 }
+
+// ---- [[shared_mailbox]] (issue 11) ----
+
+#[test]
+fn shared_mailbox_assignments_resolve_users_and_groups() {
+    let d = ok(r#"
+[[user]]
+email = "alice@example.com"
+ou = "/"
+[[group]]
+email = "crm@example.com"
+members = []
+[[shared_mailbox]]
+address = "Office@Example.com"
+upstream = "up"
+grant = "office"
+assigned = ["ALICE@example.com", "crm@example.com"]
+"#);
+    let m = d
+        .shared_mailbox("office@EXAMPLE.com")
+        .expect("found in any case");
+    assert_eq!(&*m.address, "office@example.com");
+    assert_eq!(m.assigned.len(), 2);
+    assert_eq!(m.upstreams, vec![std::sync::Arc::<str>::from("up")]);
+    assert!(m.protocols.is_none());
+}
+
+#[test]
+fn shared_mailbox_errors_carry_their_key_paths() {
+    let all = load(
+        r#"
+[[user]]
+email = "alice@example.com"
+ou = "/"
+[[shared_mailbox]]
+address = "alice@example.com"
+upstream = "up"
+grant = ""
+assigned = ["nobody@example.com"]
+[[shared_mailbox]]
+address = "office@example.com"
+upstream = "up"
+grant = "g"
+surprise = 1
+"#,
+    )
+    .unwrap_err()
+    .0
+    .iter()
+    .map(ToString::to_string)
+    .collect::<Vec<_>>();
+    assert!(
+        all.iter()
+            .any(|e| e.starts_with("shared_mailbox[0].address: ") && e.contains("also a [[user]]")),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter()
+            .any(|e| e.starts_with("shared_mailbox[0].grant: ")),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter()
+            .any(|e| e.starts_with("shared_mailbox[0].assigned[0]: ")),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter()
+            .any(|e| e.starts_with("shared_mailbox[1]") && e.contains("surprise")),
+        "{all:#?}"
+    );
+}

@@ -67,6 +67,8 @@ fn every_family_is_named_and_labelled_as_style_says() {
     m.reload(ReloadResult::Rejected);
     m.audit_record_dropped();
     m.audit_error();
+    m.grant_event(super::GrantEvent::NeedsReauthorization);
+    m.grant_refresh(Duration::from_millis(20));
     m.directory_synced(1_700_000_000.0, Duration::from_millis(1500), 4, 2);
     m.directory_sync_failed("safety_valve", Duration::from_millis(20));
     let text = m.encode();
@@ -147,6 +149,11 @@ fn every_family_is_named_and_labelled_as_style_says() {
         ),
         (r#"mailgate_reloads_total{result="ok"}"#, "1"),
         (r#"mailgate_reloads_total{result="rejected"}"#, "1"),
+        (
+            r#"mailgate_grant_events_total{result="needs_reauthorization"}"#,
+            "1",
+        ),
+        ("mailgate_grant_refresh_seconds_count", "1"),
         ("mailgate_audit_records_dropped_total", "1"),
         ("mailgate_audit_errors_total", "1"),
         // The local counter store always answers.
@@ -175,7 +182,7 @@ fn every_family_is_named_and_labelled_as_style_says() {
             types.insert(name.to_owned(), kind.to_owned());
         }
     }
-    assert_eq!(types.len(), 18, "{types:?}");
+    assert_eq!(types.len(), 20, "{types:?}");
     for (series, _) in samples(&text) {
         let name = series.split('{').next().unwrap();
         let family = types

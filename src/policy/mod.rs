@@ -41,6 +41,7 @@ use crate::proto::{Mechanism, Protocol, ReplyClass};
 
 mod explain;
 pub mod refusal;
+pub mod shared;
 
 pub use explain::{Explanation, GroupLine, Standing};
 pub use refusal::{DiscloseReasons, Identity, Reply, refusal_text, reply};
@@ -135,6 +136,8 @@ pub enum Reason {
     /// A SASL authorization identity other than the user (another mailbox) that no shared
     /// mailbox assignment allows.
     MailboxNotAssigned,
+    /// The grant of the shared mailbox needs re-authorisation, or its provider did not answer.
+    GrantUnavailable,
     /// Too many failed logins from this address or for this user: temporarily blocked.
     RateLimited,
     /// The downstream closed (or failed, or sent more than a login may have pipelined behind
@@ -160,6 +163,7 @@ impl Reason {
             Reason::InvalidToken | Reason::UpstreamRejected => ReplyClass::Authentication,
             Reason::UpstreamUnavailable
             | Reason::IdpUnavailable
+            | Reason::GrantUnavailable
             | Reason::RateLimited
             | Reason::ClientClosed => ReplyClass::Unavailable,
         }
@@ -194,6 +198,7 @@ impl Reason {
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::IdpUnavailable => "idp_unavailable",
             Reason::MailboxNotAssigned => "mailbox_not_assigned",
+            Reason::GrantUnavailable => "grant_unavailable",
             Reason::RateLimited => "rate_limited",
             Reason::ClientClosed => "client_closed",
         }

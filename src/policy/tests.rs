@@ -735,3 +735,121 @@ fn mailbox_not_assigned_reads_like_a_wrong_password() {
     assert_eq!(reply.class, ReplyClass::Authentication);
     assert_eq!(reply.text, refusal::GENERIC_FAILURE);
 }
+
+// ---- shared mailboxes (issue 11) ----
+
+const SHARED: &str = r#"
+[[ou]]
+path = "/"
+pop = true
+imap = true
+imap_clients = "all"
+password_logins = true
+[[user]]
+email = "alice@example.com"
+ou = "/"
+[[user]]
+email = "bob@example.com"
+ou = "/"
+[[user]]
+email = "carol@example.com"
+ou = "/"
+[[group]]
+email = "team@example.com"
+members = ["carol@example.com"]
+[[group]]
+email = "crm@example.com"
+members = ["team@example.com"]
+[[shared_mailbox]]
+address = "office@contoso.com"
+upstream = "up"
+grant = "office"
+assigned = ["alice@example.com", "crm@example.com"]
+protocols = ["imap"]
+"#;
+
+#[test]
+fn shared_mailbox_assignment_direct_nested_and_refused() {
+    let d = Directory::from_toml(SHARED).unwrap();
+    let alice = super::shared::open(
+        &d,
+        "Alice@example.com",
+        "office@contoso.com",
+        Protocol::Imap,
+    )
+    .unwrap();
+    assert_eq!(alice.via, "user");
+    assert_eq!(alice.source(), "shared:office@contoso.com user");
+    let carol = super::shared::open(
+        &d,
+        "carol@example.com",
+        "OFFICE@contoso.com",
+        Protocol::Imap,
+    )
+    .unwrap();
+    assert_eq!(
+        carol.via,
+        "group:crm@example.com via group:team@example.com"
+    );
+    assert_eq!(&*carol.grant, "office");
+    // Not assigned, no such mailbox, protocol not offered: one reason for all three, so the
+    // answer cannot tell them apart.
+    for (user, mailbox, protocol) in [
+        ("bob@example.com", "office@contoso.com", Protocol::Imap),
+        ("alice@example.com", "nope@contoso.com", Protocol::Imap),
+        ("alice@example.com", "office@contoso.com", Protocol::Pop3),
+        ("stranger@example.com", "office@contoso.com", Protocol::Imap),
+    ] {
+        assert_eq!(
+            super::shared::open(&d, user, mailbox, protocol),
+            Err(Reason::MailboxNotAssigned),
+            "{user} {mailbox}"
+        );
+    }
+    assert_eq!(super::shared::assignments(&d, "carol@example.com").len(), 1);
+    assert!(super::shared::assignments(&d, "bob@example.com").is_empty());
+}
+
+/// A membership that breaks a group's restriction never grants: not a group policy, and not a
+/// shared mailbox assigned to the group (the safe choice of issue 13 applied to issue 11).
+#[test]
+fn a_non_compliant_membership_never_assigns_a_shared_mailbox() {
+    // SHARED's root OU, with an organisation domain and a restricted group.
+    let root = &SHARED[..SHARED.find("[[user]]").unwrap()];
+    let d = Directory::from_toml(&format!(
+        r#"
+internal_domains = ["example.com"]
+{root}
+[[user]]
+email = "alice@example.com"
+ou = "/"
+[[user]]
+email = "eve@partner.org"
+ou = "/"
+[[group]]
+email = "crm@example.com"
+member_restriction = {{ user = "internal" }}
+members = ["alice@example.com", "eve@partner.org"]
+[[shared_mailbox]]
+address = "office@contoso.com"
+upstream = "up"
+grant = "office"
+assigned = ["crm@example.com"]
+"#
+    ))
+    .unwrap();
+    let eve = d.principal("eve@partner.org").unwrap();
+    assert!(!eve.memberships[0].compliant);
+    let alice = super::shared::open(
+        &d,
+        "alice@example.com",
+        "office@contoso.com",
+        Protocol::Imap,
+    );
+    assert_eq!(alice.unwrap().via, "group:crm@example.com");
+    assert_eq!(
+        super::shared::open(&d, "eve@partner.org", "office@contoso.com", Protocol::Imap),
+        Err(Reason::MailboxNotAssigned)
+    );
+    assert!(super::shared::assignments(&d, "eve@partner.org").is_empty());
+}

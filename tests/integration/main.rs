@@ -67,5 +67,6 @@ mod proxy;
 mod reload;
 mod rollout_e2e;
 mod secrets;
+mod shared_e2e;
 mod spray;
 mod stalls;

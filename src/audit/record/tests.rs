@@ -138,6 +138,8 @@ fn auth(reason: Reason, mechanism: Mechanism) -> Auth {
         upstream: Some("dovecot-imap".to_owned()),
         client_name: None,
         would_deny: None,
+        mailbox: None,
+        grant: None,
     }
 }
 
@@ -164,8 +166,9 @@ fn reasons_list_is_complete() {
             Reason::UpstreamUnavailable => 11,
             Reason::IdpUnavailable => 12,
             Reason::MailboxNotAssigned => 13,
-            Reason::RateLimited => 14,
-            Reason::ClientClosed => 15,
+            Reason::GrantUnavailable => 14,
+            Reason::RateLimited => 15,
+            Reason::ClientClosed => 16,
         }
     }
     for (i, r) in REASONS.iter().enumerate() {
@@ -238,6 +241,8 @@ fn auth_schema_for_every_reason_and_mechanism() {
         upstream: None,
         client_name: None,
         would_deny: None,
+        mailbox: None,
+        grant: None,
     };
     let m = round_trip(&rec(Some("s2"), Event::Auth(bare)));
     assert_eq!(m["user"], Value::Null);

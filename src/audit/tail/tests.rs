@@ -33,6 +33,8 @@ fn auth(user: &str, reason: Reason) -> Event {
         upstream: Some("up".to_owned()),
         client_name: None,
         would_deny: None,
+        mailbox: None,
+        grant: None,
     })
 }
 
