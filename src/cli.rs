@@ -68,11 +68,17 @@ pub enum Command {
     },
     /// List every group with its compliance state (compliant, non-compliant,
     /// non-compliant-locked) and the nested members that break its membership restriction.
-    #[command(after_help = "Example:\n  mailgate groups --config /etc/mailgate/mailgate.toml")]
+    #[command(
+        after_help = "Example:\n  mailgate groups --config /etc/mailgate/mailgate.toml\n  \
+                      mailgate groups --json | jq '.groups[] | select(.state != \"compliant\")'"
+    )]
     Groups {
         /// Path of the main config file.
         #[arg(long, default_value = "config/mailgate.toml")]
         config: PathBuf,
+        /// One JSON document instead of text, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// The organisation from LDAP / Active Directory (`[policy.ldap]`).
     Directory {
@@ -269,6 +275,8 @@ pub struct TailArgs {
 pub enum DecisionArg {
     Allow,
     Deny,
+    /// Let through by a report-only policy that would refuse it.
+    WouldDeny,
 }
 
 impl From<DecisionArg> for crate::audit::Verdict {
@@ -276,6 +284,7 @@ impl From<DecisionArg> for crate::audit::Verdict {
         match d {
             DecisionArg::Allow => crate::audit::Verdict::Allow,
             DecisionArg::Deny => crate::audit::Verdict::Deny,
+            DecisionArg::WouldDeny => crate::audit::Verdict::WouldDeny,
         }
     }
 }

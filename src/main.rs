@@ -41,7 +41,7 @@ fn main() -> ExitCode {
             token_user,
             delegated,
         ),
-        Command::Groups { config } => groups(&config),
+        Command::Groups { config, json } => groups(&config, json),
         Command::Audit {
             command: AuditCommand::Tail(args),
         } => audit_tail(args),
@@ -359,9 +359,15 @@ fn explain(
         token: (!mechanism.is_password()).then_some(&token),
         authzid: None,
     };
-    println!("{}", policy::explain(&config.directory, &attempt));
+    println!(
+        "{}",
+        policy::explain(&config.directory, &attempt, std::time::SystemTime::now())
+    );
+    println!("{}", routed(&config, protocol, user));
     print_shared(&config, user, protocol);
-    if let Decision::Deny(denial) = policy::decide(&config.directory, &attempt) {
+    if let Decision::Deny(denial) = policy::decide(&config.directory, &attempt)
+        && denial.enforced_at(std::time::SystemTime::now())
+    {
         let shown = policy::reply(
             &denial,
             protocol,
@@ -382,6 +388,38 @@ fn explain(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Which upstream this user's logins on `protocol` go to, and why: the directory's `upstream`
+/// (and its source) or the listeners' own.
+fn routed(config: &Config, protocol: Protocol, user: &str) -> String {
+    let protocol_of = |name: &str| config.upstreams.get(name).map(|u| u.protocol);
+    let routed = policy::route(&config.directory, user)
+        .and_then(|r| Some((r.value.for_protocol(protocol, protocol_of)?, &r.source)));
+    match routed {
+        Some((name, source)) => format!(
+            "routed     {} logins go to upstream {name} (source {source})",
+            protocol.as_str()
+        ),
+        None => {
+            let mut names: Vec<&str> = config
+                .listeners
+                .iter()
+                .filter(|l| l.protocol == protocol)
+                .map(|l| l.upstream.as_str())
+                .collect();
+            names.dedup();
+            format!(
+                "routed     {} logins go to the listener's upstream ({}; source listener)",
+                protocol.as_str(),
+                if names.is_empty() {
+                    "no listener".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            )
+        }
+    }
 }
 
 /// `explain`'s shared-mailbox lines: every shared mailbox the user may open, through which
@@ -458,7 +496,7 @@ fn grant(command: GrantCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn groups(path: &Path) -> anyhow::Result<ExitCode> {
+fn groups(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let Some(config) = load_or_report(path) else {
         return Ok(ExitCode::FAILURE);
     };
@@ -466,7 +504,14 @@ fn groups(path: &Path) -> anyhow::Result<ExitCode> {
         println!("no [policy] directory configured: no groups");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{}", mailgate::directory::report::groups(&config.directory));
+    if json {
+        println!(
+            "{}",
+            mailgate::directory::report::groups_json(&config.directory)
+        );
+    } else {
+        println!("{}", mailgate::directory::report::groups(&config.directory));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -649,9 +694,11 @@ fn audit_tail(args: TailArgs) -> anyhow::Result<ExitCode> {
     let file = match args.file {
         Some(file) => file,
         None => {
-            let config = Config::load(&args.config)
+            // Only [audit] is read: a broken directory.toml must not hide the record of the
+            // reload it broke.
+            let audit = Config::load_audit(&args.config)
                 .map_err(|e| anyhow::anyhow!("{}:\n{e}", args.config.display()))?;
-            match config.audit.sink {
+            match audit.sink {
                 AuditSink::File(file) => file,
                 AuditSink::Stdout => anyhow::bail!(
                     "{}: audit records go to stdout (audit.stdout = true); pass --file",

@@ -89,6 +89,8 @@ impl Refused {
 pub enum Decision {
     Allow,
     Deny,
+    /// Refused by a report-only policy (`enforce = false`) and let through.
+    WouldDeny,
 }
 
 impl Decision {
@@ -96,6 +98,7 @@ impl Decision {
         match self {
             Decision::Allow => "allow",
             Decision::Deny => "deny",
+            Decision::WouldDeny => "would_deny",
         }
     }
 }
@@ -629,6 +632,18 @@ impl Metrics {
         let labels = LoginLabels {
             protocol,
             decision,
+            reason,
+        };
+        self.logins.get_or_create(&labels).inc();
+    }
+
+    /// A login a report-only policy would have refused for `reason` and let through: counted
+    /// as `decision="would_deny"` with that reason, so an operator can watch what enforcing
+    /// would refuse before switching it on.
+    pub fn would_deny(&self, protocol: Protocol, reason: Reason) {
+        let labels = LoginLabels {
+            protocol,
+            decision: Decision::WouldDeny,
             reason,
         };
         self.logins.get_or_create(&labels).inc();

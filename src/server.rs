@@ -71,6 +71,9 @@ pub enum Error {
     UnknownUpstream { listener: String, upstream: String },
     #[error("oauth: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    /// Members added on this reload that break their group's restriction.
+    #[error("{0}")]
+    AddedOffenders(crate::directory::Errors),
     /// `directory.toml` and the LDAP sync in force do not make a valid directory together.
     #[error("directory with the LDAP sync: {0}")]
     Directory(#[from] crate::directory::Errors),
@@ -167,6 +170,17 @@ impl Generation {
             .find(|l| l.name == listener.name)
             .map_or(&listener.upstream, |l| &l.upstream);
         self.connectors.get(name)
+    }
+
+    /// The connector for `user`'s own mailboxes on `listener`: the directory's routing
+    /// (`upstream` on the user, a group policy or the OU), else the listener's upstream. Each
+    /// connector carries its own upstream's TLS, PROXY and ID settings.
+    pub fn routed_connector(&self, listener: &Listener, user: &str) -> Option<&Arc<Connector>> {
+        let protocol_of = |name: &str| self.config.upstreams.get(name).map(|u| u.protocol);
+        crate::policy::route(&self.config.directory, user)
+            .and_then(|r| r.value.for_protocol(listener.protocol, protocol_of))
+            .and_then(|name| self.connectors.get(name))
+            .or_else(|| self.connector(listener))
     }
 }
 
@@ -320,6 +334,12 @@ impl Reloader {
         }
         if old.config.admin != config.admin {
             tracing::warn!("[admin] changes take effect only after a restart");
+        }
+        // Only compliant members may be *added* to a restricted group: one that was not in the
+        // running directory's group is refused here; one that was is reported (`groups`).
+        let added = config.directory.added_offenders(&old.config.directory);
+        if !added.is_empty() {
+            return Err(Error::AddedOffenders(crate::directory::Errors(added)));
         }
         let next = Generation::build(config, old.number + 1)?;
         next.observe(&self.shared.services.metrics);

@@ -146,7 +146,13 @@ impl Trail {
     }
 
     fn auth(&self, record: audit::Auth) {
-        self.services.metrics.login(self.protocol, record.reason);
+        match record.decision() {
+            audit::Verdict::WouldDeny => self
+                .services
+                .metrics
+                .would_deny(self.protocol, record.written_reason()),
+            _ => self.services.metrics.login(self.protocol, record.reason),
+        }
         self.services.audit.record(&self.id, Event::Auth(record));
     }
 
@@ -784,6 +790,8 @@ impl<F: Frontend> Preauth<'_, F> {
             mailbox: None,
             grant: None,
             reason: Reason::Ok,
+            client_name: None,
+            would_deny: None,
         };
         let throttle = self.ctx.shared.throttle.clone();
         let client = self.trail.peer.source.ip();
@@ -872,6 +880,11 @@ impl<F: Frontend> Preauth<'_, F> {
                 .token_verification(result, started.elapsed());
             match verified {
                 Ok(v) => {
+                    record.client_name = v
+                        .client_id
+                        .as_deref()
+                        .and_then(|id| config.directory.clients().name_of(id))
+                        .map(str::to_owned);
                     record.client_id = v.client_id.clone();
                     record.issuer = Some(v.issuer.clone());
                     if record.user.is_none() {
@@ -943,6 +956,14 @@ impl<F: Frontend> Preauth<'_, F> {
                 record.ou = permit.ou.as_deref().map(str::to_owned);
                 record.policy_source = Some(permit.source);
             }
+            // Report only (`enforce = false`, or before `enforce_from`): record what would have
+            // been refused and why, and let the login go on to the upstream.
+            Decision::Deny(denial) if !denial.enforced_at(std::time::SystemTime::now()) => {
+                tracing::info!(user, reason = denial.reason.as_str(), source = %denial.source, "login would be denied by policy (report only)");
+                record.ou = denial.ou.as_deref().map(str::to_owned);
+                record.policy_source = Some(denial.source);
+                record.would_deny = Some(denial.reason);
+            }
             Decision::Deny(denial) => {
                 tracing::info!(user, reason = denial.reason.as_str(), source = %denial.source, "login denied by policy");
                 let reply = policy::refusal::reply(
@@ -965,7 +986,11 @@ impl<F: Frontend> Preauth<'_, F> {
             return Box::pin(self.open_shared(request, record, &mailbox, user, token)).await;
         }
 
-        let Some(connector) = generation.connector(&self.ctx.listener).cloned() else {
+        // Routing: the directory may place this user's mailboxes on another [[upstream]].
+        let Some(connector) = generation
+            .routed_connector(&self.ctx.listener, &user)
+            .cloned()
+        else {
             tracing::warn!(
                 user,
                 "listener has no upstream in the current configuration"
@@ -1046,7 +1071,12 @@ impl<F: Frontend> Preauth<'_, F> {
         let protocol = self.ctx.listener.protocol;
         let mechanism = request.mechanism;
         if is_password(request) {
-            let Some(own) = generation.connector(&self.ctx.listener).cloned() else {
+            // The password is proven where the user's own mailboxes live (their routed
+            // upstream); the shared mailbox's own `upstream` serves only the mailbox login.
+            let Some(own) = generation
+                .routed_connector(&self.ctx.listener, &user)
+                .cloned()
+            else {
                 record.reason = Reason::UpstreamUnavailable;
                 return Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None));
             };
@@ -1283,10 +1313,14 @@ impl<F: Frontend> Preauth<'_, F> {
                 authzid: None,
             };
             let directory = &generation.config.directory;
-            matches!(policy::decide(directory, &attempt), Decision::Allow(_))
-                && mailbox
-                    .as_deref()
-                    .is_none_or(|m| policy::shared::open(directory, &user, m, protocol).is_ok())
+            // A report-only refusal closes nothing: it would not refuse a new login either.
+            let own = match policy::decide(directory, &attempt) {
+                Decision::Allow(_) => true,
+                Decision::Deny(denial) => !denial.enforced_at(std::time::SystemTime::now()),
+            };
+            own && mailbox
+                .as_deref()
+                .is_none_or(|m| policy::shared::open(directory, &user, m, protocol).is_ok())
         });
         let (end, totals) = splice::splice(
             down,

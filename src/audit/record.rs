@@ -9,7 +9,7 @@
 //! | event         | fields                                                                   |
 //! |---------------|--------------------------------------------------------------------------|
 //! | `connect`     | `listener`, `protocol`, `client`, `tls`, `sni`                           |
-//! | `auth`        | `user`, `ou`, `mechanism`, `client_id`, `issuer`, `decision`, `reason`, `policy_source`, `upstream` |
+//! | `auth`        | `user`, `ou`, `mechanism`, `client_id`, `client_name`, `issuer`, `decision`, `reason`, `policy_source`, `upstream` |
 //! | `session_end` | `bytes_up`, `bytes_down`, `duration_ms`, `end`                           |
 //! | `reload`      | `result`, `error`, `config_digest`, `source`, `changes`                  |
 //!
@@ -110,6 +110,11 @@ pub struct Auth {
     pub policy_source: Option<String>,
     /// The upstream's configured name, once one was chosen.
     pub upstream: Option<String>,
+    /// The client catalogue's name for `client_id` (`apple-ios-mail`), when it has one.
+    pub client_name: Option<String>,
+    /// A report-only policy (`enforce = false`) would have refused this login for this
+    /// reason, and let it through.
+    pub would_deny: Option<Reason>,
     /// A shared-mailbox login: the mailbox asked for (`user` is who proved themselves).
     pub mailbox: Option<String>,
     /// A shared-mailbox login: the grant whose token opened the mailbox.
@@ -117,11 +122,22 @@ pub struct Auth {
 }
 
 impl Auth {
+    /// `would_deny` for a login that went through although a report-only policy refuses it;
+    /// `allow` for `ok`; `deny` otherwise (a would-deny login the upstream then refused is a
+    /// `deny` with the upstream's reason).
     pub fn decision(&self) -> Verdict {
-        if self.reason == Reason::Ok {
-            Verdict::Allow
-        } else {
-            Verdict::Deny
+        match (self.reason, self.would_deny) {
+            (Reason::Ok, Some(_)) => Verdict::WouldDeny,
+            (Reason::Ok, None) => Verdict::Allow,
+            _ => Verdict::Deny,
+        }
+    }
+
+    /// The `reason` written: for a would-deny, the reason it would have been refused for.
+    pub fn written_reason(&self) -> Reason {
+        match (self.reason, self.would_deny) {
+            (Reason::Ok, Some(why)) => why,
+            (reason, _) => reason,
         }
     }
 }
@@ -153,6 +169,8 @@ pub const REASONS: [Reason; 17] = [
 pub enum Verdict {
     Allow,
     Deny,
+    /// Report only: refused by policy, let through (`enforce = false`).
+    WouldDeny,
 }
 
 impl Verdict {
@@ -160,6 +178,7 @@ impl Verdict {
         match self {
             Verdict::Allow => "allow",
             Verdict::Deny => "deny",
+            Verdict::WouldDeny => "would_deny",
         }
     }
 }
@@ -434,6 +453,7 @@ impl Serialize for Auth {
             ou: Option<&'a str>,
             mechanism: &'static str,
             client_id: Option<&'a str>,
+            client_name: Option<&'a str>,
             issuer: Option<&'a str>,
             decision: Verdict,
             reason: Reason,
@@ -450,9 +470,10 @@ impl Serialize for Auth {
             ou: self.ou.as_deref(),
             mechanism: self.mechanism.as_str(),
             client_id: self.client_id.as_deref(),
+            client_name: self.client_name.as_deref(),
             issuer: self.issuer.as_deref(),
             decision: self.decision(),
-            reason: self.reason,
+            reason: self.written_reason(),
             policy_source: self.policy_source.as_deref(),
             upstream: self.upstream.as_deref(),
             mailbox: self.mailbox.as_deref(),

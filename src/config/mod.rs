@@ -93,6 +93,24 @@ impl Config {
         Self::from_toml(&text, base_dir)
     }
 
+    /// Only the `[audit]` table of the config at `path`, validated; nothing else is checked and
+    /// the directory is not read. For `mailgate audit tail`: the rejected-reload record is
+    /// wanted exactly while something else in the configuration (often `directory.toml`) is
+    /// invalid.
+    pub fn load_audit(path: &Path) -> Result<AuditConfig, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError::Read {
+                file: path.to_owned(),
+                reason: e.to_string(),
+            }])
+        })?;
+        let base_dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        load::audit_only(&text, base_dir)
+    }
+
     /// Validates TOML text; relative paths inside resolve against `base_dir`. The only file read
     /// is the directory named by `[policy] directory`; certificates are left to `crate::tls`.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
@@ -193,8 +211,9 @@ impl Config {
                 let offenders: Vec<&str> =
                     g.compliance.offenders.iter().map(|o| &*o.email).collect();
                 out.push(format!(
-                    "directory: group \"{}\" is non-compliant with its membership restriction \
-                     through nested members: {} (see `mailgate groups`)",
+                    "directory: group \"{}\" is non-compliant with its membership restriction: \
+                     {} (see `mailgate groups`; they gain nothing through its policy, and on a \
+                     reload only members already there may break it)",
                     g.email,
                     offenders.join(", ")
                 ));
@@ -556,7 +575,8 @@ pub struct PolicyConfig {
     /// Whom a refused person should ask, e.g. `it-help@example.com`. One line, at most
     /// 200 characters. Empty (the default): refusals say "your administrator".
     pub contact: String,
-    /// On a reload, close live sessions whose user the new policy refuses. Default false.
+    /// On a reload, close live sessions whose user the new policy refuses. Default true, as the
+    /// consoles cut access at once; a report-only refusal (`enforce = false`) closes nothing.
     pub revoke_on_reload: bool,
     /// `[policy.ldap]`: the organisation comes from LDAP; `directory` holds the policy.
     pub ldap: Option<Arc<ldap::LdapConfig>>,

@@ -816,10 +816,45 @@ fn shipped_policy_loads_the_shipped_directory() {
         crate::policy::DiscloseReasons::Never
     );
     assert_eq!(c.policy.contact, "it-help@example.com");
-    assert!(!c.policy.revoke_on_reload);
+    assert!(c.policy.revoke_on_reload);
     assert!(!c.directory.is_builtin());
     assert!(c.directory.principal("bob@example.com").is_some());
     assert!(!c.warnings().iter().any(|w| w.starts_with("policy:")));
+}
+
+/// The directory's `upstream` names must be `[[upstream]]`s of this file, of the protocol the
+/// table form names them for; `revoke_on_reload` is on unless switched off.
+#[test]
+fn directory_routes_name_real_upstreams() {
+    let dir = tempfile::tempdir().unwrap();
+    let directory = |route: &str| {
+        format!(
+            "[[ou]]\npath = \"/\"\npop = true\nimap = true\nimap_clients = \"all\"\n\
+             password_logins = true\n{route}\n"
+        )
+    };
+    let config = format!("{BASE}\n[policy]\ndirectory = \"directory.toml\"\n");
+    let with = |route: &str| {
+        std::fs::write(dir.path().join("directory.toml"), directory(route)).unwrap();
+        Config::from_toml(&config, dir.path())
+    };
+    let c = with("upstream = \"dovecot\"").unwrap();
+    assert!(c.policy.revoke_on_reload);
+    for (route, needle) in [
+        (
+            "upstream = \"nope\"",
+            "ou \"/\": upstream \"nope\" is not an [[upstream]]",
+        ),
+        (
+            "upstream = { pop3 = \"dovecot\" }",
+            "ou \"/\": upstream \"dovecot\" speaks imap, but is named for pop3",
+        ),
+    ] {
+        let e = with(route).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].path(), Some("policy.directory"), "{e}");
+        assert!(e.to_string().contains(needle), "{e}");
+    }
 }
 
 /// Every file in `config/` loads as shipped (docs/development.md section 7).

@@ -12,8 +12,10 @@
 //! they sit in (and its ancestors) that the file does not declare, with no settings of its own:
 //! it inherits from its parent. The file keeps the policy: the root OU's settings, OU settings
 //! by path, group policies and restrictions by group email. The merged directory goes through
-//! the same validation as a file-only one, so a restriction an LDAP member breaks or a nesting
-//! cycle in LDAP is refused exactly like in the file; such an error names the entry's DN.
+//! the same validation as a file-only one, so a nesting cycle in LDAP, or a new offender in a
+//! locked group, is refused exactly like in the file; such an error names the entry's DN. A
+//! member that breaks an (unlocked) group's restriction is reported, never refused: nothing
+//! that a directory server holds was added through mailgate (`Directory::added_offenders`).
 //!
 //! Must not: do I/O, read the clock, or log.
 
@@ -142,6 +144,7 @@ pub fn merge(text: &str, snapshot: &Snapshot) -> Result<Directory, Errors> {
                 pop: u.pop_off.then_some(false),
                 imap: u.imap_off.then_some(false),
                 name: None,
+                upstream: None,
             },
         ));
     }
@@ -177,6 +180,7 @@ pub fn merge(text: &str, snapshot: &Snapshot) -> Result<Directory, Errors> {
                     members: g.members.clone(),
                     allowed_member_kinds: None,
                     internal_only: false,
+                    member_restriction: None,
                     locked: false,
                     grandfathered: Vec::new(),
                     policy: None,
@@ -198,6 +202,9 @@ fn implicit_ou(path: String) -> OuFile {
         imap_clients: None,
         imap_allowed_client_ids: None,
         password_logins: None,
+        upstream: None,
+        enforce: None,
+        enforce_from: None,
     }
 }
 

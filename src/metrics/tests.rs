@@ -47,6 +47,7 @@ fn every_family_is_named_and_labelled_as_style_says() {
     m.login(Protocol::Imap, Reason::Ok);
     m.login(Protocol::Imap, Reason::ImapDisabled);
     m.login(Protocol::Pop3, Reason::UpstreamRejected);
+    m.would_deny(Protocol::Imap, Reason::ClientNotAllowed);
     m.upstream_connect(Protocol::Imap, Duration::from_millis(3));
     m.upstream_login(Protocol::Imap, Duration::from_millis(40));
     m.token_verification(TokenResult::Ok, Duration::from_micros(300));
@@ -96,6 +97,10 @@ fn every_family_is_named_and_labelled_as_style_says() {
         ),
         (
             r#"mailgate_logins_total{protocol="pop3",decision="deny",reason="upstream_rejected"}"#,
+            "1",
+        ),
+        (
+            r#"mailgate_logins_total{protocol="imap",decision="would_deny",reason="client_not_allowed"}"#,
             "1",
         ),
         (

@@ -4,7 +4,9 @@
 //!
 //! A user is assigned when the mailbox's `assigned` list names them or a group they belong to,
 //! directly or through nested groups (the memberships the directory resolved, as group
-//! policies use them). The answer names where the assignment comes from
+//! policies use them). A non-compliant membership (the user, or a group between, breaks a
+//! group's membership restriction) never assigns: it may take access away, never grant it. The
+//! answer names where the assignment comes from
 //! (`shared:office@contoso.com user` or `shared:office@contoso.com group:crm@example.com`),
 //! which the audit `policy_source` carries.
 
@@ -79,7 +81,13 @@ fn assignment(directory: &Directory, user: &str, mailbox: &SharedMailbox) -> Opt
         let Member::Group(group) = member else {
             continue;
         };
-        if let Some(m) = principal.memberships.iter().find(|m| m.group == *group) {
+        // A membership that breaks a group's restriction (or passes through a group that
+        // does) never grants access through that group, so it never opens a shared mailbox.
+        if let Some(m) = principal
+            .memberships
+            .iter()
+            .find(|m| m.group == *group && m.compliant)
+        {
             let mut via = format!("group:{}", directory.group(*group)?.email);
             for inner in &m.via {
                 via.push_str(&format!(" via group:{}", directory.group(*inner)?.email));

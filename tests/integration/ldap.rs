@@ -217,7 +217,7 @@ async fn openldap_preset_ou_tree_nested_groups_and_a_locked_account() {
         token: None,
         authzid: None,
     };
-    let text = mailgate::policy::explain(&d, &attempt).to_string();
+    let text = mailgate::policy::explain(&d, &attempt, std::time::SystemTime::now()).to_string();
     assert!(
         text.contains(&format!("from ldap:uid=carol,ou=Interns,ou=Sales,{BASE}")),
         "{text}"

@@ -25,6 +25,8 @@
 //!   in Dovecot's log, `/metrics` and `/readyz`: the operator surface end to end.
 //! - `packaging`: the Debian package (`cargo deb`, `dpkg -i`, check, `systemd-analyze verify`,
 //!   purge) and the Prometheus rules and Grafana dashboard (`promtool`, a real scrape).
+//! - `rollout_e2e`: issue 13 on the wire: report-only policies (`would_deny`) and routing OUs
+//!   to their own Dovecot.
 //! - `spray`: password spraying (issue 10): the client address upstream against Dovecot's
 //!   auth penalty, refusals that take as long as upstream failures, a fleet sharing one Redis.
 //!
@@ -63,6 +65,7 @@ mod packaging;
 mod policy_e2e;
 mod proxy;
 mod reload;
+mod rollout_e2e;
 mod secrets;
 mod shared_e2e;
 mod spray;

@@ -24,6 +24,8 @@ const OFFICE: &str = "office@contoso.com";
 const ALICE: &str = "alice@example.com";
 const BOB: &str = "bob@example.com";
 const CAROL: &str = "carol@example.com";
+/// Routed by the directory to the old mail server (`upstream = "old-imap"`).
+const DAVE: &str = "dave@example.com";
 /// Grant access tokens live this long at the IdP, so refreshes happen mid-test.
 const GRANT_TTL: u64 = 2;
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
@@ -82,6 +84,8 @@ fn dovecot(idp: &Idp) -> Dovecot {
 struct Setup {
     idp: Idp,
     dovecot: Dovecot,
+    /// The old mail server dave's own mailbox (and password) lives on, when the test routes.
+    old: Option<Dovecot>,
     config: PathBuf,
     /// Holds the directory and secret files the config file names.
     _cli: MailgateBuilder,
@@ -90,8 +94,32 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-fn builder(dovecot: &Dovecot, idp: &Idp, grants: &Path) -> MailgateBuilder {
+fn builder(dovecot: &Dovecot, idp: &Idp, grants: &Path, old: Option<&Dovecot>) -> MailgateBuilder {
     let mut b = Mailgate::builder(dovecot);
+    // With an old server: dave is routed there and assigned to office@ too.
+    let (directory, old_upstream) = match old {
+        None => (DIRECTORY.to_owned(), String::new()),
+        Some(old) => (
+            DIRECTORY
+                .replace(
+                    "[[shared_mailbox]]",
+                    &format!(
+                        "[[user]]\nemail = \"{DAVE}\"\nou = \"/\"\nupstream = \"old-imap\"\n\
+                     [[shared_mailbox]]"
+                    ),
+                )
+                .replace(
+                    "assigned = [\"alice@example.com\",",
+                    &format!("assigned = [\"{DAVE}\", \"alice@example.com\","),
+                ),
+            format!(
+                "[[upstream]]\nname = \"old-imap\"\nprotocol = \"imap\"\naddresses = [\"{}\"]\n\
+                 tls = \"implicit\"\nserver_name = \"localhost\"\nca_file = \"{}\"\n\n",
+                old.imaps_addr,
+                old.ca_pem.display()
+            ),
+        ),
+    };
     let files = b.files();
     std::fs::write(files.join("client-secret"), "mailgate-secret").expect("secret");
     std::fs::write(files.join("grants-secret"), "grants-secret").expect("secret");
@@ -101,10 +129,10 @@ fn builder(dovecot: &Dovecot, idp: &Idp, grants: &Path) -> MailgateBuilder {
         dovecot.pop3_addr,
         dovecot.ca_pem.display(),
     );
-    b.policy(DIRECTORY, "")
+    b.policy(&directory, "")
         .limits("max_connections_per_ip = 200\nmax_handshakes_per_ip = 200")
         .extra(&format!(
-            "[[upstream]]\nname = \"provider-imap\"\nprotocol = \"imap\"\naddresses = [\"{imaps}\"]\n\
+            "{old_upstream}[[upstream]]\nname = \"provider-imap\"\nprotocol = \"imap\"\naddresses = [\"{imaps}\"]\n\
              tls = \"implicit\"\nserver_name = \"localhost\"\nca_file = \"{ca}\"\n\n\
              [[upstream]]\nname = \"provider-pop3\"\nprotocol = \"pop3\"\naddresses = [\"{pop3}\"]\n\
              tls = \"starttls\"\nserver_name = \"localhost\"\nca_file = \"{ca}\"\n\n\
@@ -126,18 +154,23 @@ fn builder(dovecot: &Dovecot, idp: &Idp, grants: &Path) -> MailgateBuilder {
 }
 
 async fn setup() -> Setup {
+    setup_with(None).await
+}
+
+async fn setup_with(old: Option<Dovecot>) -> Setup {
     let idp = Idp::start().await;
     let dovecot = dovecot(&idp);
     let dir = tempfile::tempdir().expect("tempdir");
     let grants = dir.path().join("grants");
     let config = dir.path().join("mailgate.toml");
     let audit = dir.path().join("audit.log");
-    let cli = builder(&dovecot, &idp, &grants);
+    let cli = builder(&dovecot, &idp, &grants, old.as_ref());
     std::fs::write(&config, cli.toml()).expect("write config");
     idp_post(&idp, &format!("/test/config?grant_ttl={GRANT_TTL}")).await;
     Setup {
         idp,
         dovecot,
+        old,
         config,
         _cli: cli,
         grants,
@@ -228,7 +261,7 @@ async fn authorize(s: &Setup) -> String {
 /// copies of the secret files), auditing to `s.audit`.
 async fn start(s: &Setup) -> Mailgate {
     let services = audit_to(&s.audit);
-    builder(&s.dovecot, &s.idp, &s.grants)
+    builder(&s.dovecot, &s.idp, &s.grants, s.old.as_ref())
         .start_with(services)
         .await
 }
@@ -817,4 +850,50 @@ async fn all_open(addrs: Vec<std::net::SocketAddr>, token: &str) {
         let reply = login.await.expect("task");
         assert!(reply.starts_with("a OK"), "{reply}");
     }
+}
+
+/// Routing meets shared mailboxes: dave's own mailbox lives on the old server (the directory
+/// routes him there), office@ on the provider. His password is proven where his logins are
+/// routed (the provider does not know it), and the mailbox login goes to the mailbox's own
+/// upstream, which the audit names.
+#[tokio::test]
+async fn a_routed_user_is_proven_on_his_own_upstream_and_opens_the_mailbox_on_its_own() {
+    let old = Dovecot::builder()
+        .users(vec![User::new(DAVE, "dave-old-secret")])
+        .start();
+    let s = setup_with(Some(old)).await;
+    authorize(&s).await;
+    let mailgate = start(&s).await;
+    let expected = s.dovecot.messages(OFFICE);
+    let asked = format!("{OFFICE}*{DAVE}");
+    let json = imap_fetch(
+        &mailgate,
+        &["--user", &asked, "--password", "dave-old-secret"],
+    )
+    .await;
+    assert_same_messages(&expected, &json);
+    // His own login still lands on the old server.
+    let old = s.old.as_ref().expect("old server");
+    let json = imap_fetch(
+        &mailgate,
+        &["--user", DAVE, "--password", "dave-old-secret"],
+    )
+    .await;
+    assert_same_messages(&old.messages(DAVE), &json);
+
+    let records = await_records(&mailgate.services.audit, &s.audit, |r| {
+        r.iter()
+            .filter(|r| r["event"] == "auth" && r["user"] == DAVE)
+            .count()
+            >= 2
+    })
+    .await;
+    let dave: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["event"] == "auth" && r["user"] == DAVE)
+        .collect();
+    assert_eq!(dave[0]["mailbox"], OFFICE, "{dave:?}");
+    assert_eq!(dave[0]["decision"], "allow", "{dave:?}");
+    assert_eq!(dave[0]["upstream"], "provider-imap", "{dave:?}");
+    assert_eq!(dave[1]["upstream"], "old-imap", "{dave:?}");
 }

@@ -39,6 +39,7 @@ fn schema(event: &str) -> &'static [(&'static str, Type)] {
             ("ou", StrOrNull),
             ("mechanism", Str),
             ("client_id", StrOrNull),
+            ("client_name", StrOrNull),
             ("issuer", StrOrNull),
             ("decision", Str),
             ("reason", Str),
@@ -135,6 +136,8 @@ fn auth(reason: Reason, mechanism: Mechanism) -> Auth {
         reason,
         policy_source: Some("ou:/Sales".to_owned()),
         upstream: Some("dovecot-imap".to_owned()),
+        client_name: None,
+        would_deny: None,
         mailbox: None,
         grant: None,
     }
@@ -236,6 +239,8 @@ fn auth_schema_for_every_reason_and_mechanism() {
         reason: Reason::InvalidToken,
         policy_source: None,
         upstream: None,
+        client_name: None,
+        would_deny: None,
         mailbox: None,
         grant: None,
     };

@@ -31,6 +31,8 @@ fn auth(user: &str, reason: Reason) -> Event {
         reason,
         policy_source: Some("ou:/".to_owned()),
         upstream: Some("up".to_owned()),
+        client_name: None,
+        would_deny: None,
         mailbox: None,
         grant: None,
     })

@@ -146,14 +146,29 @@ fn merge_adds_ous_users_and_members_and_names_the_source() {
 
 #[test]
 fn a_merge_error_names_the_ldap_entry_by_dn() {
-    // staff is internal_only: an external LDAP member breaks it.
+    // staff is internal_only: an external LDAP member breaks it. A directory server's members
+    // were not added through mailgate: reported (non-compliant, gaining nothing through
+    // staff's policy), never refused, not even on a reload (issue 13).
     let snapshot = Snapshot {
         users: vec![user("eve@other.org", "/")],
         groups: vec![group("staff@example.com", &["eve@other.org"])],
         skipped: Vec::new(),
     };
-    let errors = merge(POLICY, &snapshot).expect_err("restriction");
-    assert!(errors.to_string().contains("internal_only"), "{errors}");
+    let d = merge(POLICY, &snapshot).expect("a restriction an LDAP member breaks is reported");
+    let staff = d.group_by_email("staff@example.com").expect("staff");
+    assert_eq!(
+        staff.compliance.state,
+        crate::directory::Compliance::NonCompliant
+    );
+    assert_eq!(&*staff.compliance.offenders[0].email, "eve@other.org");
+    let eve = d.principal("eve@other.org").expect("eve");
+    assert!(!eve.memberships[0].compliant);
+    assert!(
+        !eve.effective.pop.value,
+        "staff's pop = true is not for a member that breaks it"
+    );
+    let before = merge(POLICY, &Snapshot::default()).expect("file only");
+    assert!(d.added_offenders(&before).is_empty());
     // A duplicate of a file user is named by its DN.
     let snapshot = Snapshot {
         users: vec![user("svc@example.com", "/")],
