@@ -110,7 +110,11 @@ fn cached_jwt(bencher: divan::Bencher) {
         .unwrap();
     let mut p = provider();
     p.mode = ProviderMode::Unverified;
-    let v = Verifier::new(&OAuth { providers: vec![p] }).unwrap();
+    let v = Verifier::new(&OAuth {
+        providers: vec![p],
+        ..OAuth::default()
+    })
+    .unwrap();
     let (token, _) = token_and_key(&rcgen::PKCS_ECDSA_P256_SHA256, Algorithm::ES256);
     let token = Secret::new(token);
     rt.block_on(v.verify(&token)).unwrap();

@@ -214,7 +214,11 @@ fn explain_one(bencher: Bencher) {
             token: None,
             authzid: None,
         };
-        black_box(policy::explain(directory, &attempt))
+        black_box(policy::explain(
+            directory,
+            &attempt,
+            std::time::SystemTime::now(),
+        ))
     });
 }
 

@@ -1,4 +1,5 @@
-//! Command line: `mailgate run`, `check`, `explain`, `groups` and `audit tail`. Each
+//! Command line: `mailgate run`, `check`, `explain`, `groups`, `directory sync` and
+//! `audit tail`. Each
 //! subcommand's `--help` shows an example.
 
 use std::path::PathBuf;
@@ -34,6 +35,10 @@ pub enum Command {
         /// Path of the main config file.
         #[arg(long, default_value = "config/mailgate.toml")]
         config: PathBuf,
+        /// Also bind to the `[policy.ldap]` server, read it and merge it with the directory
+        /// file (without it, check never contacts the server).
+        #[arg(long)]
+        connect: bool,
     },
     /// Show a user's effective policy, where each value came from, and the decision for one
     /// login. Exit 0 whether it is allowed or refused; 1 only when the config does not load.
@@ -63,16 +68,33 @@ pub enum Command {
     },
     /// List every group with its compliance state (compliant, non-compliant,
     /// non-compliant-locked) and the nested members that break its membership restriction.
-    #[command(after_help = "Example:\n  mailgate groups --config /etc/mailgate/mailgate.toml")]
+    #[command(
+        after_help = "Example:\n  mailgate groups --config /etc/mailgate/mailgate.toml\n  \
+                      mailgate groups --json | jq '.groups[] | select(.state != \"compliant\")'"
+    )]
     Groups {
         /// Path of the main config file.
         #[arg(long, default_value = "config/mailgate.toml")]
         config: PathBuf,
+        /// One JSON document instead of text, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The organisation from LDAP / Active Directory (`[policy.ldap]`).
+    Directory {
+        #[command(subcommand)]
+        command: DirectoryCommand,
     },
     /// Read the audit log.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Shared-mailbox grants: authorise one (once, as the provider's administrator or the
+    /// mailbox's owner), list them with their state, revoke one.
+    Grant {
+        #[command(subcommand)]
+        command: GrantCommand,
     },
     /// Smart lockout for the helpdesk ("I'm locked out"): show or clear the failure counts of
     /// a user or a source address, through the running mailgate's admin listener (loopback).
@@ -80,6 +102,81 @@ pub enum Command {
         #[command(subcommand)]
         command: ThrottleCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantCommand {
+    /// Obtain (or renew) a grant: RFC 8628 device flow by default (prints a URL and a code
+    /// to enter there, then waits); `--redirect`: authorization code + PKCE with a loopback
+    /// redirect. A running server uses the new grant at the next login, without a restart.
+    #[command(after_help = "Examples:\n  mailgate grant authorize office\n  \
+                            mailgate grant authorize office --client m365 --redirect")]
+    Authorize {
+        /// The grant's name, as `grant = "NAME"` in [[shared_mailbox]].
+        name: String,
+        /// The [[oauth.client]] to use. Default: the only one configured.
+        #[arg(long)]
+        client: Option<String>,
+        /// Authorization code + PKCE: open the printed URL in a browser on this machine; the
+        /// provider redirects to http://127.0.0.1:PORT/callback.
+        #[arg(long)]
+        redirect: bool,
+        /// Port of the loopback redirect (0: any free port; the provider must allow any
+        /// loopback port, RFC 8252 section 7.3).
+        #[arg(long, default_value_t = 0)]
+        redirect_port: u16,
+        /// Give up after this many seconds without approval.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// Path of the main config file.
+        #[arg(long, default_value = "config/mailgate.toml")]
+        config: PathBuf,
+    },
+    /// List the grants: mailboxes using each, scopes, when obtained and last refreshed, state.
+    #[command(after_help = "Example:\n  mailgate grant status")]
+    Status {
+        /// Path of the main config file.
+        #[arg(long, default_value = "config/mailgate.toml")]
+        config: PathBuf,
+    },
+    /// Revoke a grant at the provider (when it has a revocation endpoint) and delete it here.
+    /// Its mailboxes refuse logins (temporary failure) until it is authorised again.
+    #[command(after_help = "Example:\n  mailgate grant revoke office")]
+    Revoke {
+        name: String,
+        /// Path of the main config file.
+        #[arg(long, default_value = "config/mailgate.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DirectoryCommand {
+    /// Sync from the directory server now, through the running mailgate's admin listener
+    /// (loopback). Prints the changes: users added, removed, moved between OUs, suspended;
+    /// groups changed.
+    #[command(after_help = "Examples:\n  mailgate directory sync --dry-run\n  \
+                      mailgate directory sync\n  \
+                      mailgate directory sync --force   # past the max_removed_fraction safety valve")]
+    Sync(SyncArgs),
+}
+
+/// `mailgate directory sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Only show what the sync would change; apply nothing. Without an `[admin]` listener,
+    /// compares against `cache_file` (the last sync the server applied) instead.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Apply even when it removes more than `max_removed_fraction` of the users.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub force: bool,
+    /// The admin listener to ask. Default: `[admin] bind` of the config, on loopback.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<std::net::SocketAddr>,
+    /// Path of the main config file.
+    #[arg(long, default_value = "config/mailgate.toml")]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +245,9 @@ pub struct TailArgs {
     /// Only sessions where this user logged in or was refused (exact match).
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+    /// Only sessions that opened (or were refused) this shared mailbox (exact, lowercase).
+    #[arg(long, value_name = "MAILBOX")]
+    pub mailbox: Option<String>,
     /// Only sessions with an auth record of this decision.
     #[arg(long, value_enum)]
     pub decision: Option<DecisionArg>,
@@ -175,6 +275,8 @@ pub struct TailArgs {
 pub enum DecisionArg {
     Allow,
     Deny,
+    /// Let through by a report-only policy that would refuse it.
+    WouldDeny,
 }
 
 impl From<DecisionArg> for crate::audit::Verdict {
@@ -182,6 +284,7 @@ impl From<DecisionArg> for crate::audit::Verdict {
         match d {
             DecisionArg::Allow => crate::audit::Verdict::Allow,
             DecisionArg::Deny => crate::audit::Verdict::Deny,
+            DecisionArg::WouldDeny => crate::audit::Verdict::WouldDeny,
         }
     }
 }
@@ -255,7 +358,7 @@ mod tests {
     #[test]
     fn defaults_to_shipped_config() {
         let cli = Cli::parse_from(["mailgate", "check"]);
-        let Command::Check { config } = cli.command else {
+        let Command::Check { config, .. } = cli.command else {
             panic!("check")
         };
         assert_eq!(config, PathBuf::from("config/mailgate.toml"));

@@ -14,6 +14,8 @@
 //! - [`session`]: the per-connection driver, the only module that wires the stages together.
 //! - [`proto`]: SANS-IO machines: IMAP/POP3 pre-auth front-ends, login replay, SASL.
 //! - [`directory`]: OU tree, users, groups, nesting, compliance; resolved at load.
+//! - [`ldap`]: the organisation from LDAP / Active Directory (`[policy.ldap]`), synced
+//!   fail-static into the directory.
 //! - [`policy`]: pure decision `(directory, attempt) -> Decision`, with provenance.
 //! - [`upstream`]: connect to the real mail server, TLS, drive the replay machine.
 //! - [`splice`]: bidirectional copy after login, byte counts, idle timeout.
@@ -22,6 +24,8 @@
 //! - [`throttle`]: smart lockout of password guessing; its `store` holds the counters
 //!   (in-process, or shared by a fleet).
 //! - [`pacing`]: refused password logins take as long as the upstream's own refusals.
+//! - [`grants`]: OAuth grants of shared mailboxes: the 0600 store, single-flight refresh
+//!   (oauth2 crate), `mailgate grant authorize | status | revoke`.
 //! - [`auth`]: bearer token verification (JWT/JWKS, introspection, tokeninfo), cached.
 //! - [`config`]: TOML model, validation, loading.
 //! - [`startup`]: the checks `check` and `run` share before serving (files, addresses).
@@ -35,6 +39,8 @@ pub mod cli;
 pub mod config;
 pub mod conn_limit;
 pub mod directory;
+pub mod grants;
+pub mod ldap;
 pub mod metrics;
 pub mod pacing;
 pub mod policy;

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser as _;
 use mailgate::cli::{
-    AuditCommand, Cli, Command, MechanismArg, TailArgs, ThrottleArgs, ThrottleCommand,
+    AuditCommand, Cli, Command, DirectoryCommand, GrantCommand, MechanismArg, SyncArgs, TailArgs,
+    ThrottleArgs, ThrottleCommand,
 };
 use mailgate::config::Config;
 use mailgate::policy::{self, Attempt, Decision, Identity, TokenFacts};
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(&config),
-        Command::Check { config } => check(&config),
+        Command::Check { config, connect } => check(&config, connect),
         Command::Explain {
             user,
             protocol,
@@ -40,11 +41,15 @@ fn main() -> ExitCode {
             token_user,
             delegated,
         ),
-        Command::Groups { config } => groups(&config),
+        Command::Groups { config, json } => groups(&config, json),
         Command::Audit {
             command: AuditCommand::Tail(args),
         } => audit_tail(args),
         Command::Throttle { command } => throttle(command),
+        Command::Grant { command } => grant(command),
+        Command::Directory {
+            command: DirectoryCommand::Sync(args),
+        } => directory_sync(args),
     };
     match result {
         Ok(code) => code,
@@ -55,10 +60,35 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> anyhow::Result<ExitCode> {
+fn check(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
     let Some(config) = startup_or_report(path, |w| eprintln!("warning: {w}")) else {
         return Ok(ExitCode::FAILURE);
     };
+    // Only on request: a plain `check` (the unit's ExecStartPre) never contacts the server.
+    if connect && let Some(ldap) = &config.policy.ldap {
+        let problem = match ldap_now(&config, ldap) {
+            Ok(snapshot) => match config.with_snapshot(&snapshot) {
+                Ok(_) => {
+                    println!(
+                        "policy.ldap: read {} user(s) and {} group(s); they merge with the \
+                         directory file",
+                        snapshot.users.len(),
+                        snapshot.groups.len()
+                    );
+                    None
+                }
+                Err(e) => Some(format!(
+                    "policy.ldap: the synced directory is invalid:\n{e}"
+                )),
+            },
+            Err(e) => Some(format!("policy.ldap: {e}")),
+        };
+        if let Some(problem) = problem {
+            eprintln!("{}: 1 error(s)", path.display());
+            eprintln!("{problem}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     println!(
         "{}: ok ({} listener(s), {} upstream(s))",
         path.display(),
@@ -105,14 +135,167 @@ fn chain(e: &anyhow::Error) -> String {
     out
 }
 
-/// Loads the config for a read-only subcommand; on errors prints them and says so.
+/// Loads the config for a read-only subcommand; on errors prints them and says so. With
+/// `[policy.ldap]`, the directory is merged with the last sync the server applied
+/// (`cache_file`), or else with a live read of the server, so `explain` and `groups` show the
+/// organisation mailgate enforces.
 fn load_or_report(path: &Path) -> Option<Config> {
-    match Config::load(path) {
-        Ok(config) => Some(config),
+    let config = match Config::load(path) {
+        Ok(config) => config,
         Err(errors) => {
             eprintln!("{}: {} error(s)", path.display(), errors.0.len());
             eprintln!("{errors}");
+            return None;
+        }
+    };
+    let Some(ldap) = config.policy.ldap.clone() else {
+        return Some(config);
+    };
+    let snapshot = match ldap
+        .cache_file
+        .as_deref()
+        .map(mailgate::ldap::sync::read_cache)
+    {
+        Some(Ok((snapshot, age))) => {
+            eprintln!(
+                "note: organisation from the LDAP cache file (last applied sync, {age} s old)"
+            );
+            snapshot
+        }
+        _ => match ldap_now(&config, &ldap) {
+            Ok(snapshot) => {
+                eprintln!("note: organisation read from the LDAP server now (no cache file)");
+                snapshot
+            }
+            Err(e) => {
+                eprintln!("policy.ldap: {e}");
+                return None;
+            }
+        },
+    };
+    match config.with_snapshot(&snapshot) {
+        Ok(merged) => Some(merged),
+        Err(e) => {
+            eprintln!("policy.ldap: the synced directory is invalid:\n{e}");
             None
+        }
+    }
+}
+
+/// One read of the LDAP server, for the command line.
+fn ldap_now(
+    _config: &Config,
+    ldap: &mailgate::config::ldap::LdapConfig,
+) -> anyhow::Result<mailgate::directory::ldap::Snapshot> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(runtime.block_on(mailgate::ldap::fetch(ldap))?)
+}
+
+/// `--admin`, or `[admin] bind` of the config on loopback: where the running mailgate answers
+/// its operator routes.
+fn admin_addr(
+    admin: Option<std::net::SocketAddr>,
+    config: &Path,
+) -> anyhow::Result<std::net::SocketAddr> {
+    if let Some(a) = admin {
+        return Ok(a);
+    }
+    let loaded = Config::load(config).map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+    let bind = loaded
+        .admin
+        .map(|a| a.bind)
+        .ok_or_else(|| anyhow::anyhow!("{} has no [admin] listener", config.display()))?;
+    // The routes answer only on loopback: a wildcard bind is reached there (a bind to one
+    // other address cannot serve them; see docs/operations.md "Password guessing").
+    let ip = if bind.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        bind.ip()
+    };
+    Ok(std::net::SocketAddr::new(ip, bind.port()))
+}
+
+/// `mailgate directory sync [--dry-run|--force]`.
+fn directory_sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
+    use mailgate::admin::throttle::ADMIN_HEADER;
+    use mailgate::ldap::sync::Report;
+
+    let config = Config::load(&args.config)
+        .map_err(|e| anyhow::anyhow!("{}:\n{e}", args.config.display()))?;
+    let Some(ldap) = config.policy.ldap.clone() else {
+        anyhow::bail!("{}: no [policy.ldap] table", args.config.display());
+    };
+    if args.dry_run && args.admin.is_none() && config.admin.is_none() {
+        // No running server to ask: compare a live read with the last applied sync.
+        let old = match ldap.cache_file.as_deref() {
+            Some(file) => mailgate::ldap::sync::read_cache(file)
+                .map(|(s, _)| s)
+                .unwrap_or_default(),
+            None => Default::default(),
+        };
+        let new = ldap_now(&config, &ldap)?;
+        let diff = mailgate::directory::ldap::Diff::between(&old, &new);
+        println!("{diff}");
+        if diff.removed_fraction() > ldap.max_removed_fraction {
+            println!(
+                "the safety valve would refuse this sync (max_removed_fraction {}); apply it \
+                 with --force",
+                ldap.max_removed_fraction
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let admin = admin_addr(args.admin, &args.config)?;
+    let mut query = Vec::new();
+    if args.dry_run {
+        query.push(("dry_run", "1"));
+    }
+    if args.force {
+        query.push(("force", "1"));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // A sync of a large tree takes a while: the server's own timeouts bound it.
+    let wait = ldap.timeout * 4 + std::time::Duration::from_secs(60);
+    let (status, body) = runtime
+        .block_on(async {
+            let client = reqwest::Client::builder().timeout(wait).build()?;
+            let response = client
+                .post(format!("http://{admin}/directory/sync"))
+                .header(ADMIN_HEADER, "1")
+                .query(&query)
+                .send()
+                .await?;
+            let status = response.status();
+            Ok::<_, reqwest::Error>((status, response.text().await?))
+        })
+        .with_context(|| format!("asking the admin listener at {admin}"))?;
+    let Ok(report) = serde_json::from_str::<Report>(&body) else {
+        anyhow::bail!("{admin} answered {status}: {}", body.trim());
+    };
+    if !report.changes.is_empty() {
+        println!("{}", report.changes);
+    }
+    match (&report.error, report.applied) {
+        (_, true) => {
+            println!(
+                "applied: {} user(s), {} group(s) in {} ms",
+                report.users, report.groups, report.took_ms
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        (None, false) => {
+            println!("dry run: nothing applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        (Some(e), false) => {
+            eprintln!("not applied: {e}");
+            Ok(ExitCode::FAILURE)
         }
     }
 }
@@ -176,8 +359,15 @@ fn explain(
         token: (!mechanism.is_password()).then_some(&token),
         authzid: None,
     };
-    println!("{}", policy::explain(&config.directory, &attempt));
-    if let Decision::Deny(denial) = policy::decide(&config.directory, &attempt) {
+    println!(
+        "{}",
+        policy::explain(&config.directory, &attempt, std::time::SystemTime::now())
+    );
+    println!("{}", routed(&config, protocol, user));
+    print_shared(&config, user, protocol);
+    if let Decision::Deny(denial) = policy::decide(&config.directory, &attempt)
+        && denial.enforced_at(std::time::SystemTime::now())
+    {
         let shown = policy::reply(
             &denial,
             protocol,
@@ -200,7 +390,113 @@ fn explain(
     Ok(ExitCode::SUCCESS)
 }
 
-fn groups(path: &Path) -> anyhow::Result<ExitCode> {
+/// Which upstream this user's logins on `protocol` go to, and why: the directory's `upstream`
+/// (and its source) or the listeners' own.
+fn routed(config: &Config, protocol: Protocol, user: &str) -> String {
+    let protocol_of = |name: &str| config.upstreams.get(name).map(|u| u.protocol);
+    let routed = policy::route(&config.directory, user)
+        .and_then(|r| Some((r.value.for_protocol(protocol, protocol_of)?, &r.source)));
+    match routed {
+        Some((name, source)) => format!(
+            "routed     {} logins go to upstream {name} (source {source})",
+            protocol.as_str()
+        ),
+        None => {
+            let mut names: Vec<&str> = config
+                .listeners
+                .iter()
+                .filter(|l| l.protocol == protocol)
+                .map(|l| l.upstream.as_str())
+                .collect();
+            names.dedup();
+            format!(
+                "routed     {} logins go to the listener's upstream ({}; source listener)",
+                protocol.as_str(),
+                if names.is_empty() {
+                    "no listener".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            )
+        }
+    }
+}
+
+/// `explain`'s shared-mailbox lines: every shared mailbox the user may open, through which
+/// assignment, and over which protocols.
+fn print_shared(config: &Config, user: &str, protocol: Protocol) {
+    if config.directory.shared_mailboxes().is_empty() {
+        return;
+    }
+    let assignments = policy::shared::assignments(&config.directory, user);
+    if assignments.is_empty() {
+        println!("shared     none (assigned to no shared mailbox)");
+    }
+    for (a, protocols) in assignments {
+        let over = match &protocols {
+            None => "any protocol".to_owned(),
+            Some(p) => p.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", "),
+        };
+        // The user's own login (the decision above) must be allowed too: the shared mailbox
+        // is opened only for someone who proved who they are under their own policy.
+        let here = if policy::shared::open(&config.directory, user, &a.mailbox, protocol).is_ok() {
+            "opens when the login above is allowed"
+        } else {
+            "not over this protocol"
+        };
+        println!(
+            "shared     {} assigned via {} (grant {}, protocols: {over}): {here}",
+            a.mailbox, a.via, a.grant
+        );
+    }
+}
+
+fn grant(command: GrantCommand) -> anyhow::Result<ExitCode> {
+    use mailgate::grants::admin;
+    let path = match &command {
+        GrantCommand::Authorize { config, .. }
+        | GrantCommand::Status { config }
+        | GrantCommand::Revoke { config, .. } => config.clone(),
+    };
+    let Some(config) = load_or_report(&path) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let mut out = std::io::stdout();
+    let result = match command {
+        GrantCommand::Authorize {
+            name,
+            client,
+            redirect,
+            redirect_port,
+            timeout,
+            ..
+        } => runtime.block_on(admin::authorize(
+            &config,
+            &name,
+            client.as_deref(),
+            redirect.then_some(redirect_port),
+            std::time::Duration::from_secs(timeout),
+            &mut out,
+        )),
+        GrantCommand::Status { .. } => admin::status(&config, &mut out),
+        GrantCommand::Revoke { name, .. } => {
+            runtime.block_on(admin::revoke(&config, &name, &mut out))
+        }
+    };
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("mailgate grant: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn groups(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let Some(config) = load_or_report(path) else {
         return Ok(ExitCode::FAILURE);
     };
@@ -208,7 +504,14 @@ fn groups(path: &Path) -> anyhow::Result<ExitCode> {
         println!("no [policy] directory configured: no groups");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{}", mailgate::directory::report::groups(&config.directory));
+    if json {
+        println!(
+            "{}",
+            mailgate::directory::report::groups_json(&config.directory)
+        );
+    } else {
+        println!("{}", mailgate::directory::report::groups(&config.directory));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -248,9 +551,18 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
         metrics: Arc::new(Metrics::new()),
         readiness: Readiness::new(),
     };
+    // With `[policy.ldap]`: the first sync (or the cache file, loudly) before any listener.
+    let (config, snapshot, _) = mailgate::ldap::sync::start(config, &services)
+        .await
+        .context("reading the organisation from LDAP ([policy.ldap])")?;
     let server = Server::bind_with(&config, services.clone())
         .await
         .context("starting listeners")?;
+    if let Some(snapshot) = snapshot {
+        server.reloader().set_snapshot(snapshot);
+    }
+    let syncer = mailgate::ldap::sync::Syncer::new(server.reloader());
+    let syncs = tokio::spawn(syncer.clone().run());
     let reloads = tokio::spawn(mailgate::config::reload::watch(
         path.to_path_buf(),
         server.reloader(),
@@ -271,7 +583,10 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(a.bind)
                 .await
                 .with_context(|| format!("binding the admin listener {}", a.bind))?;
-            tracing::info!(addr = %a.bind, "admin listening (/metrics, /healthz, /readyz, /throttle)");
+            tracing::info!(
+                addr = %a.bind,
+                "admin listening (/metrics, /healthz, /readyz, /throttle, /directory/sync)"
+            );
             let metrics = services.metrics.clone();
             let audit = audit.clone();
             let stats = tokio::spawn(async move {
@@ -282,9 +597,11 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             });
-            let routes = admin::router(services.metrics.clone(), services.readiness.clone()).merge(
-                admin::throttle::routes(server.reloader().shared().throttle.clone()),
-            );
+            let routes = admin::router(services.metrics.clone(), services.readiness.clone())
+                .merge(admin::throttle::routes(
+                    server.reloader().shared().throttle.clone(),
+                ))
+                .merge(mailgate::ldap::sync::routes(syncer.clone()));
             let serve = admin::serve_router(listener, routes, *a, async {
                 let _ = admin_stopped.await;
             });
@@ -294,6 +611,7 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
     };
     server.run(shutdown).await;
     reloads.abort();
+    syncs.abort();
     reopen.abort();
     if let Some((serve, stats)) = admin {
         stats.abort();
@@ -331,25 +649,7 @@ fn throttle(command: ThrottleCommand) -> anyhow::Result<ExitCode> {
         !(clear && user.is_some() && ip.is_some()),
         "clear one thing at a time: --user or --ip"
     );
-    let admin = match admin {
-        Some(a) => a,
-        None => {
-            let loaded =
-                Config::load(&config).map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
-            let bind = loaded
-                .admin
-                .map(|a| a.bind)
-                .ok_or_else(|| anyhow::anyhow!("{} has no [admin] listener", config.display()))?;
-            // The routes answer only on loopback: a wildcard bind is reached there (a bind
-            // to one other address cannot serve them; see docs/operations.md "Password guessing").
-            let ip = if bind.ip().is_unspecified() {
-                std::net::IpAddr::from([127, 0, 0, 1])
-            } else {
-                bind.ip()
-            };
-            std::net::SocketAddr::new(ip, bind.port())
-        }
-    };
+    let admin = admin_addr(admin, &config)?;
     let mut query = Vec::new();
     if let Some(user) = &user {
         query.push(("user", user.clone()));
@@ -394,9 +694,11 @@ fn audit_tail(args: TailArgs) -> anyhow::Result<ExitCode> {
     let file = match args.file {
         Some(file) => file,
         None => {
-            let config = Config::load(&args.config)
+            // Only [audit] is read: a broken directory.toml must not hide the record of the
+            // reload it broke.
+            let audit = Config::load_audit(&args.config)
                 .map_err(|e| anyhow::anyhow!("{}:\n{e}", args.config.display()))?;
-            match config.audit.sink {
+            match audit.sink {
                 AuditSink::File(file) => file,
                 AuditSink::Stdout => anyhow::bail!(
                     "{}: audit records go to stdout (audit.stdout = true); pass --file",
@@ -420,6 +722,7 @@ fn audit_tail(args: TailArgs) -> anyhow::Result<ExitCode> {
         follow: args.follow,
         filter: tail::Filter {
             user: args.user,
+            mailbox: args.mailbox,
             decision: args.decision.map(Into::into),
             reason: args.reason,
             protocol: args.protocol.map(Into::into),

@@ -24,6 +24,10 @@
 //! | `mailgate_audit_errors_total`              | counter   | -                           |
 //! | `mailgate_throttle_store_up`               | gauge     | -                           |
 //! | `mailgate_tls_certificate_expiry_timestamp_seconds` | gauge | -                     |
+//! | `mailgate_directory_sync_last_success_timestamp_seconds` | gauge | -                 |
+//! | `mailgate_directory_sync_duration_seconds` | gauge     | - (the last sync attempt)   |
+//! | `mailgate_directory_entries`               | gauge     | kind (`user`, `group`)      |
+//! | `mailgate_directory_sync_failures_total`   | counter   | cause                       |
 //!
 //! Series an alert watches exist from the start at 0 (reload results, token results, the
 //! temporary login failures, each listener's connection counts): Prometheus's `increase()`
@@ -85,6 +89,8 @@ impl Refused {
 pub enum Decision {
     Allow,
     Deny,
+    /// Refused by a report-only policy (`enforce = false`) and let through.
+    WouldDeny,
 }
 
 impl Decision {
@@ -92,6 +98,7 @@ impl Decision {
         match self {
             Decision::Allow => "allow",
             Decision::Deny => "deny",
+            Decision::WouldDeny => "would_deny",
         }
     }
 }
@@ -175,6 +182,31 @@ impl ReloadResult {
     }
 }
 
+/// What happened to a shared mailbox's grant (`mailgate_grant_events_total{result}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GrantEvent {
+    /// An access token was refreshed (one token request that succeeded).
+    Refreshed,
+    /// The provider did not answer usably; logins are temporary failures for `retry_after`.
+    RefreshFailed,
+    /// The provider refused the refresh token: an administrator must re-authorise. Once per
+    /// transition, not per login.
+    NeedsReauthorization,
+    /// A grant this server saw dead works again.
+    Reauthorized,
+}
+
+impl GrantEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantEvent::Refreshed => "refreshed",
+            GrantEvent::RefreshFailed => "refresh_failed",
+            GrantEvent::NeedsReauthorization => "needs_reauthorization",
+            GrantEvent::Reauthorized => "reauthorized",
+        }
+    }
+}
+
 /// Label values are written with `as_str`, so metrics and audit records spell them the same.
 macro_rules! label_value {
     ($($t:ty),*) => {$(
@@ -193,8 +225,14 @@ label_value!(
     SessionEnd,
     ReloadResult,
     Protocol,
-    Reason
+    Reason,
+    GrantEvent
 );
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrantLabels {
+    result: GrantEvent,
+}
 
 /// `splice::Side` as the `side` label. (`Side` is not `Hash`, so the label set keeps the text.)
 fn side_str(side: Side) -> &'static str {
@@ -247,6 +285,16 @@ struct EndLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     result: ReloadResult,
 }
@@ -286,10 +334,16 @@ pub struct Metrics {
     bytes: Family<BytesLabels, Counter>,
     sessions_ended: Family<EndLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    grant_events: Family<GrantLabels, Counter>,
+    grant_refresh: Histogram,
     audit_dropped: Counter,
     audit_errors: Counter,
     throttle_store_up: Gauge,
     certificate_expiry: Gauge,
+    sync_last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
+    sync_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
+    directory_entries: Family<KindLabels, Gauge>,
+    sync_failures: Family<CauseLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -369,6 +423,19 @@ impl Metrics {
             "Configuration reloads by result",
             reloads.clone(),
         );
+        let grant_events = Family::default();
+        registry.register(
+            "mailgate_grant_events",
+            "Shared-mailbox grant refreshes and state changes, by event",
+            grant_events.clone(),
+        );
+        let grant_refresh = token_histogram();
+        registry.register_with_unit(
+            "mailgate_grant_refresh",
+            "Time of one token-endpoint request refreshing a shared-mailbox grant",
+            Unit::Seconds,
+            grant_refresh.clone(),
+        );
         let audit_dropped = Counter::default();
         registry.register(
             "mailgate_audit_records_dropped",
@@ -390,6 +457,31 @@ impl Metrics {
              reachable); 0 while this instance counts alone",
             throttle_store_up.clone(),
         );
+        let sync_last_success = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "mailgate_directory_sync_last_success_timestamp_seconds",
+            "Unix time of the last LDAP directory sync that was applied (0: none yet)",
+            sync_last_success.clone(),
+        );
+        let sync_duration = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "mailgate_directory_sync_duration_seconds",
+            "How long the last LDAP directory sync attempt took, applied or not",
+            sync_duration.clone(),
+        );
+        let directory_entries = Family::default();
+        registry.register(
+            "mailgate_directory_entries",
+            "Users and groups of the last applied LDAP sync",
+            directory_entries.clone(),
+        );
+        let sync_failures = Family::default();
+        registry.register(
+            "mailgate_directory_sync_failures",
+            "LDAP directory syncs not applied, by cause (connect, bind, search, timeout, \
+             invalid, safety_valve, cache)",
+            sync_failures.clone(),
+        );
         let certificate_expiry = Gauge::default();
         registry.register(
             "mailgate_tls_certificate_expiry_timestamp_seconds",
@@ -397,6 +489,9 @@ impl Metrics {
              listener); set at start-up and on every reload",
             certificate_expiry.clone(),
         );
+        for cause in crate::ldap::SyncError::CAUSES {
+            drop(sync_failures.get_or_create(&CauseLabels { cause }));
+        }
         for result in [ReloadResult::Ok, ReloadResult::Rejected] {
             drop(reloads.get_or_create(&ReloadLabels { result }));
         }
@@ -429,6 +524,10 @@ impl Metrics {
         Self {
             registry,
             certificate_expiry,
+            sync_last_success,
+            sync_duration,
+            directory_entries,
+            sync_failures,
             throttle_store_up,
             connections_active,
             connections,
@@ -440,9 +539,30 @@ impl Metrics {
             bytes,
             sessions_ended,
             reloads,
+            grant_events,
+            grant_refresh,
             audit_dropped,
             audit_errors,
         }
+    }
+
+    /// An LDAP sync was applied: `at` is its Unix time, with `users` and `groups` entries.
+    pub fn directory_synced(&self, at: f64, took: Duration, users: usize, groups: usize) {
+        self.sync_last_success.set(at);
+        self.sync_duration.set(took.as_secs_f64());
+        for (kind, n) in [("user", users), ("group", groups)] {
+            self.directory_entries
+                .get_or_create(&KindLabels { kind })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// An LDAP sync was not applied; `cause` is one of the fixed set in the family's help.
+    pub fn directory_sync_failed(&self, cause: &'static str, took: Duration) {
+        self.sync_duration.set(took.as_secs_f64());
+        self.sync_failures
+            .get_or_create(&CauseLabels { cause })
+            .inc();
     }
 
     /// The `mailgate_throttle_store_up` gauge, for the counter store to keep current.
@@ -520,6 +640,18 @@ impl Metrics {
         self.logins.get_or_create(&labels).inc();
     }
 
+    /// A login a report-only policy would have refused for `reason` and let through: counted
+    /// as `decision="would_deny"` with that reason, so an operator can watch what enforcing
+    /// would refuse before switching it on.
+    pub fn would_deny(&self, protocol: Protocol, reason: Reason) {
+        let labels = LoginLabels {
+            protocol,
+            decision: Decision::WouldDeny,
+            reason,
+        };
+        self.logins.get_or_create(&labels).inc();
+    }
+
     /// Time taken to connect to an upstream (successful connects only).
     pub fn upstream_connect(&self, protocol: Protocol, took: Duration) {
         self.upstream_connect
@@ -564,6 +696,18 @@ impl Metrics {
         self.sessions_ended
             .get_or_create(&EndLabels { protocol, end })
             .inc();
+    }
+
+    /// A shared-mailbox grant event.
+    pub fn grant_event(&self, event: GrantEvent) {
+        self.grant_events
+            .get_or_create(&GrantLabels { result: event })
+            .inc();
+    }
+
+    /// One token-endpoint request for a grant, whatever its outcome.
+    pub fn grant_refresh(&self, took: Duration) {
+        self.grant_refresh.observe(took.as_secs_f64());
     }
 
     /// A config reload finished.

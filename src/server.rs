@@ -72,6 +72,12 @@ pub enum Error {
     UnknownUpstream { listener: String, upstream: String },
     #[error("oauth: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    /// Members added on this reload that break their group's restriction.
+    #[error("{0}")]
+    AddedOffenders(crate::directory::Errors),
+    /// `directory.toml` and the LDAP sync in force do not make a valid directory together.
+    #[error("directory with the LDAP sync: {0}")]
+    Directory(#[from] crate::directory::Errors),
 }
 
 /// Long-lived services every session reports to. Not swapped on reload.
@@ -166,6 +172,17 @@ impl Generation {
             .map_or(&listener.upstream, |l| &l.upstream);
         self.connectors.get(name)
     }
+
+    /// The connector for `user`'s own mailboxes on `listener`: the directory's routing
+    /// (`upstream` on the user, a group policy or the OU), else the listener's upstream. Each
+    /// connector carries its own upstream's TLS, PROXY and ID settings.
+    pub fn routed_connector(&self, listener: &Listener, user: &str) -> Option<&Arc<Connector>> {
+        let protocol_of = |name: &str| self.config.upstreams.get(name).map(|u| u.protocol);
+        crate::policy::route(&self.config.directory, user)
+            .and_then(|r| r.value.for_protocol(listener.protocol, protocol_of))
+            .and_then(|name| self.connectors.get(name))
+            .or_else(|| self.connector(listener))
+    }
 }
 
 /// Where the server is in its life. Sessions watch it to end themselves on shutdown.
@@ -193,6 +210,13 @@ pub struct Shared {
     /// Connections per client address and handshakes in progress; the caps are read from the
     /// current generation at each connection.
     pub conn_limits: ConnLimits,
+    /// The access tokens of shared-mailbox grants (`crate::grants`); a reload keeps them.
+    pub grants: crate::grants::GrantStore,
+    /// The LDAP sync in force (`[policy.ldap]`), merged into every directory a reload builds.
+    ldap_snapshot: arc_swap::ArcSwapOption<crate::directory::ldap::Snapshot>,
+    /// Held while a reload or an LDAP sync builds and swaps, so one cannot swap in a directory
+    /// built from the other's stale half (a file reload racing a sync).
+    swapping: std::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -219,11 +243,19 @@ impl Shared {
             current: ArcSwap::from_pointee(generation),
             changed,
             phase,
-            services,
+            services: services.clone(),
             throttle,
             pacing: crate::pacing::Pacing::new(),
             conn_limits: ConnLimits::new(),
+            grants: crate::grants::GrantStore::new(services.clone()),
+            ldap_snapshot: arc_swap::ArcSwapOption::empty(),
+            swapping: std::sync::Mutex::new(()),
         }
+    }
+
+    /// The LDAP sync in force, if any.
+    pub fn ldap_snapshot(&self) -> Option<Arc<crate::directory::ldap::Snapshot>> {
+        self.ldap_snapshot.load_full()
     }
 
     pub fn phase(&self) -> watch::Receiver<Phase> {
@@ -250,6 +282,43 @@ impl Reloader {
     /// Build `config` aside and swap it in. On error nothing changes. Returns the new
     /// generation number.
     pub fn reload(&self, config: Config) -> Result<u64, Error> {
+        let _swapping = self.lock();
+        // With `[policy.ldap]`, the file holds the policy and the last sync the organisation.
+        let config = match (&config.policy.ldap, self.shared.ldap_snapshot()) {
+            (Some(_), Some(snapshot)) => config.with_snapshot(&snapshot)?,
+            _ => config,
+        };
+        self.swap(config)
+    }
+
+    /// Merge an LDAP sync into the config in force and swap it in; on success it is the
+    /// snapshot later reloads merge. On error nothing changes.
+    pub fn apply_snapshot(
+        &self,
+        snapshot: Arc<crate::directory::ldap::Snapshot>,
+    ) -> Result<u64, Error> {
+        let _swapping = self.lock();
+        let config = self.shared.current().config.with_snapshot(&snapshot)?;
+        let number = self.swap(config)?;
+        self.shared.ldap_snapshot.store(Some(snapshot));
+        Ok(number)
+    }
+
+    /// Records the snapshot the first generation was built with (start-up).
+    pub fn set_snapshot(&self, snapshot: Arc<crate::directory::ldap::Snapshot>) {
+        self.shared.ldap_snapshot.store(Some(snapshot));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panic while swapping leaves nothing half-done behind the lock (the swap is one
+        // store), so a poisoned lock is still good to take.
+        self.shared
+            .swapping
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn swap(&self, config: Config) -> Result<u64, Error> {
         let old = self.shared.current();
         if old.config.listeners != config.listeners {
             tracing::warn!("listener changes take effect only after a restart");
@@ -266,6 +335,12 @@ impl Reloader {
         }
         if old.config.admin != config.admin {
             tracing::warn!("[admin] changes take effect only after a restart");
+        }
+        // Only compliant members may be *added* to a restricted group: one that was not in the
+        // running directory's group is refused here; one that was is reported (`groups`).
+        let added = config.directory.added_offenders(&old.config.directory);
+        if !added.is_empty() {
+            return Err(Error::AddedOffenders(crate::directory::Errors(added)));
         }
         let next = Generation::build(config, old.number + 1)?;
         next.observe(&self.shared.services.metrics);

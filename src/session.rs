@@ -43,6 +43,7 @@ use crate::audit::{self, Event};
 use crate::auth::{AuthError, VerificationMode, VerifiedToken};
 use crate::config::{Listener, ListenerTls};
 use crate::conn_limit::{Admission, HandshakeSlot, Spoke};
+use crate::directory;
 use crate::metrics::{Refused, TokenResult};
 use crate::pacing::Pacing;
 use crate::policy::{self, Attempt, Decision, Identity, Reason, TokenFacts};
@@ -147,7 +148,13 @@ impl Trail {
     }
 
     fn auth(&self, record: audit::Auth) {
-        self.services.metrics.login(self.protocol, record.reason);
+        match record.decision() {
+            audit::Verdict::WouldDeny => self
+                .services
+                .metrics
+                .would_deny(self.protocol, record.written_reason()),
+            _ => self.services.metrics.login(self.protocol, record.reason),
+        }
         self.services.audit.record(&self.id, Event::Auth(record));
     }
 
@@ -800,6 +807,10 @@ impl<F: Frontend> Preauth<'_, F> {
         // A STARTTLS session that logs in without upgrading: its `connect` comes first.
         self.trail.connect(Some(&self.down));
         self.generation = self.ctx.shared.current();
+        // A shared mailbox asked for with a password (`mailbox*user`, SASL authzid): from here
+        // on the login is the user's own, and the mailbox rides along.
+        let (own, ask) = shared_ask(request, &self.generation.config);
+        let request = &own;
         let mut record = audit::Auth {
             user: request.user().map(str::to_owned),
             ou: None,
@@ -808,7 +819,11 @@ impl<F: Frontend> Preauth<'_, F> {
             issuer: None,
             policy_source: None,
             upstream: None,
+            mailbox: None,
+            grant: None,
             reason: Reason::Ok,
+            client_name: None,
+            would_deny: None,
         };
         let throttle = self.ctx.shared.throttle.clone();
         let client = self.trail.peer.source.ip();
@@ -834,13 +849,20 @@ impl<F: Frontend> Preauth<'_, F> {
                 ));
             }
         };
-        let result = self.attempt(request, &mut record).await;
+        let result = self.attempt(request, &mut record, ask).await;
         let outcome = match (record.reason, &request.credentials) {
             (Reason::Ok, _) => Outcome::Succeeded,
             // Not the user's doing, or no answer seen: neither a success nor a guess.
-            (Reason::UpstreamUnavailable | Reason::IdpUnavailable | Reason::ClientClosed, _) => {
-                Outcome::Void
-            }
+            (
+                Reason::UpstreamUnavailable
+                | Reason::IdpUnavailable
+                | Reason::GrantUnavailable
+                | Reason::ClientClosed,
+                _,
+            ) => Outcome::Void,
+            // A shared mailbox refused after the user's own password was proven: the password
+            // was right, so this is no guess (it must not lock the user out of their own mail).
+            (Reason::MailboxNotAssigned, _) if record.mailbox.is_some() => Outcome::Succeeded,
             (_, Credentials::Password { user, password, .. }) => {
                 Outcome::Failed(Some(throttle.password_hash(user, password.expose())))
             }
@@ -857,11 +879,13 @@ impl<F: Frontend> Preauth<'_, F> {
         result
     }
 
-    /// Verify, decide, replay; fills in `record` (its `reason` says how it went).
+    /// Verify, decide, replay; fills in `record` (its `reason` says how it went). `ask`: the
+    /// shared mailbox a password login asked for.
     async fn attempt(
         &mut self,
         request: &LoginRequest,
         record: &mut audit::Auth,
+        mut ask: Option<String>,
     ) -> Result<Admitted, NotAdmitted> {
         let generation = self.generation.clone();
         let config = &generation.config;
@@ -876,10 +900,7 @@ impl<F: Frontend> Preauth<'_, F> {
         if let Credentials::Bearer { token: secret, .. } = &request.credentials {
             let started = Instant::now();
             let verify = generation.verifier.verify(secret);
-            let verified = match watching(&mut self.down, &mut self.machine, verify).await {
-                Ok(verified) => verified,
-                Err(end) => return Err(Self::abandoned(record, end)),
-            };
+            let verified = self.watch(record, verify).await?;
             let result = match &verified {
                 Ok(_) => TokenResult::Ok,
                 Err(AuthError::Invalid(_)) => TokenResult::Invalid,
@@ -891,6 +912,11 @@ impl<F: Frontend> Preauth<'_, F> {
                 .token_verification(result, started.elapsed());
             match verified {
                 Ok(v) => {
+                    record.client_name = v
+                        .client_id
+                        .as_deref()
+                        .and_then(|id| config.directory.clients().name_of(id))
+                        .map(str::to_owned);
                     record.client_id = v.client_id.clone();
                     record.issuer = Some(v.issuer.clone());
                     if record.user.is_none() {
@@ -929,6 +955,22 @@ impl<F: Frontend> Preauth<'_, F> {
             }
         }
 
+        // A shared mailbox asked for with a token: `user=` names the mailbox, the token proves
+        // who asks. Only names of shared mailboxes are taken so; any other mismatch stays
+        // `token_user_mismatch`.
+        if let (
+            Credentials::Bearer {
+                user: Some(named), ..
+            },
+            Some(facts),
+        ) = (&request.credentials, &token)
+            && config.grants.is_some()
+            && directory::lowercase(named) != directory::lowercase(&facts.user)
+            && config.directory.shared_mailbox(named).is_some()
+        {
+            ask = Some(named.clone());
+            record.user = Some(facts.user.clone());
+        }
         let user = record.user.clone().unwrap_or_default();
         let authzid = match &request.credentials {
             Credentials::Password { authzid, .. } => authzid.as_deref(),
@@ -945,6 +987,14 @@ impl<F: Frontend> Preauth<'_, F> {
             Decision::Allow(permit) => {
                 record.ou = permit.ou.as_deref().map(str::to_owned);
                 record.policy_source = Some(permit.source);
+            }
+            // Report only (`enforce = false`, or before `enforce_from`): record what would have
+            // been refused and why, and let the login go on to the upstream.
+            Decision::Deny(denial) if !denial.enforced_at(std::time::SystemTime::now()) => {
+                tracing::info!(user, reason = denial.reason.as_str(), source = %denial.source, "login would be denied by policy (report only)");
+                record.ou = denial.ou.as_deref().map(str::to_owned);
+                record.policy_source = Some(denial.source);
+                record.would_deny = Some(denial.reason);
             }
             Decision::Deny(denial) => {
                 tracing::info!(user, reason = denial.reason.as_str(), source = %denial.source, "login denied by policy");
@@ -963,8 +1013,16 @@ impl<F: Frontend> Preauth<'_, F> {
                 return Err(self.refusal(reply.class, &reply.text, challenge));
             }
         }
+        if let Some(mailbox) = ask {
+            record.mailbox = Some(directory::lowercase(&mailbox).into_owned());
+            return Box::pin(self.open_shared(request, record, &mailbox, user, token)).await;
+        }
 
-        let Some(connector) = generation.connector(&self.ctx.listener).cloned() else {
+        // Routing: the directory may place this user's mailboxes on another [[upstream]].
+        let Some(connector) = generation
+            .routed_connector(&self.ctx.listener, &user)
+            .cloned()
+        else {
             tracing::warn!(
                 user,
                 "listener has no upstream in the current configuration"
@@ -973,13 +1031,11 @@ impl<F: Frontend> Preauth<'_, F> {
             return Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None));
         };
         record.upstream = Some(connector.name().to_owned());
-        let metrics = &self.trail.services.metrics;
+        let metrics = self.trail.services.metrics.clone();
         let asked = Instant::now();
-        let replay = connector.login(request, &self.trail.peer);
-        let replayed = match watching(&mut self.down, &mut self.machine, replay).await {
-            Ok(replayed) => replayed,
-            Err(end) => return Err(Self::abandoned(record, end)),
-        };
+        let peer = self.trail.peer;
+        let replay = connector.login(request, &peer);
+        let replayed = self.watch(record, replay).await?;
         match replayed {
             Ok(logged) => {
                 metrics.upstream_connect(protocol, logged.connect_time);
@@ -987,7 +1043,7 @@ impl<F: Frontend> Preauth<'_, F> {
                 tracing::info!(user, mechanism = mechanism.as_str(), upstream = %logged.address, "login allowed");
                 Ok(Admitted {
                     logged,
-                    attempt: (protocol, mechanism, user, token),
+                    attempt: (protocol, mechanism, user, token, None),
                 })
             }
             Err(upstream::Error::Rejected { text, challenge }) => {
@@ -1027,6 +1083,159 @@ impl<F: Frontend> Preauth<'_, F> {
         }
     }
 
+    /// A shared mailbox for a user the policy allowed: prove a password on the user's own
+    /// upstream (a token is proven already), check the assignment, then log in to the
+    /// mailbox's upstream with XOAUTH2 as the mailbox, with the grant's access token.
+    ///
+    /// Every refusal before the mailbox login reads like a wrong password (no enumeration of
+    /// shared mailboxes); a grant that cannot give a token is a temporary failure, never a
+    /// login as anyone else.
+    async fn open_shared(
+        &mut self,
+        request: &LoginRequest,
+        record: &mut audit::Auth,
+        mailbox: &str,
+        user: String,
+        token: Option<TokenFacts>,
+    ) -> Result<Admitted, NotAdmitted> {
+        let generation = self.generation.clone();
+        let config = &generation.config;
+        let protocol = self.ctx.listener.protocol;
+        let mechanism = request.mechanism;
+        if is_password(request) {
+            // The password is proven where the user's own mailboxes live (their routed
+            // upstream); the shared mailbox's own `upstream` serves only the mailbox login.
+            let Some(own) = generation
+                .routed_connector(&self.ctx.listener, &user)
+                .cloned()
+            else {
+                record.reason = Reason::UpstreamUnavailable;
+                return Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None));
+            };
+            let asked = Instant::now();
+            let peer = self.trail.peer;
+            let proof = own.prove(request, &peer);
+            let proved = self.watch(record, proof).await?;
+            match proved {
+                Ok(logged) => drop(logged.stream),
+                Err(upstream::Error::Rejected { .. } | upstream::Error::Unsafe(_)) => {
+                    tracing::info!(
+                        user,
+                        "shared mailbox: the user's own upstream rejected the password"
+                    );
+                    record.reason = Reason::UpstreamRejected;
+                    let took = asked.elapsed();
+                    let floor = config.limits.refusal_delay_min;
+                    tokio::time::sleep(Pacing::upstream_refusal(floor, took)).await;
+                    return Err(self.refusal(
+                        ReplyClass::Authentication,
+                        policy::refusal::GENERIC_FAILURE,
+                        None,
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(user, error = %e, "shared mailbox: the user's own upstream is unavailable");
+                    record.reason = Reason::UpstreamUnavailable;
+                    return Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None));
+                }
+            }
+        }
+        let assigned = policy::shared::open(&config.directory, &user, mailbox, protocol);
+        let connector = assigned.as_ref().ok().and_then(|a| {
+            let shared = config.directory.shared_mailbox(&a.mailbox)?;
+            shared
+                .upstreams
+                .iter()
+                .filter_map(|name| generation.connectors.get(&**name))
+                .find(|c| c.protocol() == protocol)
+                .cloned()
+        });
+        let (assignment, connector) = match (assigned, connector) {
+            (Ok(a), Some(c)) => (a, c),
+            (Ok(_), None) | (Err(_), _) => {
+                tracing::info!(user, mailbox, "shared mailbox not assigned to the user");
+                record.reason = Reason::MailboxNotAssigned;
+                // As long as a wrong password would have taken, and the same answer.
+                self.pace_policy_refusal(&generation, request).await;
+                return Err(self.refusal(
+                    ReplyClass::Authentication,
+                    policy::refusal::GENERIC_FAILURE,
+                    oauth_challenge(mechanism, Reason::UpstreamRejected),
+                ));
+            }
+        };
+        record.policy_source = Some(assignment.source());
+        record.grant = Some(assignment.grant.to_string());
+        record.upstream = Some(connector.name().to_owned());
+        let metrics = self.trail.services.metrics.clone();
+        let shared = self.ctx.shared.clone();
+        let grants = &shared.grants;
+        // Two tries: a token the provider revoked while it looked fresh here is dropped, and
+        // the second try refreshes (and finds out whether the grant itself is dead).
+        for retry in [false, true] {
+            let access = grants.access_token(config, &assignment.grant);
+            let access = self.watch(record, access).await?;
+            let access = match access {
+                Ok(access) => access,
+                Err(why) => {
+                    tracing::warn!(user, mailbox, error = %why, "shared mailbox grant unusable");
+                    record.reason = Reason::GrantUnavailable;
+                    let text = match why {
+                        crate::grants::Unusable::NeedsReauthorization(_) => format!(
+                            "The shared mailbox {} must be re-authorised by an administrator",
+                            assignment.mailbox
+                        ),
+                        crate::grants::Unusable::Unavailable { .. } => TEMPORARY_FAILURE.to_owned(),
+                    };
+                    return Err(self.refusal(ReplyClass::Unavailable, &text, None));
+                }
+            };
+            let as_mailbox = LoginRequest {
+                mechanism: Mechanism::XOAuth2,
+                credentials: Credentials::Bearer {
+                    user: Some(assignment.mailbox.to_string()),
+                    token: access.clone(),
+                    host: None,
+                    port: None,
+                },
+            };
+            let peer = self.trail.peer;
+            let replay = connector.login(&as_mailbox, &peer);
+            let replayed = self.watch(record, replay).await?;
+            match replayed {
+                Ok(logged) => {
+                    metrics.upstream_connect(protocol, logged.connect_time);
+                    metrics.upstream_login(protocol, logged.login_time);
+                    tracing::info!(user, mailbox = %assignment.mailbox, grant = %assignment.grant, upstream = %logged.address, "shared mailbox login allowed");
+                    return Ok(Admitted {
+                        logged,
+                        attempt: (
+                            protocol,
+                            mechanism,
+                            user,
+                            token,
+                            Some(assignment.mailbox.to_string()),
+                        ),
+                    });
+                }
+                Err(upstream::Error::Rejected { .. }) if !retry => {
+                    tracing::info!(mailbox = %assignment.mailbox, "upstream refused the grant's token; refreshing once");
+                    grants.forget(&assignment.grant, &access).await;
+                }
+                Err(e) => {
+                    tracing::warn!(user, mailbox = %assignment.mailbox, error = %e, "shared mailbox upstream login failed");
+                    record.reason = Reason::GrantUnavailable;
+                    if matches!(e, upstream::Error::Rejected { .. }) {
+                        grants.forget(&assignment.grant, &access).await;
+                    }
+                    return Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None));
+                }
+            }
+        }
+        record.reason = Reason::GrantUnavailable;
+        Err(self.refusal(ReplyClass::Unavailable, TEMPORARY_FAILURE, None))
+    }
+
     /// Before answering a password login mailgate refused itself, wait as long as the
     /// upstream would have taken to refuse it (`crate::pacing`): unknown, suspended and
     /// not-allowed accounts must not answer faster than a wrong password (issue 10, item 4).
@@ -1060,6 +1269,18 @@ impl<F: Frontend> Preauth<'_, F> {
             ),
             challenge,
         })
+    }
+
+    /// [`watching`] the downstream while `work` runs; its going away ends the login as
+    /// [`Preauth::abandoned`].
+    async fn watch<T>(
+        &mut self,
+        record: &mut audit::Auth,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, NotAdmitted> {
+        watching(&mut self.down, &mut self.machine, work)
+            .await
+            .map_err(|end| Self::abandoned(record, end))
     }
 
     /// The downstream went away (or broke a limit) while its login was in flight: the token
@@ -1111,7 +1332,7 @@ impl<F: Frontend> Preauth<'_, F> {
             return Ending::Spliced(End::Error(Side::Downstream), Totals::default());
         }
         // On a reload with revoke_on_reload, re-decide this login under the new policy.
-        let (protocol, mechanism, user, token) = attempt;
+        let (protocol, mechanism, user, token, mailbox) = attempt;
         let interrupt = interrupt(&ctx.shared, move |generation: &Generation| {
             if !generation.config.policy.revoke_on_reload {
                 return true;
@@ -1123,10 +1344,15 @@ impl<F: Frontend> Preauth<'_, F> {
                 token: token.as_ref(),
                 authzid: None,
             };
-            matches!(
-                policy::decide(&generation.config.directory, &attempt),
-                Decision::Allow(_)
-            )
+            let directory = &generation.config.directory;
+            // A report-only refusal closes nothing: it would not refuse a new login either.
+            let own = match policy::decide(directory, &attempt) {
+                Decision::Allow(_) => true,
+                Decision::Deny(denial) => !denial.enforced_at(std::time::SystemTime::now()),
+            };
+            own && mailbox
+                .as_deref()
+                .is_none_or(|m| policy::shared::open(directory, &user, m, protocol).is_ok())
         });
         let (end, totals) = splice::splice(
             down,
@@ -1219,7 +1445,14 @@ const TEMPORARY_FAILURE: &str = "Mail service temporarily unavailable, try again
 /// on a reload.
 struct Admitted {
     logged: upstream::LoggedIn,
-    attempt: (Protocol, Mechanism, String, Option<TokenFacts>),
+    /// Protocol, mechanism, user, token facts, and the shared mailbox opened (if one was).
+    attempt: (
+        Protocol,
+        Mechanism,
+        String,
+        Option<TokenFacts>,
+        Option<String>,
+    ),
 }
 
 fn facts(v: VerifiedToken) -> TokenFacts {
@@ -1251,4 +1484,126 @@ fn oauth_challenge(mechanism: Mechanism, reason: Reason) -> Option<Bytes> {
         _ => return None,
     };
     Some(Bytes::from_static(json.as_bytes()))
+}
+
+/// A password login that asks for a shared mailbox: `LOGIN "mailbox*user"` (the configured
+/// separator, `*` by default, as Dovecot's master-user logins) or SASL PLAIN with
+/// authzid = mailbox. Returns the user's own login (authzid dropped, name split) and the
+/// mailbox; anything else unchanged. Only with `[grants]`: without it an authzid is refused by
+/// policy as before (`mailbox_not_assigned`).
+fn shared_ask<'r>(
+    request: &'r LoginRequest,
+    config: &crate::config::Config,
+) -> (std::borrow::Cow<'r, LoginRequest>, Option<String>) {
+    use std::borrow::Cow;
+    let Some(grants) = &config.grants else {
+        return (Cow::Borrowed(request), None);
+    };
+    let Credentials::Password {
+        authzid,
+        user,
+        password,
+    } = &request.credentials
+    else {
+        return (Cow::Borrowed(request), None);
+    };
+    let own = |user: &str| LoginRequest {
+        mechanism: request.mechanism,
+        credentials: Credentials::Password {
+            authzid: None,
+            user: user.to_owned(),
+            password: password.clone(),
+        },
+    };
+    match authzid {
+        Some(mailbox)
+            if !mailbox.is_empty()
+                && directory::lowercase(mailbox) != directory::lowercase(user) =>
+        {
+            (Cow::Owned(own(user)), Some(mailbox.clone()))
+        }
+        Some(_) => (Cow::Borrowed(request), None),
+        None => match user.split_once(grants.login_separator.as_str()) {
+            Some((mailbox, who)) if !mailbox.is_empty() && !who.is_empty() => {
+                (Cow::Owned(own(who)), Some(mailbox.to_owned()))
+            }
+            _ => (Cow::Borrowed(request), None),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn config(grants: bool) -> crate::config::Config {
+        let mut text = String::from(
+            "[[listener]]\nname = \"imap\"\nprotocol = \"imap\"\nbind = \"127.0.0.1:1143\"\n\
+             tls = \"none\"\nupstream = \"up\"\n[[upstream]]\nname = \"up\"\nprotocol = \"imap\"\n\
+             addresses = [\"127.0.0.1:143\"]\ntls = \"none\"\n",
+        );
+        if grants {
+            text.push_str("[grants]\ndir = \"g\"\n");
+        }
+        crate::config::Config::from_toml(&text, std::path::Path::new("/tmp")).unwrap()
+    }
+
+    fn password(mechanism: Mechanism, authzid: Option<&str>, user: &str) -> LoginRequest {
+        LoginRequest {
+            mechanism,
+            credentials: Credentials::Password {
+                authzid: authzid.map(str::to_owned),
+                user: user.to_owned(),
+                password: Secret::new(b"pw".to_vec()),
+            },
+        }
+    }
+
+    #[test]
+    fn the_two_password_forms_of_asking_for_a_shared_mailbox() {
+        let c = config(true);
+        let login = password(
+            Mechanism::ImapLogin,
+            None,
+            "office@contoso.com*alice@example.com",
+        );
+        let (own, ask) = shared_ask(&login, &c);
+        assert_eq!(ask.as_deref(), Some("office@contoso.com"));
+        assert_eq!(own.user(), Some("alice@example.com"));
+        let plain = password(
+            Mechanism::Plain,
+            Some("office@contoso.com"),
+            "alice@example.com",
+        );
+        let (own, ask) = shared_ask(&plain, &c);
+        assert_eq!(ask.as_deref(), Some("office@contoso.com"));
+        assert!(matches!(
+            &own.credentials,
+            Credentials::Password { authzid: None, user, .. } if user == "alice@example.com"
+        ));
+        // Not a request for another mailbox: unchanged.
+        for request in [
+            password(
+                Mechanism::Plain,
+                Some("Alice@example.com"),
+                "alice@example.com",
+            ),
+            password(Mechanism::ImapLogin, None, "alice@example.com"),
+            password(Mechanism::ImapLogin, None, "*alice@example.com"),
+            password(Mechanism::ImapLogin, None, "office@contoso.com*"),
+        ] {
+            let (own, ask) = shared_ask(&request, &c);
+            assert_eq!(ask, None);
+            assert_eq!(*own, request);
+        }
+        // Without [grants] nothing is split: an authzid stays for policy to refuse.
+        let request = password(
+            Mechanism::Plain,
+            Some("office@contoso.com"),
+            "alice@example.com",
+        );
+        let (own, ask) = shared_ask(&request, &config(false));
+        assert_eq!((ask, &*own), (None, &request));
+    }
 }

@@ -139,6 +139,26 @@ pub fn preflight(config: &Config) -> Vec<Problem> {
             push(format!("upstream \"{name}\".{key}"), e.to_string());
         }
     }
+    if let Some(ldap) = &config.policy.ldap {
+        // The trust anchors every sync needs (read now, not at the first sync); the server
+        // itself is only contacted by `check --connect`.
+        if let Some(ca) = &ldap.ca_file
+            && let Err(e) = crate::tls::ca_roots(ca)
+        {
+            push("policy.ldap.ca_file".to_owned(), e.to_string());
+        }
+        // `cache_file` is written after every applied sync: its directory must exist.
+        if let Some(cache) = &ldap.cache_file
+            && let Some(dir) = cache.parent()
+            && !dir.as_os_str().is_empty()
+            && !dir.is_dir()
+        {
+            push(
+                "policy.ldap.cache_file".to_owned(),
+                format!("directory {} does not exist", dir.display()),
+            );
+        }
+    }
     if let Err(e) = crate::auth::Verifier::new(&config.oauth) {
         push("oauth.provider".to_owned(), e.to_string());
     }

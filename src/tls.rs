@@ -348,7 +348,7 @@ fn pem_error(path: &Path, e: pem::Error) -> TlsError {
     TlsError::Pem { path, reason }
 }
 
-fn ca_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+pub(crate) fn ca_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in read_certs(path)? {
         roots.add(cert).map_err(|e| TlsError::BadCa {
@@ -359,7 +359,7 @@ fn ca_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-fn system_roots(upstream: &str) -> Result<RootCertStore, TlsError> {
+pub(crate) fn system_roots(upstream: &str) -> Result<RootCertStore, TlsError> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = RootCertStore::empty();
     let (added, _ignored) = roots.add_parsable_certificates(found.certs);

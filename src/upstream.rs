@@ -232,6 +232,24 @@ impl Connector {
         }
     }
 
+    /// Prove a password: log in with `request` and log out again at once (`LOGOUT` / `QUIT`,
+    /// bounded by one second; the answer is not awaited). For shared mailboxes, where the
+    /// user's own upstream vouches for who they are before mailgate opens another mailbox.
+    pub async fn prove(&self, request: &LoginRequest, peer: &Peer) -> Result<LoggedIn, Error> {
+        let mut logged = self.login(request, peer).await?;
+        let bye: &[u8] = match self.config.protocol {
+            Protocol::Imap => b"Z LOGOUT\r\n",
+            Protocol::Pop3 => b"QUIT\r\n",
+        };
+        let _ = timeout(Duration::from_secs(1), async {
+            logged.stream.write_all(bye).await?;
+            logged.stream.flush().await?;
+            logged.stream.shutdown().await
+        })
+        .await;
+        Ok(logged)
+    }
+
     /// Try every configured address in order, each bounded by `connect_timeout` (TCP connect
     /// plus, for implicit TLS, the handshake). `peer`: the downstream a PROXY header names;
     /// `None` (the probe) names mailgate's own connection.

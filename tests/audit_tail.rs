@@ -44,6 +44,10 @@ fn auth(user: &str, reason: Reason) -> Event {
         reason,
         policy_source: Some("ou:/Sales".to_owned()),
         upstream: Some("dovecot-imap".to_owned()),
+        client_name: None,
+        would_deny: None,
+        mailbox: None,
+        grant: None,
     })
 }
 
@@ -99,6 +103,8 @@ fn fixture(dir: &Path) -> PathBuf {
                     error: "listener[0].bind: bad".to_owned(),
                 },
                 config_digest: None,
+                source: Default::default(),
+                changes: None,
             }),
         ),
     ] {
@@ -273,6 +279,32 @@ fn default_file_comes_from_the_config() {
     let out = tail(&["--config", bare.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("pass --file"));
+
+    // Issue 13: while directory.toml is invalid (when the rejected-reload record is wanted),
+    // the audit file named in [audit] is still found: only [audit] is read.
+    std::fs::write(dir.path().join("directory.toml"), "[[ou]]\npath = \"/\"\n").unwrap();
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        format!("{text}[policy]\ndirectory = \"directory.toml\"\n"),
+    )
+    .unwrap();
+    let text = stdout_ok(&tail(&["--json", "--config", broken.to_str().unwrap()]));
+    assert_eq!(events(&text).len(), 10);
+    // A broken [audit] itself is still reported.
+    std::fs::write(&broken, text_with_bad_audit(&config)).unwrap();
+    let out = tail(&["--config", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("audit"),
+        "{out:?}"
+    );
+}
+
+fn text_with_bad_audit(config: &Path) -> String {
+    std::fs::read_to_string(config)
+        .unwrap()
+        .replace("[audit]\nfile = \"audit.log\"\n", "[audit]\nfile = \"\"\n")
 }
 
 /// Lines of a child's stdout, read on a thread so every wait can be bounded.

@@ -35,10 +35,19 @@ fn explain(args: &[&str]) -> String {
     stdout
 }
 
+/// Each needle in `text`, with runs of spaces counted as one: table columns widen with their
+/// longest value, and the tests are about the values.
 #[track_caller]
 fn assert_has(text: &str, needles: &[&str]) {
+    let squeeze = |s: &str| {
+        s.split(' ')
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let squeezed = squeeze(text);
     for n in needles {
-        assert!(text.contains(n), "missing {n:?} in\n{text}");
+        assert!(squeezed.contains(&squeeze(n)), "missing {n:?} in\n{text}");
     }
 }
 
@@ -48,7 +57,7 @@ fn alice_may_use_imap_with_a_password() {
     assert_has(
         &out,
         &[
-            "user       alice@example.com (user, ou /Engineering)",
+            "user       alice@example.com (user, ou /Engineering; from file:)",
             "mechanism  login (password)",
             "password_logins  on     ou:/Engineering",
             "engineering@example.com  direct; no policy",
@@ -71,7 +80,7 @@ fn bob_pop_with_password_allowed_imap_with_password_refused() {
     assert_has(
         &imap,
         &[
-            "imap_clients     allowlist [com.apple.mail]  ou:/Sales",
+            "imap_clients allowlist [apple-ios-mail, apple-macos-mail, com.apple.mail] ou:/Sales",
             "decision   deny client_not_allowed (source ou:/Sales)",
             "reply      NO [AUTHENTICATIONFAILED] Authentication failed (generic",
         ],
@@ -87,7 +96,8 @@ fn bob_pop_with_password_allowed_imap_with_password_refused() {
         &apple,
         &[
             "mechanism  xoauth2 (oauth)",
-            "decision   allow (source ou:/)",
+            // Let through by the /Sales allowlist: that is the source (issue 13 item 5).
+            "decision   allow (source ou:/Sales)",
         ],
     );
 }
@@ -202,12 +212,80 @@ fn groups_reports_compliance_with_offenders() {
         &text,
         &[
             "imap-pilot@example.com   compliant",
+            "    query     member.type == user && member.internal",
             "engineering@example.com  non-compliant-locked",
+            "    query     member.type == user || (member.type == group && member.internal)",
+            "    offender  eng-robots@example.com is a group that carries fewer restrictions; \
+             direct member (group[4].members[1])",
+            "    offender  archiver@example.com is a service, which may not join; via \
+             eng-robots@example.com (group[4].members[1])",
             "all-staff@example.com    non-compliant",
-            "pat@contractor.example  outside the internal domains, via sales-team@example.com",
-            "archiver@example.com    service member not allowed, via engineering@example.com → \
-             eng-robots@example.com",
+            "    offender  pat@contractor.example is a user outside the internal domains, which \
+             may join only from inside; via sales-team@example.com (group[5].members[0])",
+            "    effect    offenders gain nothing through this group's policy",
             "6 group(s): 4 compliant, 1 non-compliant, 1 non-compliant-locked",
+        ],
+    );
+}
+
+#[test]
+fn groups_json_is_one_document_for_scripts() {
+    let config = shipped();
+    let out = mailgate(&["groups", "--json", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let all_staff = doc["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["email"] == "all-staff@example.com")
+        .unwrap();
+    assert_eq!(all_staff["state"], "non-compliant");
+    let pat = all_staff["offenders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["email"] == "pat@contractor.example")
+        .unwrap();
+    assert_eq!(pat["rule"], "external");
+    assert_eq!(pat["via"], serde_json::json!(["sales-team@example.com"]));
+    assert_eq!(pat["entry"], "group[5].members[0]");
+    assert_eq!(doc["summary"]["non_compliant_locked"], 1);
+}
+
+/// Report only, the client catalogue and routing as `explain` shows them (issue 13).
+#[test]
+fn explain_shows_report_only_client_names_and_route() {
+    let mia = explain(&["mia@example.com", "--protocol", "imap"]);
+    assert_has(
+        &mia,
+        &[
+            "imap_clients     allowlist [apple-ios-mail, apple-macos-mail, thunderbird]  \
+             ou:/Marketing",
+            "enforce          off (report only) until 2027-01-15",
+            "decision   would_deny password_login_disabled (source ou:/); report only",
+            "routed     imap logins go to the listener's upstream (dovecot-imap; source listener)",
+        ],
+    );
+    assert!(
+        !mia.contains("reply "),
+        "nothing is sent in report-only mode:\n{mia}"
+    );
+    let bob = explain(&[
+        "bob@example.com",
+        "--protocol",
+        "imap",
+        "--client-id",
+        "946018238758-bi6ni53dfoddlgn97pk3b8i7nphige40.apps.googleusercontent.com",
+    ]);
+    assert_has(
+        &bob,
+        &[
+            "client id  946018238758-bi6ni53dfoddlgn97pk3b8i7nphige40.apps.googleusercontent.com \
+             (apple-macos-mail)",
+            "decision   allow (source ou:/Sales)",
+            "all-staff@example.com   via sales-team@example.com; no policy; from file:; \
+             non-compliant member",
         ],
     );
 }
@@ -220,6 +298,74 @@ fn help_shows_examples() {
         assert!(
             text.contains("mailgate ") && text.contains("Example"),
             "{sub}: {text}"
+        );
+    }
+}
+
+/// Fenced blocks of `file` (relative to the repository) as lists of lines.
+fn fenced_blocks(file: &str) -> Vec<Vec<String>> {
+    let text =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+    let mut blocks = Vec::new();
+    // (lines so far, the fence's indentation: a block inside a list item is indented)
+    let mut current: Option<(Vec<String>, String)> = None;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("```") {
+            match current.take() {
+                Some((block, _)) => blocks.push(block),
+                None => current = Some((Vec::new(), line[..line.len() - trimmed.len()].to_owned())),
+            }
+        } else if let Some((block, indent)) = current.as_mut() {
+            block.push(
+                line.strip_prefix(indent.as_str())
+                    .unwrap_or(line)
+                    .to_owned(),
+            );
+        }
+    }
+    blocks
+}
+
+/// The `$ mailgate ...` examples in docs/policy.md are real: each command, run on the shipped
+/// config, prints exactly the output shown under it. README's excerpt of `mailgate groups` is
+/// part of that real output.
+#[test]
+fn documented_explain_and_groups_output_is_real() {
+    let config = shipped();
+    let mut checked = 0;
+    for block in fenced_blocks("docs/policy.md") {
+        let Some(command) = block.first().and_then(|l| l.strip_prefix("$ mailgate ")) else {
+            continue;
+        };
+        let mut args: Vec<&str> = command.split_whitespace().collect();
+        args.extend_from_slice(&["--config", config.to_str().unwrap()]);
+        let out = mailgate(&args);
+        assert_eq!(out.status.code(), Some(0), "{command}");
+        let got = String::from_utf8(out.stdout).unwrap();
+        let want = block[1..].join("\n");
+        assert_eq!(
+            got.trim_end(),
+            want.trim_end(),
+            "docs/policy.md: $ mailgate {command}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} examples found");
+
+    let groups = mailgate(&["groups", "--config", config.to_str().unwrap()]);
+    let groups = String::from_utf8(groups.stdout).unwrap();
+    let excerpt = fenced_blocks("README.md")
+        .into_iter()
+        .find(|b| {
+            b.iter()
+                .any(|l| l.contains("all-staff@example.com    non-compliant"))
+        })
+        .expect("README shows a groups excerpt");
+    for line in excerpt {
+        assert!(
+            groups.lines().any(|g| g == line),
+            "README line {line:?} not in\n{groups}"
         );
     }
 }

@@ -69,7 +69,7 @@ fn bad(why: &str) -> Response {
 }
 
 /// Loopback peer and loopback `Host`; `None` when the request may go on.
-fn refused(peer: SocketAddr, headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn refused(peer: SocketAddr, headers: &HeaderMap) -> Option<Response> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())

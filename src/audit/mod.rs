@@ -13,6 +13,7 @@ pub mod sink;
 pub mod tail;
 
 pub use record::{
-    Auth, Connect, End, Event, Record, Reload, ReloadOutcome, SessionEnd, TlsVersion, Verdict,
+    Auth, Connect, End, Event, GrantChange, Record, Reload, ReloadOutcome, ReloadSource,
+    SessionEnd, TlsVersion, Verdict,
 };
 pub use sink::{Audit, AuditStats, Writer};

@@ -9,9 +9,9 @@
 //! | event         | fields                                                                   |
 //! |---------------|--------------------------------------------------------------------------|
 //! | `connect`     | `listener`, `protocol`, `client`, `tls`, `sni`                           |
-//! | `auth`        | `user`, `ou`, `mechanism`, `client_id`, `issuer`, `decision`, `reason`, `policy_source`, `upstream` |
+//! | `auth`        | `user`, `ou`, `mechanism`, `client_id`, `client_name`, `issuer`, `decision`, `reason`, `policy_source`, `upstream` |
 //! | `session_end` | `bytes_up`, `bytes_down`, `duration_ms`, `end`                           |
-//! | `reload`      | `result`, `error`, `config_digest`                                       |
+//! | `reload`      | `result`, `error`, `config_digest`, `source`, `changes`                  |
 //!
 //! `session` is the session id for the three session events and `null` for `reload`, which
 //! belongs to the process, not to a connection.
@@ -57,6 +57,21 @@ pub enum Event {
     SessionEnd(SessionEnd),
     /// A configuration reload was applied or rejected.
     Reload(Reload),
+    /// A shared mailbox's grant changed state (needs re-authorisation, usable again). Written
+    /// once per change, never per login.
+    Grant(GrantChange),
+}
+
+/// `grant`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantChange {
+    /// The grant's name (`mailgate grant authorize NAME`).
+    pub grant: String,
+    /// `active` or `needs_reauthorization`.
+    pub state: &'static str,
+    /// Why, in the provider's words (an OAuth error code such as `invalid_grant`; never a
+    /// token).
+    pub detail: Option<String>,
 }
 
 /// `connect`.
@@ -95,20 +110,40 @@ pub struct Auth {
     pub policy_source: Option<String>,
     /// The upstream's configured name, once one was chosen.
     pub upstream: Option<String>,
+    /// The client catalogue's name for `client_id` (`apple-ios-mail`), when it has one.
+    pub client_name: Option<String>,
+    /// A report-only policy (`enforce = false`) would have refused this login for this
+    /// reason, and let it through.
+    pub would_deny: Option<Reason>,
+    /// A shared-mailbox login: the mailbox asked for (`user` is who proved themselves).
+    pub mailbox: Option<String>,
+    /// A shared-mailbox login: the grant whose token opened the mailbox.
+    pub grant: Option<String>,
 }
 
 impl Auth {
+    /// `would_deny` for a login that went through although a report-only policy refuses it;
+    /// `allow` for `ok`; `deny` otherwise (a would-deny login the upstream then refused is a
+    /// `deny` with the upstream's reason).
     pub fn decision(&self) -> Verdict {
-        if self.reason == Reason::Ok {
-            Verdict::Allow
-        } else {
-            Verdict::Deny
+        match (self.reason, self.would_deny) {
+            (Reason::Ok, Some(_)) => Verdict::WouldDeny,
+            (Reason::Ok, None) => Verdict::Allow,
+            _ => Verdict::Deny,
+        }
+    }
+
+    /// The `reason` written: for a would-deny, the reason it would have been refused for.
+    pub fn written_reason(&self) -> Reason {
+        match (self.reason, self.would_deny) {
+            (Reason::Ok, Some(why)) => why,
+            (reason, _) => reason,
         }
     }
 }
 
 /// Every `auth.reason` code, `ok` first (for `audit tail --reason` and tests).
-pub const REASONS: [Reason; 16] = [
+pub const REASONS: [Reason; 17] = [
     Reason::Ok,
     Reason::UnknownUser,
     Reason::Suspended,
@@ -123,6 +158,7 @@ pub const REASONS: [Reason; 16] = [
     Reason::UpstreamUnavailable,
     Reason::IdpUnavailable,
     Reason::MailboxNotAssigned,
+    Reason::GrantUnavailable,
     Reason::RateLimited,
     Reason::ClientClosed,
 ];
@@ -133,6 +169,8 @@ pub const REASONS: [Reason; 16] = [
 pub enum Verdict {
     Allow,
     Deny,
+    /// Report only: refused by policy, let through (`enforce = false`).
+    WouldDeny,
 }
 
 impl Verdict {
@@ -140,6 +178,7 @@ impl Verdict {
         match self {
             Verdict::Allow => "allow",
             Verdict::Deny => "deny",
+            Verdict::WouldDeny => "would_deny",
         }
     }
 }
@@ -222,6 +261,19 @@ pub struct Reload {
     /// A digest of the configuration the attempt read (applied or rejected), so an operator can
     /// tell which version of the files was in force. `None` when the files could not be read.
     pub config_digest: Option<String>,
+    /// What triggered the new directory: a config file change or SIGHUP (`file`), or an LDAP
+    /// directory sync (`ldap`).
+    pub source: ReloadSource,
+    /// For an LDAP sync: what it changed, or would have (`100 → 50 users: +0 -50 …`).
+    pub changes: Option<String>,
+}
+
+/// `reload.source`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReloadSource {
+    #[default]
+    File,
+    Ldap,
 }
 
 /// `reload.result` and `reload.error`.
@@ -262,6 +314,7 @@ impl Event {
             Event::Auth(_) => "auth",
             Event::SessionEnd(_) => "session_end",
             Event::Reload(_) => "reload",
+            Event::Grant(_) => "grant",
         }
     }
 }
@@ -288,6 +341,7 @@ impl Record {
             Event::Auth(body) => line(out, &ts, event, session, body),
             Event::SessionEnd(body) => line(out, &ts, event, session, body),
             Event::Reload(body) => line(out, &ts, event, session, body),
+            Event::Grant(body) => line(out, &ts, event, session, body),
         };
         match written {
             Ok(()) => {
@@ -404,22 +458,31 @@ impl Serialize for Auth {
             ou: Option<&'a str>,
             mechanism: &'static str,
             client_id: Option<&'a str>,
+            client_name: Option<&'a str>,
             issuer: Option<&'a str>,
             decision: Verdict,
             reason: Reason,
             policy_source: Option<&'a str>,
             upstream: Option<&'a str>,
+            // Only on shared-mailbox logins, so every other record keeps its shape.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            mailbox: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            grant: Option<&'a str>,
         }
         Wire {
             user: self.user.as_deref(),
             ou: self.ou.as_deref(),
             mechanism: self.mechanism.as_str(),
             client_id: self.client_id.as_deref(),
+            client_name: self.client_name.as_deref(),
             issuer: self.issuer.as_deref(),
             decision: self.decision(),
-            reason: self.reason,
+            reason: self.written_reason(),
             policy_source: self.policy_source.as_deref(),
             upstream: self.upstream.as_deref(),
+            mailbox: self.mailbox.as_deref(),
+            grant: self.grant.as_deref(),
         }
         .serialize(serializer)
     }
@@ -432,6 +495,8 @@ impl Serialize for Reload {
             result: &'static str,
             error: Option<&'a str>,
             config_digest: Option<&'a str>,
+            source: &'static str,
+            changes: Option<&'a str>,
         }
         let (result, error) = match &self.outcome {
             ReloadOutcome::Applied => ("ok", None),
@@ -441,6 +506,11 @@ impl Serialize for Reload {
             result,
             error,
             config_digest: self.config_digest.as_deref(),
+            source: match self.source {
+                ReloadSource::File => "file",
+                ReloadSource::Ldap => "ldap",
+            },
+            changes: self.changes.as_deref(),
         }
         .serialize(serializer)
     }

@@ -79,8 +79,12 @@ struct State {
     error_warning: RateLimit,
 }
 
+// Nearly every message is a record: boxing it would cost an allocation per record to save
+// bytes in the rare flush and close messages.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
-    Record(Record),
+    /// Boxed: a record is ~250 bytes, every queue slot would be that large otherwise.
+    Record(Box<Record>),
     /// Write everything before this, then answer.
     Flush(oneshot::Sender<()>),
     /// Write everything queued, stop accepting, answer, end the writer.
@@ -208,6 +212,13 @@ impl Audit {
         }
     }
 
+    /// Records a `grant` event (`session: null`: it belongs to no session). Never waits.
+    pub fn grant(&self, change: super::GrantChange) {
+        if self.inner.is_some() {
+            self.submit(Record::now(None, Event::Grant(change)));
+        }
+    }
+
     /// Records a `reload` event (`session: null`). Never waits, like [`Audit::record`].
     pub fn reload(&self, reload: Reload) {
         if self.inner.is_some() {
@@ -217,7 +228,7 @@ impl Audit {
 
     fn submit(&self, record: Record) {
         let Some(inner) = &self.inner else { return };
-        if inner.tx.try_send(Msg::Record(record)).is_err() {
+        if inner.tx.try_send(Msg::Record(Box::new(record))).is_err() {
             let state = &inner.state;
             let dropped = state.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if state.drop_warning.allow() {

@@ -52,6 +52,8 @@ const WIDTHS: [usize; 7] = [24, 11, 12, 24, 5, 8, 23];
 pub struct Filter {
     /// `auth.user`, exact.
     pub user: Option<String>,
+    /// `auth.mailbox`, exact: the shared mailbox opened ("who read office@ last week").
+    pub mailbox: Option<String>,
     pub decision: Option<Verdict>,
     /// `auth.reason`, exact (`ok` or one of the refusal codes).
     pub reason: Option<String>,
@@ -67,19 +69,27 @@ impl Filter {
     /// True when records are selected per session (and `reload` records hidden).
     fn by_session(&self) -> bool {
         self.user.is_some()
+            || self.mailbox.is_some()
             || self.decision.is_some()
             || self.reason.is_some()
             || self.protocol.is_some()
     }
 
     fn by_auth(&self) -> bool {
-        self.user.is_some() || self.decision.is_some() || self.reason.is_some()
+        self.user.is_some()
+            || self.mailbox.is_some()
+            || self.decision.is_some()
+            || self.reason.is_some()
     }
 
     fn auth_matches(&self, r: &Map<String, Value>) -> bool {
         self.user
             .as_deref()
             .is_none_or(|u| str_field(r, "user") == Some(u))
+            && self
+                .mailbox
+                .as_deref()
+                .is_none_or(|m| str_field(r, "mailbox") == Some(m))
             && self
                 .decision
                 .is_none_or(|d| str_field(r, "decision") == Some(d.as_str()))
@@ -524,6 +534,8 @@ fn detail(event: &str, record: &Map<String, Value>) -> String {
             ("sni", "sni"),
         ],
         "auth" => &[
+            ("mailbox", "mailbox"),
+            ("grant", "grant"),
             ("mechanism", "mechanism"),
             ("ou", "ou"),
             ("policy_source", "source"),
@@ -539,9 +551,12 @@ fn detail(event: &str, record: &Map<String, Value>) -> String {
         ],
         "reload" => &[
             ("result", "result"),
+            ("source", "source"),
             ("config_digest", "digest"),
+            ("changes", "changes"),
             ("error", "error"),
         ],
+        "grant" => &[("grant", "grant"), ("state", "state"), ("detail", "detail")],
         _ => &[],
     };
     let pairs: Vec<String> = if keys.is_empty() {

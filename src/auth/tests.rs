@@ -213,7 +213,11 @@ impl Fake {
 }
 
 fn verifier(providers: Vec<Provider>) -> Verifier {
-    Verifier::new(&OAuth { providers }).unwrap()
+    Verifier::new(&OAuth {
+        providers,
+        ..OAuth::default()
+    })
+    .unwrap()
 }
 
 fn secret(s: &str) -> Secret<String> {

@@ -36,6 +36,8 @@ pub struct File {
     pub oauth: super::oauth::OAuthFile,
     /// `[admin]`; absent: no admin HTTP listener.
     pub admin: Option<AdminFile>,
+    /// `[grants]`: where the OAuth grants of shared mailboxes are kept.
+    pub grants: Option<super::grants::GrantsFile>,
     pub audit: Option<AuditFile>,
 }
 
@@ -151,6 +153,8 @@ pub struct PolicyFile {
     pub disclose_reasons: Option<DiscloseReasons>,
     pub contact: Option<String>,
     pub revoke_on_reload: Option<bool>,
+    /// `[policy.ldap]`: users, OUs and groups from LDAP / Active Directory.
+    pub ldap: Option<super::ldap::LdapFile>,
 }
 
 /// The outcome of [`parse`]: what could be read, and every schema problem found.
@@ -167,6 +171,8 @@ pub struct Parsed {
     /// `[tls]` was present but failed to deserialize, so "missing [tls]" would be a knock-on
     /// error.
     pub broken_tls: bool,
+    /// `[grants]` was present but had an error (reported once, not again by its users).
+    pub broken_grants: bool,
 }
 
 /// Parses `text` into [`File`], collecting every schema error with its key path.
@@ -248,11 +254,18 @@ pub fn parse(text: &str) -> Parsed {
                 Ok(p) => out.file.policy = Some(p),
                 Err(e) => out.errors.push(e),
             },
+            "grants" => match section::<super::grants::GrantsFile>("grants", value) {
+                Ok(g) => out.file.grants = Some(g),
+                Err(e) => {
+                    out.errors.push(e);
+                    out.broken_grants = true;
+                }
+            },
             _ => out.errors.push(ConfigError::Schema {
                 path: key.clone(),
                 message: format!(
                     "unknown key `{key}`, expected one of `listener`, `upstream`, `tls`, \
-                     `limits`, `log`, `oauth`, `admin`, `audit`, `policy`"
+                     `limits`, `log`, `oauth`, `admin`, `audit`, `policy`, `grants`"
                 ),
             }),
         }

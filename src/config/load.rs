@@ -66,6 +66,34 @@ pub(super) fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigErr
     }
 }
 
+/// The `[audit]` table alone; errors elsewhere in the file are not this caller's business.
+pub(super) fn audit_only(text: &str, base_dir: &Path) -> Result<AuditConfig, ConfigErrors> {
+    let mut parsed = file::parse(text);
+    if matches!(parsed.errors.first(), Some(ConfigError::Syntax { .. })) {
+        return Err(ConfigErrors(parsed.errors));
+    }
+    let mut v = Validator {
+        errors: parsed
+            .errors
+            .drain(..)
+            .filter(|e| {
+                e.path()
+                    .is_some_and(|p| p == "audit" || p.starts_with("audit."))
+            })
+            .collect(),
+        base_dir,
+    };
+    let audit = std::mem::take(&mut parsed.file)
+        .audit
+        .map(|a| v.audit(a))
+        .unwrap_or_default();
+    if v.errors.is_empty() {
+        Ok(audit)
+    } else {
+        Err(ConfigErrors(v.errors))
+    }
+}
+
 struct Validator<'a> {
     errors: Vec<ConfigError>,
     base_dir: &'a Path,
@@ -114,6 +142,17 @@ impl Validator<'_> {
         let oauth = super::oauth::validate(f.oauth, self.base_dir, &mut self.errors);
         let audit = f.audit.map(|a| self.audit(a)).unwrap_or_default();
         let (policy, directory) = self.policy(f.policy);
+        self.routes(&directory, &upstreams);
+        let grants = f
+            .grants
+            .map(|g| super::grants::grants(g, self.base_dir, &mut self.errors));
+        self.shared_mailboxes(
+            &directory,
+            &upstreams,
+            &parsed.broken_upstreams,
+            grants.as_ref(),
+            parsed.broken_grants,
+        );
         Config {
             listeners,
             upstreams,
@@ -126,6 +165,65 @@ impl Validator<'_> {
             policy,
             directory,
             audit,
+            grants,
+        }
+    }
+
+    /// The `[[shared_mailbox]]` entries of the directory name upstreams of this file, and
+    /// need `[grants]` to be served.
+    fn shared_mailboxes(
+        &mut self,
+        directory: &Directory,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+        broken: &[String],
+        grants: Option<&super::grants::Grants>,
+        broken_grants: bool,
+    ) {
+        for (i, shared) in directory.shared_mailboxes().iter().enumerate() {
+            let mut seen = Vec::new();
+            // An [[upstream]] with its own error is reported there, not again here.
+            if shared
+                .upstreams
+                .iter()
+                .any(|n| broken.iter().any(|b| **b == **n))
+            {
+                continue;
+            }
+            for name in &shared.upstreams {
+                match upstreams.get(&**name) {
+                    None => self.invalid(
+                        format!("shared_mailbox[{i}].upstream"),
+                        format!("no [[upstream]] named {name:?}"),
+                    ),
+                    Some(u) if seen.contains(&u.protocol) => self.invalid(
+                        format!("shared_mailbox[{i}].upstream"),
+                        format!(
+                            "two upstreams for {}; name one per protocol",
+                            u.protocol.as_str()
+                        ),
+                    ),
+                    Some(u) => seen.push(u.protocol),
+                }
+            }
+            for protocol in shared.protocols.iter().flatten() {
+                if !seen.contains(protocol) {
+                    self.invalid(
+                        format!("shared_mailbox[{i}].protocols"),
+                        format!(
+                            "{} is allowed but no {} upstream is named",
+                            protocol.as_str(),
+                            protocol.as_str()
+                        ),
+                    );
+                }
+            }
+            if grants.is_none() && !broken_grants {
+                self.invalid(
+                    format!("shared_mailbox[{i}].grant"),
+                    "shared mailboxes need a [grants] table in the main config (dir = ...)",
+                );
+                break;
+            }
         }
     }
 
@@ -184,7 +282,15 @@ impl Validator<'_> {
             default_ou: p.default_ou.clone(),
             disclose_reasons: p.disclose_reasons.unwrap_or_default(),
             contact,
-            revoke_on_reload: p.revoke_on_reload.unwrap_or(false),
+            // On by default, as the consoles cut access "even if they could log in before": a
+            // policy that refuses someone should not wait for their session to end.
+            revoke_on_reload: p.revoke_on_reload.unwrap_or(true),
+            ldap: p
+                .ldap
+                .clone()
+                .and_then(|l| super::ldap::validate(l, self.base_dir, &mut self.errors))
+                .map(Arc::new),
+            directory_text: Arc::from(""),
         };
         let fallback = Arc::new(Directory::allow_all());
         if p.directory.is_empty() {
@@ -206,7 +312,20 @@ impl Validator<'_> {
                 return (config, fallback);
             }
         };
-        let directory = match Directory::from_toml(&text) {
+        let config = PolicyConfig {
+            directory_text: Arc::from(text.as_str()),
+            ..config
+        };
+        // With LDAP the file may leave OU ancestors and group members to the sync; checked
+        // here as it merges with an empty one.
+        // (By the table, not its validated form: an error there is reported once, not again
+        // as a knock-on error about the file's OU tree.)
+        let parsed = if p.ldap.is_some() {
+            Directory::from_toml_and_ldap(&text, &Default::default())
+        } else {
+            Directory::from_toml(&text)
+        };
+        let directory = match parsed {
             Ok(d) => d,
             Err(errors) => {
                 for error in errors.0 {
@@ -232,6 +351,42 @@ impl Validator<'_> {
             },
         };
         (config, Arc::new(directory))
+    }
+
+    /// Every `upstream` the directory names must be an `[[upstream]]` here, and in the table
+    /// form (`{ imap = "...", pop3 = "..." }`) one of that protocol.
+    fn routes(&mut self, d: &Directory, upstreams: &BTreeMap<String, Arc<Upstream>>) {
+        use crate::directory::Route;
+        let mut named: Vec<(String, &Route)> = Vec::new();
+        for ou in d.ous() {
+            if let Some(r) = &ou.own.upstream {
+                named.push((format!("ou \"{}\"", ou.path), r));
+            }
+        }
+        for p in d.principals() {
+            if let Some(r) = &p.upstream {
+                named.push((format!("user \"{}\"", p.email), r));
+            }
+        }
+        for g in d.groups() {
+            if let Some(r) = g.policy.as_ref().and_then(|p| p.settings.upstream.as_ref()) {
+                named.push((format!("group \"{}\"", g.email), r));
+            }
+        }
+        for (who, route) in named {
+            for (name, protocol) in route.names() {
+                let problem = match (upstreams.get(name), protocol) {
+                    (None, _) => format!("upstream \"{name}\" is not an [[upstream]] in this file"),
+                    (Some(u), Some(p)) if u.protocol != p => format!(
+                        "upstream \"{name}\" speaks {}, but is named for {}",
+                        u.protocol.as_str(),
+                        p.as_str()
+                    ),
+                    _ => continue,
+                };
+                self.invalid("policy.directory", format!("{who}: {problem}"));
+            }
+        }
     }
 
     fn upstreams(&mut self, files: Vec<UpstreamFile>) -> BTreeMap<String, Arc<Upstream>> {

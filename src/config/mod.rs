@@ -39,6 +39,8 @@ pub use crate::throttle::ThrottleConfig;
 pub mod cidr;
 pub mod duration;
 pub mod file;
+pub mod grants;
+pub mod ldap;
 mod load;
 pub mod oauth;
 pub mod reload;
@@ -71,6 +73,8 @@ pub struct Config {
     /// The loaded directory (`[policy] directory`), or [`Directory::allow_all`] when there is no
     /// `[policy]`. Shared: sessions hold the `Arc` of the config they were accepted with.
     pub directory: Arc<Directory>,
+    /// `[grants]`; `None` when no shared mailbox is served.
+    pub grants: Option<grants::Grants>,
 }
 
 impl Config {
@@ -87,6 +91,24 @@ impl Config {
             _ => Path::new("."),
         };
         Self::from_toml(&text, base_dir)
+    }
+
+    /// Only the `[audit]` table of the config at `path`, validated; nothing else is checked and
+    /// the directory is not read. For `mailgate audit tail`: the rejected-reload record is
+    /// wanted exactly while something else in the configuration (often `directory.toml`) is
+    /// invalid.
+    pub fn load_audit(path: &Path) -> Result<AuditConfig, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError::Read {
+                file: path.to_owned(),
+                reason: e.to_string(),
+            }])
+        })?;
+        let base_dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        load::audit_only(&text, base_dir)
     }
 
     /// Validates TOML text; relative paths inside resolve against `base_dir`. The only file read
@@ -106,6 +128,24 @@ impl Config {
     /// Other files this config reads that hold configuration (reloads watch them too).
     pub fn watched_files(&self) -> Vec<PathBuf> {
         self.policy.directory.iter().cloned().collect()
+    }
+
+    /// This config with its directory rebuilt from `directory.toml` plus an LDAP sync. `Err`
+    /// lists what the merged directory breaks (each LDAP entry named by its DN).
+    pub fn with_snapshot(
+        &self,
+        snapshot: &crate::directory::ldap::Snapshot,
+    ) -> Result<Config, crate::directory::Errors> {
+        let mut directory = Directory::from_toml_and_ldap(&self.policy.directory_text, snapshot)?;
+        if let Some(ou) = &self.policy.default_ou {
+            directory = directory
+                .with_default_ou(ou)
+                .map_err(|e| crate::directory::Errors(vec![e]))?;
+        }
+        Ok(Config {
+            directory: Arc::new(directory),
+            ..self.clone()
+        })
     }
 
     pub fn warnings(&self) -> Vec<String> {
@@ -150,6 +190,15 @@ impl Config {
                     .to_owned(),
             );
         }
+        if let Some(ldap) = &self.policy.ldap
+            && ldap.cache_file.is_none()
+        {
+            out.push(
+                "policy.ldap.cache_file: not set; a start while the directory server is \
+                 unreachable fails instead of serving the last sync"
+                    .to_owned(),
+            );
+        }
         if self.policy.disclose_reasons == DiscloseReasons::Always {
             out.push(
                 "policy.disclose_reasons: \"always\"; password logins refused by policy say why, \
@@ -162,8 +211,9 @@ impl Config {
                 let offenders: Vec<&str> =
                     g.compliance.offenders.iter().map(|o| &*o.email).collect();
                 out.push(format!(
-                    "directory: group \"{}\" is non-compliant with its membership restriction \
-                     through nested members: {} (see `mailgate groups`)",
+                    "directory: group \"{}\" is non-compliant with its membership restriction: \
+                     {} (see `mailgate groups`; they gain nothing through its policy, and on a \
+                     reload only members already there may break it)",
                     g.email,
                     offenders.join(", ")
                 ));
@@ -525,8 +575,14 @@ pub struct PolicyConfig {
     /// Whom a refused person should ask, e.g. `it-help@example.com`. One line, at most
     /// 200 characters. Empty (the default): refusals say "your administrator".
     pub contact: String,
-    /// On a reload, close live sessions whose user the new policy refuses. Default false.
+    /// On a reload, close live sessions whose user the new policy refuses. Default true, as the
+    /// consoles cut access at once; a report-only refusal (`enforce = false`) closes nothing.
     pub revoke_on_reload: bool,
+    /// `[policy.ldap]`: the organisation comes from LDAP; `directory` holds the policy.
+    pub ldap: Option<Arc<ldap::LdapConfig>>,
+    /// The text of `directory.toml` as loaded, so an LDAP sync rebuilds the directory from the
+    /// same policy the rest of this config was validated with.
+    pub directory_text: Arc<str>,
 }
 
 /// 5 s: a local Dovecot answers in milliseconds; longer only delays failover to the next address.

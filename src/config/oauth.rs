@@ -28,6 +28,10 @@ use crate::secret::Secret;
 pub struct OAuthFile {
     #[serde(default)]
     pub provider: Vec<ProviderFile>,
+    /// `[[oauth.client]]`: mailgate as the OAuth *client* of a mail provider, for the grants
+    /// of shared mailboxes (`super::grants`).
+    #[serde(default)]
+    pub client: Vec<super::grants::ClientFile>,
 }
 
 /// One `[[oauth.provider]]`, as written.
@@ -86,6 +90,8 @@ pub enum ProviderMode {
 pub struct OAuth {
     /// In file order; names and issuers unique.
     pub providers: Vec<Provider>,
+    /// `[[oauth.client]]`, in file order; names unique.
+    pub clients: Vec<super::grants::OAuthClient>,
 }
 
 /// JWS algorithms a provider may sign with. Asymmetric only: `none` and HMAC (`HS*`) are
@@ -254,7 +260,10 @@ impl Provider {
 /// Validates `[oauth]`, pushing every problem onto `errors` with its key path
 /// (`oauth.provider "corp".audiences`).
 pub(super) fn validate(f: OAuthFile, base_dir: &Path, errors: &mut Vec<ConfigError>) -> OAuth {
-    let mut out = OAuth::default();
+    let mut out = OAuth {
+        clients: super::grants::clients(f.client, base_dir, errors),
+        ..OAuth::default()
+    };
     for (i, p) in f.provider.into_iter().enumerate() {
         let at = if p.name.is_empty() {
             format!("oauth.provider[{i}]")
@@ -274,13 +283,13 @@ pub(super) fn validate(f: OAuthFile, base_dir: &Path, errors: &mut Vec<ConfigErr
     out
 }
 
-struct V<'a> {
-    at: String,
-    errors: &'a mut Vec<ConfigError>,
+pub(super) struct V<'a> {
+    pub(super) at: String,
+    pub(super) errors: &'a mut Vec<ConfigError>,
 }
 
 impl V<'_> {
-    fn invalid(&mut self, key: &str, message: impl Into<String>) {
+    pub(super) fn invalid(&mut self, key: &str, message: impl Into<String>) {
         self.errors.push(ConfigError::Invalid {
             path: format!("{}.{key}", self.at),
             message: message.into(),
@@ -447,7 +456,7 @@ impl V<'_> {
 
     /// `https://` anywhere, `http://` only to a loopback host (tests, a local sidecar): tokens
     /// and client secrets cross this connection.
-    fn url(&mut self, key: &str, value: &str) {
+    pub(super) fn url(&mut self, key: &str, value: &str) {
         let ok = match value.split_once("://") {
             Some(("https", rest)) => !rest.is_empty(),
             Some(("http", rest)) => {
@@ -468,11 +477,25 @@ impl V<'_> {
     }
 
     fn secret(&mut self, p: &ProviderFile, base_dir: &Path) -> Option<Secret<String>> {
+        self.client_secret(
+            p.client_secret.as_deref(),
+            p.client_secret_file.as_deref(),
+            base_dir,
+        )
+    }
+
+    /// `client_secret = "env:NAME"` or `client_secret_file`, never the value itself.
+    pub(super) fn client_secret(
+        &mut self,
+        value: Option<&str>,
+        file: Option<&str>,
+        base_dir: &Path,
+    ) -> Option<Secret<String>> {
         let resolved = super::secret_ref::resolve(
             "client_secret",
-            p.client_secret.as_deref(),
+            value,
             "client_secret_file",
-            p.client_secret_file.as_deref(),
+            file,
             base_dir,
         );
         resolved.unwrap_or_else(|(key, message)| {
@@ -481,7 +504,7 @@ impl V<'_> {
         })
     }
 
-    fn duration(
+    pub(super) fn duration(
         &mut self,
         key: &str,
         text: Option<&str>,

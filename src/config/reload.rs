@@ -85,6 +85,8 @@ pub fn reload_from(path: &Path, reloader: &Reloader, trigger: &str) -> Outcome {
     services.audit.reload(Reload {
         outcome: audited,
         config_digest: digest,
+        source: Default::default(),
+        changes: None,
     });
     match &outcome {
         Outcome::Applied { generation } => {

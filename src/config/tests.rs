@@ -685,6 +685,7 @@ connect_timeout = \"5 minutes\"
     );
 }
 
+mod ldap;
 mod ops;
 #[test]
 fn audit_absent_is_disabled_with_a_warning() {
@@ -815,10 +816,45 @@ fn shipped_policy_loads_the_shipped_directory() {
         crate::policy::DiscloseReasons::Never
     );
     assert_eq!(c.policy.contact, "it-help@example.com");
-    assert!(!c.policy.revoke_on_reload);
+    assert!(c.policy.revoke_on_reload);
     assert!(!c.directory.is_builtin());
     assert!(c.directory.principal("bob@example.com").is_some());
     assert!(!c.warnings().iter().any(|w| w.starts_with("policy:")));
+}
+
+/// The directory's `upstream` names must be `[[upstream]]`s of this file, of the protocol the
+/// table form names them for; `revoke_on_reload` is on unless switched off.
+#[test]
+fn directory_routes_name_real_upstreams() {
+    let dir = tempfile::tempdir().unwrap();
+    let directory = |route: &str| {
+        format!(
+            "[[ou]]\npath = \"/\"\npop = true\nimap = true\nimap_clients = \"all\"\n\
+             password_logins = true\n{route}\n"
+        )
+    };
+    let config = format!("{BASE}\n[policy]\ndirectory = \"directory.toml\"\n");
+    let with = |route: &str| {
+        std::fs::write(dir.path().join("directory.toml"), directory(route)).unwrap();
+        Config::from_toml(&config, dir.path())
+    };
+    let c = with("upstream = \"dovecot\"").unwrap();
+    assert!(c.policy.revoke_on_reload);
+    for (route, needle) in [
+        (
+            "upstream = \"nope\"",
+            "ou \"/\": upstream \"nope\" is not an [[upstream]]",
+        ),
+        (
+            "upstream = { pop3 = \"dovecot\" }",
+            "ou \"/\": upstream \"dovecot\" speaks imap, but is named for pop3",
+        ),
+    ] {
+        let e = with(route).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].path(), Some("policy.directory"), "{e}");
+        assert!(e.to_string().contains(needle), "{e}");
+    }
 }
 
 /// Every file in `config/` loads as shipped (docs/development.md section 7).
@@ -982,4 +1018,154 @@ fn lockout_keys_are_read_and_the_secret_is_a_reference() {
         assert!(all[0].starts_with("limits.secret_file: "), "{all:?}");
         assert!(all[0].contains(file) && all[0].contains(why), "{all:?}");
     }
+}
+
+// ---- [[oauth.client]], [grants] (shared mailboxes, issue 11) ----
+
+const CLIENT: &str = r#"
+[[oauth.client]]
+name = "m365"
+client_id = "abc"
+client_secret = "env:MAILGATE_TEST_GRANT_SECRET_UNSET"
+token_endpoint = "https://login.example.com/token"
+device_authorization_endpoint = "https://login.example.com/devicecode"
+scopes = ["mail", "offline_access"]
+"#;
+
+#[test]
+fn grants_and_client_load_with_defaults() {
+    let c = load(&format!(
+        "{BASE}\n[[oauth.client]]\nname = \"m365\"\nclient_id = \"abc\"\n\
+         token_endpoint = \"https://login.example.com/token\"\n\
+         device_authorization_endpoint = \"https://login.example.com/devicecode\"\n\
+         [grants]\ndir = \"grants\"\n"
+    ))
+    .unwrap();
+    let g = c.grants.unwrap();
+    assert_eq!(g.dir, Path::new("/etc/mailgate/grants"));
+    assert_eq!(g.login_separator, "*");
+    assert_eq!(g.retry_after, Duration::from_secs(10));
+    let client = &c.oauth.clients[0];
+    assert_eq!(client.request_timeout, Duration::from_secs(10));
+    assert!(client.client_secret.is_none());
+}
+
+#[test]
+fn client_secret_in_the_file_is_refused_without_echo() {
+    let text = format!(
+        "{BASE}{}",
+        CLIENT.replace("env:MAILGATE_TEST_GRANT_SECRET_UNSET", "s3cr3t-value")
+    );
+    let all = errors(&text);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(
+        all[0].starts_with("oauth.client \"m365\".client_secret: "),
+        "{all:#?}"
+    );
+    assert!(!all[0].contains("s3cr3t-value"), "{all:#?}");
+}
+
+#[test]
+fn client_needs_an_authorisation_endpoint_and_https() {
+    let text = format!(
+        "{BASE}\n[[oauth.client]]\nname = \"m365\"\nclient_id = \"abc\"\n\
+         token_endpoint = \"http://login.example.com/token\"\n"
+    );
+    let all = errors(&text);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert!(
+        all.iter()
+            .any(|e| e.contains("token_endpoint") && e.contains("https://"))
+    );
+    assert!(
+        all.iter()
+            .any(|e| e.contains("device_authorization_endpoint"))
+    );
+}
+
+#[test]
+fn grants_separator_must_not_occur_in_addresses() {
+    for bad in ["@", "a", ".", " ", "", "*****"] {
+        assert_one(
+            &format!("{BASE}\n[grants]\ndir = \"g\"\nlogin_separator = \"{bad}\"\n"),
+            "grants.login_separator",
+            "cannot occur in an address",
+        );
+    }
+}
+
+#[test]
+fn grants_unknown_key_rejected() {
+    assert_one(
+        &format!("{BASE}\n[grants]\ndir = \"g\"\nseparator = \"*\"\n"),
+        "grants",
+        "unknown field `separator`",
+    );
+}
+
+/// A [[shared_mailbox]] names upstreams of the main config and needs [grants].
+#[test]
+fn shared_mailbox_references_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let directory = dir.path().join("directory.toml");
+    std::fs::write(
+        &directory,
+        "[[ou]]\npath = \"/\"\npop = true\nimap = true\nimap_clients = \"all\"\n\
+         password_logins = true\n[[user]]\nemail = \"alice@example.com\"\nou = \"/\"\n\
+         [[shared_mailbox]]\naddress = \"office@example.com\"\nupstream = [\"dovecot\", \"nope\"]\n\
+         grant = \"office\"\nassigned = [\"alice@example.com\"]\nprotocols = [\"pop3\"]\n",
+    )
+    .unwrap();
+    let text = format!(
+        "{BASE}\n[policy]\ndirectory = \"{}\"\n",
+        directory.display()
+    );
+    let all = errors(&text);
+    assert!(
+        all.iter()
+            .any(|e| e.starts_with("shared_mailbox[0].upstream: ") && e.contains("\"nope\"")),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter()
+            .any(|e| e.starts_with("shared_mailbox[0].protocols: ")),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter()
+            .any(|e| e.starts_with("shared_mailbox[0].grant: ") && e.contains("[grants]")),
+        "{all:#?}"
+    );
+    assert_eq!(all.len(), 3, "{all:#?}");
+}
+
+/// The commented `[[shared_mailbox]]` example of the shipped directory and the commented
+/// `[grants]` of the shipped config load once uncommented, as the comments promise.
+#[test]
+fn shipped_shared_mailbox_example_loads_when_uncommented() {
+    let base = shipped().parent().unwrap().to_owned();
+    let uncomment = |text: &str, from: &str| -> String {
+        text.lines()
+            .skip_while(|l| *l != from)
+            .take_while(|l| l.starts_with("# ") && !l.trim_end().ends_with('#'))
+            .map(|l| l.trim_start_matches("# "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let directory = std::fs::read_to_string(base.join("directory.toml")).unwrap();
+    let shared = uncomment(&directory, "# [[shared_mailbox]]");
+    assert!(shared.contains("grant = \"office\""), "{shared}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("directory.toml");
+    std::fs::write(&path, format!("{directory}\n{shared}\n")).unwrap();
+    let main = std::fs::read_to_string(shipped()).unwrap();
+    let grants = uncomment(&main, "# [grants]");
+    assert!(grants.contains("dir = "), "{grants}");
+    let text = main.replace(
+        "directory = \"directory.toml\"",
+        &format!("directory = \"{}\"", path.display()),
+    );
+    let c = Config::from_toml(&format!("{text}\n{grants}\n"), &base).unwrap();
+    assert_eq!(c.directory.shared_mailboxes().len(), 1);
+    assert_eq!(c.grants.unwrap().dir, Path::new("/var/lib/mailgate/grants"));
 }

@@ -9,7 +9,7 @@
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::{Error, MemberKind};
+use super::{Allow, Error, MemberKind};
 
 /// The whole `directory.toml`, as written. Items that failed to deserialize are left out and
 /// their index recorded, so the validator does not report knock-on errors about them.
@@ -20,6 +20,8 @@ pub struct Parsed {
     pub ous: Vec<(usize, OuFile)>,
     pub users: Vec<(usize, UserFile)>,
     pub groups: Vec<(usize, GroupFile)>,
+    pub clients: Vec<(usize, ClientFile)>,
+    pub shared_mailboxes: Vec<(usize, SharedMailboxFile)>,
     pub errors: Vec<Error>,
     /// Emails of `[[user]]` / `[[group]]` tables that failed to deserialize (when readable), so
     /// a group listing them is not reported again as having an unknown member.
@@ -39,9 +41,12 @@ pub struct OuFile {
     pub imap_clients: Option<ImapClientsFile>,
     pub imap_allowed_client_ids: Option<Vec<String>>,
     pub password_logins: Option<bool>,
+    pub upstream: Option<RouteFile>,
+    pub enforce: Option<bool>,
+    pub enforce_from: Option<String>,
 }
 
-/// The four policy settings as written in an `[[ou]]` or a `[group.policy]`. Not deserialized
+/// The policy settings as written in an `[[ou]]` or a `[group.policy]`. Not deserialized
 /// itself: serde's `flatten` cannot be combined with `deny_unknown_fields`, so both tables spell
 /// the fields out and convert.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,6 +56,43 @@ pub struct SettingsFile {
     pub imap_clients: Option<ImapClientsFile>,
     pub imap_allowed_client_ids: Option<Vec<String>>,
     pub password_logins: Option<bool>,
+    pub upstream: Option<RouteFile>,
+    pub enforce: Option<bool>,
+    pub enforce_from: Option<String>,
+}
+
+/// `upstream = "name"` or `upstream = { imap = "name", pop3 = "name" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum RouteFile {
+    Named(String),
+    PerProtocol(RouteTable),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTable {
+    pub imap: Option<String>,
+    pub pop3: Option<String>,
+}
+
+/// `member_restriction = { user = "any", service = "internal", group = "internal" }`: a kind
+/// left out may not join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRestrictionFile {
+    pub user: Option<Allow>,
+    pub service: Option<Allow>,
+    pub group: Option<Allow>,
+}
+
+/// One `[[client]]`: a named OAuth client for allowlists, audit and explain.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    pub name: String,
+    pub ids: Vec<String>,
+    pub description: Option<String>,
 }
 
 macro_rules! settings_of {
@@ -63,6 +105,9 @@ macro_rules! settings_of {
                     imap_clients: self.imap_clients,
                     imap_allowed_client_ids: self.imap_allowed_client_ids.clone(),
                     password_logins: self.password_logins,
+                    upstream: self.upstream.clone(),
+                    enforce: self.enforce,
+                    enforce_from: self.enforce_from.clone(),
                 }
             }
         }
@@ -94,6 +139,8 @@ pub struct UserFile {
     pub pop: Option<bool>,
     pub imap: Option<bool>,
     pub name: Option<String>,
+    /// Where this user's mailboxes live; beats groups and OUs.
+    pub upstream: Option<RouteFile>,
 }
 
 /// `kind = "user" | "service"`.
@@ -117,6 +164,8 @@ pub struct GroupFile {
     pub allowed_member_kinds: Option<Vec<MemberKind>>,
     #[serde(default)]
     pub internal_only: bool,
+    /// Per kind and origin; instead of `allowed_member_kinds` / `internal_only`.
+    pub member_restriction: Option<MemberRestrictionFile>,
     #[serde(default)]
     pub locked: bool,
     /// For a locked group: the non-compliant indirect members it had when it was locked.
@@ -135,10 +184,49 @@ pub struct GroupPolicyFile {
     pub imap_clients: Option<ImapClientsFile>,
     pub imap_allowed_client_ids: Option<Vec<String>>,
     pub password_logins: Option<bool>,
+    pub upstream: Option<RouteFile>,
+    pub enforce: Option<bool>,
+    pub enforce_from: Option<String>,
+}
+
+/// One `[[shared_mailbox]]`: a mailbox at a provider that assigned users open through mailgate,
+/// which logs in as the mailbox with the grant's token.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedMailboxFile {
+    /// What users ask for (`LOGIN "office@contoso.com*alice@example.com"`).
+    pub address: String,
+    /// The `[[upstream]]` (main config) holding the mailbox; one per protocol.
+    pub upstream: OneOrMany,
+    /// The grant (`mailgate grant authorize NAME`) whose token opens it.
+    pub grant: String,
+    /// Users and groups (nested groups count) who may open it.
+    #[serde(default)]
+    pub assigned: Vec<String>,
+    /// `["imap"]`, `["pop3"]` or both; default: every protocol an upstream is named for.
+    pub protocols: Option<Vec<crate::proto::Protocol>>,
+    pub description: Option<String>,
+}
+
+/// `"name"` or `["name", ...]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 /// Top-level keys, so an unknown one is reported by name.
-const TOP_KEYS: &str = "`internal_domains`, `ou`, `user`, `group`";
+const TOP_KEYS: &str = "`internal_domains`, `ou`, `user`, `group`, `client`, `shared_mailbox`";
 
 /// Parses `text`, collecting every schema error with its key path. A TOML syntax error stops
 /// everything (there is no table to walk) and is reported with its line and column.
@@ -172,6 +260,17 @@ pub fn parse(text: &str) -> Parsed {
                     }
                 }
             }
+            "client" => {
+                for (i, item) in array_of_tables(&key, value, &mut out.errors)
+                    .into_iter()
+                    .enumerate()
+                {
+                    match section::<ClientFile>(&format!("client[{i}]"), item) {
+                        Ok(c) => out.clients.push((i, c)),
+                        Err(e) => out.errors.push(e),
+                    }
+                }
+            }
             "user" | "group" => {
                 for (i, item) in array_of_tables(&key, value, &mut out.errors)
                     .into_iter()
@@ -187,6 +286,17 @@ pub fn parse(text: &str) -> Parsed {
                     if let Err(e) = result {
                         out.errors.push(e);
                         out.broken_principals.extend(email);
+                    }
+                }
+            }
+            "shared_mailbox" => {
+                for (i, item) in array_of_tables(&key, value, &mut out.errors)
+                    .into_iter()
+                    .enumerate()
+                {
+                    match section::<SharedMailboxFile>(&format!("shared_mailbox[{i}]"), item) {
+                        Ok(m) => out.shared_mailboxes.push((i, m)),
+                        Err(e) => out.errors.push(e),
                     }
                 }
             }

@@ -11,11 +11,16 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use super::file::{self, GroupFile, ImapClientsFile, OuFile, PrincipalKindFile, SettingsFile};
+use super::clients::Catalogue;
+use super::file::{
+    self, ClientFile, GroupFile, ImapClientsFile, OuFile, PrincipalKindFile, RouteFile,
+    SettingsFile,
+};
+use super::ldap::Origin;
 use super::{
-    Compliance, Directory, Error, Errors, Group, GroupId, GroupPolicy, GroupReport, ImapClients,
-    Member, MemberKind, Membership, Offender, Ou, OuId, PartialSettings, Principal, PrincipalKind,
-    Restriction, Rule, Settings, Source, Sourced, domain,
+    Allow, Compliance, Directory, Enforce, Error, Errors, Group, GroupId, GroupPolicy, GroupReport,
+    ImapClients, Member, MemberKind, Membership, Offender, Ou, OuId, PartialSettings, Principal,
+    PrincipalKind, Restriction, Route, Rule, Settings, SharedMailbox, Source, Sourced, domain,
 };
 
 /// RFC 5321 section 4.5.3.1.3: a path is at most 256 octets, so an address at most 254.
@@ -27,12 +32,19 @@ const MAX_CLIENT_ID_LEN: usize = 256;
 const MAX_OU_DEPTH: usize = 32;
 
 pub(super) fn from_toml(text: &str) -> Result<Directory, Errors> {
-    let mut parsed = file::parse(text);
+    let parsed = file::parse(text);
     if matches!(parsed.errors.first(), Some(Error::Syntax { .. })) {
         return Err(Errors(parsed.errors));
     }
+    from_parsed(parsed)
+}
+
+/// Validates and resolves an already parsed file (possibly with LDAP entries added, see
+/// `super::ldap::merge`).
+pub(super) fn from_parsed(mut parsed: file::Parsed) -> Result<Directory, Errors> {
     let mut v = Validator {
         errors: std::mem::take(&mut parsed.errors),
+        clients: Catalogue::builtin(),
     };
     let directory = v.directory(parsed);
     match directory {
@@ -60,6 +72,8 @@ pub(super) fn allow_all() -> Directory {
             imap: Some(true),
             imap_clients: Some(ImapClients::All),
             password_logins: Some(true),
+            upstream: None,
+            enforce: None,
         },
         effective: Settings {
             pop: on(true),
@@ -69,6 +83,11 @@ pub(super) fn allow_all() -> Directory {
                 source: Source::Default,
             },
             password_logins: on(true),
+            upstream: None,
+            enforce: Sourced {
+                value: Enforce::ON,
+                source: Source::Default,
+            },
         },
     };
     Directory {
@@ -81,11 +100,15 @@ pub(super) fn allow_all() -> Directory {
         group_by_email: HashMap::new(),
         default_ou: Some(OuId(0)),
         builtin: true,
+        clients: Catalogue::builtin(),
+        shared: Vec::new(),
     }
 }
 
 struct Validator {
     errors: Vec<Error>,
+    /// Built-in entries plus `[[client]]`; read when allowlists name a client.
+    clients: Catalogue,
 }
 
 /// A group between reading and resolution.
@@ -110,6 +133,7 @@ impl Validator {
 
     fn directory(&mut self, p: file::Parsed) -> Option<Directory> {
         let internal_domains = self.internal_domains(&p.internal_domains);
+        self.clients(&p.clients);
         let broken_ous: HashSet<&str> = p.broken_ous.iter().map(String::as_str).collect();
         let (ous, ou_by_path, skipped_ous) = self.ous(&p.ous, &broken_ous);
         let broken_principals: HashSet<&str> =
@@ -160,7 +184,12 @@ impl Validator {
                 suspended: u.suspended,
                 pop_off: u.pop == Some(false),
                 imap_off: u.imap == Some(false),
+                upstream: u
+                    .upstream
+                    .as_ref()
+                    .and_then(|r| self.route(&format!("{at}.upstream"), r)),
                 memberships: Vec::new(),
+                origin: Origin::File,
                 // Replaced in `resolve` once memberships are known.
                 effective: ous.get(ou.0)?.effective.clone(),
             });
@@ -168,24 +197,89 @@ impl Validator {
 
         let groups = self.groups(
             &p.groups,
-            &internal_domains,
             &user_index,
             &principal_by_email,
-            &principals,
             &broken_principals,
         );
         self.cycles(&groups);
+        let shared = self.shared_mailboxes(&p.shared_mailboxes, &principal_by_email, &groups);
         if !self.errors.is_empty() {
             return None;
         }
-        self.resolve(
+        let mut directory = self.resolve(
             internal_domains,
             ous,
             ou_by_path,
             principals,
             principal_by_email,
             groups,
-        )
+        )?;
+        directory.shared = shared;
+        Some(directory)
+    }
+
+    /// `[[shared_mailbox]]`: addresses unique and no user's own (a login to it would be
+    /// ambiguous), assignments name known users or groups.
+    fn shared_mailboxes(
+        &mut self,
+        files: &[(usize, file::SharedMailboxFile)],
+        principal_by_email: &HashMap<Arc<str>, usize>,
+        groups: &[Pending],
+    ) -> Vec<SharedMailbox> {
+        let mut out: Vec<SharedMailbox> = Vec::new();
+        for (i, m) in files {
+            let at = format!("shared_mailbox[{i}]");
+            let Some(address) = self.email(&format!("{at}.address"), &m.address) else {
+                continue;
+            };
+            if out.iter().any(|o| o.address == address) {
+                self.invalid(
+                    format!("{at}.address"),
+                    format!("duplicate shared mailbox \"{address}\""),
+                );
+            }
+            if principal_by_email.contains_key(&address) {
+                self.invalid(
+                    format!("{at}.address"),
+                    format!("\"{address}\" is also a [[user]]; a shared mailbox is no user"),
+                );
+            }
+            if m.grant.is_empty() {
+                self.invalid(format!("{at}.grant"), "must name a grant");
+            }
+            let mut assigned = Vec::new();
+            for (j, raw) in m.assigned.iter().enumerate() {
+                let email = raw.to_lowercase();
+                if let Some(&p) = principal_by_email.get(email.as_str()) {
+                    assigned.push(Member::Principal(p));
+                } else if let Some(g) = groups.iter().position(|g| *g.email == *email) {
+                    assigned.push(Member::Group(GroupId(g)));
+                } else {
+                    self.invalid(
+                        format!("{at}.assigned[{j}]"),
+                        format!("unknown user or group {raw:?}"),
+                    );
+                }
+            }
+            let upstreams: Vec<Arc<str>> = m
+                .upstream
+                .clone()
+                .into_vec()
+                .into_iter()
+                .map(Arc::from)
+                .collect();
+            if upstreams.is_empty() {
+                self.invalid(format!("{at}.upstream"), "must name an [[upstream]]");
+            }
+            out.push(SharedMailbox {
+                address,
+                upstreams,
+                grant: Arc::from(m.grant.as_str()),
+                assigned,
+                protocols: m.protocols.clone(),
+            });
+        }
+        out
     }
 
     fn internal_domains(&mut self, domains: &[String]) -> Vec<String> {
@@ -291,6 +385,17 @@ impl Validator {
                             source: source.clone(),
                         },
                         password_logins: off(own.password_logins),
+                        upstream: own.upstream.clone().map(|value| Sourced {
+                            value,
+                            source: source.clone(),
+                        }),
+                        enforce: Sourced {
+                            value: own.enforce.unwrap_or(Enforce::ON),
+                            source: match own.enforce {
+                                Some(_) => source.clone(),
+                                None => Source::Default,
+                            },
+                        },
                     };
                     (None, effective)
                 }
@@ -324,6 +429,20 @@ impl Validator {
                         },
                         password_logins: sourced(own.password_logins)
                             .unwrap_or_else(|| up.password_logins.clone()),
+                        upstream: match &own.upstream {
+                            Some(value) => Some(Sourced {
+                                value: value.clone(),
+                                source: source.clone(),
+                            }),
+                            None => up.upstream.clone(),
+                        },
+                        enforce: match own.enforce {
+                            Some(value) => Sourced {
+                                value,
+                                source: source.clone(),
+                            },
+                            None => up.enforce.clone(),
+                        },
                     };
                     (Some(pid), effective)
                 }
@@ -369,7 +488,23 @@ impl Validator {
             }
             (Some(ImapClientsFile::Allowlist), Some(ids)) => {
                 let mut out: Vec<String> = Vec::new();
-                for (j, id) in ids.into_iter().enumerate() {
+                for (j, entry) in ids.into_iter().enumerate() {
+                    // A catalogue name stands for its IDs; `id:` forces a raw ID that happens
+                    // to be spelt like a name.
+                    let id = match entry.strip_prefix("id:") {
+                        Some(raw) => raw.to_owned(),
+                        None => match self.clients.by_name(&entry) {
+                            Some(client) => {
+                                for id in &client.ids {
+                                    if !out.contains(id) {
+                                        out.push(id.clone());
+                                    }
+                                }
+                                continue;
+                            }
+                            None => entry,
+                        },
+                    };
                     let ok = !id.is_empty()
                         && id.len() <= MAX_CLIENT_ID_LEN
                         && !id.chars().any(|c| c.is_whitespace() || c.is_control());
@@ -388,11 +523,149 @@ impl Validator {
                 Some(ImapClients::Allowlist(out.into()))
             }
         };
+        let upstream = s
+            .upstream
+            .as_ref()
+            .and_then(|r| self.route(&format!("{at}.upstream"), r));
+        let enforce = match (s.enforce, s.enforce_from) {
+            (None, None) => None,
+            (Some(true), None) => Some(Enforce::ON),
+            (Some(false), None) => Some(Enforce {
+                on: false,
+                from: None,
+            }),
+            (Some(true), Some(_)) => {
+                self.invalid(
+                    format!("{at}.enforce_from"),
+                    "only meaningful with enforce = false (report only until that day)",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                self.invalid(
+                    format!("{at}.enforce_from"),
+                    "needs enforce = false in the same table: the two are one setting, \
+                     inherited together",
+                );
+                None
+            }
+            (Some(false), Some(day)) => {
+                let format = time::macros::format_description!("[year]-[month]-[day]");
+                match time::Date::parse(&day, format) {
+                    Ok(day) => Some(Enforce {
+                        on: false,
+                        from: Some(day),
+                    }),
+                    Err(_) => {
+                        self.invalid(
+                            format!("{at}.enforce_from"),
+                            format!("{day:?} is not a date: write it as \"2027-01-15\""),
+                        );
+                        None
+                    }
+                }
+            }
+        };
         PartialSettings {
             pop: s.pop,
             imap: s.imap,
             imap_clients,
             password_logins: s.password_logins,
+            upstream,
+            enforce,
+        }
+    }
+
+    /// `upstream = ...`. Whether the names exist is checked against `mailgate.toml` when the
+    /// configuration loads; here only the shape.
+    fn route(&mut self, at: &str, r: &RouteFile) -> Option<Route> {
+        let name = |v: &str| {
+            let ok = !v.is_empty() && !v.chars().any(|c| c.is_whitespace() || c.is_control());
+            ok.then(|| Arc::<str>::from(v))
+        };
+        match r {
+            RouteFile::Named(n) => match name(n) {
+                Some(n) => Some(Route::Named(n)),
+                None => {
+                    self.invalid(at, format!("{n:?} is not an upstream name"));
+                    None
+                }
+            },
+            RouteFile::PerProtocol(t) => {
+                let mut bad = false;
+                let mut slot = |key: &str, v: &Option<String>| match v.as_deref().map(name) {
+                    None => None,
+                    Some(Some(n)) => Some(n),
+                    Some(None) => {
+                        bad = true;
+                        self.invalid(format!("{at}.{key}"), "not an upstream name");
+                        None
+                    }
+                };
+                let imap = slot("imap", &t.imap);
+                let pop3 = slot("pop3", &t.pop3);
+                if bad {
+                    return None;
+                }
+                if imap.is_none() && pop3.is_none() {
+                    self.invalid(at, "names no upstream: set imap, pop3 or both");
+                    return None;
+                }
+                Some(Route::PerProtocol { imap, pop3 })
+            }
+        }
+    }
+
+    /// `[[client]]`: names for client IDs, added to the built-in catalogue.
+    fn clients(&mut self, files: &[(usize, ClientFile)]) {
+        let mut ids_seen: HashMap<String, String> = HashMap::new();
+        for c in self.clients.clients() {
+            for id in &c.ids {
+                ids_seen.insert(id.clone(), c.name.to_string());
+            }
+        }
+        for (i, c) in files {
+            let at = format!("client[{i}]");
+            let ok = !c.name.is_empty()
+                && c.name.len() <= 64
+                && c.name
+                    .chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-');
+            if !ok {
+                self.invalid(
+                    format!("{at}.name"),
+                    format!(
+                        "{:?} is not a client name: 1 to 64 of a-z, 0-9 and -",
+                        c.name
+                    ),
+                );
+                continue;
+            }
+            let mut ids = Vec::new();
+            for (j, id) in c.ids.iter().enumerate() {
+                let valid = !id.is_empty()
+                    && id.len() <= MAX_CLIENT_ID_LEN
+                    && !id.chars().any(|ch| ch.is_whitespace() || ch.is_control());
+                if !valid {
+                    self.invalid(
+                        format!("{at}.ids[{j}]"),
+                        format!(
+                            "{id:?} is not a client ID: 1 to {MAX_CLIENT_ID_LEN} characters, no \
+                             spaces"
+                        ),
+                    );
+                } else if let Some(other) = ids_seen.get(id).filter(|o| **o != c.name) {
+                    self.invalid(
+                        format!("{at}.ids[{j}]"),
+                        format!("{id:?} is already the client \"{other}\""),
+                    );
+                } else {
+                    ids_seen.insert(id.clone(), c.name.clone());
+                    ids.push(id.clone());
+                }
+            }
+            let description = c.description.as_deref().unwrap_or("from directory.toml");
+            self.clients.add(&c.name, ids, description, false);
         }
     }
 
@@ -414,10 +687,8 @@ impl Validator {
     fn groups(
         &mut self,
         files: &[(usize, GroupFile)],
-        internal: &[String],
         users: &HashMap<Arc<str>, usize>,
         principal_by_email: &HashMap<Arc<str>, usize>,
-        principals: &[Principal],
         broken: &HashSet<&str>,
     ) -> Vec<Pending> {
         // First pass: names, so members may refer to groups defined further down.
@@ -449,11 +720,37 @@ impl Validator {
         let mut out = Vec::new();
         for (i, g, email) in accepted {
             let at = format!("group[{i}]");
-            let restriction = Restriction {
-                allowed_kinds: g.allowed_member_kinds.clone().unwrap_or_else(|| {
-                    vec![MemberKind::User, MemberKind::Service, MemberKind::Group]
-                }),
-                internal_only: g.internal_only,
+            let restriction = match (&g.member_restriction, &g.allowed_member_kinds) {
+                (Some(r), kinds) => {
+                    if kinds.is_some() || g.internal_only {
+                        self.invalid(
+                            format!("{at}.member_restriction"),
+                            "replaces allowed_member_kinds and internal_only; use one or the \
+                             other",
+                        );
+                    }
+                    Restriction::new(
+                        r.user.unwrap_or(Allow::No),
+                        r.service.unwrap_or(Allow::No),
+                        r.group.unwrap_or(Allow::No),
+                    )
+                }
+                (None, kinds) => {
+                    let origin = if g.internal_only {
+                        Allow::Internal
+                    } else {
+                        Allow::Any
+                    };
+                    let allow = |k: MemberKind| match kinds {
+                        Some(list) if !list.contains(&k) => Allow::No,
+                        _ => origin,
+                    };
+                    Restriction::new(
+                        allow(MemberKind::User),
+                        allow(MemberKind::Service),
+                        allow(MemberKind::Group),
+                    )
+                }
             };
             let mut members = Vec::new();
             let mut listed: HashMap<String, usize> = HashMap::new();
@@ -471,13 +768,12 @@ impl Validator {
                     self.invalid(path, "a group cannot contain itself");
                     continue;
                 }
-                let (member, kind) = if let Some(&p) = principal_by_email.get(m.as_str()) {
-                    let kind = principals
-                        .get(p)
-                        .map_or(MemberKind::User, |p| p.kind.member_kind());
-                    (Member::Principal(p), kind)
+                // A member that breaks the restriction is kept: whether it was *added* is judged
+                // against the running directory on reload (`Directory::added_offenders`).
+                let member = if let Some(&p) = principal_by_email.get(m.as_str()) {
+                    Member::Principal(p)
                 } else if let Some(&h) = by_email.get(m.as_str()) {
-                    (Member::Group(h), MemberKind::Group)
+                    Member::Group(h)
                 } else {
                     // A user left out for an error of its own (bad OU, duplicate) was reported
                     // there; so was a table that did not deserialize.
@@ -491,26 +787,7 @@ impl Validator {
                     }
                     continue;
                 };
-                match breaks(&restriction, kind, &m, internal) {
-                    Some(Rule::Kind) => self.invalid(
-                        path,
-                        format!(
-                            "\"{m}\" is a {} member, but this group allows only {} members \
-                             (allowed_member_kinds)",
-                            kind.as_str(),
-                            kinds_list(&restriction.allowed_kinds)
-                        ),
-                    ),
-                    Some(Rule::External) => self.invalid(
-                        path,
-                        format!(
-                            "\"{m}\" is outside the internal domains ({}), but this group is \
-                             internal_only",
-                            internal.join(", ")
-                        ),
-                    ),
-                    None => members.push((j, member)),
-                }
+                members.push((j, member));
             }
             let policy = g.policy.as_ref().map(|p| {
                 let settings = self.settings(&format!("{at}.policy"), p.settings());
@@ -609,18 +886,46 @@ impl Validator {
         pending: Vec<Pending>,
     ) -> Option<Directory> {
         let mut reports = Vec::with_capacity(pending.len());
+        // Email and kind of each principal, read while memberships are written below.
+        let facts: Vec<(Arc<str>, MemberKind)> = principals
+            .iter()
+            .map(|p| (p.email.clone(), p.kind.member_kind()))
+            .collect();
         for (g, group) in pending.iter().enumerate() {
             let mut offenders = Vec::new();
+            let r = &group.restriction;
+            // What `member` breaks of this group's restriction, wherever it sits below it.
+            let offends = |member: Member| -> Option<(Arc<str>, MemberKind, Rule)> {
+                match member {
+                    Member::Principal(p) => {
+                        let (email, kind) = facts.get(p)?;
+                        breaks(r, *kind, email, &internal_domains, None)
+                            .map(|rule| (email.clone(), *kind, rule))
+                    }
+                    Member::Group(GroupId(h)) => {
+                        let inner = pending.get(h)?;
+                        breaks(
+                            r,
+                            MemberKind::Group,
+                            &inner.email,
+                            &internal_domains,
+                            Some(&inner.restriction),
+                        )
+                        .map(|rule| (inner.email.clone(), MemberKind::Group, rule))
+                    }
+                }
+            };
             // Nested group reached -> the group it was found in (`None`: a direct member of `g`).
             // Paths are rebuilt from these links only when recorded, so a deep chain costs
             // linear work per group instead of copying a growing path at every step.
             let mut found_in: HashMap<usize, Option<usize>> = HashMap::from([(g, None)]);
             let mut seen_principals = HashSet::new();
-            let mut queue: VecDeque<(Member, Option<usize>)> =
-                group.members.iter().map(|&(_, m)| (m, None)).collect();
+            // (member, the group it sits in, index of the direct member entry it arrives by)
+            let mut queue: VecDeque<(Member, Option<usize>, usize)> =
+                group.members.iter().map(|&(j, m)| (m, None, j)).collect();
             // Breadth first, so each membership and offender is recorded by its shortest path.
-            while let Some((member, container)) = queue.pop_front() {
-                let (email, kind) = match member {
+            while let Some((member, container, entry)) = queue.pop_front() {
+                match member {
                     Member::Principal(p) => {
                         if !seen_principals.insert(p) {
                             continue;
@@ -632,8 +937,9 @@ impl Validator {
                                 .into_iter()
                                 .map(GroupId)
                                 .collect(),
+                            // Settled below, once every path is known.
+                            compliant: true,
                         });
-                        (principal.email.clone(), principal.kind.member_kind())
                     }
                     Member::Group(GroupId(h)) => {
                         if found_in.contains_key(&h) {
@@ -641,24 +947,60 @@ impl Validator {
                         }
                         found_in.insert(h, container);
                         let inner = pending.get(h)?;
-                        queue.extend(inner.members.iter().map(|&(_, m)| (m, Some(h))));
-                        (inner.email.clone(), MemberKind::Group)
+                        queue.extend(inner.members.iter().map(|&(_, m)| (m, Some(h), entry)));
                     }
-                };
-                // Direct members were checked at load and rejected there.
-                if container.is_none() {
-                    continue;
                 }
-                if let Some(rule) = breaks(&group.restriction, kind, &email, &internal_domains) {
+                if let Some((email, kind, rule)) = offends(member) {
+                    let via: Vec<Arc<str>> = path_to(&found_in, container)
+                        .into_iter()
+                        .filter_map(|h| pending.get(h).map(|p| p.email.clone()))
+                        .collect();
+                    let entry_email = via.first().cloned().unwrap_or_else(|| email.clone());
                     offenders.push(Offender {
                         email,
                         kind,
                         rule,
-                        via: path_to(&found_in, container)
-                            .into_iter()
-                            .filter_map(|h| pending.get(h).map(|p| p.email.clone()))
-                            .collect(),
+                        via,
+                        entry: format!("group[{}].members[{entry}]", group.file_index),
+                        entry_email,
                     });
+                }
+            }
+            // A membership is compliant when some path reaches the principal through nested
+            // groups that each comply, and the principal complies itself: walk again without
+            // entering a non-compliant nested group.
+            let mut compliant = HashSet::new();
+            if !r.is_open() {
+                let mut entered = HashSet::from([g]);
+                let mut queue: VecDeque<Member> = group.members.iter().map(|&(_, m)| m).collect();
+                while let Some(member) = queue.pop_front() {
+                    if offends(member).is_some() {
+                        continue;
+                    }
+                    match member {
+                        Member::Principal(p) => {
+                            compliant.insert(p);
+                        }
+                        Member::Group(GroupId(h)) => {
+                            if entered.insert(h) {
+                                let inner = pending.get(h)?;
+                                queue.extend(inner.members.iter().map(|&(_, m)| m));
+                            }
+                        }
+                    }
+                }
+                for &p in &seen_principals {
+                    if compliant.contains(&p) {
+                        continue;
+                    }
+                    let principal = principals.get_mut(p)?;
+                    if let Some(m) = principal
+                        .memberships
+                        .iter_mut()
+                        .find(|m| m.group == GroupId(g))
+                    {
+                        m.compliant = false;
+                    }
                 }
             }
             if group.locked {
@@ -666,13 +1008,18 @@ impl Validator {
                     .iter()
                     .filter(|o| !group.grandfathered.contains(&*o.email))
                 {
+                    let via = if o.via.is_empty() {
+                        "a direct member".to_owned()
+                    } else {
+                        format!("via {}", join_arcs(&o.via))
+                    };
                     self.invalid(
                         format!("group[{}].locked", group.file_index),
                         format!(
-                            "\"{}\" (via {}) breaks the membership restriction and is not in \
-                             grandfathered; a locked group accepts no new non-compliant members",
+                            "\"{}\" ({via}) {} and is not in grandfathered; a locked group \
+                             accepts no new non-compliant members",
                             o.email,
-                            join_arcs(&o.via)
+                            o.rule_text()
                         ),
                     );
                 }
@@ -690,11 +1037,14 @@ impl Validator {
             .zip(reports)
             .map(|(p, compliance)| Group {
                 email: p.email,
+                file_index: p.file_index,
+                member_index: p.members.iter().map(|&(j, _)| j).collect(),
                 members: p.members.into_iter().map(|(_, m)| m).collect(),
                 restriction: p.restriction,
                 locked: p.locked,
                 policy: p.policy,
                 compliance,
+                origin: Origin::File,
             })
             .collect();
 
@@ -720,20 +1070,33 @@ impl Validator {
             group_by_email,
             default_ou: None,
             builtin: false,
+            clients: std::mem::take(&mut self.clients),
+            shared: Vec::new(),
         })
     }
 }
 
 /// docs/policy.md order: user switch (off only), then the group policy with the lowest priority
 /// number that sets the value, then the OU's effective value.
+///
+/// A non-compliant membership (the principal breaks the group's restriction, or arrives only
+/// through a nested group that does) never *grants* through that group's policy: each setting is
+/// resolved twice, with every membership and with the compliant ones only, and the stricter of
+/// the two applies. So such a group can still take access away, never give it. Routing and the
+/// report-only switch come from compliant memberships only.
 fn effective(principal: &Principal, ou: &Settings, groups: &[Group]) -> Settings {
-    let mut policies: Vec<(&Group, &GroupPolicy)> = principal
-        .memberships
-        .iter()
-        .filter_map(|m| groups.get(m.group.0))
-        .filter_map(|g| g.policy.as_ref().map(|p| (g, p)))
-        .collect();
-    policies.sort_by_key(|(_, p)| p.priority);
+    let policies = |compliant_only: bool| {
+        let mut out: Vec<(&Group, &GroupPolicy)> = principal
+            .memberships
+            .iter()
+            .filter(|m| m.compliant || !compliant_only)
+            .filter_map(|m| groups.get(m.group.0))
+            .filter_map(|g| g.policy.as_ref().map(|p| (g, p)))
+            .collect();
+        out.sort_by_key(|(_, p)| p.priority);
+        out
+    };
+    let (all, safe) = (policies(false), policies(true));
     fn pick<T: Clone>(
         policies: &[(&Group, &GroupPolicy)],
         get: impl Fn(&PartialSettings) -> Option<&T>,
@@ -749,39 +1112,91 @@ fn effective(principal: &Principal, ou: &Settings, groups: &[Group]) -> Settings
             })
             .unwrap_or_else(|| fallback.clone())
     }
+    // The stricter of the two resolutions of a switch: `all` unless it grants what `safe` does not.
+    let switch = |get: fn(&PartialSettings) -> Option<&bool>, fallback: &Sourced<bool>| {
+        let (a, s) = (pick(&all, get, fallback), pick(&safe, get, fallback));
+        if a.value && !s.value { s } else { a }
+    };
     let off = Sourced {
         value: false,
         source: Source::User,
+    };
+    let imap_clients = {
+        let get: fn(&PartialSettings) -> Option<&ImapClients> = |p| p.imap_clients.as_ref();
+        let (a, s) = (
+            pick(&all, get, &ou.imap_clients),
+            pick(&safe, get, &ou.imap_clients),
+        );
+        match (&a.value, &s.value) {
+            (ImapClients::All, ImapClients::Allowlist(_)) => s,
+            (ImapClients::Allowlist(x), ImapClients::Allowlist(y)) if x != y => Sourced {
+                value: ImapClients::Allowlist(
+                    x.iter().filter(|id| y.contains(id)).cloned().collect(),
+                ),
+                source: a.source,
+            },
+            _ => a,
+        }
+    };
+    let enforce = {
+        let get: fn(&PartialSettings) -> Option<&Enforce> = |p| p.enforce.as_ref();
+        let (a, s) = (pick(&all, get, &ou.enforce), pick(&safe, get, &ou.enforce));
+        // On beats off; among report-only values, the earlier switch-on day is stricter.
+        let key = |e: &Enforce| (e.on, e.from.map(std::cmp::Reverse));
+        if key(&a.value) >= key(&s.value) { a } else { s }
+    };
+    let upstream = match &principal.upstream {
+        Some(route) => Some(Sourced {
+            value: route.clone(),
+            source: Source::User,
+        }),
+        None => safe
+            .iter()
+            .find_map(|(g, p)| {
+                p.settings.upstream.as_ref().map(|v| Sourced {
+                    value: v.clone(),
+                    source: Source::Group(g.email.clone()),
+                })
+            })
+            .or_else(|| ou.upstream.clone()),
     };
     Settings {
         pop: if principal.pop_off {
             off.clone()
         } else {
-            pick(&policies, |s| s.pop.as_ref(), &ou.pop)
+            switch(|s| s.pop.as_ref(), &ou.pop)
         },
         imap: if principal.imap_off {
             off
         } else {
-            pick(&policies, |s| s.imap.as_ref(), &ou.imap)
+            switch(|s| s.imap.as_ref(), &ou.imap)
         },
-        imap_clients: pick(&policies, |s| s.imap_clients.as_ref(), &ou.imap_clients),
-        password_logins: pick(
-            &policies,
-            |s| s.password_logins.as_ref(),
-            &ou.password_logins,
-        ),
+        imap_clients,
+        password_logins: switch(|s| s.password_logins.as_ref(), &ou.password_logins),
+        upstream,
+        enforce,
     }
 }
 
-/// Which rule, if any, a member of `kind` with `email` breaks. Kind is checked first: it is the
-/// more basic of the two.
-fn breaks(r: &Restriction, kind: MemberKind, email: &str, internal: &[String]) -> Option<Rule> {
-    if !r.allowed_kinds.contains(&kind) {
-        Some(Rule::Kind)
-    } else if r.internal_only && !internal.iter().any(|d| d == domain(email)) {
-        Some(Rule::External)
-    } else {
-        None
+/// Which rule, if any, a member of `kind` with `email` breaks; `nested` is a group member's
+/// own restriction. Kind is checked first: it is the more basic of the three.
+fn breaks(
+    r: &Restriction,
+    kind: MemberKind,
+    email: &str,
+    internal: &[String],
+    nested: Option<&Restriction>,
+) -> Option<Rule> {
+    match r.allows(kind) {
+        Allow::No => return Some(Rule::Kind),
+        Allow::Internal if !internal.iter().any(|d| d == domain(email)) => {
+            return Some(Rule::External);
+        }
+        _ => {}
+    }
+    match nested {
+        Some(child) if !child.at_least(r) => Some(Rule::Weaker),
+        _ => None,
     }
 }
 
@@ -804,17 +1219,6 @@ fn path_to(found_in: &HashMap<usize, Option<usize>>, container: Option<usize>) -
 
 fn group_email(groups: &[Group], id: GroupId) -> &str {
     groups.get(id.0).map_or("", |g| &g.email)
-}
-
-fn kinds_list(kinds: &[MemberKind]) -> String {
-    if kinds.is_empty() {
-        return "no".to_owned();
-    }
-    kinds
-        .iter()
-        .map(|k| k.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn join_arcs(items: &[Arc<str>]) -> String {

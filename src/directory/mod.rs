@@ -29,7 +29,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+pub mod clients;
 pub mod file;
+pub mod ldap;
 mod load;
 pub mod report;
 
@@ -50,6 +52,24 @@ pub struct Directory {
     default_ou: Option<OuId>,
     /// The built-in "no policy" directory: its values report the source `default`.
     builtin: bool,
+    /// Named OAuth clients: built-in entries plus `[[client]]`.
+    clients: clients::Catalogue,
+    /// `[[shared_mailbox]]`, in file order; addresses unique and not a user's.
+    shared: Vec<SharedMailbox>,
+}
+
+/// A shared mailbox assigned users open with the grant's token (`crate::grants`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedMailbox {
+    /// Lowercase.
+    pub address: Arc<str>,
+    /// `[[upstream]]` names, at most one per protocol (checked by the config loader).
+    pub upstreams: Vec<Arc<str>>,
+    pub grant: Arc<str>,
+    /// Direct assignments; a group's nested members are assigned through it.
+    pub assigned: Vec<Member>,
+    /// `None`: every protocol an upstream is named for.
+    pub protocols: Option<Vec<crate::proto::Protocol>>,
 }
 
 /// Index of an OU in its [`Directory`].
@@ -84,10 +104,14 @@ pub struct Principal {
     /// The user's own switches. `true` means the user turned that protocol off.
     pub pop_off: bool,
     pub imap_off: bool,
+    /// The user's own `upstream`; beats groups and OUs.
+    pub upstream: Option<Route>,
     /// Every group the principal belongs to, directly or through nesting, sorted by group email.
     pub memberships: Vec<Membership>,
     /// User switch, then group policy, then OU.
     pub effective: Settings,
+    /// `file:` or `ldap:<DN>`.
+    pub origin: ldap::Origin,
 }
 
 /// One (possibly indirect) group membership of a principal.
@@ -96,6 +120,10 @@ pub struct Membership {
     pub group: GroupId,
     /// The groups between `group` and the principal, outermost first; empty for a direct member.
     pub via: Vec<GroupId>,
+    /// `false` when the principal breaks the group's restriction, or reaches the group only
+    /// through a nested group that does. Such a membership never *grants* anything through the
+    /// group's policy; it may still take access away (see `effective`).
+    pub compliant: bool,
 }
 
 /// `kind` of a `[[user]]`.
@@ -145,11 +173,17 @@ impl MemberKind {
 pub struct Group {
     /// Lowercase.
     pub email: Arc<str>,
+    /// Index of its `[[group]]` table in the file, for key paths (`group[2].members[1]`).
+    pub file_index: usize,
     pub members: Vec<Member>,
+    /// For each of `members`, its index in the file's `members = [...]`.
+    pub member_index: Vec<usize>,
     pub restriction: Restriction,
     pub locked: bool,
     pub policy: Option<GroupPolicy>,
     pub compliance: GroupReport,
+    /// `file:` or `ldap:<DN>`.
+    pub origin: ldap::Origin,
 }
 
 /// A direct member of a group.
@@ -160,22 +194,113 @@ pub enum Member {
     Group(GroupId),
 }
 
-/// A group's membership restriction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A group's membership restriction, as the hosted console's query language writes it
+/// (`member.type == 1 && member.customer_id == groupCustomerId()`): for each member kind, whether
+/// it may join at all, and if so from where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Restriction {
-    /// Default: all three kinds.
-    pub allowed_kinds: Vec<MemberKind>,
-    /// Members' email domains must be among the directory's internal domains.
-    pub internal_only: bool,
+    pub user: Allow,
+    pub service: Allow,
+    /// Never [`Allow::Any`] on a restricted group: only groups of the organisation may join a
+    /// group that restricts its membership (the console refuses outside groups there).
+    pub group: Allow,
+}
+
+/// Which members of one kind a [`Restriction`] admits. Ordered from strict to open, so "at least
+/// as strict" is `<=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Allow {
+    /// Not this kind at all.
+    No,
+    /// Only from the internal domains.
+    Internal,
+    /// From anywhere.
+    Any,
+}
+
+impl Allow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Allow::No => "no",
+            Allow::Internal => "internal",
+            Allow::Any => "any",
+        }
+    }
 }
 
 impl Restriction {
+    /// No restriction: every kind, from anywhere.
+    pub const OPEN: Restriction = Restriction {
+        user: Allow::Any,
+        service: Allow::Any,
+        group: Allow::Any,
+    };
+
+    /// Builds a restriction, closing groups to outside domains when anything is restricted.
+    pub fn new(user: Allow, service: Allow, group: Allow) -> Restriction {
+        let r = Restriction {
+            user,
+            service,
+            group,
+        };
+        if r.is_open() {
+            r
+        } else {
+            Restriction {
+                group: group.min(Allow::Internal),
+                ..r
+            }
+        }
+    }
+
     /// Is this restriction a no-op?
     pub fn is_open(&self) -> bool {
-        !self.internal_only
-            && [MemberKind::User, MemberKind::Service, MemberKind::Group]
-                .iter()
-                .all(|k| self.allowed_kinds.contains(k))
+        *self == Restriction::OPEN
+    }
+
+    pub fn allows(&self, kind: MemberKind) -> Allow {
+        match kind {
+            MemberKind::User => self.user,
+            MemberKind::Service => self.service,
+            MemberKind::Group => self.group,
+        }
+    }
+
+    /// Does `self` carry at least the restrictions of `parent` (admit nothing `parent` does not)?
+    pub fn at_least(&self, parent: &Restriction) -> bool {
+        [MemberKind::User, MemberKind::Service, MemberKind::Group]
+            .iter()
+            .all(|&k| self.allows(k) <= parent.allows(k))
+    }
+
+    /// The console's query for this restriction, with names for its numbers: `member.type ==
+    /// user || (member.type == group && member.internal)`. `true` for no restriction, `false`
+    /// when nothing may join.
+    pub fn query(&self) -> String {
+        if self.is_open() {
+            return "true".to_owned();
+        }
+        let terms: Vec<String> = [MemberKind::User, MemberKind::Service, MemberKind::Group]
+            .iter()
+            .filter_map(|&k| match self.allows(k) {
+                Allow::No => None,
+                Allow::Any => Some(format!("member.type == {}", k.as_str())),
+                Allow::Internal => Some(format!(
+                    "(member.type == {} && member.internal)",
+                    k.as_str()
+                )),
+            })
+            .collect();
+        match terms.len() {
+            0 => "false".to_owned(),
+            1 => terms
+                .concat()
+                .trim_start_matches('(')
+                .trim_end_matches(')')
+                .to_owned(),
+            _ => terms.join(" || "),
+        }
     }
 }
 
@@ -223,6 +348,10 @@ pub struct PartialSettings {
     pub imap: Option<bool>,
     pub imap_clients: Option<ImapClients>,
     pub password_logins: Option<bool>,
+    /// Which `[[upstream]]` the mailboxes live on.
+    pub upstream: Option<Route>,
+    /// Report-only rollout: refusals are recorded as `would_deny` and let through.
+    pub enforce: Option<Enforce>,
 }
 
 impl PartialSettings {
@@ -231,6 +360,105 @@ impl PartialSettings {
             && self.imap.is_none()
             && self.imap_clients.is_none()
             && self.password_logins.is_none()
+            && self.upstream.is_none()
+            && self.enforce.is_none()
+    }
+}
+
+/// Where a principal's mailboxes live: `upstream = "new-imap"` (that upstream, for logins of
+/// its protocol) or `upstream = { imap = "new-imap", pop3 = "new-pop3" }`. Names are checked
+/// against `mailgate.toml`'s `[[upstream]]`s when the configuration loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// One upstream; logins of the other protocol keep the listener's.
+    Named(Arc<str>),
+    PerProtocol {
+        imap: Option<Arc<str>>,
+        pop3: Option<Arc<str>>,
+    },
+}
+
+impl Route {
+    /// Every upstream name it mentions, with the protocol it is meant for when the table form
+    /// says so.
+    pub fn names(&self) -> Vec<(&str, Option<crate::proto::Protocol>)> {
+        use crate::proto::Protocol;
+        match self {
+            Route::Named(n) => vec![(n, None)],
+            Route::PerProtocol { imap, pop3 } => imap
+                .iter()
+                .map(|n| (&**n, Some(Protocol::Imap)))
+                .chain(pop3.iter().map(|n| (&**n, Some(Protocol::Pop3))))
+                .collect(),
+        }
+    }
+
+    /// The upstream for a login on `protocol`; `protocol_of` says which protocol an upstream
+    /// name speaks. `None`: the listener's own upstream.
+    pub fn for_protocol(
+        &self,
+        protocol: crate::proto::Protocol,
+        protocol_of: impl Fn(&str) -> Option<crate::proto::Protocol>,
+    ) -> Option<&str> {
+        use crate::proto::Protocol;
+        match self {
+            Route::Named(n) => (protocol_of(n) == Some(protocol)).then_some(&**n),
+            Route::PerProtocol { imap, pop3 } => match protocol {
+                Protocol::Imap => imap.as_deref(),
+                Protocol::Pop3 => pop3.as_deref(),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Route::Named(n) => f.write_str(n),
+            Route::PerProtocol { imap, pop3 } => {
+                let parts: Vec<String> = [("imap", imap), ("pop3", pop3)]
+                    .iter()
+                    .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} {v}")))
+                    .collect();
+                f.write_str(&parts.join(", "))
+            }
+        }
+    }
+}
+
+/// Whether refusals are enforced, or only recorded (`decision = "would_deny"`) while the login
+/// goes ahead: a staged rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enforce {
+    /// `enforce = true` (the default).
+    pub on: bool,
+    /// `enforce_from = "2027-01-15"`: report-only until that day, 00:00 UTC, enforced from then.
+    pub from: Option<time::Date>,
+}
+
+impl Enforce {
+    pub const ON: Enforce = Enforce {
+        on: true,
+        from: None,
+    };
+
+    /// Is a refusal enforced at `now`?
+    pub fn at(&self, now: std::time::SystemTime) -> bool {
+        self.on
+            || self.from.is_some_and(|day| {
+                let start = day.midnight().assume_utc();
+                time::OffsetDateTime::from(now) >= start
+            })
+    }
+}
+
+impl fmt::Display for Enforce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.on, self.from) {
+            (true, _) => f.write_str("on"),
+            (false, None) => f.write_str("off (report only)"),
+            (false, Some(day)) => write!(f, "off (report only) until {day}"),
+        }
     }
 }
 
@@ -241,6 +469,10 @@ pub struct Settings {
     pub imap: Sourced<bool>,
     pub imap_clients: Sourced<ImapClients>,
     pub password_logins: Sourced<bool>,
+    /// `None`: nothing on the way sets one; the listener's upstream.
+    pub upstream: Option<Sourced<Route>>,
+    /// Source `default` when nothing sets it: enforced.
+    pub enforce: Sourced<Enforce>,
 }
 
 /// A resolved value and where it came from.
@@ -287,7 +519,9 @@ pub struct GroupReport {
 pub enum Compliance {
     /// No member, direct or indirect, breaks the restriction (or there is none).
     Compliant,
-    /// An indirect member (through a nested group) breaks the restriction.
+    /// A member breaks the restriction: one that was there before the restriction (or before
+    /// this reload), one that arrives through a nested group, or a nested group with fewer
+    /// restrictions. The console never removes members itself; neither does mailgate.
     NonCompliant,
     /// Non-compliant, and `locked = true`: the offenders are frozen to the ones listed in
     /// `grandfathered`; loading rejects any other non-compliant member, so none can be added.
@@ -310,24 +544,61 @@ pub struct Offender {
     pub email: Arc<str>,
     pub kind: MemberKind,
     pub rule: Rule,
-    /// The nested groups it came through, outermost first (never empty: direct members that
-    /// break a restriction are load errors).
+    /// The nested groups it came through, outermost first; empty for a direct member.
     pub via: Vec<Arc<str>>,
+    /// Key path of the direct member entry it arrives through (itself, or `via[0]`):
+    /// `group[2].members[1]`. On a reload, an entry that was not a member of the running
+    /// directory's group is refused here ("added"); one that was is only reported.
+    pub entry: String,
+    /// Email of that direct member.
+    pub entry_email: Arc<str>,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Kind => "kind",
+            Rule::External => "external",
+            Rule::Weaker => "weaker_restriction",
+        }
+    }
+}
+
+impl Offender {
+    /// What it breaks, as a phrase: `is a service member, which may not join`.
+    pub fn rule_text(&self) -> String {
+        match self.rule {
+            Rule::Kind => format!("is a {}, which may not join", self.kind.as_str()),
+            Rule::External => format!(
+                "is a {} outside the internal domains, which may join only from inside",
+                self.kind.as_str()
+            ),
+            Rule::Weaker => "is a group that carries fewer restrictions".to_owned(),
+        }
+    }
 }
 
 /// Which part of a restriction a member breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rule {
-    /// Its kind is not in `allowed_member_kinds`.
+    /// Its kind may not join at all.
     Kind,
-    /// `internal_only`, and its domain is not internal.
+    /// Its kind may join only from the internal domains, and its domain is not internal.
     External,
+    /// A nested group that carries fewer restrictions than this one (a child group must carry
+    /// at least its parent's, or members could join the child that the parent refuses).
+    Weaker,
 }
 
 impl Directory {
     /// Validates `directory.toml` text. Every problem is reported, each with its key path.
     pub fn from_toml(text: &str) -> Result<Directory, Errors> {
         load::from_toml(text)
+    }
+
+    /// `directory.toml` text plus the users, groups and OUs of an LDAP sync, validated as one.
+    pub fn from_toml_and_ldap(text: &str, snapshot: &ldap::Snapshot) -> Result<Directory, Errors> {
+        ldap::merge(text, snapshot)
     }
 
     /// The built-in directory used when no `[policy]` is configured: no users, a root OU that
@@ -407,8 +678,84 @@ impl Directory {
         &self.groups
     }
 
+    /// `[[shared_mailbox]]`, in file order.
+    pub fn shared_mailboxes(&self) -> &[SharedMailbox] {
+        &self.shared
+    }
+
+    /// The shared mailbox with this address (any case).
+    pub fn shared_mailbox(&self, address: &str) -> Option<&SharedMailbox> {
+        let address = lowercase(address);
+        self.shared.iter().find(|m| *m.address == *address)
+    }
+
     pub fn internal_domains(&self) -> &[String] {
         &self.internal_domains
+    }
+
+    /// The client catalogue: names for OAuth client IDs.
+    pub fn clients(&self) -> &clients::Catalogue {
+        &self.clients
+    }
+
+    /// Direct members that break their group's restriction and were not members of the same
+    /// group in `running` (the directory in force): "added", so a reload refuses them, each at
+    /// its key path. Ones that were members already are only reported (`mailgate groups`), as
+    /// the console never removes a member itself. A group new in this file has every member
+    /// added. Offenders arriving through a nested group count against the direct member entry
+    /// they come through. Memberships a directory server (LDAP) holds were not added through
+    /// mailgate and cannot be refused there: they are only reported, as the console reports
+    /// what a sync brings.
+    pub fn added_offenders(&self, running: &Directory) -> Vec<Error> {
+        let from_ldap = |email: &str| {
+            self.principal(email)
+                .map(|p| &p.origin)
+                .or_else(|| self.group_by_email(email).map(|g| &g.origin))
+                .is_some_and(|o| matches!(o, ldap::Origin::Ldap(_)))
+        };
+        let mut out = Vec::new();
+        for g in &self.groups {
+            if matches!(g.origin, ldap::Origin::Ldap(_)) {
+                continue;
+            }
+            let before = running.group_by_email(&g.email);
+            let mut seen = std::collections::HashSet::new();
+            for o in &g.compliance.offenders {
+                if !seen.insert(&o.entry) || from_ldap(&o.entry_email) {
+                    continue;
+                }
+                let was_member = before.is_some_and(|b| {
+                    b.members
+                        .iter()
+                        .any(|&m| running.member_email(m) == Some(&*o.entry_email))
+                });
+                if was_member {
+                    continue;
+                }
+                let what = if o.via.is_empty() {
+                    format!("\"{}\" {}", o.email, o.rule_text())
+                } else {
+                    format!(
+                        "through it \"{}\" {} (via {})",
+                        o.email,
+                        o.rule_text(),
+                        o.via.iter().map(|v| &**v).collect::<Vec<_>>().join(" → ")
+                    )
+                };
+                out.push(Error::Invalid {
+                    path: o.entry.clone(),
+                    message: format!(
+                        "\"{}\" was not a member of {} before this reload, and {what}; only \
+                         compliant members may be added to a group with a membership restriction \
+                         ({})",
+                        o.entry_email,
+                        g.email,
+                        g.restriction.query()
+                    ),
+                });
+            }
+        }
+        out
     }
 
     /// The email of a direct member; `None` only for a member of another directory.
@@ -483,3 +830,6 @@ impl std::error::Error for Errors {}
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod restriction_tests;

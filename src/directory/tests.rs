@@ -175,30 +175,6 @@ fn rejections_name_their_key_path() {
             "unknown member \"nobody@example.com\"",
         ),
         (
-            format!(
-                "{people}[[group]]\nemail = \"g@example.com\"\nmembers = [\"a@example.com\", \
-                 \"svc@example.com\"]\nallowed_member_kinds = [\"user\"]\n"
-            ),
-            "group[0].members[1]",
-            "is a service member, but this group allows only user members",
-        ),
-        (
-            format!(
-                "{people}[[group]]\nemail = \"g@example.com\"\nmembers = [\"ext@partner.example\"]\n\
-                 internal_only = true\n"
-            ),
-            "group[0].members[0]",
-            "outside the internal domains (example.com)",
-        ),
-        (
-            format!(
-                "{people}[[group]]\nemail = \"g@example.com\"\nmembers = [\"h@example.com\"]\n\
-                 allowed_member_kinds = [\"user\"]\n[[group]]\nemail = \"h@example.com\"\n"
-            ),
-            "group[0].members[0]",
-            "is a group member, but this group allows only user members",
-        ),
-        (
             format!("{people}[[group]]\nemail = \"g@example.com\"\n[[group]]\nemail = \"G@example.com\"\n"),
             "group[1].email",
             "duplicate group \"g@example.com\" (also group[0])",
@@ -374,17 +350,19 @@ allowed_member_kinds = [\"user\", \"group\"]
 locked = true
 ";
     assert_one(
-        &format!("{base}grandfathered = [\"svc@example.com\"]\n"),
+        &format!("{base}grandfathered = [\"robots@example.com\", \"svc@example.com\"]\n"),
         "group[1].locked",
-        "\"svc2@example.com\" (via robots@example.com) breaks the membership restriction and is \
+        "\"svc2@example.com\" (via robots@example.com) is a service, which may not join and is \
          not in grandfathered",
     );
     let d = ok(&format!(
-        "{base}grandfathered = [\"svc@example.com\", \"SVC2@example.com\"]\n"
+        "{base}grandfathered = [\"robots@example.com\", \"svc@example.com\", \
+         \"SVC2@example.com\"]\n"
     ));
     let people = d.group_by_email("people@example.com").unwrap();
     assert_eq!(people.compliance.state, Compliance::NonCompliantLocked);
-    assert_eq!(people.compliance.offenders.len(), 2);
+    // robots carries fewer restrictions than people (none), and holds two service accounts.
+    assert_eq!(people.compliance.offenders.len(), 3);
 }
 
 #[test]
@@ -409,14 +387,32 @@ members = [\"ext@partner.example\", \"in@example.com\"]
 ");
     let outer = d.group_by_email("outer@example.com").unwrap();
     assert_eq!(outer.compliance.state, Compliance::NonCompliant);
+    // mid and inner carry no restriction, fewer than outer's; ext is outside.
+    let offender = |email: &str, kind, rule, via: &[&str]| Offender {
+        email: email.into(),
+        kind,
+        rule,
+        via: via.iter().map(|&v| v.into()).collect(),
+        entry: "group[0].members[0]".to_owned(),
+        entry_email: "mid@example.com".into(),
+    };
     assert_eq!(
         outer.compliance.offenders,
-        [Offender {
-            email: "ext@partner.example".into(),
-            kind: MemberKind::User,
-            rule: Rule::External,
-            via: vec!["mid@example.com".into(), "inner@example.com".into()],
-        }]
+        [
+            offender("mid@example.com", MemberKind::Group, Rule::Weaker, &[]),
+            offender(
+                "inner@example.com",
+                MemberKind::Group,
+                Rule::Weaker,
+                &["mid@example.com"]
+            ),
+            offender(
+                "ext@partner.example",
+                MemberKind::User,
+                Rule::External,
+                &["mid@example.com", "inner@example.com"]
+            ),
+        ]
     );
     for g in ["mid@example.com", "inner@example.com"] {
         assert_eq!(
@@ -437,8 +433,9 @@ members = [\"ext@partner.example\", \"in@example.com\"]
     let report = report::groups(&d);
     assert!(
         report.contains(
-            "ext@partner.example  outside the internal domains, via mid@example.com → \
-             inner@example.com"
+            "offender  ext@partner.example is a user outside the internal domains, which may \
+             join only from inside; via mid@example.com → inner@example.com \
+             (group[0].members[0])"
         ),
         "{report}"
     );
@@ -497,4 +494,76 @@ fn builtin_allows_everything_from_default() {
     assert!(root.effective.pop.value && root.effective.imap.value);
     assert!(root.effective.password_logins.value);
     assert_eq!(root.effective.imap.source.to_string(), "default");
+}
+
+// ---- [[shared_mailbox]] (issue 11) ----
+
+#[test]
+fn shared_mailbox_assignments_resolve_users_and_groups() {
+    let d = ok(r#"
+[[user]]
+email = "alice@example.com"
+ou = "/"
+[[group]]
+email = "crm@example.com"
+members = []
+[[shared_mailbox]]
+address = "Office@Example.com"
+upstream = "up"
+grant = "office"
+assigned = ["ALICE@example.com", "crm@example.com"]
+"#);
+    let m = d
+        .shared_mailbox("office@EXAMPLE.com")
+        .expect("found in any case");
+    assert_eq!(&*m.address, "office@example.com");
+    assert_eq!(m.assigned.len(), 2);
+    assert_eq!(m.upstreams, vec![std::sync::Arc::<str>::from("up")]);
+    assert!(m.protocols.is_none());
+}
+
+#[test]
+fn shared_mailbox_errors_carry_their_key_paths() {
+    let all = load(
+        r#"
+[[user]]
+email = "alice@example.com"
+ou = "/"
+[[shared_mailbox]]
+address = "alice@example.com"
+upstream = "up"
+grant = ""
+assigned = ["nobody@example.com"]
+[[shared_mailbox]]
+address = "office@example.com"
+upstream = "up"
+grant = "g"
+surprise = 1
+"#,
+    )
+    .unwrap_err()
+    .0
+    .iter()
+    .map(ToString::to_string)
+    .collect::<Vec<_>>();
+    assert!(
+        all.iter()
+            .any(|e| e.starts_with("shared_mailbox[0].address: ") && e.contains("also a [[user]]")),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter()
+            .any(|e| e.starts_with("shared_mailbox[0].grant: ")),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter()
+            .any(|e| e.starts_with("shared_mailbox[0].assigned[0]: ")),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter()
+            .any(|e| e.starts_with("shared_mailbox[1]") && e.contains("surprise")),
+        "{all:#?}"
+    );
 }

@@ -47,6 +47,7 @@ fn every_family_is_named_and_labelled_as_style_says() {
     m.login(Protocol::Imap, Reason::Ok);
     m.login(Protocol::Imap, Reason::ImapDisabled);
     m.login(Protocol::Pop3, Reason::UpstreamRejected);
+    m.would_deny(Protocol::Imap, Reason::ClientNotAllowed);
     m.upstream_connect(Protocol::Imap, Duration::from_millis(3));
     m.upstream_login(Protocol::Imap, Duration::from_millis(40));
     m.token_verification(TokenResult::Ok, Duration::from_micros(300));
@@ -66,6 +67,10 @@ fn every_family_is_named_and_labelled_as_style_says() {
     m.reload(ReloadResult::Rejected);
     m.audit_record_dropped();
     m.audit_error();
+    m.grant_event(super::GrantEvent::NeedsReauthorization);
+    m.grant_refresh(Duration::from_millis(20));
+    m.directory_synced(1_700_000_000.0, Duration::from_millis(1500), 4, 2);
+    m.directory_sync_failed("safety_valve", Duration::from_millis(20));
     let text = m.encode();
     assert!(text.ends_with("# EOF\n"), "{text}");
 
@@ -92,6 +97,10 @@ fn every_family_is_named_and_labelled_as_style_says() {
         ),
         (
             r#"mailgate_logins_total{protocol="pop3",decision="deny",reason="upstream_rejected"}"#,
+            "1",
+        ),
+        (
+            r#"mailgate_logins_total{protocol="imap",decision="would_deny",reason="client_not_allowed"}"#,
             "1",
         ),
         (
@@ -140,10 +149,25 @@ fn every_family_is_named_and_labelled_as_style_says() {
         ),
         (r#"mailgate_reloads_total{result="ok"}"#, "1"),
         (r#"mailgate_reloads_total{result="rejected"}"#, "1"),
+        (
+            r#"mailgate_grant_events_total{result="needs_reauthorization"}"#,
+            "1",
+        ),
+        ("mailgate_grant_refresh_seconds_count", "1"),
         ("mailgate_audit_records_dropped_total", "1"),
         ("mailgate_audit_errors_total", "1"),
         // The local counter store always answers.
         ("mailgate_throttle_store_up", "1"),
+        (
+            "mailgate_directory_sync_last_success_timestamp_seconds",
+            "1700000000.0",
+        ),
+        ("mailgate_directory_sync_duration_seconds", "0.02"),
+        (r#"mailgate_directory_entries{kind="user"}"#, "4"),
+        (
+            r#"mailgate_directory_sync_failures_total{cause="safety_valve"}"#,
+            "1",
+        ),
     ];
     for (series, v) in want {
         assert_eq!(value(&text, series).as_deref(), Some(v), "{series}\n{text}");
@@ -158,7 +182,7 @@ fn every_family_is_named_and_labelled_as_style_says() {
             types.insert(name.to_owned(), kind.to_owned());
         }
     }
-    assert_eq!(types.len(), 14, "{types:?}");
+    assert_eq!(types.len(), 20, "{types:?}");
     for (series, _) in samples(&text) {
         let name = series.split('{').next().unwrap();
         let family = types
@@ -176,7 +200,8 @@ fn every_family_is_named_and_labelled_as_style_says() {
                 let key = pair.split('=').next().unwrap();
                 assert!(
                     [
-                        "listener", "protocol", "decision", "reason", "side", "end", "result", "le"
+                        "listener", "protocol", "decision", "reason", "side", "end", "result",
+                        "le", "kind", "cause"
                     ]
                     .contains(&key),
                     "{series}"

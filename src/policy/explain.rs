@@ -4,9 +4,11 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use super::{Attempt, Decision, Subject};
-use crate::directory::{Directory, PrincipalKind, Settings};
+use crate::directory::ldap::Origin;
+use crate::directory::{Directory, ImapClients, PrincipalKind, Settings};
 use crate::proto::{Mechanism, Protocol};
 
 /// Everything `mailgate explain` shows.
@@ -17,6 +19,10 @@ pub struct Explanation {
     pub protocol: Protocol,
     pub mechanism: Mechanism,
     pub client_id: Option<String>,
+    /// The client catalogue's name for `client_id`, when it has one.
+    pub client_name: Option<String>,
+    /// `imap_clients` as shown: an allowlist's IDs with their catalogue names.
+    pub imap_clients: Option<String>,
     pub standing: Standing,
     /// `None` for an unknown user: nothing applies.
     pub settings: Option<Settings>,
@@ -24,6 +30,9 @@ pub struct Explanation {
     pub groups: Vec<GroupLine>,
     /// Exactly what [`super::decide`] returns for the same input.
     pub decision: Decision,
+    /// For a refusal: whether it is enforced at the time asked, or only recorded as
+    /// `would_deny` while the login goes ahead (`enforce = false`).
+    pub enforced: bool,
 }
 
 /// How the user was matched.
@@ -33,6 +42,8 @@ pub enum Standing {
         kind: PrincipalKind,
         ou: Arc<str>,
         suspended: bool,
+        /// `file:` or `ldap:<DN>`.
+        origin: Origin,
     },
     /// Not in the directory; treated as a plain user of the configured default OU.
     DefaultOu {
@@ -49,6 +60,11 @@ pub struct GroupLine {
     pub via: Vec<Arc<str>>,
     /// The group policy's priority, when the group carries a policy.
     pub priority: Option<u32>,
+    /// `false`: the user breaks the group's membership restriction (or comes through a group
+    /// that does), so the group's policy can only restrict, never grant.
+    pub compliant: bool,
+    /// `file:` or `ldap:<DN>`.
+    pub origin: Origin,
 }
 
 pub(super) fn build(
@@ -56,6 +72,7 @@ pub(super) fn build(
     attempt: &Attempt,
     subject: Subject<'_>,
     decision: Decision,
+    now: SystemTime,
 ) -> Explanation {
     let (standing, settings, groups) = match subject {
         Subject::Known(p, ou) => {
@@ -72,6 +89,8 @@ pub(super) fn build(
                             .filter_map(|&v| directory.group(v).map(|g| g.email.clone()))
                             .collect(),
                         priority: g.policy.as_ref().map(|p| p.priority),
+                        compliant: m.compliant,
+                        origin: g.origin.clone(),
                     })
                 })
                 .collect();
@@ -79,6 +98,7 @@ pub(super) fn build(
                 kind: p.kind,
                 ou: ou.path.clone(),
                 suspended: p.suspended,
+                origin: p.origin.clone(),
             };
             (standing, Some(p.effective.clone()), groups)
         }
@@ -91,15 +111,41 @@ pub(super) fn build(
         ),
         Subject::Unknown => (Standing::Unknown, None, Vec::new()),
     };
+    let catalogue = directory.clients();
+    let client_id = attempt.token.and_then(|t| t.client_id.clone());
+    let imap_clients = settings.as_ref().map(|s| match &s.imap_clients.value {
+        ImapClients::All => "all".to_owned(),
+        // A catalogued client by its name (once for all its IDs), anything else by its ID.
+        ImapClients::Allowlist(ids) => {
+            let mut shown: Vec<&str> = Vec::new();
+            for id in ids.iter() {
+                let label = catalogue.name_of(id).unwrap_or(id);
+                if !shown.contains(&label) {
+                    shown.push(label);
+                }
+            }
+            format!("allowlist [{}]", shown.join(", "))
+        }
+    });
+    let enforced = match &decision {
+        Decision::Deny(d) => d.enforced_at(now),
+        Decision::Allow(_) => true,
+    };
     Explanation {
         user: attempt.user.to_owned(),
         protocol: attempt.protocol,
         mechanism: attempt.mechanism,
-        client_id: attempt.token.and_then(|t| t.client_id.clone()),
+        client_name: client_id
+            .as_deref()
+            .and_then(|id| catalogue.name_of(id))
+            .map(str::to_owned),
+        client_id,
+        imap_clients,
         standing,
         settings,
         groups,
         decision,
+        enforced,
     }
 }
 
@@ -114,8 +160,9 @@ impl fmt::Display for Explanation {
                 kind,
                 ou,
                 suspended,
+                origin,
             } => format!(
-                "{} ({}, ou {ou}{})",
+                "{} ({}, ou {ou}{}; from {origin})",
                 self.user,
                 kind.as_str(),
                 if *suspended { ", suspended" } else { "" }
@@ -134,7 +181,10 @@ impl fmt::Display for Explanation {
         writeln!(f, "protocol   {}", self.protocol.as_str())?;
         writeln!(f, "mechanism  {} ({kind})", self.mechanism.as_str())?;
         if let Some(id) = &self.client_id {
-            writeln!(f, "client id  {id}")?;
+            match &self.client_name {
+                Some(name) => writeln!(f, "client id  {id} ({name})")?,
+                None => writeln!(f, "client id  {id} (not in the client catalogue)")?,
+            }
         }
         writeln!(f)?;
         match &self.settings {
@@ -152,7 +202,9 @@ impl fmt::Display for Explanation {
                     ),
                     (
                         "imap_clients",
-                        s.imap_clients.value.to_string(),
+                        self.imap_clients
+                            .clone()
+                            .unwrap_or_else(|| s.imap_clients.value.to_string()),
                         s.imap_clients.source.to_string(),
                     ),
                     (
@@ -160,6 +212,19 @@ impl fmt::Display for Explanation {
                         on_off(s.password_logins.value).to_owned(),
                         s.password_logins.source.to_string(),
                     ),
+                    (
+                        "enforce",
+                        s.enforce.value.to_string(),
+                        s.enforce.source.to_string(),
+                    ),
+                    match &s.upstream {
+                        Some(u) => ("upstream", u.value.to_string(), u.source.to_string()),
+                        None => (
+                            "upstream",
+                            "the listener's".to_owned(),
+                            "listener".to_owned(),
+                        ),
+                    },
                 ];
                 let width = rows
                     .iter()
@@ -196,12 +261,31 @@ impl fmt::Display for Explanation {
                     Some(p) => format!("policy priority {p}"),
                     None => "no policy".to_owned(),
                 };
-                writeln!(f, "  {:<width$}  {how}; {policy}", g.email)?;
+                let standing = if g.compliant {
+                    ""
+                } else {
+                    "; non-compliant member: this group's policy can restrict, never grant"
+                };
+                writeln!(
+                    f,
+                    "  {:<width$}  {how}; {policy}; from {}{standing}",
+                    g.email, g.origin
+                )?;
             }
         }
         writeln!(f)?;
         match &self.decision {
             Decision::Allow(p) => write!(f, "decision   allow (source {})", p.source),
+            Decision::Deny(d) if !self.enforced => write!(
+                f,
+                "decision   would_deny {} (source {}); report only (enforce from {}): \
+                 recorded, and the login goes ahead",
+                d.reason.as_str(),
+                d.source,
+                d.enforce
+                    .as_ref()
+                    .map_or_else(String::new, |e| e.source.to_string())
+            ),
             Decision::Deny(d) => write!(
                 f,
                 "decision   deny {} (source {})",

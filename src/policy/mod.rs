@@ -32,11 +32,16 @@
 
 use std::sync::Arc;
 
-use crate::directory::{self, Directory, ImapClients, Ou, Principal, Settings};
-use crate::proto::{LoginRequest, Mechanism, Protocol, ReplyClass};
+use std::time::SystemTime;
+
+use crate::directory::{
+    self, Directory, Enforce, ImapClients, Ou, Principal, Route, Settings, Sourced,
+};
+use crate::proto::{Mechanism, Protocol, ReplyClass};
 
 mod explain;
 pub mod refusal;
+pub mod shared;
 
 pub use explain::{Explanation, GroupLine, Standing};
 pub use refusal::{DiscloseReasons, Identity, Reply, refusal_text, reply};
@@ -95,6 +100,20 @@ pub struct Denial {
     pub source: String,
     /// The OU whose policy applied; `None` for an unknown user.
     pub ou: Option<Arc<str>>,
+    /// For refusals by a setting (protocol off, password logins off, client allowlist,
+    /// delegation): the effective report-only switch, which may turn this refusal into a
+    /// `would_deny` ([`Denial::enforced_at`]). `None` for refusals that are always enforced:
+    /// an unknown or suspended account, an unproven or mismatched identity, another mailbox.
+    /// Letting those through would not be a staged rollout of a policy but a hole.
+    pub enforce: Option<Sourced<Enforce>>,
+}
+
+impl Denial {
+    /// Is this refusal enforced at `now`? `false`: report only, record `would_deny` and let
+    /// the login through.
+    pub fn enforced_at(&self, now: SystemTime) -> bool {
+        self.enforce.as_ref().is_none_or(|e| e.value.at(now))
+    }
 }
 
 /// The audit reason codes (docs/wire.md "Reason codes"), one to one.
@@ -117,6 +136,8 @@ pub enum Reason {
     /// A SASL authorization identity other than the user (another mailbox) that no shared
     /// mailbox assignment allows.
     MailboxNotAssigned,
+    /// The grant of the shared mailbox needs re-authorisation, or its provider did not answer.
+    GrantUnavailable,
     /// Too many failed logins from this address or for this user: temporarily blocked.
     RateLimited,
     /// The downstream closed (or failed, or sent more than a login may have pipelined behind
@@ -142,9 +163,23 @@ impl Reason {
             Reason::InvalidToken | Reason::UpstreamRejected => ReplyClass::Authentication,
             Reason::UpstreamUnavailable
             | Reason::IdpUnavailable
+            | Reason::GrantUnavailable
             | Reason::RateLimited
             | Reason::ClientClosed => ReplyClass::Unavailable,
         }
+    }
+
+    /// A refusal by one of the policy settings, which `enforce = false` may turn into a
+    /// `would_deny`.
+    pub fn by_setting(self) -> bool {
+        matches!(
+            self,
+            Reason::ImapDisabled
+                | Reason::PopDisabled
+                | Reason::PasswordLoginDisabled
+                | Reason::ClientNotAllowed
+                | Reason::DelegationNotSupported
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -163,6 +198,7 @@ impl Reason {
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::IdpUnavailable => "idp_unavailable",
             Reason::MailboxNotAssigned => "mailbox_not_assigned",
+            Reason::GrantUnavailable => "grant_unavailable",
             Reason::RateLimited => "rate_limited",
             Reason::ClientClosed => "client_closed",
         }
@@ -176,19 +212,20 @@ pub fn decide(directory: &Directory, attempt: &Attempt) -> Decision {
 
 /// Decide one login attempt and say why: the effective settings and the source of each, the
 /// group memberships, and the [`Decision`] that [`decide`] returns for the same input.
-pub fn explain(directory: &Directory, attempt: &Attempt) -> Explanation {
+/// `now` decides whether a report-only refusal has reached its `enforce_from` day.
+pub fn explain(directory: &Directory, attempt: &Attempt, now: SystemTime) -> Explanation {
     let (subject, decision) = evaluate(directory, attempt);
-    explain::build(directory, attempt, subject, decision)
+    explain::build(directory, attempt, subject, decision, now)
 }
 
-/// The pre-directory hook, kept only so `session.rs` compiles until the session is wired to
-/// [`decide`] with the config's directory and verified token facts (TODO(#3)). Allows every
-/// login, as before: the upstream checks the credentials.
-pub fn unwired(_login: &LoginRequest, _protocol: Protocol) -> Decision {
-    Decision::Allow(Permit {
-        source: SOURCE_DEFAULT.to_owned(),
-        ou: None,
-    })
+/// Where the mailboxes of `user` live, when the directory routes them (`upstream` on the user,
+/// a group policy or an OU, inherited), with the source of that setting. `None`: the listener's
+/// upstream. Unknown users in the default OU follow the OU's.
+pub fn route<'d>(directory: &'d Directory, user: &str) -> Option<&'d Sourced<Route>> {
+    match directory.principal(user) {
+        Some(p) => p.effective.upstream.as_ref(),
+        None => directory.default_ou()?.effective.upstream.as_ref(),
+    }
 }
 
 /// Who the attempt was matched to.
@@ -220,6 +257,7 @@ fn evaluate<'d>(directory: &'d Directory, attempt: &Attempt) -> (Subject<'d>, De
                 reason: Reason::UnknownUser,
                 source: SOURCE_DEFAULT.to_owned(),
                 ou: None,
+                enforce: None,
             };
             return (subject, Decision::Deny(denial));
         }
@@ -228,6 +266,7 @@ fn evaluate<'d>(directory: &'d Directory, attempt: &Attempt) -> (Subject<'d>, De
                 reason: Reason::Suspended,
                 source: SOURCE_USER.to_owned(),
                 ou: Some(ou.path.clone()),
+                enforce: None,
             };
             return (subject, Decision::Deny(denial));
         }
@@ -243,6 +282,7 @@ fn evaluate<'d>(directory: &'d Directory, attempt: &Attempt) -> (Subject<'d>, De
             reason,
             source,
             ou: Some(ou.path.clone()),
+            enforce: reason.by_setting().then(|| settings.enforce.clone()),
         }),
     };
     (subject, decision)
@@ -298,6 +338,9 @@ fn gate(s: &Settings, attempt: &Attempt) -> Result<String, (Reason, String)> {
                     s.imap_clients.source.to_string(),
                 ));
             }
+            // Let through by the allowlist: that is where the decision came from, not the
+            // IMAP switch above it.
+            return Ok(s.imap_clients.source.to_string());
         }
     }
     Ok(switch.source.to_string())
@@ -312,3 +355,6 @@ pub const SOURCE_TOKEN: &str = "token";
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod rollout_tests;

@@ -120,7 +120,10 @@ pub fn refusal_text(denial: &Denial, protocol: Protocol, contact: &str) -> Strin
         Reason::UpstreamRejected | Reason::MailboxNotAssigned => {
             return GENERIC_FAILURE.to_owned();
         }
-        Reason::UpstreamUnavailable | Reason::IdpUnavailable | Reason::ClientClosed => {
+        Reason::UpstreamUnavailable
+        | Reason::IdpUnavailable
+        | Reason::GrantUnavailable
+        | Reason::ClientClosed => {
             return TEMPORARY_FAILURE.to_owned();
         }
         Reason::RateLimited => return RATE_LIMITED.to_owned(),

@@ -7,6 +7,11 @@
 //! servers); JWT access tokens with `aud` = [`JWT_AUDIENCE`] and opaque ones with
 //! `aud` = [`OPAQUE_AUDIENCE`]. [`Idp::token`] and [`Idp::rotate_keys`] use two routes that
 //! exist only in this test server (no browser needed). `Drop` kills the process.
+//!
+//! For shared-mailbox grants (`shared_e2e`): client `mailgate-grants` / `grants-secret` with the
+//! device flow (interval 1 s), refresh tokens rotated on every use, revocation at
+//! `/token/revocation`, and three more test routes: `/test/device/approve` (the browser step),
+//! `/test/config?grant_ttl=N` and `/test/count` (token-endpoint requests so far).
 
 // Shared test API: not every helper is used by every area.
 #![allow(dead_code)]

@@ -195,6 +195,29 @@ impl MailgateBuilder {
         mailgate
     }
 
+    /// Start with `[policy.ldap]` as `mailgate run` does: the first sync (or, with the server
+    /// down, `cache_file`) before any listener; `Err` is what `mailgate run` would exit with.
+    /// The returned mailgate's `syncer` runs further syncs (not periodically unless a test
+    /// spawns its `run()`).
+    pub async fn start_ldap(
+        mut self,
+        services: mailgate::server::Services,
+    ) -> Result<Mailgate, mailgate::ldap::SyncError> {
+        capture_logs();
+        let toml = self.toml();
+        let config = Config::from_toml(&toml, std::path::Path::new(env!("CARGO_MANIFEST_DIR")))
+            .unwrap_or_else(|e| panic!("test config rejected:\n{e}\n---\n{toml}"));
+        let (config, snapshot, _) = mailgate::ldap::sync::start(config, &services).await?;
+        let extra: Vec<String> = self.listeners.iter().map(|l| l.0.clone()).collect();
+        let mut mailgate = Self::serve_with(config, services, &extra).await;
+        if let Some(snapshot) = snapshot {
+            mailgate.reloader.set_snapshot(snapshot);
+        }
+        mailgate.syncer = Some(mailgate::ldap::sync::Syncer::new(mailgate.reloader.clone()));
+        mailgate.files = self.files.take();
+        Ok(mailgate)
+    }
+
     /// Like [`start`](Self::start), but from a config file at `path` that is watched for
     /// changes (and SIGHUP) as `mailgate run` does; each reload's outcome arrives on the
     /// returned channel, the readiness signal for tests that edit the file.
@@ -254,6 +277,7 @@ impl MailgateBuilder {
             watcher: None,
             files: None,
             services,
+            syncer: None,
         }
     }
 }
@@ -266,6 +290,8 @@ pub struct Mailgate {
     watcher: Option<JoinHandle<()>>,
     files: Option<tempfile::TempDir>,
     pub services: mailgate::server::Services,
+    /// Set by [`MailgateBuilder::start_ldap`].
+    pub syncer: Option<mailgate::ldap::sync::Syncer>,
 }
 
 impl Mailgate {

@@ -4,6 +4,9 @@
 //! - [`pki`]: a test CA and leaf certificates made at test time.
 //! - [`fixtures`]: the messages each harness mailbox starts with.
 //! - [`redis`]: a private `redis-server` per test (the fleet's shared counter store).
+//! - [`slapd`]: a private OpenLDAP `slapd` per test (the organisation's directory server).
+//! - `ldap`: `[policy.ldap]` against it: presets, TLS, paging, fail-static syncs, the safety
+//!   valve, the cache file, a login decision that follows an LDAP move.
 //! - [`util`]: free ports, external clients with timeouts, digests, raw line clients.
 //! - `demo`: `scripts/demo --check`, the README's first command, allows, refuses and audits.
 //! - `direct`: the clients against the harness Dovecot with no proxy, proving the harness.
@@ -22,10 +25,12 @@
 //!   in Dovecot's log, `/metrics` and `/readyz`: the operator surface end to end.
 //! - `packaging`: the Debian package (`cargo deb`, `dpkg -i`, check, `systemd-analyze verify`,
 //!   purge) and the Prometheus rules and Grafana dashboard (`promtool`, a real scrape).
+//! - `rollout_e2e`: issue 13 on the wire: report-only policies (`would_deny`) and routing OUs
+//!   to their own Dovecot.
 //! - `spray`: password spraying (issue 10): the client address upstream against Dovecot's
 //!   auth penalty, refusals that take as long as upstream failures, a fleet sharing one Redis.
 //!
-//! Needs `dovecot`, `python3`, `curl`, `node` with `tests/idp/node_modules`, `promtool` and
+//! Needs `dovecot`, `slapd` and `ldap-utils`, `python3`, `curl`, `node` with `tests/idp/node_modules`, `promtool` and
 //! `cargo-deb`, and root for `dpkg -i` (`scripts/install-test-deps` installs them).
 
 // This whole crate is test code: a failed `expect` is how a helper fails its test, with the
@@ -38,6 +43,7 @@ mod fixtures;
 mod idp;
 mod pki;
 mod redis;
+mod slapd;
 mod util;
 
 mod abuse;
@@ -47,6 +53,7 @@ mod capabilities;
 mod demo;
 mod direct;
 mod faults;
+mod ldap;
 mod lifecycle;
 mod lockout;
 mod mailgate;
@@ -58,6 +65,8 @@ mod packaging;
 mod policy_e2e;
 mod proxy;
 mod reload;
+mod rollout_e2e;
 mod secrets;
+mod shared_e2e;
 mod spray;
 mod stalls;

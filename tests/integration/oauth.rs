@@ -24,7 +24,11 @@ fn provider(idp: &Idp) -> Provider {
 }
 
 fn verifier(p: Provider) -> Verifier {
-    Verifier::new(&OAuth { providers: vec![p] }).expect("verifier")
+    Verifier::new(&OAuth {
+        providers: vec![p],
+        ..OAuth::default()
+    })
+    .expect("verifier")
 }
 
 async fn verify(v: &Verifier, token: &str) -> Result<mailgate::auth::VerifiedToken, AuthError> {

@@ -486,6 +486,7 @@ async fn audit_records_of_real_sessions() {
         keys(auth),
         [
             "client_id",
+            "client_name",
             "decision",
             "event",
             "issuer",

@@ -39,6 +39,7 @@ fn schema(event: &str) -> &'static [(&'static str, Type)] {
             ("ou", StrOrNull),
             ("mechanism", Str),
             ("client_id", StrOrNull),
+            ("client_name", StrOrNull),
             ("issuer", StrOrNull),
             ("decision", Str),
             ("reason", Str),
@@ -55,6 +56,8 @@ fn schema(event: &str) -> &'static [(&'static str, Type)] {
             ("result", Str),
             ("error", StrOrNull),
             ("config_digest", StrOrNull),
+            ("source", Str),
+            ("changes", StrOrNull),
         ],
         other => panic!("no schema for {other}"),
     }
@@ -133,6 +136,10 @@ fn auth(reason: Reason, mechanism: Mechanism) -> Auth {
         reason,
         policy_source: Some("ou:/Sales".to_owned()),
         upstream: Some("dovecot-imap".to_owned()),
+        client_name: None,
+        would_deny: None,
+        mailbox: None,
+        grant: None,
     }
 }
 
@@ -159,8 +166,9 @@ fn reasons_list_is_complete() {
             Reason::UpstreamUnavailable => 11,
             Reason::IdpUnavailable => 12,
             Reason::MailboxNotAssigned => 13,
-            Reason::RateLimited => 14,
-            Reason::ClientClosed => 15,
+            Reason::GrantUnavailable => 14,
+            Reason::RateLimited => 15,
+            Reason::ClientClosed => 16,
         }
     }
     for (i, r) in REASONS.iter().enumerate() {
@@ -231,6 +239,10 @@ fn auth_schema_for_every_reason_and_mechanism() {
         reason: Reason::InvalidToken,
         policy_source: None,
         upstream: None,
+        client_name: None,
+        would_deny: None,
+        mailbox: None,
+        grant: None,
     };
     let m = round_trip(&rec(Some("s2"), Event::Auth(bare)));
     assert_eq!(m["user"], Value::Null);
@@ -270,6 +282,8 @@ fn reload_schema() {
     let ok = Reload {
         outcome: ReloadOutcome::Applied,
         config_digest: Some("sha256:abc".to_owned()),
+        source: Default::default(),
+        changes: None,
     };
     let m = round_trip(&rec(None, Event::Reload(ok)));
     assert_eq!(m["result"], "ok");
@@ -280,6 +294,8 @@ fn reload_schema() {
             error: "listener[0].bind: \"x\"\nsecond line".to_owned(),
         },
         config_digest: None,
+        source: Default::default(),
+        changes: None,
     };
     let m = round_trip(&rec(None, Event::Reload(rejected)));
     assert_eq!(m["result"], "rejected");

@@ -48,6 +48,8 @@ async fn records_become_json_lines_and_are_counted() {
     audit.reload(Reload {
         outcome: crate::audit::ReloadOutcome::Applied,
         config_digest: None,
+        source: Default::default(),
+        changes: None,
     });
     flush(&audit).await;
     let text = std::fs::read_to_string(&path).unwrap();

@@ -31,6 +31,10 @@ fn auth(user: &str, reason: Reason) -> Event {
         reason,
         policy_source: Some("ou:/".to_owned()),
         upstream: Some("up".to_owned()),
+        client_name: None,
+        would_deny: None,
+        mailbox: None,
+        grant: None,
     })
 }
 
@@ -64,6 +68,8 @@ fn fixture() -> tempfile::NamedTempFile {
             Event::Reload(Reload {
                 outcome: ReloadOutcome::Applied,
                 config_digest: Some("d1".to_owned()),
+                source: Default::default(),
+                changes: None,
             }),
         ),
     ];

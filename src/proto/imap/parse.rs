@@ -448,8 +448,19 @@ pub fn authenticate_response(line: &[u8]) -> Option<SaslResponse<'_>> {
 /// astring        = 1*ASTRING-CHAR / string
 /// ASTRING-CHAR   = ATOM-CHAR / resp-specials
 /// ```
+///
+/// Leniency: `*` and `%` (list-wildcards) are taken inside an atom too, as Dovecot does.
+/// Python's imaplib sends the LOGIN user name unquoted, so a shared-mailbox login
+/// `office@contoso.com*alice@example.com` (Dovecot's master-user separator) arrives bare.
 fn astring(i: &[u8]) -> Res<'_, Cow<'_, [u8]>> {
-    alt((map(take_while1(is_astring_char), Cow::Borrowed), string)).parse(i)
+    alt((
+        map(
+            take_while1(|b| is_astring_char(b) || b == b'*' || b == b'%'),
+            Cow::Borrowed,
+        ),
+        string,
+    ))
+    .parse(i)
 }
 
 /// `nstring = string / nil` (RFC 9051 9).
