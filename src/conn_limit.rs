@@ -10,13 +10,14 @@
 //! one address could fill `max_connections` and shut everyone out. Bounding handshakes in
 //! progress per address keeps one source to a small share.
 //!
-//! The total (`max_handshakes`) evicts instead of refusing: at the cap, a new handshake takes
-//! the place of the one that has waited longest, whose [`HandshakeSlot::evicted`] then
-//! resolves and its session closes the connection. Attackers from many addresses, each under
-//! its allowance, could otherwise hold every handshake slot and shut out every new TLS client
-//! for the whole handshake timeout; a real handshake takes milliseconds, so it completes long
-//! before as many newer connections have pushed it out (the admin listener does the same with
-//! partial requests, `crate::admin`).
+//! The total (`max_handshakes`) counts handshakes under way (first bytes received) and evicts
+//! instead of refusing: at the cap, a handshake that starts takes the place of the oldest one
+//! under way (see `Waiting`). Its [`HandshakeSlot::evicted`] then resolves and its session
+//! closes the connection. Attackers from many addresses, each under its allowance, could
+//! otherwise hold every handshake slot and shut out every new TLS client for the whole
+//! handshake timeout; a real client's handshake takes milliseconds (the admin listener does
+//! the same with partial requests, `crate::admin`). Connections that have sent nothing yet
+//! are bounded by `max_connections` instead ([`ConnLimits::make_room`]).
 //!
 //! Memory: an entry exists only while its address holds a slot, so the tables never hold more
 //! keys than there are open connections (at most `max_connections`).
@@ -24,6 +25,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -47,9 +49,9 @@ impl Default for Caps {
             // Dovecot's mail_max_userip_connections is 10 per user+IP; a NAT'd office shares
             // one address, so the per-IP cap is larger.
             connections_per_ip: 100,
-            // A handshake takes a few round trips (milliseconds); a thousand at once is a burst
-            // of ~100k connections/s or a flood. A tenth of the default `max_connections`, so a
-            // flood of half-open connections from many addresses leaves 90% of it to sessions.
+            // Handshakes under way (bytes received, TLS state held); a real one takes a few
+            // round trips, so a thousand at once is a burst of ~100k connections/s or a flood.
+            // Silent connections do not count (see `Waiting`).
             handshakes: 1000,
             // Enough for a NAT'd office reconnecting at once over slow links; one address
             // holding more half-open connections than this is not a mail client.
@@ -94,11 +96,110 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 #[derive(Debug, Default)]
 struct Counts {
     connections: HashMap<IpAddr, usize>,
+    /// Per-address handshake shares, evicted ones included until their sessions drop them
+    /// (the per-address cap counts what the address still holds).
     handshakes: HashMap<IpAddr, usize>,
-    /// Handshakes in progress by arrival (the first is the oldest), each with the sender that
-    /// evicts it. Its length is the total.
-    waiting: BTreeMap<u64, oneshot::Sender<()>>,
+    /// Handshakes in progress and not yet evicted.
+    waiting: Waiting,
+    /// Sessions past their handshake that have not logged in, by arrival, each with the
+    /// sender that displaces it (see [`ConnLimits::make_room`]).
+    prelogin: BTreeMap<u64, oneshot::Sender<()>>,
     next: u64,
+    /// [`SILENT_GRACE`], shorter in tests.
+    silent_grace: Duration,
+}
+
+/// Handshakes in progress and not yet evicted, in two classes, each by arrival (the first is
+/// the oldest) with the sender that evicts it.
+///
+/// *Silent*: nothing received yet (a half-open connection, or one whose first bytes are still
+/// on their way). It holds no TLS state (the session waits for its first bytes before making
+/// any), so it does not count against `max_handshakes`; silent connections are bounded by the
+/// per-address handshake cap, the handshake timeout and `max_connections`, where
+/// [`ConnLimits::make_room`] closes the oldest of them once they are past [`SILENT_GRACE`].
+///
+/// *Speaking*: bytes arrived, a TLS handshake (or PROXY header) is under way and holds state.
+/// These count against `max_handshakes`, and at the cap the oldest gives way: a handshake still
+/// running after all newer ones is the slowest, a slowloris' or a stalled one; a real client's
+/// takes milliseconds. (Tried in the soak and dropped: evicting silent ones at this cap turned
+/// their pool over in milliseconds, so legitimate connections whose task had not yet run were
+/// evicted; evicting from the address holding the most pushed out a NAT'd office.)
+/// A handshake moves from silent to speaking when the session reports its first bytes through
+/// its [`Spoke`].
+#[derive(Debug, Default)]
+struct Waiting {
+    silent: BTreeMap<u64, Silent>,
+    speaking: BTreeMap<u64, oneshot::Sender<()>>,
+}
+
+#[derive(Debug)]
+struct Silent {
+    kick: oneshot::Sender<()>,
+    since: Instant,
+}
+
+/// How long a silent connection is spared by [`ConnLimits::make_room`]: a client sends its
+/// first bytes with its first packet, but its session task may not have run yet to see them
+/// when the machine is loaded (under the soak's attack, with ~1,000 connections/s displaced,
+/// pools of silent connections turned over in milliseconds and legitimate connections were
+/// displaced before their task's first poll). Two seconds covers the p99 login latency of a
+/// loaded two-core machine.
+pub const SILENT_GRACE: Duration = Duration::from_secs(2);
+
+/// Held by a session to report its connection's first bytes (see `Waiting`).
+#[derive(Debug, Clone)]
+pub struct Spoke {
+    counts: Arc<Mutex<Counts>>,
+    id: u64,
+    /// `max_handshakes` when the connection came (0: no cap).
+    cap: usize,
+}
+
+impl Spoke {
+    /// The connection's first bytes are here: it now counts as a handshake under way, and at
+    /// the cap the oldest other one gives way. Again (a second step): nothing.
+    pub fn now(&self) {
+        let mut counts = lock(&self.counts);
+        let Some(entry) = counts.waiting.silent.remove(&self.id) else {
+            return;
+        };
+        if self.cap != 0 {
+            while counts.waiting.speaking.len() >= self.cap {
+                match counts.waiting.speaking.pop_first() {
+                    Some((_, kick)) => {
+                        let _ = kick.send(());
+                    }
+                    None => break,
+                }
+            }
+        }
+        counts.waiting.speaking.insert(self.id, entry.kick);
+    }
+}
+
+impl Waiting {
+    fn total(&self) -> usize {
+        self.silent.len() + self.speaking.len()
+    }
+
+    /// Take handshake `id` out of the table, whichever class it is in (gone if evicted).
+    fn remove(&mut self, id: u64) {
+        if self.silent.remove(&id).is_none() {
+            self.speaking.remove(&id);
+        }
+    }
+
+    /// Evict the oldest silent handshake if it has been silent since before `before`; `false`
+    /// if there is none.
+    fn evict_silent(&mut self, before: Instant) -> bool {
+        match self.silent.first_entry() {
+            Some(entry) if entry.get().since <= before => {
+                let _ = entry.remove().kick.send(());
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Shared by every listener. Cheap to clone; clones share the counts.
@@ -131,12 +232,69 @@ pub struct HandshakeSlot {
     counts: Arc<Mutex<Counts>>,
     key: Option<IpAddr>,
     id: u64,
-    evicted: oneshot::Receiver<()>,
+    kicked: Kicked,
+    spoke: Spoke,
+}
+
+/// A pre-login session's place in the table [`ConnLimits::make_room`] displaces from; freed on
+/// drop (at login, or when the session ends).
+#[must_use = "dropping the slot takes the session out of the table at once"]
+#[derive(Debug)]
+pub struct PreloginSlot {
+    counts: Arc<Mutex<Counts>>,
+    id: u64,
+    kicked: Kicked,
+}
+
+impl PreloginSlot {
+    /// Resolves once the session was displaced to make room (stays resolved); pending
+    /// otherwise.
+    pub async fn displaced(&mut self) {
+        self.kicked.wait().await;
+    }
+}
+
+impl Drop for PreloginSlot {
+    fn drop(&mut self) {
+        lock(&self.counts).prelogin.remove(&self.id);
+    }
+}
+
+/// The receiving end of an eviction, safe to await again and again (each handshake step and
+/// each read races it): once kicked it stays resolved.
+#[derive(Debug)]
+struct Kicked {
+    rx: oneshot::Receiver<()>,
+    /// Set once `rx` has resolved (a oneshot must not be polled after it completed).
+    done: bool,
+}
+
+impl Kicked {
+    fn new(rx: oneshot::Receiver<()>) -> Kicked {
+        Kicked { rx, done: false }
+    }
+
+    async fn wait(&mut self) {
+        if !self.done {
+            if (&mut self.rx).await.is_err() {
+                // The sender is only dropped unsent when the slot itself goes away.
+                std::future::pending::<()>().await;
+            }
+            self.done = true;
+        }
+    }
 }
 
 impl ConnLimits {
     pub fn new() -> ConnLimits {
-        ConnLimits::default()
+        ConnLimits::with_silent_grace(SILENT_GRACE)
+    }
+
+    /// With another grace for silent connections at `max_connections` (tests).
+    pub fn with_silent_grace(grace: Duration) -> ConnLimits {
+        let limits = ConnLimits::default();
+        lock(&limits.0).silent_grace = grace;
+        limits
     }
 
     /// Take a connection slot for `ip`.
@@ -156,9 +314,9 @@ impl ConnLimits {
     }
 
     /// Take a handshake slot, counted for `ip` too when it is known (`None` behind a PROXY
-    /// balancer until the header names the client: see [`HandshakeSlot::attribute`]). At the
-    /// total cap the oldest handshake in progress is evicted to make room (module docs); only
-    /// the per-address cap refuses.
+    /// balancer until the header names the client: see [`HandshakeSlot::attribute`]). It counts
+    /// against the total once the connection speaks ([`Spoke::now`]), evicting the oldest at
+    /// the cap (module docs); only the per-address cap refuses.
     pub fn handshake(&self, ip: Option<IpAddr>, caps: &Caps) -> Result<HandshakeSlot, Over> {
         let mut counts = lock(&self.0);
         let key = ip.map(client_key);
@@ -170,30 +328,80 @@ impl ConnLimits {
                 Over::HandshakesPerIp,
             )?;
         }
-        if caps.handshakes != 0 {
-            while counts.waiting.len() >= caps.handshakes {
-                // Its per-address share is given back when its session drops the slot.
-                if let Some((_, kick)) = counts.waiting.pop_first() {
-                    let _ = kick.send(());
-                }
-            }
-        }
         let id = counts.next;
         counts.next += 1;
         let (kick, evicted) = oneshot::channel();
-        counts.waiting.insert(id, kick);
+        counts.waiting.silent.insert(
+            id,
+            Silent {
+                kick,
+                since: Instant::now(),
+            },
+        );
+        let spoke = Spoke {
+            counts: self.0.clone(),
+            id,
+            cap: caps.handshakes,
+        };
         Ok(HandshakeSlot {
             counts: self.0.clone(),
             key,
             id,
-            evicted,
+            kicked: Kicked::new(evicted),
+            spoke,
         })
+    }
+
+    /// At `max_connections`: close a connection that has not logged in to make room for a new
+    /// one, as Dovecot's login processes do when their client limit is reached. The oldest
+    /// handshake that has been silent for longer than [`SILENT_GRACE`] goes first (cheapest to
+    /// lose: it has cost nothing and holds nothing), else the session that has waited longest
+    /// before logging in; handshakes under way, younger silent ones and logged-in sessions are
+    /// never touched. `false` when there
+    /// is nothing to displace (the newcomer is refused). Its permit comes back when the
+    /// displaced session's task ends, moments later; the newcomer waits for it.
+    ///
+    /// Why (issue 9): attackers holding half-open and idle pre-login connections from many
+    /// addresses, each under the per-address caps, filled `max_connections` in the soak and
+    /// every legitimate client was refused until their timeouts. A mail client logs in right
+    /// after the greeting, so the oldest connection still not logged in is the least likely to
+    /// be one.
+    pub fn make_room(&self) -> bool {
+        let mut counts = lock(&self.0);
+        let grace = counts.silent_grace;
+        if let Some(before) = Instant::now().checked_sub(grace)
+            && counts.waiting.evict_silent(before)
+        {
+            return true;
+        }
+        match counts.prelogin.pop_first() {
+            Some((_, kick)) => {
+                let _ = kick.send(());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Register a session that is past its handshake and not logged in yet; it can be
+    /// displaced by [`ConnLimits::make_room`] until the slot is dropped.
+    pub fn prelogin(&self) -> PreloginSlot {
+        let mut counts = lock(&self.0);
+        let id = counts.next;
+        counts.next += 1;
+        let (kick, evicted) = oneshot::channel();
+        counts.prelogin.insert(id, kick);
+        PreloginSlot {
+            counts: self.0.clone(),
+            id,
+            kicked: Kicked::new(evicted),
+        }
     }
 
     /// Connections and handshakes in progress now (for tests and diagnostics).
     pub fn totals(&self) -> (usize, usize) {
         let counts = lock(&self.0);
-        (counts.connections.values().sum(), counts.waiting.len())
+        (counts.connections.values().sum(), counts.waiting.total())
     }
 }
 
@@ -205,8 +413,9 @@ impl HandshakeSlot {
             return Ok(());
         }
         let key = client_key(ip);
+        let mut counts = lock(&self.counts);
         take(
-            &mut lock(&self.counts).handshakes,
+            &mut counts.handshakes,
             key,
             caps.handshakes_per_ip,
             Over::HandshakesPerIp,
@@ -217,11 +426,14 @@ impl HandshakeSlot {
 
     /// Resolves when a newer handshake has taken this one's place at the total cap: the
     /// session then closes the connection. Pending forever otherwise.
+    /// The handle through which the session reports the connection's first bytes.
+    pub fn spoke(&self) -> Spoke {
+        self.spoke.clone()
+    }
+
+    /// May be awaited again (each handshake step races it): once evicted, it stays resolved.
     pub async fn evicted(&mut self) {
-        if (&mut self.evicted).await.is_err() {
-            // The sender is only dropped unsent when this slot itself goes away.
-            std::future::pending::<()>().await;
-        }
+        self.kicked.wait().await;
     }
 }
 
@@ -235,7 +447,7 @@ impl Drop for HandshakeSlot {
     fn drop(&mut self) {
         let mut counts = lock(&self.counts);
         // Already gone from the table if it was evicted.
-        counts.waiting.remove(&self.id);
+        counts.waiting.remove(self.id);
         if let Some(key) = self.key {
             release(&mut counts.handshakes, key);
         }
@@ -326,7 +538,7 @@ mod tests {
     }
 
     #[test]
-    fn handshakes_are_capped_per_address_and_in_total() {
+    fn handshakes_are_capped_per_address() {
         let limits = ConnLimits::new();
         let c = caps(0, 3, 2);
         let a = ip("192.0.2.1");
@@ -344,14 +556,31 @@ mod tests {
         drop(h3);
     }
 
+    /// Whether the slot has been evicted by now (without waiting).
+    async fn is_evicted(slot: &mut HandshakeSlot) -> bool {
+        tokio::select! {
+            biased;
+            () = slot.evicted() => true,
+            () = std::future::ready(()) => false,
+        }
+    }
+
+    /// A handshake slot whose connection has sent its first bytes.
+    fn speaking(limits: &ConnLimits, from: &str, c: &Caps) -> HandshakeSlot {
+        let slot = limits.handshake(Some(ip(from)), c).unwrap();
+        slot.spoke().now();
+        slot
+    }
+
     #[tokio::test]
-    async fn at_the_total_cap_the_oldest_handshake_gives_way() {
+    async fn at_the_total_cap_the_oldest_speaking_handshake_gives_way() {
         let limits = ConnLimits::new();
         let c = caps(0, 2, 1);
-        let mut first = limits.handshake(Some(ip("192.0.2.1")), &c).unwrap();
-        let mut second = limits.handshake(Some(ip("192.0.2.2")), &c).unwrap();
-        let _third = limits.handshake(Some(ip("192.0.2.3")), &c).unwrap();
+        let mut first = speaking(&limits, "192.0.2.1", &c);
+        let mut second = speaking(&limits, "192.0.2.2", &c);
+        let _third = speaking(&limits, "192.0.2.3", &c);
         first.evicted().await;
+        assert!(!is_evicted(&mut second).await);
         assert_eq!(limits.totals().1, 2);
         // The evicted one still holds its address's share until its session drops it.
         assert_eq!(
@@ -359,9 +588,63 @@ mod tests {
             Over::HandshakesPerIp
         );
         drop(first);
-        let _fourth = limits.handshake(Some(ip("192.0.2.1")), &c).unwrap();
+        let fourth = speaking(&limits, "192.0.2.1", &c);
         second.evicted().await;
         assert_eq!(limits.totals().1, 2);
+        // Speaking again changes nothing.
+        fourth.spoke().now();
+        assert_eq!(limits.totals().1, 2);
+    }
+
+    #[tokio::test]
+    async fn silent_connections_do_not_count_against_the_total() {
+        let limits = ConnLimits::new();
+        let c = caps(0, 2, 100);
+        // A flood that never speaks: held, nobody evicted.
+        let mut flood: Vec<_> = (0..50)
+            .map(|_| limits.handshake(Some(ip("198.51.100.9")), &c).unwrap())
+            .collect();
+        let mut client = speaking(&limits, "192.0.2.1", &c);
+        for f in &mut flood {
+            assert!(!is_evicted(f).await);
+        }
+        // Speaking ones count: the third to speak pushes out the oldest speaking one, the
+        // client; the silent flood is still untouched.
+        let _a = speaking(&limits, "192.0.2.2", &c);
+        assert!(!is_evicted(&mut client).await);
+        flood[10].spoke().now();
+        assert!(is_evicted(&mut client).await);
+        assert!(!is_evicted(&mut flood[0]).await);
+        assert_eq!(limits.totals().1, 51);
+    }
+
+    #[tokio::test]
+    async fn making_room_takes_old_silent_handshakes_then_the_oldest_prelogin_session() {
+        let c = caps(0, 0, 0);
+        // Silent connections within their grace are spared: the oldest pre-login session goes.
+        let limits = ConnLimits::new();
+        let mut young = limits.handshake(Some(ip("192.0.2.1")), &c).unwrap();
+        let mut first = limits.prelogin();
+        let mut second = limits.prelogin();
+        assert!(limits.make_room());
+        first.displaced().await;
+        assert!(!is_evicted(&mut young).await);
+        assert!(limits.make_room());
+        second.displaced().await;
+        assert!(!limits.make_room(), "nothing left to displace");
+        drop(young);
+        // Past their grace, silent handshakes go first, oldest first; speaking ones never.
+        let limits = ConnLimits::with_silent_grace(Duration::ZERO);
+        let mut old = limits.handshake(Some(ip("192.0.2.1")), &c).unwrap();
+        let talking = limits.handshake(Some(ip("192.0.2.2")), &c).unwrap();
+        talking.spoke().now();
+        let mut waiting = limits.prelogin();
+        assert!(limits.make_room());
+        assert!(is_evicted(&mut old).await);
+        assert!(limits.make_room());
+        waiting.displaced().await;
+        assert!(!limits.make_room());
+        drop(talking);
     }
 
     #[test]

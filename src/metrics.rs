@@ -134,6 +134,7 @@ pub enum SessionEnd {
     IdleTimeout,
     Revoked,
     Shutdown,
+    Displaced,
     Error,
 }
 
@@ -145,6 +146,7 @@ impl SessionEnd {
             SessionEnd::IdleTimeout => "idle_timeout",
             SessionEnd::Revoked => "revoked",
             SessionEnd::Shutdown => "shutdown",
+            SessionEnd::Displaced => "displaced",
             SessionEnd::Error => "error",
         }
     }
@@ -158,6 +160,7 @@ impl From<End> for SessionEnd {
             End::IdleTimeout => SessionEnd::IdleTimeout,
             End::Revoked => SessionEnd::Revoked,
             End::Shutdown => SessionEnd::Shutdown,
+            End::Displaced => SessionEnd::Displaced,
             End::Error(_) => SessionEnd::Error,
         }
     }

@@ -42,13 +42,14 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::Readiness;
 use crate::audit::Audit;
 use crate::auth::Verifier;
 use crate::config::{Config, Listener, ListenerTls, UpstreamTls};
-use crate::conn_limit::{Admission, ConnLimits, Over};
+use crate::conn_limit::{Admission, ConnLimits, ConnectionSlot, HandshakeSlot, Over};
 use crate::metrics::{Metrics, Refused};
 use crate::session::{self, SessionContext};
 use crate::throttle::Throttle;
@@ -525,12 +526,44 @@ async fn accept_loop(tcp: TcpListener, ctx: Arc<SessionContext>, permits: Arc<Se
             }
         };
         match admit(&ctx, peer, &permits) {
-            Ok((permit, admission)) => {
+            Ok(Admitted::Now(permit, admission)) => {
                 let ctx = ctx.clone();
                 // Detached: a session outlives the accept loop (drain); its permit tracks it.
                 tokio::spawn(async move {
                     session::run(stream, peer, ctx, admission).await;
                     drop(permit);
+                });
+            }
+            Ok(Admitted::Displacing(connection)) => {
+                let ctx = ctx.clone();
+                let permits = permits.clone();
+                tokio::spawn(async move {
+                    // The displaced session's permit comes back as soon as its task ends. Only
+                    // then is the handshake slot taken: a connection waiting here must not
+                    // count as a silent handshake that the next newcomer could evict.
+                    let admitted = match timeout(ROOM_WAIT, permits.acquire_owned()).await {
+                        Ok(Ok(permit)) => handshake_slot(&ctx, peer)
+                            .map(|handshake| (permit, handshake))
+                            .map_err(|over| (Refused::from(over), true)),
+                        _ => Err((Refused::Limit, false)),
+                    };
+                    match admitted {
+                        Ok((permit, handshake)) => {
+                            let admission = Admission {
+                                connection,
+                                handshake,
+                            };
+                            session::run(stream, peer, ctx, admission).await;
+                            drop(permit);
+                        }
+                        Err((reason, per_ip)) => {
+                            ctx.shared
+                                .services
+                                .metrics
+                                .connection_refused(&ctx.listener.name, reason);
+                            session::refuse_at_once(stream, &ctx.listener, per_ip);
+                        }
+                    }
                 });
             }
             Err(turned) => {
@@ -549,36 +582,64 @@ async fn accept_loop(tcp: TcpListener, ctx: Arc<SessionContext>, permits: Arc<Se
     }
 }
 
+/// How long a connection admitted by displacing another waits for that one's permit (it is
+/// normally back within a scheduling round; bounded all the same).
+const ROOM_WAIT: Duration = Duration::from_secs(2);
+
+/// What the accept loop may do with a connection.
+enum Admitted {
+    /// Serve it: its global permit and slots.
+    Now(OwnedSemaphorePermit, Admission),
+    /// At `max_connections` a connection that had not logged in was displaced for it
+    /// (`ConnLimits::make_room`): wait for the permit that frees, then take the handshake
+    /// slot. Holds the per-address connection slot meanwhile.
+    Displacing(Option<ConnectionSlot>),
+}
+
 /// Take the global permit and, where the client is known and a handshake comes first, the
 /// per-address and handshake slots (see the module docs). Nothing is taken on `Err`.
 fn admit(
     ctx: &SessionContext,
     peer: SocketAddr,
     permits: &Arc<Semaphore>,
-) -> Result<(OwnedSemaphorePermit, Admission), Turned> {
-    let permit = permits
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| Turned::Global)?;
+) -> Result<Admitted, Turned> {
+    let permit = permits.clone().try_acquire_owned().ok();
     let generation = ctx.shared.current();
     let caps = &generation.config.limits.connections;
     let limits = &ctx.shared.conn_limits;
-    let proxied = ctx.listener.proxy_protocol.is_some();
     // Behind a PROXY balancer the peer is the balancer; the session counts the real client.
-    let client = (!proxied).then_some(peer.ip());
-    let connection = client
-        .map(|ip| limits.connection(ip, caps))
+    let connection = (ctx.listener.proxy_protocol.is_none())
+        .then(|| limits.connection(peer.ip(), caps))
         .transpose()
         .map_err(Turned::Cap)?;
-    let handshake = (proxied || ctx.listener.tls == ListenerTls::Implicit)
-        .then(|| limits.handshake(client, caps))
-        .transpose()
-        .map_err(Turned::Cap)?;
-    Ok((
+    let Some(permit) = permit else {
+        return if limits.make_room() {
+            Ok(Admitted::Displacing(connection))
+        } else {
+            Err(Turned::Global)
+        };
+    };
+    let handshake = handshake_slot(ctx, peer).map_err(Turned::Cap)?;
+    Ok(Admitted::Now(
         permit,
         Admission {
             connection,
             handshake,
         },
     ))
+}
+
+/// The handshake slot of a connection whose handshake comes first (a PROXY header and/or
+/// implicit TLS); counted for the peer unless a PROXY header is to name the client.
+fn handshake_slot(ctx: &SessionContext, peer: SocketAddr) -> Result<Option<HandshakeSlot>, Over> {
+    let proxied = ctx.listener.proxy_protocol.is_some();
+    if !proxied && ctx.listener.tls != ListenerTls::Implicit {
+        return Ok(None);
+    }
+    let generation = ctx.shared.current();
+    let client = (!proxied).then_some(peer.ip());
+    ctx.shared
+        .conn_limits
+        .handshake(client, &generation.config.limits.connections)
+        .map(Some)
 }

@@ -42,7 +42,7 @@ use tracing::Instrument as _;
 use crate::audit::{self, Event};
 use crate::auth::{AuthError, VerificationMode, VerifiedToken};
 use crate::config::{Listener, ListenerTls};
-use crate::conn_limit::{Admission, HandshakeSlot};
+use crate::conn_limit::{Admission, HandshakeSlot, Spoke};
 use crate::directory;
 use crate::metrics::{Refused, TokenResult};
 use crate::pacing::Pacing;
@@ -89,6 +89,8 @@ pub enum PreauthEnd {
     /// The server began to drain before this session logged in.
     Shutdown,
     Error(Side),
+    /// Closed before login to make room at `max_connections` (`ConnLimits::make_room`).
+    Displaced,
     /// A newer connection took this one's handshake slot at `max_handshakes`: as a refusal at
     /// accept, no log line and no audit record (a flood must not become an audit flood: one
     /// per evicted half-open connection was ~4,000 records/s in the soak).
@@ -197,6 +199,7 @@ impl PreauthEnd {
             PreauthEnd::Machine(CloseReason::TooManyAttempts) => "too_many_attempts",
             PreauthEnd::Machine(CloseReason::ProtocolViolation) => "protocol_violation",
             PreauthEnd::Shutdown => "shutdown",
+            PreauthEnd::Displaced => "displaced",
             PreauthEnd::Error(Side::Downstream) => "client_error",
             PreauthEnd::Error(Side::Upstream) => "upstream_error",
             PreauthEnd::Evicted => "evicted",
@@ -219,6 +222,7 @@ impl Ending {
                         CloseReason::TooManyAttempts | CloseReason::ProtocolViolation,
                     ) => End::Error(Side::Downstream),
                     PreauthEnd::Shutdown => End::Shutdown,
+                    PreauthEnd::Displaced => End::Displaced,
                     PreauthEnd::Error(side) => End::Error(side),
                     PreauthEnd::Evicted => End::Error(Side::Downstream),
                 };
@@ -323,6 +327,7 @@ async fn accept_tls(
     tcp: TcpStream,
     listener: &Listener,
     generation: &Generation,
+    spoke: Option<Spoke>,
 ) -> std::io::Result<Downstream> {
     match (listener.tls, &generation.acceptor) {
         (ListenerTls::Implicit, Some(acceptor)) => {
@@ -330,6 +335,13 @@ async fn accept_tls(
             // with a reset, no TIME_WAIT socket per half-open connection of a flood. The
             // normal close is back once TLS is up (so a goodbye is never cut off).
             let _ = tcp.set_zero_linger();
+            // No TLS state until the ClientHello's first bytes are here: a half-open
+            // connection (a flood's, or a client on a slow link) then costs its task and
+            // socket only, not rustls' buffers, while it waits out the handshake timeout.
+            // `peek`, not `readable`: readiness alone fired for connections that had sent
+            // nothing (every half-open one then counted as a handshake under way).
+            tcp.peek(&mut [0u8; 1]).await?;
+            spoke.inspect(Spoke::now);
             let tls = acceptor.accept(tcp).await?;
             #[allow(deprecated)]
             // Deprecated for blocking closes; `None` is the non-blocking default.
@@ -348,11 +360,12 @@ enum Cut {
     Evicted,
 }
 
-/// `step`, bounded by the handshake timeout and by the eviction of the connection's handshake
+/// `step`, bounded by the handshake deadline (`handshake_timeout` from accept, for the PROXY
+/// header and the TLS handshake together) and by the eviction of the connection's handshake
 /// slot (if it holds one).
 async fn within_handshake<F: std::future::Future>(
     slot: &mut Option<HandshakeSlot>,
-    limit: Duration,
+    deadline: tokio::time::Instant,
     step: F,
 ) -> Result<F::Output, Cut> {
     let evicted = async {
@@ -362,7 +375,7 @@ async fn within_handshake<F: std::future::Future>(
         }
     };
     tokio::select! {
-        out = timeout(limit, step) => out.map_err(|_| Cut::TimedOut),
+        out = tokio::time::timeout_at(deadline, step) => out.map_err(|_| Cut::TimedOut),
         () = evicted => Err(Cut::Evicted),
     }
 }
@@ -370,7 +383,9 @@ async fn within_handshake<F: std::future::Future>(
 /// Read a PROXY v1/v2 header without reading one byte past it: the bytes after it are the
 /// client's TLS handshake or first command. v1 is read byte by byte up to its LF (at most 107
 /// bytes); v2 as its 16-byte fixed part, then exactly the length that part announces.
-async fn read_proxy_header(tcp: &mut TcpStream) -> Result<ProxyHeader, ()> {
+async fn read_proxy_header(tcp: &mut TcpStream, spoke: Option<Spoke>) -> Result<ProxyHeader, ()> {
+    tcp.peek(&mut [0u8; 1]).await.map_err(|_| ())?;
+    spoke.inspect(Spoke::now);
     let mut buf = Vec::with_capacity(proxy_header::MAX_V1_LEN);
     let mut first = [0u8; 6];
     tcp.read_exact(&mut first).await.map_err(|_| ())?;
@@ -419,6 +434,7 @@ async fn drive(
         connection: mut _slot,
         mut handshake,
     } = admission;
+    let handshake_deadline = tokio::time::Instant::now() + limits.handshake_timeout;
     if let Some(trusted) = &ctx.listener.proxy_protocol {
         // Only a trusted load balancer may name another client address; from anyone else, and
         // without a valid header, the connection is closed (nothing else is safe to assume).
@@ -426,10 +442,11 @@ async fn drive(
         let refused = if !trusted.contains(trail.peer.source.ip()) {
             Some(Refused::ProxyUntrusted)
         } else {
+            let spoke = handshake.as_ref().map(HandshakeSlot::spoke);
             match within_handshake(
                 &mut handshake,
-                limits.handshake_timeout,
-                read_proxy_header(&mut tcp),
+                handshake_deadline,
+                read_proxy_header(&mut tcp, spoke),
             )
             .await
             {
@@ -490,10 +507,11 @@ async fn drive(
     // Boxed, as the login below: a task's future is as large as its largest state, and the
     // handshake's (a whole rustls connection in the making) or the login's would otherwise be
     // reserved for every connection's whole life (18 KiB per task before, issue 9).
+    let spoke = handshake.as_ref().map(HandshakeSlot::spoke);
     let down = match within_handshake(
         &mut handshake,
-        limits.handshake_timeout,
-        Box::pin(accept_tls(tcp, &ctx.listener, &generation)),
+        handshake_deadline,
+        Box::pin(accept_tls(tcp, &ctx.listener, &generation, spoke)),
     )
     .await
     {
@@ -619,6 +637,8 @@ struct Preauth<'a, F> {
 impl<F: Frontend> Preauth<'_, F> {
     async fn run(mut self) -> Ending {
         let mut phase = self.ctx.shared.phase();
+        // Until login: may be displaced to make room at `max_connections` (oldest first).
+        let mut prelogin = self.ctx.shared.conn_limits.prelogin();
         loop {
             if let Err(end) = self.flush(self.write_deadline()).await {
                 return Ending::Preauth(end);
@@ -638,6 +658,8 @@ impl<F: Frontend> Preauth<'_, F> {
                         }
                         Err(NotAdmitted::Ended(end)) => return Ending::Preauth(end),
                         Ok(admitted) => {
+                            // Logged in: never displaced from here on.
+                            drop(prelogin);
                             // Boxed too: a connection that never logs in need not reserve
                             // the splice's state.
                             return Box::pin(self.splice(admitted)).await;
@@ -677,13 +699,13 @@ impl<F: Frontend> Preauth<'_, F> {
                 }
                 () = async { let _ = phase.wait_for(|p| *p != Phase::Serving).await; } => {
                     // Nobody logs in on a server that is going away.
-                    let goodbye = splice::goodbye(self.ctx.listener.protocol, End::Shutdown);
-                    let _ = timeout(GOODBYE_TIMEOUT, async {
-                        self.down.write_all(goodbye.unwrap_or_default()).await?;
-                        self.down.shutdown().await
-                    })
-                    .await;
+                    self.goodbye(End::Shutdown).await;
                     return Ending::Preauth(PreauthEnd::Shutdown);
+                }
+                () = prelogin.displaced() => {
+                    tracing::debug!("displaced before login to make room at max_connections");
+                    self.goodbye(End::Displaced).await;
+                    return Ending::Preauth(PreauthEnd::Displaced);
                 }
             };
             match read {
@@ -692,6 +714,16 @@ impl<F: Frontend> Preauth<'_, F> {
                 Err(e) => return Ending::Preauth(PreauthEnd::downstream_failed(&e)),
             }
         }
+    }
+
+    /// mailgate ends the session before login: its goodbye line, bounded, then close.
+    async fn goodbye(&mut self, end: End) {
+        let goodbye = splice::goodbye(self.ctx.listener.protocol, end);
+        let _ = timeout(GOODBYE_TIMEOUT, async {
+            self.down.write_all(goodbye.unwrap_or_default()).await?;
+            self.down.shutdown().await
+        })
+        .await;
     }
 
     /// Send everything the machine queued, by `until`. A client that pipelines commands and

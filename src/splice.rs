@@ -61,6 +61,9 @@ pub enum End {
     IdleTimeout,
     Revoked,
     Shutdown,
+    /// Closed before login to make room for a new connection at `max_connections`
+    /// (`crate::conn_limit::ConnLimits::make_room`).
+    Displaced,
     /// A read or write failed on that side.
     Error(Side),
 }
@@ -74,6 +77,7 @@ impl End {
             End::IdleTimeout => "idle_timeout",
             End::Revoked => "revoked",
             End::Shutdown => "shutdown",
+            End::Displaced => "displaced",
             End::Error(_) => "error",
         }
     }
@@ -97,6 +101,13 @@ pub fn goodbye(protocol: Protocol, end: End) -> Option<&'static [u8]> {
             b"* BYE [AUTHORIZATIONFAILED] Access was revoked by your organisation's policy\r\n"
         }
         (Protocol::Imap, End::Shutdown) => b"* BYE [UNAVAILABLE] Server shutting down\r\n",
+        // The words of the refusal at accept at the same cap (`session::refuse_at_once`).
+        (Protocol::Imap, End::Displaced) => {
+            b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n"
+        }
+        (Protocol::Pop3, End::Displaced) => {
+            b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
+        }
         // Dovecot's wording; RFC 1939 3 lets the server close an inactive session.
         (Protocol::Pop3, End::IdleTimeout) => b"-ERR [SYS/TEMP] Disconnected for inactivity\r\n",
         (Protocol::Pop3, End::Revoked) => {

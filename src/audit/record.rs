@@ -210,17 +210,20 @@ pub enum End {
     Revoked,
     /// mailgate is stopping (SIGTERM drain deadline).
     Shutdown,
+    /// Closed before login to make room for a new connection at `max_connections`.
+    Displaced,
     /// A read or write failed, a limit was hit, or something internal went wrong.
     Error,
 }
 
 impl End {
-    pub const ALL: [End; 6] = [
+    pub const ALL: [End; 7] = [
         End::ClientClosed,
         End::UpstreamClosed,
         End::IdleTimeout,
         End::Revoked,
         End::Shutdown,
+        End::Displaced,
         End::Error,
     ];
 
@@ -231,6 +234,7 @@ impl End {
             End::IdleTimeout => "idle_timeout",
             End::Revoked => "revoked",
             End::Shutdown => "shutdown",
+            End::Displaced => "displaced",
             End::Error => "error",
         }
     }
@@ -244,6 +248,7 @@ impl From<crate::splice::End> for End {
             crate::splice::End::IdleTimeout => End::IdleTimeout,
             crate::splice::End::Revoked => End::Revoked,
             crate::splice::End::Shutdown => End::Shutdown,
+            crate::splice::End::Displaced => End::Displaced,
             crate::splice::End::Error(_) => End::Error,
         }
     }

@@ -493,3 +493,70 @@ async fn upstream_bye_after_the_login_command_is_a_failed_login() {
     let ok = c.imap("b", "LOGIN alice@example.com alice-secret").await;
     assert_eq!(ok.status(), "OK", "{ok:?}");
 }
+
+/// At `max_connections`, connections that never log in make room for new ones, oldest first,
+/// as Dovecot's login processes do; logged-in sessions are never touched. Before: the cap full
+/// of idle pre-login connections from many addresses (each under its allowance) refused every
+/// new client with `* BYE Too many connections` until their `auth_timeout`.
+#[tokio::test]
+async fn at_max_connections_the_oldest_idle_prelogin_connection_makes_room() {
+    let dovecot = Dovecot::start();
+    let rig = Rig::start(Mailgate::builder(&dovecot).limits("max_connections = 6")).await;
+    let plain = rig.mailgate.addr("imap-plain");
+    // Six idle connections, greeted, never logging in: the cap is full.
+    let mut idle = Vec::new();
+    for _ in 0..6 {
+        let mut c = TcpLineClient::connect(plain).await;
+        assert!(c.read_line().await.starts_with("* OK"));
+        idle.push(c);
+    }
+    // A new client gets in and logs in; the oldest idle one was told why and closed.
+    let mut alice = TcpLineClient::connect(plain).await;
+    assert!(alice.read_line().await.starts_with("* OK"));
+    let done = alice
+        .imap("a1", "LOGIN alice@example.com alice-secret")
+        .await;
+    assert!(done.tagged.starts_with("a1 OK"), "{}", done.tagged);
+    let mut oldest = idle.remove(0);
+    assert_eq!(
+        oldest.read_line().await,
+        "* BYE [UNAVAILABLE] Too many connections, try again later"
+    );
+    oldest.expect_eof().await;
+    // Five more logins displace the other five idle ones; then the cap holds six logged-in
+    // sessions and a seventh connection is refused at once, the sessions untouched.
+    let mut sessions = vec![alice];
+    for i in 0..5 {
+        let mut c = TcpLineClient::connect(plain).await;
+        assert!(c.read_line().await.starts_with("* OK"));
+        let done = c.imap("b1", "LOGIN bob@example.com bob-secret").await;
+        assert!(
+            done.tagged.starts_with("b1 OK"),
+            "login {i}: {}",
+            done.tagged
+        );
+        sessions.push(c);
+    }
+    for mut c in idle {
+        assert!(c.read_line().await.starts_with("* BYE [UNAVAILABLE]"));
+    }
+    let mut refused = TcpLineClient::connect(plain).await;
+    assert_eq!(
+        refused.read_line().await,
+        "* BYE [UNAVAILABLE] Too many connections, try again later"
+    );
+    for c in &mut sessions {
+        let done = c.imap("n1", "NOOP").await;
+        assert!(done.tagged.starts_with("n1 OK"), "{}", done.tagged);
+    }
+    // The displaced ones are in the audit log as such.
+    let records = rig
+        .records_when(|all| {
+            all.iter()
+                .filter(|r| r["event"] == "session_end" && r["end"] == "displaced")
+                .count()
+                == 6
+        })
+        .await;
+    assert!(!records.is_empty());
+}
