@@ -143,7 +143,7 @@ fn allowlists_take_client_names() {
         };
         assert_eq!(matches!(decide(&d, &a), Decision::Allow(_)), ok, "{client}");
         if client == APPLE_IOS_MAIL_GOOGLE {
-            let text = explain(&d, &a, SystemTime::now()).to_string();
+            let text = explain(&d, &a, day("2026-12-01")).to_string();
             assert!(
                 text.contains(&format!(
                     "client id  {APPLE_IOS_MAIL_GOOGLE} (apple-ios-mail)"
@@ -226,7 +226,7 @@ fn policy() -> impl Strategy<Value = String> {
 }
 
 fn outcomes(d: &Directory, user: &str) -> Vec<bool> {
-    let now = SystemTime::now();
+    let now = day("2026-12-01");
     let mut out = Vec::new();
     for protocol in [Imap, Pop3] {
         for client in [None, Some("app"), Some("other")] {
