@@ -1008,7 +1008,13 @@ impl<F: Frontend> Preauth<'_, F> {
                 record.ou = denial.ou.as_deref().map(str::to_owned);
                 record.policy_source = Some(denial.source.clone());
                 record.reason = denial.reason;
-                let challenge = oauth_challenge(mechanism, denial.reason);
+                // A token for another name reads as a wrong password (see `refusal::reply`),
+                // challenge included.
+                let wire_reason = match denial.reason {
+                    Reason::TokenUserMismatch => Reason::UpstreamRejected,
+                    reason => reason,
+                };
+                let challenge = oauth_challenge(mechanism, wire_reason);
                 self.pace_policy_refusal(&generation, request).await;
                 return Err(self.refusal(reply.class, &reply.text, challenge));
             }

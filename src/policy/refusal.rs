@@ -88,9 +88,13 @@ pub fn reply(
     contact: &str,
 ) -> Reply {
     let class = denial.reason.class();
-    let show = class == ReplyClass::Unavailable
-        || identity == Identity::Proven
-        || disclose == DiscloseReasons::Always;
+    // A token presented for another name answers as an unassigned shared mailbox does (and as
+    // a wrong password): class, text and all, so a token holder cannot enumerate shared
+    // mailboxes (`refusal_text`).
+    let show = denial.reason != Reason::TokenUserMismatch
+        && (class == ReplyClass::Unavailable
+            || identity == Identity::Proven
+            || disclose == DiscloseReasons::Always);
     if show {
         Reply {
             class,
@@ -116,8 +120,11 @@ pub fn refusal_text(denial: &Denial, protocol: Protocol, contact: &str) -> Strin
     let what = match denial.reason {
         Reason::Ok => return "Logged in".to_owned(),
         // Shared mailboxes: an unassigned mailbox reads like a wrong password, so the
-        // answer does not confirm that the mailbox exists.
-        Reason::UpstreamRejected | Reason::MailboxNotAssigned => {
+        // answer does not confirm that the mailbox exists. A token presented for another
+        // name reads the same: otherwise a token holder could tell a shared mailbox it is not
+        // assigned to (generic) from a name that is none (a specific text) and enumerate
+        // them. The audit keeps the specific reason for the operator.
+        Reason::UpstreamRejected | Reason::MailboxNotAssigned | Reason::TokenUserMismatch => {
             return GENERIC_FAILURE.to_owned();
         }
         Reason::UpstreamUnavailable
@@ -144,9 +151,6 @@ pub fn refusal_text(denial: &Denial, protocol: Protocol, contact: &str) -> Strin
         ),
         Reason::ClientNotAllowed => {
             format!("This mail app is not on your organisation's list of allowed {proto} apps")
-        }
-        Reason::TokenUserMismatch => {
-            "Your sign-in token belongs to a different account than the one logging in".to_owned()
         }
         Reason::DelegationNotSupported => format!(
             "Service account tokens obtained by domain-wide delegation are not accepted for \

@@ -403,7 +403,6 @@ fn refusal_texts_name_what_is_off_and_whom_to_ask() {
             Imap,
             "not on your organisation's list of allowed IMAP apps",
         ),
-        (Reason::TokenUserMismatch, Imap, "different account"),
         (
             Reason::DelegationNotSupported,
             Imap,
@@ -425,6 +424,32 @@ fn refusal_texts_name_what_is_off_and_whom_to_ask() {
     assert!(
         refusal_text(&denial(Reason::ImapDisabled), Imap, "").ends_with("Ask your administrator.")
     );
+}
+
+/// Issue 11: no enumeration of shared mailboxes. A token presented for a name that is not the
+/// token's user reads exactly like an unassigned shared mailbox and like a wrong password, on
+/// both protocols, so its holder cannot tell which names are shared mailboxes.
+#[test]
+fn a_token_for_another_name_reads_like_an_unassigned_mailbox() {
+    for protocol in [Imap, Pop3] {
+        let mismatch = refusal_text(&denial(Reason::TokenUserMismatch), protocol, "it@x");
+        let unassigned = refusal_text(&denial(Reason::MailboxNotAssigned), protocol, "it@x");
+        let wrong_password = refusal_text(&denial(Reason::UpstreamRejected), protocol, "it@x");
+        assert_eq!(mismatch, unassigned);
+        assert_eq!(mismatch, wrong_password);
+        // The reply a proven (token) identity gets, even with reasons disclosed: the generic
+        // credentials failure, as the session sends for an unassigned shared mailbox.
+        let r = reply(
+            &denial(Reason::TokenUserMismatch),
+            protocol,
+            Identity::Proven,
+            DiscloseReasons::Always,
+            "it@x",
+        );
+        assert_eq!(r.class, ReplyClass::Authentication);
+        assert_eq!(r.text, refusal::GENERIC_FAILURE);
+        assert!(!r.specific);
+    }
 }
 
 // ---- properties -------------------------------------------------------------------------------
