@@ -153,6 +153,15 @@ async fn allowed_client_reads_mail_other_client_and_bad_tokens_are_refused() {
     );
     // The mismatched token never reached Dovecot.
     assert!(!dovecot.log().contains("alice"), "{}", dovecot.log());
+    // The "token verified" / "token refused" lines name the mode, the provider and the
+    // refusal's reason, never the token: no signature (the part that makes a JWT a
+    // credential) of any token tried above, refused or accepted, is in mailgate's log.
+    let logs = crate::mailgate::captured_logs();
+    for token in [&other, &tampered, &good] {
+        let signature = token.rsplit('.').next().expect("a JWT has parts");
+        assert!(signature.len() > 20, "{token}");
+        assert!(!logs.contains(signature), "a token's signature in the log");
+    }
 }
 
 #[tokio::test]
