@@ -163,14 +163,10 @@ impl Spoke {
         let Some(entry) = counts.waiting.silent.remove(&self.id) else {
             return;
         };
-        if self.cap != 0 {
-            while counts.waiting.speaking.len() >= self.cap {
-                match counts.waiting.speaking.pop_first() {
-                    Some((_, kick)) => {
-                        let _ = kick.send(());
-                    }
-                    None => break,
-                }
+        // len >= cap >= 1: there is always one to pop.
+        while self.cap != 0 && counts.waiting.speaking.len() >= self.cap {
+            if let Some((_, kick)) = counts.waiting.speaking.pop_first() {
+                let _ = kick.send(());
             }
         }
         counts.waiting.speaking.insert(self.id, entry.kick);
@@ -203,8 +199,15 @@ impl Waiting {
 }
 
 /// Shared by every listener. Cheap to clone; clones share the counts.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ConnLimits(Arc<Mutex<Counts>>);
+
+/// Not derived: a derived one would give silent connections no grace.
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits::with_silent_grace(SILENT_GRACE)
+    }
+}
 
 /// The slots a connection was admitted with at accept, handed to its session.
 #[derive(Debug, Default)]
@@ -287,14 +290,15 @@ impl Kicked {
 
 impl ConnLimits {
     pub fn new() -> ConnLimits {
-        ConnLimits::with_silent_grace(SILENT_GRACE)
+        ConnLimits::default()
     }
 
     /// With another grace for silent connections at `max_connections` (tests).
     pub fn with_silent_grace(grace: Duration) -> ConnLimits {
-        let limits = ConnLimits::default();
-        lock(&limits.0).silent_grace = grace;
-        limits
+        ConnLimits(Arc::new(Mutex::new(Counts {
+            silent_grace: grace,
+            ..Counts::default()
+        })))
     }
 
     /// Take a connection slot for `ip`.

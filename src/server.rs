@@ -49,7 +49,7 @@ use crate::admin::Readiness;
 use crate::audit::Audit;
 use crate::auth::Verifier;
 use crate::config::{Config, Listener, ListenerTls, UpstreamTls};
-use crate::conn_limit::{Admission, ConnLimits, ConnectionSlot, HandshakeSlot, Over};
+use crate::conn_limit::{Admission, Caps, ConnLimits, ConnectionSlot, HandshakeSlot, Over};
 use crate::metrics::{Metrics, Refused};
 use crate::session::{self, SessionContext};
 use crate::throttle::Throttle;
@@ -542,9 +542,12 @@ async fn accept_loop(tcp: TcpListener, ctx: Arc<SessionContext>, permits: Arc<Se
                     // then is the handshake slot taken: a connection waiting here must not
                     // count as a silent handshake that the next newcomer could evict.
                     let admitted = match timeout(ROOM_WAIT, permits.acquire_owned()).await {
-                        Ok(Ok(permit)) => handshake_slot(&ctx, peer)
-                            .map(|handshake| (permit, handshake))
-                            .map_err(|over| (Refused::from(over), true)),
+                        Ok(Ok(permit)) => {
+                            let caps = ctx.shared.current().config.limits.connections;
+                            handshake_slot(&ctx, peer, &caps)
+                                .map(|handshake| (permit, handshake))
+                                .map_err(|over| (Refused::from(over), true))
+                        }
                         _ => Err((Refused::Limit, false)),
                     };
                     match admitted {
@@ -619,7 +622,7 @@ fn admit(
             Err(Turned::Global)
         };
     };
-    let handshake = handshake_slot(ctx, peer).map_err(Turned::Cap)?;
+    let handshake = handshake_slot(ctx, peer, caps).map_err(Turned::Cap)?;
     Ok(Admitted::Now(
         permit,
         Admission {
@@ -631,15 +634,15 @@ fn admit(
 
 /// The handshake slot of a connection whose handshake comes first (a PROXY header and/or
 /// implicit TLS); counted for the peer unless a PROXY header is to name the client.
-fn handshake_slot(ctx: &SessionContext, peer: SocketAddr) -> Result<Option<HandshakeSlot>, Over> {
+fn handshake_slot(
+    ctx: &SessionContext,
+    peer: SocketAddr,
+    caps: &Caps,
+) -> Result<Option<HandshakeSlot>, Over> {
     let proxied = ctx.listener.proxy_protocol.is_some();
     if !proxied && ctx.listener.tls != ListenerTls::Implicit {
         return Ok(None);
     }
-    let generation = ctx.shared.current();
     let client = (!proxied).then_some(peer.ip());
-    ctx.shared
-        .conn_limits
-        .handshake(client, &generation.config.limits.connections)
-        .map(Some)
+    ctx.shared.conn_limits.handshake(client, caps).map(Some)
 }
