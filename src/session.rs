@@ -197,6 +197,7 @@ impl PreauthEnd {
             PreauthEnd::Machine(CloseReason::Logout) => "logout",
             PreauthEnd::Machine(CloseReason::AuthTimeout) => "auth_timeout",
             PreauthEnd::Machine(CloseReason::TooManyAttempts) => "too_many_attempts",
+            PreauthEnd::Machine(CloseReason::TooManyErrors) => "too_many_errors",
             PreauthEnd::Machine(CloseReason::ProtocolViolation) => "protocol_violation",
             PreauthEnd::Shutdown => "shutdown",
             PreauthEnd::Displaced => "displaced",
@@ -219,7 +220,9 @@ impl Ending {
                     }
                     PreauthEnd::Machine(CloseReason::AuthTimeout) => End::IdleTimeout,
                     PreauthEnd::Machine(
-                        CloseReason::TooManyAttempts | CloseReason::ProtocolViolation,
+                        CloseReason::TooManyAttempts
+                        | CloseReason::TooManyErrors
+                        | CloseReason::ProtocolViolation,
                     ) => End::Error(Side::Downstream),
                     PreauthEnd::Shutdown => End::Shutdown,
                     PreauthEnd::Displaced => End::Displaced,

@@ -88,6 +88,7 @@ pub struct LimitsFile {
     pub max_line: Option<u64>,
     pub max_literal: Option<u64>,
     pub max_auth_attempts: Option<u64>,
+    pub max_bad_commands: Option<u64>,
     pub max_username: Option<u64>,
     pub auth_timeout: Option<String>,
     pub idle_timeout: Option<String>,

@@ -43,6 +43,8 @@ const MIN_MAX_USERNAME: u64 = 64;
 const MAX_MAX_USERNAME: u64 = 64 * 1024;
 /// More failed logins than this per connection only helps password guessing.
 const MAX_AUTH_ATTEMPTS: u64 = 100;
+/// Highest accepted `max_bad_commands`: beyond it the limit would not stop a junk loop.
+const MAX_BAD_COMMANDS: u64 = 1000;
 /// Upper bound for `[policy] contact`: it goes into a one-line protocol answer.
 const MAX_CONTACT_LEN: usize = 200;
 /// Upper bound for a name: it ends up in audit records and metric labels.
@@ -739,6 +741,13 @@ impl Validator<'_> {
             1,
             MAX_AUTH_ATTEMPTS,
         );
+        let max_bad_commands = self.bounded(
+            "limits.max_bad_commands",
+            l.max_bad_commands,
+            u64::from(p.max_bad_commands),
+            1,
+            MAX_BAD_COMMANDS,
+        );
         let max_username = self.bounded(
             "limits.max_username",
             l.max_username,
@@ -760,6 +769,7 @@ impl Validator<'_> {
                 max_line: usize::try_from(max_line).unwrap_or(p.max_line),
                 max_literal: usize::try_from(max_literal).unwrap_or(p.max_literal),
                 max_attempts: u32::try_from(max_attempts).unwrap_or(p.max_attempts),
+                max_bad_commands: u32::try_from(max_bad_commands).unwrap_or(p.max_bad_commands),
                 max_username: usize::try_from(max_username).unwrap_or(p.max_username),
                 auth_timeout: self.duration(
                     "limits.auth_timeout",

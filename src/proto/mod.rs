@@ -221,6 +221,8 @@ pub enum CloseReason {
     AuthTimeout,
     /// Too many failed logins on this connection.
     TooManyAttempts,
+    /// Too many invalid commands before login (`max_bad_commands`).
+    TooManyErrors,
     /// Line or literal over its limit, or input the machine cannot resynchronise after.
     ProtocolViolation,
 }
@@ -235,6 +237,11 @@ pub struct PreauthLimits {
     pub max_literal: usize,
     /// Failed logins allowed on one connection, as Dovecot's default of 3.
     pub max_attempts: u32,
+    /// Invalid commands (answered IMAP `BAD`, POP3 `-ERR` for an unknown, malformed or
+    /// out-of-state command) allowed before login; the next closes the connection. 10, as
+    /// Dovecot's login processes (nginx mail's `max_errors`: 5): a client that answers every
+    /// refusal with another line of junk would otherwise loop until `auth_timeout`.
+    pub max_bad_commands: u32,
     /// Longest user name (and SASL authorization identity, XOAUTH2/OAUTHBEARER `user=`) in
     /// octets. 320: RFC 5321 4.5.3.1 local-part (64) + `@` + domain (255). A longer name is
     /// refused in the front-end as a credentials failure, never replayed, logged or audited.
@@ -249,6 +256,7 @@ impl Default for PreauthLimits {
             max_line: 16 * 1024,
             max_literal: 8 * 1024,
             max_attempts: 3,
+            max_bad_commands: 10,
             max_username: 320,
             auth_timeout: Duration::from_secs(60),
         }

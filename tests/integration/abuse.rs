@@ -99,3 +99,55 @@ async fn failed_logins_are_answered_after_a_growing_delay() {
     assert!(took[0] >= Duration::from_millis(300), "{took:?}");
     assert!(took[1] >= Duration::from_millis(600), "{took:?}");
 }
+
+/// A client that answers every BAD with more junk is closed after `max_bad_commands` (10, as
+/// Dovecot's login processes) instead of looping until `auth_timeout`; over POP3 likewise. A
+/// client below the limit still logs in.
+#[tokio::test]
+async fn junk_before_login_is_closed_after_ten_invalid_commands() {
+    let dovecot = Dovecot::start();
+    let mailgate = Mailgate::start(&dovecot).await;
+
+    let mut imap = TcpLineClient::connect(mailgate.addr("imap-plain")).await;
+    assert!(imap.read_line().await.starts_with("* OK"));
+    for n in 0..10 {
+        imap.send_line(&format!("j{n} \x01\x7f%junk")).await;
+        assert_eq!(
+            imap.read_line().await,
+            format!("j{n} BAD Invalid command syntax")
+        );
+    }
+    assert_eq!(imap.read_line().await, "* BYE Too many invalid commands");
+    assert!(
+        imap.read_line_bytes().await.is_empty(),
+        "closed after the BYE"
+    );
+
+    let mut pop3 = TcpLineClient::connect(mailgate.addr("pop3-plain")).await;
+    assert!(pop3.read_line().await.starts_with("+OK"));
+    for _ in 0..10 {
+        assert_eq!(pop3.command("XJUNK \x01").await, "-ERR Unknown command.");
+    }
+    assert_eq!(
+        pop3.read_line().await,
+        "-ERR Too many invalid commands; disconnecting."
+    );
+    assert!(
+        pop3.read_line_bytes().await.is_empty(),
+        "closed after the -ERR"
+    );
+
+    // Nine mistakes, then a real login: served.
+    let mut imap = TcpLineClient::connect(mailgate.addr("imap-plain")).await;
+    imap.read_line().await;
+    for n in 0..9 {
+        imap.send_line(&format!("j{n} FROB")).await;
+        imap.read_line().await;
+    }
+    let reply = imap.command("a LOGIN alice@example.com alice-secret").await;
+    assert!(reply.starts_with("a OK"), "{reply}");
+    assert!(
+        captured_logs().contains("too_many_errors"),
+        "the session's end names its cause in the log"
+    );
+}

@@ -166,6 +166,8 @@ pub struct ImapFrontend {
     out: BytesMut,
     events: VecDeque<FrontendEvent>,
     failures: u32,
+    /// Commands answered `BAD` so far (an AUTHENTICATE cancelled with `*` is not counted).
+    bad_commands: u32,
     id_params: Option<Vec<(String, Option<String>)>>,
     /// What the upstream offers beyond mailgate's own list (see [`upstream_extras`]), with a
     /// leading space, or empty.
@@ -180,6 +182,7 @@ impl std::fmt::Debug for ImapFrontend {
             .field("deadline", &self.deadline)
             .field("buffered", &self.input.len())
             .field("failures", &self.failures)
+            .field("bad_commands", &self.bad_commands)
             .finish_non_exhaustive()
     }
 }
@@ -210,6 +213,7 @@ impl ImapFrontend {
             out: BytesMut::new(),
             events: VecDeque::new(),
             failures: 0,
+            bad_commands: 0,
             id_params: None,
             extras: upstream_extras(upstream),
         };
@@ -408,6 +412,15 @@ impl ImapFrontend {
     /// are needed.
     fn process(&mut self) {
         loop {
+            if self.bad_commands >= self.limits.max_bad_commands && !self.logged_in_or_closed() {
+                // As Dovecot's imap-login: a client that keeps sending what it is told is
+                // invalid is not a mail client; without this a junk loop runs until
+                // `auth_timeout`.
+                self.input.clear();
+                self.send(b"* BYE Too many invalid commands\r\n");
+                self.close(CloseReason::TooManyErrors);
+                return;
+            }
             if self.holding() {
                 return;
             }
@@ -480,7 +493,7 @@ impl ImapFrontend {
             .map(|(tag, name)| (tag.to_owned(), name.to_ascii_uppercase()));
         let Some((tag, name)) = head else {
             self.consume(data_start);
-            self.send(b"* BAD Missing tag\r\n");
+            self.send_bad_untagged(b"* BAD Missing tag\r\n");
             return;
         };
         let refusal = match name.as_slice() {
@@ -513,7 +526,7 @@ impl ImapFrontend {
                 return self.send_tagged(tag, "BAD Invalid command syntax");
             }
             Err(parse::Malformed { tag: None }) => {
-                return self.send(b"* BAD Missing or invalid tag\r\n");
+                return self.send_bad_untagged(b"* BAD Missing or invalid tag\r\n");
             }
         };
         let tag = command.tag;
@@ -616,7 +629,7 @@ impl ImapFrontend {
     /// A line answering an AUTHENTICATE continuation.
     fn sasl_line(&mut self, tag: String, mechanism: Mechanism, step: SaslStep, line: &[u8]) {
         match parse::authenticate_response(line) {
-            Some(SaslResponse::Cancel) => self.send_tagged(&tag, "BAD Authentication cancelled"),
+            Some(SaslResponse::Cancel) => self.send_tagged(&tag, CANCELLED),
             Some(SaslResponse::Base64(text)) => match sasl::decode_base64(text) {
                 Ok(data) => self.sasl_response(tag, mechanism, step, data),
                 Err(_) => self.send_tagged(&tag, "BAD Invalid base64 in SASL response"),
@@ -699,17 +712,31 @@ impl ImapFrontend {
         self.out.extend_from_slice(bytes);
     }
 
+    /// A tagged answer; a `BAD` one (but for a cancelled AUTHENTICATE, which is the client's
+    /// right) counts against `max_bad_commands`.
     fn send_tagged(&mut self, tag: &str, rest: &str) {
+        if rest.starts_with("BAD ") && rest != CANCELLED {
+            self.bad_commands = self.bad_commands.saturating_add(1);
+        }
         self.out.extend_from_slice(tag.as_bytes());
         self.out.extend_from_slice(b" ");
         self.out.extend_from_slice(rest.as_bytes());
         self.out.extend_from_slice(b"\r\n");
     }
 
+    fn send_bad_untagged(&mut self, line: &[u8]) {
+        self.bad_commands = self.bad_commands.saturating_add(1);
+        self.send(line);
+    }
+
     fn tagged_or_untagged(&mut self, tag: Option<&str>, rest: &str) {
         self.send_tagged(tag.unwrap_or("*"), rest);
     }
 }
+
+/// The answer to `*` in an AUTHENTICATE exchange (RFC 9051 6.2.2): the client's right, not an
+/// invalid command.
+const CANCELLED: &str = "BAD Authentication cancelled";
 
 /// The upstream's pre-login capabilities a client may rely on through mailgate, each with a
 /// leading space: everything but what mailgate answers itself before login (`AUTH=`, `SASL-IR`,

@@ -83,6 +83,7 @@ const LINE_TOO_LONG: &[u8] = b"-ERR Line too long.\r\n";
 /// RFC 3206 5: `[SYS/TEMP]`, a condition that will pass; reconnecting helps.
 const AUTOLOGOUT: &[u8] = b"-ERR [SYS/TEMP] Autologout; authentication took too long.\r\n";
 const TOO_MANY_ATTEMPTS: &[u8] = b"-ERR Too many failed logins; disconnecting.\r\n";
+const TOO_MANY_ERRORS: &[u8] = b"-ERR Too many invalid commands; disconnecting.\r\n";
 const MECHANISMS: &[u8] = b"PLAIN\r\nLOGIN\r\nXOAUTH2\r\nOAUTHBEARER\r\n";
 
 /// The POP3 pre-auth machine for one downstream connection. See the module docs for states.
@@ -94,6 +95,9 @@ pub struct Pop3Frontend {
     deadline: Instant,
     /// Refused logins so far (RFC 5034 has no limit; Dovecot's default is 3).
     failures: u32,
+    /// Invalid commands answered `-ERR` so far (`max_bad_commands`; a cancelled AUTH and
+    /// refused logins are not counted here).
+    bad_commands: u32,
     /// Unparsed downstream bytes; may hold credentials, so never printed.
     input: BytesMut,
     output: BytesMut,
@@ -166,6 +170,7 @@ impl Pop3Frontend {
                 .or_else(|| now.checked_add(std::time::Duration::from_secs(86_400)))
                 .unwrap_or(now),
             failures: 0,
+            bad_commands: 0,
             input: BytesMut::new(),
             output: BytesMut::new(),
             events: VecDeque::new(),
@@ -268,6 +273,16 @@ impl Pop3Frontend {
     /// Answer every complete line the current state reads, in order.
     fn process(&mut self) {
         loop {
+            if self.bad_commands >= self.limits.max_bad_commands
+                && !matches!(self.state, State::Closed | State::LoggedIn)
+            {
+                // As Dovecot's pop3-login: a client that keeps sending what it is told is
+                // invalid is not a mail client; without this a junk loop runs until
+                // `auth_timeout`.
+                self.send(TOO_MANY_ERRORS);
+                self.close(CloseReason::TooManyErrors);
+                return;
+            }
             match self.state {
                 State::Closed | State::LoggedIn | State::ExpectTlsHandshake => return,
                 State::ExpectOutcome { .. } => {
@@ -347,19 +362,19 @@ impl Pop3Frontend {
                     self.state = State::ExpectTlsHandshake;
                     self.events.push_back(FrontendEvent::TlsRequested);
                 }
-                Security::Tls => self.send(b"-ERR TLS is already active.\r\n"),
-                Security::Plaintext => self.send(b"-ERR STLS is not available.\r\n"),
+                Security::Tls => self.send_bad(b"-ERR TLS is already active.\r\n"),
+                Security::Plaintext => self.send_bad(b"-ERR STLS is not available.\r\n"),
             },
             Command::User(name) => match user_name(name) {
                 Some(name) => {
                     self.send(b"+OK\r\n");
                     self.state = State::ExpectPass { user: name };
                 }
-                None => self.send(b"-ERR Invalid user name.\r\n"),
+                None => self.send_bad(b"-ERR Invalid user name.\r\n"),
             },
             Command::Pass(password) => match user {
-                None => self.send(b"-ERR No user name given.\r\n"),
-                Some(_) if password.is_empty() => self.send(b"-ERR No password given.\r\n"),
+                None => self.send_bad(b"-ERR No user name given.\r\n"),
+                Some(_) if password.is_empty() => self.send_bad(b"-ERR No password given.\r\n"),
                 Some(user) => self.login(
                     Mechanism::UserPass,
                     Credentials::Password {
@@ -375,13 +390,14 @@ impl Pop3Frontend {
                 self.send(b".\r\n");
             }
             Command::Auth(Some(auth)) => self.auth(auth),
-            Command::NotBeforeLogin => self.send(b"-ERR Command not valid before login.\r\n"),
+            Command::NotBeforeLogin => self.send_bad(b"-ERR Command not valid before login.\r\n"),
             Command::Invalid(text) => {
+                self.count_bad();
                 self.send(b"-ERR ");
                 self.send(text.as_bytes());
                 self.send(b"\r\n");
             }
-            Command::Unknown => self.send(b"-ERR Unknown command.\r\n"),
+            Command::Unknown => self.send_bad(b"-ERR Unknown command.\r\n"),
         }
     }
 
@@ -411,7 +427,7 @@ impl Pop3Frontend {
         let Some(mechanism) = sasl::parse_mechanism(auth.mechanism) else {
             // RFC 5034 4: "the server SHOULD reject the AUTH command by sending a negative
             // response". No [AUTH] code: the credentials are not the problem.
-            self.send(b"-ERR Unsupported authentication mechanism.\r\n");
+            self.send_bad(b"-ERR Unsupported authentication mechanism.\r\n");
             return;
         };
         let initial = match auth.initial_response {
@@ -420,7 +436,7 @@ impl Pop3Frontend {
             Some(InitialResponse::Base64(text)) => match sasl::decode_base64(text) {
                 Ok(payload) => Some(payload),
                 Err(_) => {
-                    self.send(b"-ERR Invalid base64 data in initial response.\r\n");
+                    self.send_bad(b"-ERR Invalid base64 data in initial response.\r\n");
                     return;
                 }
             },
@@ -461,7 +477,7 @@ impl Pop3Frontend {
             SaslResponse::Cancel => self.send(b"-ERR Authentication cancelled.\r\n"),
             SaslResponse::Data(text) => match sasl::decode_base64(text) {
                 Ok(payload) => self.sasl_step(mechanism, step, payload),
-                Err(_) => self.send(b"-ERR Invalid base64 data in continued response.\r\n"),
+                Err(_) => self.send_bad(b"-ERR Invalid base64 data in continued response.\r\n"),
             },
         }
     }
@@ -471,7 +487,7 @@ impl Pop3Frontend {
         let credentials = match (mechanism, step) {
             (Mechanism::Login, SaslStep::LoginUser | SaslStep::Response) => {
                 if payload.is_empty() {
-                    self.send(b"-ERR Invalid SASL response.\r\n");
+                    self.send_bad(b"-ERR Invalid SASL response.\r\n");
                 } else {
                     self.prompt(mechanism, SaslStep::LoginPassword { user: payload });
                 }
@@ -485,7 +501,7 @@ impl Pop3Frontend {
         match credentials {
             Ok(credentials) => self.login(mechanism, credentials),
             // The error names no input bytes; the answer stays generic.
-            Err(_) => self.send(b"-ERR Invalid SASL response.\r\n"),
+            Err(_) => self.send_bad(b"-ERR Invalid SASL response.\r\n"),
         }
     }
 
@@ -536,6 +552,16 @@ impl Pop3Frontend {
     fn send(&mut self, bytes: &[u8]) {
         self.output.extend_from_slice(bytes);
     }
+
+    /// An `-ERR` for an invalid command: counted against `max_bad_commands`.
+    fn send_bad(&mut self, bytes: &[u8]) {
+        self.count_bad();
+        self.send(bytes);
+    }
+
+    fn count_bad(&mut self) {
+        self.bad_commands = self.bad_commands.saturating_add(1);
+    }
 }
 
 /// The upstream's `CAPA` lines a client may rely on through mailgate, each ending CRLF: all but
@@ -583,6 +609,7 @@ impl fmt::Debug for Pop3Frontend {
             .field("state", &self.state)
             .field("security", &self.security)
             .field("failures", &self.failures)
+            .field("bad_commands", &self.bad_commands)
             .field("buffered", &self.input.len())
             .field("pending_output", &self.output.len())
             .finish_non_exhaustive()

@@ -1105,3 +1105,67 @@ fn input_held_back_behind_unsent_answers_is_bounded() {
     }
     assert!(answers.ends_with(b"* BYE Too much input before the login completed\r\n"));
 }
+
+// ----- max_bad_commands -------------------------------------------------------------------------
+
+#[test]
+fn invalid_commands_up_to_the_limit_close_with_bye() {
+    let three = PreauthLimits {
+        max_bad_commands: 3,
+        ..PreauthLimits::default()
+    };
+    // Junk (no tag), an unknown command and one not valid before login: three BADs, then BYE;
+    // what follows is never read.
+    check_with(
+        Security::Tls,
+        three,
+        &[c("\x01\x02junk\r\na FROB\r\nb SELECT INBOX\r\nc NOOP\r\n")],
+        &[
+            s("* BAD Missing or invalid tag\r\n\
+               a BAD Unknown command\r\n\
+               b BAD Command not valid in this state\r\n\
+               * BYE Too many invalid commands\r\n"),
+            E(FrontendEvent::Closed(CloseReason::TooManyErrors)),
+        ],
+    );
+    // One short of the limit, a login still goes through.
+    check_with(
+        Security::Tls,
+        three,
+        &[c("a FROB\r\nb FROB\r\nc LOGIN alice s3cret\r\n")],
+        &[
+            s("a BAD Unknown command\r\nb BAD Unknown command\r\n"),
+            E(password("alice", b"s3cret", Mechanism::ImapLogin)),
+        ],
+    );
+}
+
+#[test]
+fn cancelled_authenticate_is_not_an_invalid_command() {
+    let two = PreauthLimits {
+        max_bad_commands: 2,
+        ..PreauthLimits::default()
+    };
+    let cancel = "a AUTHENTICATE PLAIN\r\n*\r\n".repeat(3);
+    check_with(
+        Security::Tls,
+        two,
+        &[c(&cancel)],
+        &[s("+ \r\na BAD Authentication cancelled\r\n".repeat(3))],
+    );
+}
+
+#[test]
+fn the_default_limit_is_ten_as_dovecot() {
+    let junk = "x FROB\r\n".repeat(12);
+    check(
+        &[c(&junk)],
+        &[
+            s(format!(
+                "{}* BYE Too many invalid commands\r\n",
+                "x BAD Unknown command\r\n".repeat(10)
+            )),
+            E(FrontendEvent::Closed(CloseReason::TooManyErrors)),
+        ],
+    );
+}

@@ -813,9 +813,14 @@ fn auth_timeout() {
 
 #[test]
 fn commands_not_allowed_before_login() {
+    // Eleven refusals: over the default max_bad_commands, which is not the point here.
+    let lenient = PreauthLimits {
+        max_bad_commands: 100,
+        ..limits()
+    };
     run(
         Security::Tls,
-        limits(),
+        lenient,
         &[
             c("STAT\r\nLIST\r\nRETR 1\r\nDELE 1\r\nTOP 1 10\r\nUIDL\r\nRSET\r\n"),
             s("-ERR Command not valid before login.\r\n".repeat(7)),
@@ -1197,4 +1202,39 @@ fn input_held_back_behind_unsent_answers_is_bounded() {
         answers.extend_from_slice(&out);
     }
     assert!(answers.ends_with(LINE_TOO_LONG));
+}
+
+#[test]
+fn invalid_commands_up_to_the_limit_close() {
+    let three = PreauthLimits {
+        max_bad_commands: 3,
+        ..limits()
+    };
+    // An unknown command, one not valid before login, PASS without USER: three, then the
+    // close; the NOOP after it is never answered.
+    run(
+        Security::Tls,
+        three,
+        &[
+            c("FROB\r\nRETR 1\r\nPASS x\r\nNOOP\r\n"),
+            s("-ERR Unknown command.\r\n"),
+            s("-ERR Command not valid before login.\r\n"),
+            s("-ERR No user name given.\r\n"),
+            s("-ERR Too many invalid commands; disconnecting.\r\n"),
+            closed(CloseReason::TooManyErrors),
+        ],
+    );
+    // A cancelled AUTH is the client's right, not an invalid command; below the limit a login
+    // goes through.
+    run(
+        Security::Tls,
+        three,
+        &[
+            c("FROB\r\nFROB\r\nAUTH PLAIN\r\n*\r\nAUTH PLAIN\r\n*\r\nUSER alice\r\nPASS pw\r\n"),
+            s("-ERR Unknown command.\r\n-ERR Unknown command.\r\n"),
+            s("+ \r\n-ERR Authentication cancelled.\r\n".repeat(2)),
+            s("+OK\r\n"),
+            login(Mechanism::UserPass, password("alice", b"pw")),
+        ],
+    );
 }
